@@ -1,0 +1,36 @@
+# CineSynth: `make demo` renders the example on the tiny profile; `make test` runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SPEC   ?= specs/examples/short.yaml
+
+.PHONY: install demo test test-fast bench tiny clean
+
+# torch is pinned: torch==2.13.0 resolves to the CPU build; a looser pin pulls CUDA wheels.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[render,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/cinesynth render $(SPEC)
+
+test: install
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+
+test-fast: install
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow"
+
+tiny: install
+	$(BIN)/cinesynth models build-tiny
+
+bench: install
+	OMP_NUM_THREADS=1 $(BIN)/python bench/plan_scale.py
+	OMP_NUM_THREADS=1 $(BIN)/python bench/noop_render.py
+
+clean:
+	rm -rf outputs specs/examples/.cinesynth

@@ -1,0 +1,83 @@
+"""``render.lock``: what each stage was last rendered from and what it produced.
+
+Like ``dvc.lock``: one entry per stage with its content key, model identity, canonical
+parameters (the seed actually used included), input digests and output digest. It holds no
+timestamps, so two renders of the same spec write the same lock. Seeds drawn for ``seed: -1``
+are read back from it, which is what makes a render repeatable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LOCK_SCHEMA = 1
+
+
+@dataclass
+class LockEntry:
+    kind: str
+    key: str
+    model: dict[str, Any] | None
+    params: dict[str, Any]
+    inputs: dict[str, Any]
+    output: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "key": self.key, "model": self.model, "params": self.params,
+                "inputs": self.inputs, "output": self.output}
+
+
+@dataclass
+class Lock:
+    project: str = ""
+    profile: str = ""
+    stages: dict[str, LockEntry] = field(default_factory=dict)
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, path: Path) -> "Lock":
+        if not path.is_file():
+            return cls()
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            return cls()
+        if not isinstance(data, dict) or data.get("schema") != LOCK_SCHEMA:
+            return cls()
+        stages = {}
+        for node_id, e in (data.get("stages") or {}).items():
+            try:
+                stages[node_id] = LockEntry(e["kind"], e["key"], e.get("model"), e.get("params") or {},
+                                            e.get("inputs") or {}, e.get("output") or {})
+            except (KeyError, TypeError):
+                continue
+        return cls(project=data.get("project", ""), profile=data.get("profile", ""), stages=stages,
+                   outputs=data.get("outputs") or {})
+
+    def seed_for(self, node_id: str) -> int | None:
+        entry = self.stages.get(node_id)
+        if entry is None:
+            return None
+        seed = entry.params.get("seed")
+        return seed if isinstance(seed, int) and seed >= 0 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": LOCK_SCHEMA,
+            "project": self.project,
+            "profile": self.profile,
+            "stages": {k: self.stages[k].to_dict() for k in sorted(self.stages)},
+            "outputs": {k: self.outputs[k] for k in sorted(self.outputs)},
+        }
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(self.to_dict(), sort_keys=True, allow_unicode=True, width=100)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)

@@ -1,0 +1,206 @@
+"""The ``cinesynth`` command. No logic of its own: it parses options and prints results.
+
+``validate``, ``plan``, ``status``, ``schema`` and ``models list`` import no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+
+from .errors import CinesynthError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="CineSynth: render AI video from declarative YAML specs.")
+models_app = typer.Typer(no_args_is_help=True, help="Model profiles and the tiny models.")
+app.add_typer(models_app, name="models")
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text.rstrip("\n") + "\n")
+
+
+def _guard(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except CinesynthError as exc:
+        _err(exc.render())
+        raise typer.Exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _err("interrupted: finished stages are cached; run the same command to resume")
+        raise typer.Exit(130)
+
+
+@app.command()
+def validate(specs: List[Path] = typer.Argument(..., help="spec files")) -> None:
+    """Check specs: every problem at once, with file:line:col and a fix."""
+    from .errors import SpecError
+    from .spec.load import load_spec
+
+    failed = 0
+    for spec in specs:
+        try:
+            loaded = load_spec(spec)
+        except SpecError as exc:
+            _err(exc.render())
+            failed += 1
+            continue
+        typer.echo(f"{spec}: ok ({len(loaded.spec.scenes)} scenes)")
+    if failed:
+        raise typer.Exit(2)
+
+
+def _open_plan(spec: Path, profile: Optional[str], **options):
+    from .execute.session import Session
+
+    session = Session.open(spec, profile=profile, warn=_err)
+    return session, session.plan(**options)
+
+
+@app.command()
+def plan(spec: Path,
+         format: str = typer.Option("table", "--format", "-f", help="table | json | mermaid"),
+         profile: Optional[str] = typer.Option(None, help="override the spec's profile"),
+         only: Optional[List[str]] = typer.Option(None, help="stage id, scene id or kind"),
+         until: Optional[str] = typer.Option(None, help="stop after this stage kind"),
+         force: bool = typer.Option(False, help="plan as if nothing were cached")) -> None:
+    """Show the stage DAG: each stage's key, whether it is cached, and why it would run."""
+    from .plan.show import as_json, as_mermaid, as_table
+
+    def go():
+        _, p = _open_plan(spec, profile, force=force, only=only, until=until)
+        if format == "json":
+            typer.echo(json.dumps(as_json(p), indent=2))
+        elif format == "mermaid":
+            typer.echo(as_mermaid(p))
+        elif format == "table":
+            typer.echo(as_table(p))
+        else:
+            raise CinesynthError(f"unknown format '{format}'", hint="use table, json or mermaid")
+
+    _guard(go)
+
+
+@app.command()
+def status(spec: Path, profile: Optional[str] = typer.Option(None)) -> None:
+    """What is cached, what would run and why, and which outputs exist."""
+    from .plan.show import as_status
+
+    def go():
+        session, p = _open_plan(spec, profile)
+        typer.echo(as_status(p, session.output_dir))
+
+    _guard(go)
+
+
+@app.command()
+def render(spec: Path,
+           only: Optional[List[str]] = typer.Option(None, help="stage id, scene id or kind (repeatable)"),
+           until: Optional[str] = typer.Option(None, help="run stages up to this kind"),
+           force: bool = typer.Option(False, help="re-run selected stages even if cached"),
+           keep_going: bool = typer.Option(False, help="after a failure, run what does not depend on it"),
+           dry_run: bool = typer.Option(False, help="plan and report, run nothing"),
+           profile: Optional[str] = typer.Option(None, help="tiny | production | models file"),
+           events: Optional[Path] = typer.Option(None, help="write one JSON event per line here"),
+           device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+           dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16"),
+           vram_budget: Optional[str] = typer.Option(None, help="model memory budget, e.g. 24GiB"),
+           reseed: bool = typer.Option(False, help="draw new seeds for seed: -1"),
+           progress: bool = typer.Option(True, help="progress bars on a terminal")) -> None:
+    """Render a spec: run what is not cached, then write outputs, render.lock and the report."""
+    from .execute.render import render as do_render
+    from .models.residency import parse_size
+
+    def go():
+        result = do_render(spec, profile=profile, only=only, until=until, force=force,
+                           keep_going=keep_going, dry_run=dry_run, reseed=reseed, events=events,
+                           device=device, dtype=dtype,
+                           budget=parse_size(vram_budget) if vram_budget else None,
+                           progress=progress, warn=_err)
+        if dry_run:
+            for st in result.plan.to_run():
+                typer.echo(f"would run {st.id}: {st.reason}")
+        else:
+            loads = result.outcome.model_loads
+            if loads:
+                typer.echo("model loads: " + ", ".join(f"{k} {v}" for k, v in sorted(loads.items())))
+            typer.echo(f"outputs: {os.path.relpath(result.output_dir)}")
+        typer.echo(result.summary)
+
+    _guard(go)
+
+
+@app.command()
+def gc(spec: Optional[Path] = typer.Argument(None, help="a spec whose cache to clean"),
+       max_size: Optional[str] = typer.Option(None, help="shrink the cache to this size, e.g. 20GiB")) -> None:
+    """Delete unreferenced cache objects; with --max-size, the oldest entries too."""
+    from .cache.store import CacheStore
+    from .models.residency import parse_size
+
+    def go():
+        keep: set[str] = set()
+        if spec is not None:
+            from .execute.session import Session
+
+            session = Session.open(spec, warn=_err)
+            store = session.cache
+            keep = {e.output.get("digest") for e in session.lock().stages.values()}
+        elif os.environ.get("CINESYNTH_CACHE"):
+            store = CacheStore(Path(os.environ["CINESYNTH_CACHE"]), warn=_err)
+        else:
+            raise CinesynthError("which cache?", hint="name a spec, or set CINESYNTH_CACHE")
+        before = store.size()
+        stats = store.gc(parse_size(max_size) if max_size else None, keep=keep)
+        typer.echo(f"removed {stats['objects_removed']} objects and {stats['keys_removed']} keys, "
+                   f"freed {stats['bytes_freed']} bytes ({before} -> {store.size()})")
+
+    _guard(go)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the spec (for editor completion and checks)."""
+    from .spec.schema import spec_schema
+
+    typer.echo(json.dumps(spec_schema(), indent=2))
+
+
+@models_app.command("list")
+def models_list(profile: str = typer.Option("tiny", help="tiny | production | models file")) -> None:
+    """The models of a profile: where they are and whether they are available."""
+    from .models.registry import Registry, describe
+
+    def go():
+        reg = Registry.load(profile, Path.cwd(), Path.cwd())
+        for row in describe(reg):
+            mark = "ok " if row["available"] else "-- "
+            typer.echo(f"{mark}{row['role']:8} {row['kind']:12} {row['model']}  "
+                       f"rev {row['revision'] or '?'}  {row['location']}")
+
+    _guard(go)
+
+
+@models_app.command("build-tiny")
+def models_build_tiny() -> None:
+    """Build the tiny random-weight models (deterministic) used by the tiny profile."""
+    from .models.registry import Registry
+
+    def go():
+        reg = Registry.load("tiny", Path.cwd(), Path.cwd())
+        root = reg.ensure_tiny()
+        typer.echo(f"tiny models ready in {root}")
+
+    _guard(go)
+
+
+def main(argv: list[str] | None = None) -> None:
+    app(args=argv, prog_name="cinesynth")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

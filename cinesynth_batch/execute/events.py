@@ -1,0 +1,65 @@
+"""Typed render events, fanned out to sinks (JSON lines file, progress display, tests)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+
+@dataclass
+class Event:
+    event: str                       # render_started | stage_started | stage_cached | stage_finished
+    #                                  | stage_failed | stage_blocked | stage_progress | render_finished
+    stage: str | None = None
+    kind: str | None = None
+    scene: str | None = None
+    key: str | None = None
+    reason: str | None = None
+    seconds: float | None = None
+    step: int | None = None
+    total: int | None = None
+    rank: int = 0
+    detail: dict[str, Any] = field(default_factory=dict)
+    time: float = field(default_factory=time.time)
+
+    def to_json(self) -> str:
+        data = {k: v for k, v in asdict(self).items() if v is not None and v != {}}
+        return json.dumps(data, sort_keys=True, ensure_ascii=False)
+
+
+class Sink(Protocol):
+    def __call__(self, event: Event) -> None:  # pragma: no cover - protocol
+        ...
+
+
+class JsonLinesSink:
+    """Appends one JSON object per event to a file, flushed at once (readable while rendering)."""
+
+    def __init__(self, path: Path, progress_steps: bool = False):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(path, "a", encoding="utf-8")
+        self._steps = progress_steps
+
+    def __call__(self, event: Event) -> None:
+        if event.event == "stage_progress" and not self._steps:
+            return
+        self._f.write(event.to_json() + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class EventBus:
+    def __init__(self, sinks: list[Callable[[Event], None]] | None = None, rank: int = 0):
+        self.sinks = list(sinks or [])
+        self.rank = rank
+
+    def emit(self, event: str, **fields: Any) -> Event:
+        ev = Event(event=event, rank=self.rank, **fields)
+        for sink in self.sinks:
+            sink(ev)
+        return ev

@@ -1,0 +1,78 @@
+"""Progress on the terminal: one bar for stages, one for the running stage's steps.
+
+On a terminal it uses rich bars; elsewhere (CI logs, pipes) it prints one line per stage.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from .events import Event
+
+
+class PlainProgress:
+    def __init__(self, total: int, stream: TextIO | None = None):
+        self.total = total
+        self.done = 0
+        self.stream = stream or sys.stderr
+
+    def __call__(self, ev: Event) -> None:
+        if ev.event == "stage_started":
+            self.stream.write(f"[{self.done + 1}/{self.total}] run {ev.stage}: {ev.reason}\n")
+        elif ev.event == "stage_finished":
+            self.done += 1
+            self.stream.write(f"[{self.done}/{self.total}] done {ev.stage} in {ev.seconds:.2f}s\n")
+        elif ev.event == "stage_cached" and ev.reason:
+            self.done += 1
+            self.stream.write(f"[{self.done}/{self.total}] cached {ev.stage}: {ev.reason}\n")
+        elif ev.event == "stage_failed":
+            self.done += 1
+            self.stream.write(f"[{self.done}/{self.total}] FAILED {ev.stage}: {ev.detail.get('error')}\n")
+        elif ev.event == "stage_blocked":
+            self.done += 1
+            self.stream.write(f"[{self.done}/{self.total}] blocked {ev.stage} "
+                              f"(needs {', '.join(ev.detail.get('because', []))})\n")
+        else:
+            return
+        self.stream.flush()
+
+    def close(self) -> None:
+        return None
+
+
+class RichProgress:
+    def __init__(self, total: int):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn)
+
+        self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                           TimeElapsedColumn(), transient=False)
+        self._stages = self._p.add_task("stages", total=max(total, 1))
+        self._steps = self._p.add_task("steps", total=1, visible=False)
+        self._p.start()
+
+    def __call__(self, ev: Event) -> None:
+        if ev.event == "stage_started":
+            self._p.update(self._stages, description=f"{ev.stage}")
+            self._p.update(self._steps, completed=0, total=1, visible=True,
+                           description=f"  {ev.kind} steps")
+            self._p.console.print(f"run [bold]{ev.stage}[/]: {ev.reason}", markup=True, highlight=False)
+        elif ev.event == "stage_progress" and ev.total:
+            self._p.update(self._steps, completed=ev.step, total=ev.total)
+        elif ev.event in ("stage_finished", "stage_failed", "stage_blocked") or (
+                ev.event == "stage_cached" and ev.reason):
+            self._p.advance(self._stages)
+            self._p.update(self._steps, visible=False)
+            if ev.event == "stage_failed":
+                self._p.console.print(f"[red]failed {ev.stage}[/]: {ev.detail.get('error')}",
+                                      markup=True, highlight=False)
+
+    def close(self) -> None:
+        self._p.stop()
+
+
+def make_progress(total: int, enabled: bool = True):
+    if enabled and sys.stderr.isatty():
+        return RichProgress(total)
+    return PlainProgress(total)

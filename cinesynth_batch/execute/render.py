@@ -1,0 +1,81 @@
+"""One render, start to end: plan, execute, publish. The CLI and tests call ``render``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import RenderError
+from ..plan.planner import Plan
+from .events import Event, EventBus, JsonLinesSink
+from .progress import make_progress
+from .runner import DryRunExecutor, Executor, LocalExecutor, Outcome
+from .session import Session
+
+
+@dataclass
+class RenderResult:
+    plan: Plan
+    outcome: Outcome
+    output_dir: Path
+    manifest: dict[str, Any] | None
+
+    @property
+    def summary(self) -> str:
+        return self.outcome.summary(skipped=self.plan.counts()["skip"])
+
+
+def render(spec_path: str | Path, *, profile: str | None = None, only: list[str] | None = None,
+           until: str | None = None, force: bool = False, keep_going: bool = False,
+           dry_run: bool = False, reseed: bool = False, events: Path | None = None,
+           device: str = "auto", dtype: str | None = None, budget: int | None = None,
+           progress: bool = True, sinks: list[Callable[[Event], None]] | None = None,
+           executor: Executor | None = None, warn: Callable[[str], None] | None = None) -> RenderResult:
+    started = time.time()
+    session = Session.open(spec_path, profile=profile, warn=warn)
+    plan = session.plan(force=force, only=only, until=until, reseed=reseed)
+    all_sinks: list[Callable[[Event], None]] = list(sinks or [])
+    closers = []
+    if events is not None:
+        sink = JsonLinesSink(events)
+        all_sinks.append(sink)
+        closers.append(sink.close)
+    if not dry_run:
+        display = make_progress(len(plan.to_run()), enabled=progress)
+        all_sinks.append(display)
+        closers.append(display.close)
+    bus = EventBus(all_sinks)
+    if executor is None:
+        if dry_run:
+            executor = DryRunExecutor()
+        else:
+            executor = LocalExecutor(device=device, dtype=dtype, budget=budget,
+                                     keep_going=keep_going, force=force)
+    bus.emit("render_started", detail={"project": plan.project, "spec": session.loaded.display,
+                                       "stages": len(plan.order), "to_run": len(plan.to_run())})
+    manifest = None
+    try:
+        outcome = executor.execute(plan, bus)
+        if not outcome.dry_run:
+            manifest = publish_outputs(session, plan, outcome, started)
+        bus.emit("render_finished", seconds=round(time.time() - started, 4),
+                 detail={"summary": outcome.summary(), "model_loads": outcome.model_loads})
+    finally:
+        for close in closers:
+            close()
+    result = RenderResult(plan, outcome, session.output_dir, manifest)
+    if outcome.failed:
+        names = ", ".join(f"{k} ({v})" for k, v in outcome.failed.items())
+        err = RenderError(f"{len(outcome.failed)} stage(s) failed: {names}",
+                          hint="fix the cause and render again: finished stages stay cached")
+        err.result = result  # type: ignore[attr-defined]
+        raise err
+    return result
+
+
+def publish_outputs(session: Session, plan: Plan, outcome: Outcome, started: float):
+    from .publish import publish
+
+    return publish(plan, outcome, session.output_dir, session.lock_path, started)

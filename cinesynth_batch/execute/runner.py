@@ -1,0 +1,252 @@
+"""Executors: run a plan's stages (local), or say what would run (dry run).
+
+Both share one small interface, ``execute(plan, bus) -> Outcome``. The local executor runs
+stages in plan order inside this process; each stage writes into a scratch folder of the
+cache, and its artifact is committed (renamed into place) only when the stage returned.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from ..cache.lock import LockEntry
+from ..cache.store import Entry
+from ..errors import CinesynthError, ModelError, RenderError
+from ..plan.expand import input_paths
+from ..plan.planner import Plan, PlannedStage
+from ..stages.base import StageContext, StageError
+from .events import EventBus
+
+
+@dataclass
+class Outcome:
+    ran: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    blocked: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+    entries: dict[str, Entry] = field(default_factory=dict)
+    lock: dict[str, LockEntry] = field(default_factory=dict)
+    model_loads: dict[str, int] = field(default_factory=dict)
+    dry_run: bool = False
+
+    def summary(self, skipped: int = 0) -> str:
+        verb = "to run" if self.dry_run else "run"
+        parts = [f"{len(self.ran)} {verb}", f"{len(self.cached)} cached"]
+        if skipped:
+            parts.append(f"{skipped} skipped")
+        if self.failed:
+            parts.append(f"{len(self.failed)} failed")
+        if self.blocked:
+            parts.append(f"{len(self.blocked)} blocked")
+        return ", ".join(parts)
+
+
+def stage_module(kind: str) -> ModuleType:
+    return importlib.import_module(f"cinesynth_batch.stages.{kind}")
+
+
+class Executor(ABC):
+    @abstractmethod
+    def execute(self, plan: Plan, bus: EventBus) -> Outcome:  # pragma: no cover - interface
+        ...
+
+
+class DryRunExecutor(Executor):
+    """Runs nothing: reports each stage that would run, with its reason."""
+
+    def execute(self, plan: Plan, bus: EventBus) -> Outcome:
+        out = Outcome(dry_run=True)
+        for nid in plan.order:
+            st = plan.stages[nid]
+            if st.status == "cached":
+                out.cached.append(nid)
+                bus.emit("stage_cached", stage=nid, kind=st.node.kind, scene=st.node.scene, key=st.key)
+            elif st.status == "run":
+                out.ran.append(nid)
+                bus.emit("stage_would_run", stage=nid, kind=st.node.kind, scene=st.node.scene,
+                         key=st.key, reason=str(st.reason))
+        return out
+
+
+@dataclass
+class LocalExecutor(Executor):
+    """Runs stages in this process, models under a memory budget."""
+
+    device: str = "cpu"
+    dtype: str | None = None
+    budget: int | None = None
+    keep_going: bool = False
+    force: bool = False
+    residency: Any = None
+
+    def execute(self, plan: Plan, bus: EventBus) -> Outcome:
+        out = Outcome()
+        plan.cache.clean_stale_tmp()
+        residency = None
+        if plan.to_run():
+            self._preflight(plan)
+            residency = self.residency or self._make_residency(plan)
+        known: dict[str, str] = {}
+        for nid in plan.order:
+            st = plan.stages[nid]
+            if st.status == "cached" and st.entry is not None:
+                known[nid] = st.entry.digest
+                out.entries[nid] = st.entry
+                out.cached.append(nid)
+                out.lock[nid] = _lock_entry(st, st.key, st.inputs, st.entry)
+                bus.emit("stage_cached", stage=nid, kind=st.node.kind, scene=st.node.scene, key=st.key)
+        try:
+            for nid in plan.order:
+                st = plan.stages[nid]
+                if st.status != "run":
+                    continue
+                self._run_one(plan, st, known, out, bus, residency)
+                if out.failed and not self.keep_going:
+                    break
+        finally:
+            out.model_loads = dict(getattr(residency, "loads", {}))
+        return out
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _make_residency(self, plan: Plan):
+        from ..models.residency import Residency
+
+        if self.device == "auto":
+            self.device = pick_device()
+        return Residency(plan.registry, device=self.device, dtype=self.dtype or plan.registry.dtype,
+                         budget=self.budget)
+
+    def _preflight(self, plan: Plan) -> None:
+        """Every model a running stage needs must be there before anything runs."""
+        roles = sorted({st.node.model_role for st in plan.to_run() if st.node.model_role})
+        problems = []
+        for role in roles:
+            try:
+                plan.registry.local_path(role)
+            except ModelError as exc:
+                problems.append(exc.render())
+        if problems:
+            raise ModelError("missing models:\n  " + "\n  ".join(problems))
+
+    def _run_one(self, plan: Plan, st: PlannedStage, known: dict[str, str], out: Outcome,
+                 bus: EventBus, residency: Any) -> None:
+        node = st.node
+        failed_up = [u for u in node.upstream() if u in out.failed or u in out.blocked]
+        if failed_up:
+            out.blocked.append(node.id)
+            bus.emit("stage_blocked", stage=node.id, kind=node.kind, scene=node.scene,
+                     detail={"because": failed_up})
+            return
+        inputs = plan.input_digests(node, known)
+        key = plan.key_for(st, inputs)
+        assert key is not None, f"{node.id}: inputs not ready"
+        if not self.force:
+            entry = plan.cache.lookup(key)
+            if entry is not None:
+                known[node.id] = entry.digest
+                out.entries[node.id] = entry
+                out.cached.append(node.id)
+                out.lock[node.id] = _lock_entry(st, key, inputs, entry)
+                bus.emit("stage_cached", stage=node.id, kind=node.kind, scene=node.scene, key=key,
+                         reason="upstream re-ran with identical output")
+                return
+        bus.emit("stage_started", stage=node.id, kind=node.kind, scene=node.scene, key=key,
+                 reason=str(st.reason))
+        started = time.perf_counter()
+        try:
+            entry = self._produce(plan, st, key, out, bus, residency)
+        except Exception as exc:  # a stage failure must not lose the rest of the render
+            message = _describe(exc)
+            out.failed[node.id] = message
+            bus.emit("stage_failed", stage=node.id, kind=node.kind, scene=node.scene, key=key,
+                     seconds=round(time.perf_counter() - started, 4), detail={"error": message})
+            return
+        seconds = time.perf_counter() - started
+        known[node.id] = entry.digest
+        out.entries[node.id] = entry
+        out.ran.append(node.id)
+        out.seconds[node.id] = seconds
+        out.meta[node.id] = entry.meta
+        out.lock[node.id] = _lock_entry(st, key, inputs, entry)
+        bus.emit("stage_finished", stage=node.id, kind=node.kind, scene=node.scene, key=key,
+                 seconds=round(seconds, 4), detail=entry.meta)
+
+    def _produce(self, plan: Plan, st: PlannedStage, key: str, out: Outcome, bus: EventBus,
+                 residency: Any) -> Entry:
+        node = st.node
+        module = stage_module(node.kind)
+        paths = {name: input_paths(value, lambda up: self._artifact(plan, up, out, bus, residency))
+                 for name, value in node.inputs.items()}
+        scratch = plan.cache.scratch()
+        try:
+            target = scratch / f"out{module.OUTPUT_EXT}"
+
+            def progress(step: int, total: int) -> None:
+                bus.emit("stage_progress", stage=node.id, kind=node.kind, step=step, total=total)
+
+            ctx = StageContext(models=residency, resolve_lora=plan.registry.resolve_lora,
+                               device=self.device, dtype=self.dtype or plan.registry.dtype,
+                               progress=progress, work_dir=scratch)
+            meta = module.run(st.params, paths, target, ctx) or {}
+            if not target.is_file():
+                raise RenderError(f"stage {node.id} returned without writing its output")
+            return plan.cache.commit(key, target, module.OUTPUT_EXT, node.id, node.kind, meta)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _artifact(self, plan: Plan, node_id: str, out: Outcome, bus: EventBus, residency: Any) -> Path:
+        """A verified input artifact; a damaged one is dropped and its stage re-made now."""
+        entry = out.entries.get(node_id)
+        if entry is None:
+            raise RenderError(f"input {node_id} has no artifact")
+        path = plan.cache.verified_path(entry)
+        if path is not None:
+            return path
+        st = plan.stages[node_id]
+        bus.emit("stage_started", stage=node_id, kind=st.node.kind, scene=st.node.scene,
+                 key=entry.key, reason="cached artifact was damaged")
+        started = time.perf_counter()
+        fresh = self._produce(plan, st, entry.key, out, bus, residency)
+        out.entries[node_id] = fresh
+        if node_id in out.cached:
+            out.cached.remove(node_id)
+        if node_id not in out.ran:
+            out.ran.append(node_id)
+        out.seconds[node_id] = time.perf_counter() - started
+        bus.emit("stage_finished", stage=node_id, kind=st.node.kind, scene=st.node.scene,
+                 key=entry.key, seconds=round(out.seconds[node_id], 4), detail=fresh.meta)
+        if fresh.digest != entry.digest:
+            raise RenderError(f"{node_id} was re-made after damage but its output differs "
+                              f"({fresh.digest[:12]} vs {entry.digest[:12]})",
+                              hint="render again: stages below it will follow the new output")
+        return plan.cache.object_path(fresh.digest, fresh.ext)
+
+
+def pick_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _lock_entry(st: PlannedStage, key: str | None, inputs: dict[str, Any], entry: Entry) -> LockEntry:
+    return LockEntry(kind=st.node.kind, key=key or "", model=st.model, params=st.params,
+                     inputs=inputs, output={"digest": entry.digest, "size": entry.size,
+                                            "ext": entry.ext})
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, (CinesynthError, StageError)):
+        text = exc.message
+        if getattr(exc, "hint", None):
+            text += f" ({exc.hint})"
+        return text
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,97 @@
+"""Read and write video frames with PyAV (libx264), and probe media files.
+
+Frames are ``numpy.uint8`` arrays shaped ``(T, H, W, 3)`` in RGB order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What a media file holds, as probed by PyAV."""
+
+    width: int | None
+    height: int | None
+    frames: int | None
+    fps: float | None
+    duration: float | None
+    video_codec: str | None
+    audio_codec: str | None
+    audio_rate: int | None
+    audio_channels: int | None
+
+
+def write_video(frames: np.ndarray, path: str | Path, fps: int = 16, crf: int = 12) -> None:
+    """Encode ``frames`` as H.264 (yuv420p) into ``path``.
+
+    Width and height must be even (a yuv420p constraint); callers choose even sizes.
+    The encode is single-threaded and deterministic: the same frames give the same bytes.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    t, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"frame size {w}x{h} must be even for H.264 yuv420p")
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream.width = w
+        stream.height = h
+        stream.pix_fmt = "yuv420p"
+        stream.thread_count = 1
+        stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
+        for i in range(t):
+            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def read_frames(path: str | Path) -> np.ndarray:
+    """Decode every video frame of ``path`` into a ``(T, H, W, 3)`` uint8 array."""
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    if not frames:
+        raise ValueError(f"{path}: no video frames")
+    return np.stack(frames)
+
+
+def last_frame(path: str | Path) -> np.ndarray:
+    """The last decoded frame of ``path`` as ``(H, W, 3)`` uint8."""
+    last = None
+    with av.open(str(path)) as container:
+        for f in container.decode(video=0):
+            last = f
+    if last is None:
+        raise ValueError(f"{path}: no video frames")
+    return last.to_ndarray(format="rgb24")
+
+
+def probe(path: str | Path) -> MediaInfo:
+    """Probe a media file (there is no ffprobe in imageio-ffmpeg; PyAV reads the container)."""
+    with av.open(str(path)) as container:
+        v = container.streams.video[0] if container.streams.video else None
+        a = container.streams.audio[0] if container.streams.audio else None
+        frames = None
+        if v is not None:
+            frames = v.frames or sum(1 for _ in container.decode(video=0))
+        duration = float(container.duration / av.time_base) if container.duration else None
+        return MediaInfo(
+            width=v.codec_context.width if v else None,
+            height=v.codec_context.height if v else None,
+            frames=frames,
+            fps=float(v.average_rate) if v is not None and v.average_rate else None,
+            duration=duration,
+            video_codec=v.codec_context.name if v else None,
+            audio_codec=a.codec_context.name if a else None,
+            audio_rate=a.codec_context.sample_rate if a else None,
+            audio_channels=a.codec_context.channels if a else None,
+        )

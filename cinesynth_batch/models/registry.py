@@ -1,0 +1,290 @@
+"""Model profiles: which model serves each stage role, where it lives, and its identity.
+
+This module imports no torch. A profile is a YAML file (``tiny``, ``production`` ship with the
+package; a project can name its own models file). Each role names a loader ``kind`` and one
+source:
+
+* ``tiny: NAME``  — built locally by ``models/tiny.py`` under ``$CINESYNTH_HOME/models``;
+  identity is the builder's code digest (the build is deterministic).
+* ``path: DIR|FILE`` — a local folder or file; identity hashes names, sizes and small files
+  (folders) or the whole file.
+* ``id: ORG/NAME`` — a Hugging Face repository, read from the local hub cache; identity is
+  the snapshot's commit. ``HF_HUB_OFFLINE=1`` forbids downloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..cache.digest import DigestState, sha256_bytes
+from ..errors import ModelError
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+TINY_SOURCES = ("tiny.py", "rrdbnet.py")
+SMALL_FILE = 1 << 20
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    role: str
+    kind: str
+    id: str | None = None
+    path: str | None = None
+    tiny: str | None = None
+    revision: str | None = None
+    source: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.id or self.path or f"tiny/{self.tiny}"
+
+
+def cinesynth_home() -> Path:
+    env = os.environ.get("CINESYNTH_HOME")
+    return Path(env) if env else Path.home() / ".cache" / "cinesynth"
+
+
+class Registry:
+    """Resolves roles to models and LoRA names to files for one render."""
+
+    def __init__(self, name: str, models: dict[str, ModelSpec], dtype: str, lora_dirs: list[str],
+                 base_dir: Path, spec_dir: Path, digests: DigestState | None = None,
+                 home: Path | None = None):
+        self.name = name
+        self.models = models
+        self.dtype = dtype
+        self.lora_dirs = lora_dirs
+        self.base_dir = base_dir
+        self.spec_dir = spec_dir
+        self.digests = digests or DigestState()
+        self.home = home or cinesynth_home()
+        self._identity: dict[str, dict[str, Any]] = {}
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def load(cls, profile: str, spec_dir: Path, root: Path, digests: DigestState | None = None,
+             home: Path | None = None) -> "Registry":
+        if profile in ("tiny", "production"):
+            file, base = PROFILES_DIR / f"{profile}.yaml", root
+        else:
+            file = (spec_dir / profile).resolve()
+            base = file.parent
+            if not file.is_file():
+                raise ModelError(f"models file '{profile}' not found",
+                                 hint="profile is 'tiny', 'production' or a path to a models .yaml")
+        data = _read_profile(file)
+        parent = data.get("extends")
+        models: dict[str, Any] = {}
+        lora_dirs: list[str] = []
+        dtype = "float32"
+        if parent:
+            base_reg = cls.load(parent, spec_dir, root, digests, home)
+            models = {r: vars(s).copy() for r, s in base_reg.models.items()}
+            lora_dirs = list(base_reg.lora_dirs)
+            dtype = base_reg.dtype
+        for role, entry in (data.get("models") or {}).items():
+            if not isinstance(entry, dict) or "kind" not in {**models.get(role, {}), **entry}:
+                raise ModelError(f"{file}: models.{role} needs a 'kind' and one of id/path/tiny")
+            merged = {**models.get(role, {}), **entry, "role": role}
+            if ("path" in entry or "id" in entry) and "tiny" not in entry:
+                merged.pop("tiny", None)
+            models[role] = merged
+        lora_dirs = list(data.get("loras") or []) + lora_dirs
+        dtype = data.get("dtype", dtype)
+        specs = {r: ModelSpec(**{k: v for k, v in e.items() if k in ModelSpec.__dataclass_fields__})
+                 for r, e in models.items()}
+        return cls(data.get("name", file.stem), specs, dtype, lora_dirs, base, spec_dir, digests, home)
+
+    # -- tiny models -----------------------------------------------------------------------------
+    def tiny_revision(self) -> str:
+        h = hashlib.sha256()
+        here = Path(__file__).resolve().parent
+        for name in TINY_SOURCES:
+            p = here / name
+            if p.is_file():
+                h.update(name.encode())
+                h.update(p.read_bytes())
+        return "tiny-" + h.hexdigest()[:16]
+
+    def tiny_root(self) -> Path:
+        return self.home / "models" / self.tiny_revision()
+
+    def tiny_built(self) -> bool:
+        return (self.tiny_root() / "tiny.json").is_file()
+
+    def ensure_tiny(self) -> Path:
+        """Build the tiny models if they are not there yet (imports torch)."""
+        root = self.tiny_root()
+        if not self.tiny_built():
+            from .tiny import build_tiny
+
+            build_tiny(root)
+        return root
+
+    def uses_tiny(self) -> bool:
+        return any(s.tiny for s in self.models.values()) or any(
+            d.startswith("tiny:") for d in self.lora_dirs)
+
+    # -- models ----------------------------------------------------------------------------------
+    def spec(self, role: str) -> ModelSpec:
+        if role not in self.models:
+            raise ModelError(f"profile '{self.name}' has no model for '{role}'",
+                             hint=f"add models.{role} to the models file")
+        return self.models[role]
+
+    def identity(self, role: str) -> dict[str, Any]:
+        """``{"role", "kind", "id", "revision"}``; revision None when the model is not found."""
+        if role in self._identity:
+            return self._identity[role]
+        s = self.spec(role)
+        revision: str | None = s.revision
+        if s.tiny:
+            revision = self.tiny_revision()
+        elif s.path:
+            p = self._abs(s.path)
+            if revision is None and p.exists():
+                revision = "sha256:" + (self.digests.digest(p) if p.is_file() else _folder_digest(p))
+        elif s.id and revision is None:
+            revision = _hub_cached_revision(s.id)
+        ident = {"role": role, "kind": s.kind, "id": s.label, "revision": revision}
+        self._identity[role] = ident
+        return ident
+
+    def local_path(self, role: str) -> Path:
+        """Where the model's files are on this machine; a clear ModelError if nowhere."""
+        s = self.spec(role)
+        if s.tiny:
+            return self.ensure_tiny() / s.tiny
+        if s.path:
+            p = self._abs(s.path)
+            if p.exists():
+                return p
+            how = f" (download it from {s.source})" if s.source else ""
+            raise ModelError(f"model for '{role}' not found at {p}",
+                             hint=f"put the file there{how}, or set models.{role}.path in a models file")
+        assert s.id is not None
+        return _hub_snapshot(s.id, role)
+
+    def _abs(self, path: str) -> Path:
+        p = Path(os.path.expanduser(path))
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    # -- LoRAs -----------------------------------------------------------------------------------
+    def lora_search_dirs(self) -> list[Path]:
+        dirs = [self.spec_dir / "lora_adpts", self.base_dir / "lora_adpts"]
+        for d in self.lora_dirs:
+            if d.startswith("tiny:"):
+                dirs.append(self.tiny_root() / d[len("tiny:"):])
+            else:
+                dirs.append(self._abs(d))
+        unique: list[Path] = []
+        for d in dirs:
+            if d not in unique:
+                unique.append(d)
+        return unique
+
+    def find_lora(self, name: str, family: str) -> Path | None:
+        if name.endswith(".safetensors"):
+            p = Path(name) if Path(name).is_absolute() else self.spec_dir / name
+            return p if p.is_file() else None
+        for d in self.lora_search_dirs():
+            for cand in (d / f"{name}.safetensors", d / family / f"{name}.safetensors"):
+                if cand.is_file():
+                    return cand
+        return None
+
+    def lora_identity(self, name: str, family: str) -> str | None:
+        """A digest for the LoRA's content, None if it cannot be found."""
+        p = self.find_lora(name, family)
+        if p is not None:
+            tiny = self.tiny_root()
+            if tiny in p.parents:
+                return f"{self.tiny_revision()}:{p.relative_to(tiny).as_posix()}"
+            return "sha256:" + self.digests.digest(p)
+        if self.uses_tiny() and not self.tiny_built():
+            return f"{self.tiny_revision()}:lora_adpts/{family}/{name}.safetensors"
+        return None
+
+    def resolve_lora(self, name: str, family: str) -> Path:
+        if self.uses_tiny():
+            self.ensure_tiny()
+        p = self.find_lora(name, family)
+        if p is None:
+            looked = ", ".join(str(d) for d in self.lora_search_dirs())
+            raise ModelError(f"LoRA '{name}' not found", hint=f"looked for {name}.safetensors in {looked}")
+        return p
+
+
+def _read_profile(file: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelError(f"cannot read models file {file}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"models file {file} must be a mapping with 'models:'")
+    return data
+
+
+def _folder_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file():
+            continue
+        rel = p.relative_to(folder).as_posix()
+        size = p.stat().st_size
+        h.update(f"{rel}\0{size}\0".encode())
+        if size <= SMALL_FILE and p.suffix in (".json", ".txt", ".model", ".yaml"):
+            h.update(sha256_bytes(p.read_bytes()).encode())
+    return h.hexdigest()
+
+
+def _hub_cached_revision(repo_id: str) -> str | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover
+        return None
+    for name in ("model_index.json", "config.json"):
+        hit = try_to_load_from_cache(repo_id, name)
+        if isinstance(hit, str):
+            return Path(hit).parent.name
+    return None
+
+
+def _hub_snapshot(repo_id: str, role: str) -> Path:
+    hint = (f"download it with `huggingface-cli download {repo_id} --local-dir DIR` and set "
+            f"models.{role}.path: DIR in a models file (profile: that file)")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:  # pragma: no cover
+        raise ModelError(f"model '{repo_id}' needs huggingface_hub", hint=hint) from exc
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=offline))
+    except Exception as exc:  # network errors, missing repo, offline without cache
+        why = "not in the local Hugging Face cache" + (" and HF_HUB_OFFLINE is set" if offline else
+                                                         " and it could not be downloaded")
+        raise ModelError(f"model '{repo_id}' for '{role}' is {why} ({type(exc).__name__})",
+                         hint=hint) from exc
+
+
+def describe(registry: Registry) -> list[dict[str, Any]]:
+    """One row per role for ``cinesynth models list``."""
+    rows = []
+    for role, s in sorted(registry.models.items()):
+        ident = registry.identity(role)
+        if s.tiny:
+            where, ok = str(registry.tiny_root() / s.tiny), registry.tiny_built()
+        elif s.path:
+            p = registry._abs(s.path)
+            where, ok = str(p), p.exists()
+        else:
+            where, ok = f"hf:{s.id}", ident["revision"] is not None
+        rows.append({"role": role, "kind": s.kind, "model": s.label, "revision": ident["revision"],
+                     "location": where, "available": ok})
+    return rows

@@ -1,0 +1,141 @@
+"""Spec -> Graph: one scene at a time, every stage a node with explicit inputs.
+
+Node ids: ``<scene>.image``, ``<scene>.upscale``, ``<scene>.video`` (or ``<scene>.video.<k>``
+when a clip has several segments) and ``assemble.<name>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..spec import model as m
+from ..spec.load import LoadedSpec
+from .graph import FileInput, Graph, NodeInput, StageNode
+
+SeedSource = Callable[[str], int]
+
+AUDIO_RATE = 48000
+UPSCALE_TILE = 512
+UPSCALE_TILE_PAD = 10
+
+
+def build_graph(loaded: LoadedSpec, seed_for: SeedSource) -> Graph:
+    spec = loaded.spec
+    graph = Graph()
+    visuals: dict[str, tuple[str, tuple[NodeInput, ...] | NodeInput]] = {}
+    for index, scene in enumerate(spec.scenes):
+        visuals[scene.id] = _scene_nodes(graph, loaded, index, scene, seed_for)
+    for j, asm in enumerate(spec.assemblies()):
+        _assemble_node(graph, loaded, j, asm, visuals)
+    return graph
+
+
+def _seed(stage_seed: int | None, scene: m.Scene, spec: m.Spec) -> int:
+    for value in (stage_seed, scene.seed, spec.defaults.seed):
+        if value is not None:
+            return value
+    return -1
+
+
+def _file(loaded: LoadedSpec, value: str) -> FileInput:
+    return FileInput(path=(loaded.spec_dir / value).resolve(), display=value)
+
+
+def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
+                 seed_for: SeedSource) -> tuple[str, tuple[NodeInput, ...] | NodeInput]:
+    spec = loaded.spec
+    sid = scene.id
+    width, height = m.parse_resolution(scene.resolution or spec.defaults.resolution)
+    still: NodeInput | None = None
+    if scene.image is not None:
+        img = scene.image
+        node_id = f"{sid}.image"
+        seed = _seed(img.seed, scene, spec)
+        graph.add(StageNode(
+            id=node_id, kind="image", scene=sid, model_role="image",
+            params={
+                "prompt": img.prompt, "negative_prompt": img.negative_prompt, "steps": img.steps,
+                "guidance": img.guidance, "width": img.width or width, "height": img.height or height,
+                "seed": seed if seed >= 0 else seed_for(node_id),
+                "loras": [{"name": lo.name, "weight": lo.weight} for lo in img.loras],
+            },
+            loras=tuple((lo.name, "img") for lo in img.loras),
+            publish=f"scenes/{sid}.png", where=loaded.where("scenes", index, "image")))
+        still = NodeInput(node_id)
+        if img.upscale:
+            up_id = f"{sid}.upscale"
+            graph.add(StageNode(
+                id=up_id, kind="upscale", scene=sid, model_role="upscale",
+                params={"scale": 2, "tile": UPSCALE_TILE, "tile_pad": UPSCALE_TILE_PAD},
+                inputs={"image": still}, publish=f"scenes/{sid}_x2.png",
+                where=loaded.where("scenes", index, "image", "upscale")))
+            still = NodeInput(up_id)
+    if scene.video is None:
+        assert still is not None
+        return "still", still
+
+    vid = scene.video
+    vw, vh = m.parse_resolution(vid.resolution) if vid.resolution else (width, height)
+    start = _file(loaded, vid.image) if vid.image else still
+    base_seed = _seed(vid.seed, scene, spec)
+    segments: list[NodeInput] = []
+    for k in range(1, vid.segments + 1):
+        node_id = f"{sid}.video" if vid.segments == 1 else f"{sid}.video.{k}"
+        seed = base_seed + k - 1 if base_seed >= 0 else seed_for(node_id)
+        inputs: dict = {"image": start} if k == 1 else {"prev": segments[-1]}
+        if k == vid.segments and vid.last_image:
+            inputs["last_image"] = _file(loaded, vid.last_image)
+        graph.add(StageNode(
+            id=node_id, kind="video", scene=sid, model_role="video",
+            params={
+                "prompt": vid.prompt, "negative_prompt": vid.negative_prompt, "frames": vid.frames,
+                "steps": vid.steps, "guidance": vid.guidance,
+                "guidance_2": vid.guidance if vid.guidance_2 is None else vid.guidance_2,
+                "shift": vid.shift, "boundary": vid.boundary, "scheduler": vid.scheduler,
+                "width": vw, "height": vh, "fps": spec.defaults.fps, "seed": seed,
+                "loras": [{"name": lo.name, "high": lo.high, "low": lo.low} for lo in vid.loras],
+            },
+            inputs=inputs, loras=tuple((lo.name, "mov") for lo in vid.loras),
+            publish=f"scenes/{sid}.mp4" if vid.segments == 1 else f"scenes/{sid}.{k}.mp4",
+            where=loaded.where("scenes", index, "video")))
+        segments.append(NodeInput(node_id))
+    return "video", tuple(segments)
+
+
+def _assemble_node(graph: Graph, loaded: LoadedSpec, j: int, asm: m.Assemble,
+                   visuals: dict[str, tuple[str, tuple[NodeInput, ...] | NodeInput]]) -> None:
+    spec = loaded.spec
+    width, height = m.parse_resolution(spec.defaults.resolution)
+    order = asm.scenes or [s.id for s in spec.scenes]
+    by_id = {s.id: s for s in spec.scenes}
+    scenes, inputs = [], {}
+    for i, sid in enumerate(order):
+        scene = by_id[sid]
+        kind, visual = visuals[sid]
+        inputs[f"v{i}"] = visual
+        audio_name = None
+        if asm.audio and scene.audio is not None:
+            audio_name = f"a{i}"
+            inputs[audio_name] = _file(loaded, scene.audio.file)
+        scenes.append({"id": sid, "visual": f"v{i}", "kind": kind, "duration": scene.duration,
+                       "audio": audio_name,
+                       "audio_gain_db": scene.audio.gain_db if scene.audio is not None else 0.0})
+    music = None
+    if asm.music is not None:
+        inputs["music"] = _file(loaded, asm.music.file)
+        music = {"input": "music", "gain_db": asm.music.gain_db}
+    graph.add(StageNode(
+        id=f"assemble.{asm.name}", kind="assemble", scene=None, model_role=None,
+        params={"fps": spec.defaults.fps, "width": width, "height": height, "audio_rate": AUDIO_RATE,
+                "scenes": scenes, "music": music, "loudness": asm.loudness, "crf": asm.crf},
+        inputs=inputs, publish=f"{asm.name}.mp4", where=loaded.where("assemble", j)))
+
+
+def input_paths(value: FileInput | NodeInput | tuple, resolve: Callable[[str], Path]):
+    """Turn a node's input value into the path(s) a stage receives."""
+    if isinstance(value, tuple):
+        return [input_paths(v, resolve) for v in value]
+    if isinstance(value, FileInput):
+        return value.path
+    return resolve(value.node)

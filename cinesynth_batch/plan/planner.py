@@ -1,0 +1,189 @@
+"""A plan: the graph in execution order, each stage with its key, status and reason.
+
+A key can be computed once every input digest is known: source files are hashed, and a
+cached upstream stage's digest comes from its cache entry. A stage below one that must run
+gets its key at execution time, when its inputs exist; if that key is then found in the
+cache (the upstream re-ran and produced the same bytes) it is not run after all.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..cache.digest import DigestState
+from ..cache.lock import Lock
+from ..cache.store import CacheStore, Entry
+from ..errors import Problems, SpecError
+from ..models.registry import Registry
+from ..spec.load import LoadedSpec
+from .expand import build_graph
+from .graph import FileInput, Graph, NodeInput, StageNode
+from .keys import content_key
+from .order import execution_order, kind_rank
+from .reason import Reason, explain
+
+
+@dataclass
+class PlannedStage:
+    node: StageNode
+    status: str                      # "cached" | "run" | "skip"
+    key: str | None
+    reason: Reason
+    model: dict[str, Any] | None
+    params: dict[str, Any]           # params as keyed (LoRA file identities included)
+    inputs: dict[str, Any] = field(default_factory=dict)   # input digests (None: not yet made)
+    entry: Entry | None = None
+
+    @property
+    def id(self) -> str:
+        return self.node.id
+
+
+@dataclass
+class Plan:
+    loaded: LoadedSpec
+    graph: Graph
+    stages: dict[str, PlannedStage]
+    order: list[str]
+    registry: Registry
+    cache: CacheStore
+    lock: Lock
+    digests: DigestState
+    selected: set[str] = field(default_factory=set)
+
+    @property
+    def project(self) -> str:
+        return self.loaded.spec.project
+
+    def to_run(self) -> list[PlannedStage]:
+        return [self.stages[n] for n in self.order if self.stages[n].status == "run"]
+
+    def counts(self) -> dict[str, int]:
+        out = {"run": 0, "cached": 0, "skip": 0}
+        for s in self.stages.values():
+            out[s.status] += 1
+        return out
+
+    def input_digests(self, node: StageNode, known: dict[str, str]) -> dict[str, Any]:
+        """Digests of a node's inputs; None for an input whose upstream has no artifact yet."""
+        def one(value: Any) -> str | None:
+            if isinstance(value, FileInput):
+                return self.digests.digest(value.path)
+            return known.get(value.node)
+
+        out: dict[str, Any] = {}
+        for name, value in node.inputs.items():
+            if isinstance(value, tuple):
+                items = [one(v) for v in value]
+                out[name] = None if any(i is None for i in items) else items
+            else:
+                out[name] = one(value)
+        return out
+
+    def key_for(self, stage: PlannedStage, inputs: dict[str, Any]) -> str | None:
+        if any(v is None for v in inputs.values()):
+            return None
+        return content_key(stage.node.kind, stage.model, stage.params, inputs)
+
+
+def select(graph: Graph, only: list[str] | None, until: str | None) -> set[str]:
+    """Stages a render should bring up to date: matches of ``--only`` (stage id, scene id or
+    kind; ``+`` prefix/suffix as in dbt is accepted and means the same: upstream is always
+    included) cut at ``--until`` (a kind), plus everything they need."""
+    chosen = set(graph.nodes)
+    if only:
+        wanted = set()
+        for pattern in only:
+            p = pattern.strip("+")
+            hits = {n.id for n in graph if n.id == p or n.scene == p or n.kind == p
+                    or n.id.startswith(p + ".")}
+            if not hits:
+                raise SpecError([_unknown_selector(pattern, graph)])
+            wanted |= hits
+        chosen = wanted
+    if until:
+        if until not in {n.kind for n in graph} and until not in ("tts", "image", "upscale", "video",
+                                                                   "lipsync", "animate", "assemble"):
+            raise SpecError([_unknown_selector(until, graph, kind=True)])
+        limit = kind_rank(until)
+        chosen = {n for n in chosen if kind_rank(graph[n].kind) <= limit}
+    return graph.ancestors(chosen)
+
+
+def _unknown_selector(pattern: str, graph: Graph, kind: bool = False):
+    import difflib
+
+    from ..errors import Problem
+
+    names = sorted({n.kind for n in graph} if kind else
+                   {n.id for n in graph} | {n.scene for n in graph if n.scene} | {n.kind for n in graph})
+    close = difflib.get_close_matches(pattern.strip("+"), names, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else "choose from: " + ", ".join(names)
+    return Problem(f"'{pattern}' matches no stage", path="--until" if kind else "--only", hint=hint)
+
+
+def make_plan(loaded: LoadedSpec, registry: Registry, cache: CacheStore, lock: Lock,
+              digests: DigestState, *, force: bool = False, only: list[str] | None = None,
+              until: str | None = None, reseed: bool = False) -> Plan:
+    def seed_for(node_id: str) -> int:
+        locked = None if reseed else lock.seed_for(node_id)
+        return locked if locked is not None else secrets.randbelow(2**32)
+
+    graph = build_graph(loaded, seed_for)
+    order = execution_order(graph)
+    selected = select(graph, only, until)
+    problems = Problems()
+    stages: dict[str, PlannedStage] = {}
+    known: dict[str, str] = {}
+    plan = Plan(loaded, graph, stages, order, registry, cache, lock, digests, selected)
+    for nid in order:
+        node = graph[nid]
+        model = registry.identity(node.model_role) if node.model_role else None
+        params = dict(node.params)
+        if node.loras:
+            params["loras"] = _keyed_loras(node, registry, loaded, problems)
+        stage = PlannedStage(node=node, status="run", key=None, reason=Reason(), model=model,
+                             params=params)
+        stages[nid] = stage
+        inputs = plan.input_digests(node, known)
+        stage.inputs = inputs
+        stage.key = plan.key_for(stage, inputs)
+        running_up = sorted({u for u in node.upstream() if stages[u].status == "run"})
+        if nid not in selected:
+            stage.status = "skip"
+            continue
+        entry = cache.lookup(stage.key) if stage.key else None
+        if entry is not None and not force:
+            stage.status, stage.entry = "cached", entry
+            known[nid] = entry.digest
+            continue
+        stage.reason = explain(lock.stages.get(nid), model, params, inputs, running_up)
+        stage.reason.forced = force
+    problems.raise_if_any()
+    return plan
+
+
+def _keyed_loras(node: StageNode, registry: Registry, loaded: LoadedSpec, problems: Problems):
+    out = []
+    family = node.loras[0][1]
+    for j, lora in enumerate(node.params["loras"]):
+        ident = registry.lora_identity(lora["name"], family)
+        if ident is None:
+            where, path = _lora_where(loaded, node, j)
+            looked = ", ".join(str(Path(d)) for d in registry.lora_search_dirs())
+            problems.add(f"LoRA '{lora['name']}' not found", where, path,
+                         hint=f"put {lora['name']}.safetensors under lora_adpts/{family}/ "
+                              f"(searched: {looked})")
+        out.append({**lora, "file": ident})
+    return out
+
+
+def _lora_where(loaded: LoadedSpec, node: StageNode, j: int):
+    for i, scene in enumerate(loaded.spec.scenes):
+        if scene.id == node.scene:
+            loc = ("scenes", i, node.kind, "loras", j, "name")
+            return loaded.where(*loc), loaded.path_text(*loc)
+    return None, f"{node.id}.loras[{j}].name"

@@ -1,0 +1,236 @@
+"""The spec language, version 1, as pydantic models.
+
+Every model forbids unknown keys. Defaults follow the seed system's tables (FLUX.2-klein:
+4 steps, guidance 1.0; Wan2.2 I2V: 81 frames, 40 steps, guidance 5.0, shift 5.0; the A14B
+expert switch at boundary 0.9).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+RES_RE = re.compile(r"^(\d+)x(\d+)$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+def parse_resolution(value: str) -> tuple[int, int]:
+    """``"720x1280"`` -> ``(720, 1280)`` (width, height)."""
+    m = RES_RE.match(value.strip())
+    if not m:
+        raise ValueError(f"'{value}' is not a resolution (write WIDTHxHEIGHT, e.g. 720x1280)")
+    w, h = int(m.group(1)), int(m.group(2))
+    if w < 16 or h < 16 or w > 8192 or h > 8192:
+        raise ValueError(f"'{value}' is out of range (each side 16..8192)")
+    if w % 16 or h % 16:
+        fix = f"{_round16(w)}x{_round16(h)}"
+        raise ValueError(f"'{value}' is not a multiple of 16 on each side (try {fix})")
+    return w, h
+
+
+def _round16(v: int) -> int:
+    return max(16, int(round(v / 16.0)) * 16)
+
+
+def _check_resolution(v: str | None) -> str | None:
+    if v is None:
+        return v
+    parse_resolution(v)
+    return v.strip()
+
+
+def _check_seed(v: int | None) -> int | None:
+    if v is not None and (v < -1 or v >= 2**32):
+        raise ValueError(f"{v} is not a seed (use 0..4294967295, or -1 to draw one)")
+    return v
+
+
+class ImageLora(Strict):
+    name: str = Field(description="LoRA name under lora_adpts/img/, or a .safetensors path")
+    weight: float = Field(1.0, ge=-4.0, le=4.0, description="adapter weight")
+
+
+class VideoLora(Strict):
+    name: str = Field(description="LoRA name under lora_adpts/mov/, or a .safetensors path")
+    high: float = Field(1.0, ge=-4.0, le=4.0, description="weight on the high-noise expert (early steps)")
+    low: float = Field(1.0, ge=-4.0, le=4.0, description="weight on the low-noise expert (late steps)")
+
+
+class ImageStage(Strict):
+    """FLUX.2-klein text to image."""
+
+    preset: str | None = Field(None, description="preset applied under this stage's values")
+    prompt: str = Field(min_length=1)
+    negative_prompt: str | None = None
+    steps: int = Field(4, ge=1, le=100)
+    guidance: float = Field(1.0, ge=0.0, le=30.0)
+    width: int | None = Field(None, description="defaults to the scene resolution's width")
+    height: int | None = Field(None, description="defaults to the scene resolution's height")
+    seed: int | None = Field(None, description="-1 draws a seed at plan time (written to render.lock)")
+    loras: list[ImageLora] = Field(default_factory=list)
+    upscale: Literal["x2", False] = Field(False, description="'x2' runs Real-ESRGAN x2 after the image")
+
+    _seed = field_validator("seed")(_check_seed)
+
+    @field_validator("upscale", mode="before")
+    @classmethod
+    def _upscale(cls, v: Any) -> Any:
+        if v is True or v == "x2":
+            return "x2"
+        if v is False or v is None:
+            return False
+        raise ValueError(f"{v!r} is not an upscale factor (use x2, or false for none)")
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_16(cls, v: int | None) -> int | None:
+        if v is not None and (v < 16 or v % 16):
+            raise ValueError(f"{v} is not a multiple of 16 (try {_round16(v)})")
+        return v
+
+
+class VideoStage(Strict):
+    """Wan2.2 image to video with two experts (high-noise, low-noise)."""
+
+    preset: str | None = None
+    image: str | None = Field(None, description="start image file; default: the scene's generated image")
+    last_image: str | None = Field(None, description="end image file for first-last-frame clips")
+    prompt: str = ""
+    negative_prompt: str | None = None
+    resolution: str | None = Field(None, description="WIDTHxHEIGHT; default: the scene's")
+    frames: int = Field(81, description="frames per segment; must be 4k+1")
+    steps: int = Field(40, ge=1, le=200)
+    guidance: float = Field(5.0, ge=0.0, le=30.0, description="CFG of the high-noise expert")
+    guidance_2: float | None = Field(None, ge=0.0, le=30.0,
+                                     description="CFG of the low-noise expert; default: guidance")
+    shift: float = Field(5.0, gt=0.0, le=50.0)
+    boundary: float = Field(0.9, ge=0.0, le=1.0, description="expert switch, as a fraction of timesteps")
+    scheduler: Literal["unipc", "euler"] = "unipc"
+    segments: int = Field(1, ge=1, le=64, description="chained clips, each starting from the last frame")
+    seed: int | None = None
+    loras: list[VideoLora] = Field(default_factory=list)
+
+    _seed = field_validator("seed")(_check_seed)
+    _res = field_validator("resolution")(_check_resolution)
+
+    @field_validator("frames")
+    @classmethod
+    def _four_k_plus_one(cls, v: int) -> int:
+        if v < 5 or (v - 1) % 4:
+            fix = max(5, 4 * round((v - 1) / 4) + 1)
+            raise ValueError(f"{v} is not 4k+1 (try {fix})")
+        return v
+
+
+class AudioStage(Strict):
+    """A file laid under the scene."""
+
+    file: str
+    gain_db: float = Field(0.0, ge=-60.0, le=24.0)
+
+
+class Scene(Strict):
+    id: str = Field(description="unique scene id: letters, digits, '-' and '_'")
+    preset: str | None = None
+    matrix: dict[str, list[Any]] | None = Field(
+        None, description="expand this scene once per combination; values usable as {{ name }}")
+    resolution: str | None = None
+    seed: int | None = None
+    duration: float | None = Field(None, gt=0.0, description="seconds a still scene lasts")
+    image: ImageStage | None = None
+    video: VideoStage | None = None
+    audio: AudioStage | None = None
+
+    _seed = field_validator("seed")(_check_seed)
+    _res = field_validator("resolution")(_check_resolution)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not ID_RE.match(v):
+            fix = re.sub(r"[^A-Za-z0-9_-]+", "-", v).strip("-") or "scene"
+            raise ValueError(f"'{v}' is not a valid id (use letters, digits, '-', '_'; try '{fix}')")
+        return v
+
+    @field_validator("audio", mode="before")
+    @classmethod
+    def _audio_shorthand(cls, v: Any) -> Any:
+        return {"file": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _has_visual(self) -> "Scene":
+        if self.image is None and self.video is None:
+            raise ValueError("a scene needs an 'image' or a 'video' stage")
+        if self.video is not None and self.video.image is None and self.image is None:
+            raise ValueError("video has no start image: add an 'image' stage or set video.image")
+        return self
+
+
+class Defaults(Strict):
+    resolution: str = Field("720x1280", description="WIDTHxHEIGHT")
+    fps: int = Field(16, ge=1, le=120)
+    seed: int = Field(-1, description="-1 draws a seed per stage at plan time")
+
+    _seed = field_validator("seed")(_check_seed)
+    _res = field_validator("resolution")(_check_resolution)
+
+
+class Music(Strict):
+    file: str
+    gain_db: float = Field(-18.0, ge=-60.0, le=12.0)
+
+
+class Assemble(Strict):
+    name: str = Field("final", description="output file name without .mp4")
+    scenes: list[str] | None = Field(None, description="scene order; default: all scenes as written")
+    audio: bool = Field(True, description="mux each scene's audio")
+    music: Music | None = None
+    loudness: float | None = Field(None, ge=-70.0, le=-5.0, description="target integrated LUFS")
+    crf: int = Field(18, ge=0, le=51)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        v = v[:-4] if v.endswith(".mp4") else v
+        if not ID_RE.match(v):
+            raise ValueError(f"'{v}' is not a valid output name (letters, digits, '-', '_')")
+        return v
+
+
+class Spec(Strict):
+    """A CineSynth project: scenes rendered through a DAG of stages into final videos."""
+
+    version: Literal[1] = 1
+    project: str
+    output: str | None = Field(None, description="output folder; default outputs/<project>")
+    profile: str = Field("tiny", description="'tiny', 'production' or a models file (.yaml)")
+    defaults: Defaults = Field(default_factory=Defaults)
+    vars: dict[str, Any] = Field(default_factory=dict, description="template variables")
+    presets: dict[str, dict[str, Any]] = Field(default_factory=dict, description="inline presets")
+    allow_paths: list[str] = Field(default_factory=list,
+                                   description="folders outside the project that assets may come from")
+    scenes: list[Scene] = Field(min_length=1)
+    assemble: list[Assemble] = Field(default_factory=lambda: [Assemble()],
+                                     description="one final video, or a list of them")
+
+    @field_validator("assemble", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, dict) else v
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, v: str) -> str:
+        if not ID_RE.match(v):
+            fix = re.sub(r"[^A-Za-z0-9_-]+", "-", v).strip("-") or "project"
+            raise ValueError(f"'{v}' is not a valid project name (try '{fix}')")
+        return v
+
+    def assemblies(self) -> list[Assemble]:
+        return self.assemble

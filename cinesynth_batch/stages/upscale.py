@@ -1,0 +1,70 @@
+"""Upscale one image with the profile's RRDBNet (Real-ESRGAN) model and write a PNG.
+
+params: ``scale`` (must equal the model's), ``tile`` (input tile size, 0 = whole image),
+``tile_pad`` (context pixels around each tile). inputs: ``{"image": Path}``.
+An alpha channel, if any, is resized with bicubic filtering and kept.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cinesynth_batch.stages.base import StageContext, StageError
+
+KIND = "upscale"
+OUTPUT_EXT = ".png"
+MODEL_ROLE = "upscale"
+
+DEFAULTS: dict[str, int] = {"scale": 2, "tile": 512, "tile_pad": 10}
+
+
+def _int_param(params: dict[str, Any], name: str, minimum: int) -> int:
+    value = params.get(name, DEFAULTS[name])
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise StageError(f"upscale: {name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageContext) -> dict:
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    scale = _int_param(params, "scale", 1)
+    tile = _int_param(params, "tile", 0)
+    tile_pad = _int_param(params, "tile_pad", 0)
+
+    src = inputs.get("image")
+    if src is None:
+        raise StageError("upscale: no 'image' input", hint="give the node an image input")
+    src = Path(src)
+
+    upscaler = ctx.models.get(MODEL_ROLE)
+    model_scale = int(getattr(upscaler, "scale"))
+    if scale != model_scale:
+        raise StageError(
+            f"upscale: scale {scale} was asked for but the upscale model is x{model_scale}",
+            hint=f"set scale: {model_scale} or give the profile an x{scale} model",
+        )
+
+    try:
+        with Image.open(src) as im:
+            im.load()
+            alpha = None
+            if "A" in im.getbands() or "transparency" in im.info:
+                alpha = im.convert("RGBA").getchannel("A")
+            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise StageError(f"upscale: cannot read image {src}: {exc}") from exc
+
+    h, w = rgb.shape[:2]
+    result = upscaler.upscale(rgb, tile=tile, tile_pad=tile_pad, progress=ctx.progress)
+    expected = (h * scale, w * scale, 3)
+    if result.shape != expected:
+        raise StageError(f"upscale: model returned {result.shape}, expected {expected}")
+
+    img = Image.fromarray(result)
+    if alpha is not None:
+        img.putalpha(alpha.resize((w * scale, h * scale), Image.Resampling.BICUBIC))
+    img.save(out, format="PNG")
+    return {"width": w * scale, "height": h * scale}

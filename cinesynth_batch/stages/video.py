@@ -1,0 +1,231 @@
+"""Image to video with Wan2.2-I2V-A14B (``WanImageToVideoPipeline``, two experts).
+
+params: ``prompt``, ``negative_prompt``, ``frames`` (4k+1), ``steps``, ``guidance`` (high-noise
+expert), ``guidance_2`` (low-noise expert), ``shift``, ``boundary``, ``scheduler`` (``"unipc"`` or
+``"euler"``), ``width``, ``height``, ``fps``, ``seed``, ``loras`` (``[{name, high, low}]``).
+
+inputs: ``"image"`` (a still) or ``"prev"`` (the previous segment's mp4: this segment starts from its
+last frame), plus optional ``"last_image"`` (first-last-frame clips). Writes one mp4.
+
+Every run sets the expert boundary and a fresh scheduler built from the pipeline's original
+scheduler config, so nothing one run chooses leaks into the next.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .base import StageContext, StageError
+
+KIND = "video"
+OUTPUT_EXT = ".mp4"
+MODEL_ROLE = "video"
+
+SCHEDULERS = ("unipc", "euler")
+SIZE_MULTIPLE = 16
+_BASE_SCHEDULER_ATTR = "_cinesynth_base_scheduler_config"
+
+
+def _int(params: dict, key: str, minimum: int) -> int:
+    value = params.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise StageError(f"video: {key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _float(params: dict, key: str, lo: float | None = None, hi: float | None = None, default: Any = ...) -> float:
+    value = params.get(key, default)
+    if value is ...:
+        raise StageError(f"video: {key} is required")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise StageError(f"video: {key} must be a number, got {value!r}")
+    value = float(value)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise StageError(f"video: {key} must be between {lo} and {hi}, got {value!r}")
+    return value
+
+
+def check_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``params``; returns the values the run uses."""
+    prompt = params.get("prompt")
+    if not isinstance(prompt, str):
+        raise StageError(f"video: prompt must be a string, got {prompt!r}")
+    negative = params.get("negative_prompt")
+    if negative is not None and not isinstance(negative, str):
+        raise StageError(f"video: negative_prompt must be a string or null, got {negative!r}")
+    frames = _int(params, "frames", 1)
+    if frames < 5 or (frames - 1) % 4:
+        k = max(1, round((frames - 1) / 4))
+        raise StageError(
+            f"video: frames must be 4k+1 and at least 5 (5, 9, ..., 81), got {frames}",
+            hint=f"try frames: {4 * k + 1}",
+        )
+    width = _int(params, "width", SIZE_MULTIPLE)
+    height = _int(params, "height", SIZE_MULTIPLE)
+    if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE:
+        raise StageError(
+            f"video: width and height must be multiples of {SIZE_MULTIPLE}, got {width}x{height}",
+            hint=f"try {max(SIZE_MULTIPLE, round(width / SIZE_MULTIPLE) * SIZE_MULTIPLE)}x"
+            f"{max(SIZE_MULTIPLE, round(height / SIZE_MULTIPLE) * SIZE_MULTIPLE)}",
+        )
+    scheduler = params.get("scheduler", "unipc")
+    if scheduler not in SCHEDULERS:
+        raise StageError(f"video: scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
+    guidance = _float(params, "guidance")
+    guidance_2 = params.get("guidance_2")
+    guidance_2 = guidance if guidance_2 is None else _float(params, "guidance_2")
+    shift = _float(params, "shift")
+    if shift <= 0:
+        raise StageError(f"video: shift must be > 0, got {shift!r}")
+    return {
+        "prompt": prompt,
+        "negative_prompt": negative or None,
+        "frames": frames,
+        "steps": _int(params, "steps", 1),
+        "guidance": guidance,
+        "guidance_2": guidance_2,
+        "shift": shift,
+        "boundary": _float(params, "boundary", 0.0, 1.0),
+        "scheduler": scheduler,
+        "width": width,
+        "height": height,
+        "fps": _int(params, "fps", 1),
+        "seed": _int(params, "seed", 0),
+        "loras": params.get("loras") or [],
+    }
+
+
+def _one_path(inputs: dict[str, Any], key: str) -> Path | None:
+    value = inputs.get(key)
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        if len(value) != 1:
+            raise StageError(f"video: input {key!r} must be one file, got {len(value)}")
+        value = value[0]
+    path = Path(value)
+    if not path.is_file():
+        raise StageError(f"video: input {key!r} not found: {path}")
+    return path
+
+
+def fit_image(image, width: int, height: int):
+    """Scale ``image`` to cover ``width``x``height`` and center-crop it to exactly that size (RGB)."""
+    from PIL import Image, ImageOps
+
+    image = image.convert("RGB")
+    if image.size == (width, height):
+        return image
+    return ImageOps.fit(image, (width, height), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+
+
+def _open_still(path: Path, key: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise StageError(f"video: input {key!r} is not a readable image: {path} ({exc})") from exc
+
+
+def start_images(inputs: dict[str, Any], width: int, height: int):
+    """The (first, last-or-None) conditioning images, fitted to ``width``x``height``."""
+    from PIL import Image
+
+    from ..media.video_io import last_frame
+
+    image_path = _one_path(inputs, "image")
+    prev_path = _one_path(inputs, "prev")
+    if image_path is not None and prev_path is not None:
+        raise StageError("video: give either input 'image' or input 'prev', not both")
+    if image_path is None and prev_path is None:
+        raise StageError(
+            "video: no start image",
+            hint="give input 'image' (a still) or 'prev' (the previous segment, continued from its last frame)",
+        )
+    if image_path is not None:
+        first = _open_still(image_path, "image")
+    else:
+        try:
+            first = Image.fromarray(last_frame(prev_path))
+        except Exception as exc:
+            raise StageError(f"video: cannot read the last frame of input 'prev': {prev_path} ({exc})") from exc
+    last_path = _one_path(inputs, "last_image")
+    last = _open_still(last_path, "last_image") if last_path is not None else None
+    return fit_image(first, width, height), (fit_image(last, width, height) if last is not None else None)
+
+
+def make_scheduler(pipe: Any, kind: str, shift: float):
+    """A fresh scheduler of ``kind`` from the pipeline's original scheduler config."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+    base = getattr(pipe, _BASE_SCHEDULER_ATTR, None)
+    if base is None:
+        base = dict(pipe.scheduler.config)
+        setattr(pipe, _BASE_SCHEDULER_ATTR, base)
+    if kind == "unipc":
+        return UniPCMultistepScheduler.from_config(
+            base, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift
+        )
+    return FlowMatchEulerDiscreteScheduler.from_config(base, shift=shift, use_dynamic_shifting=False)
+
+
+def to_uint8(frames) -> "Any":
+    import numpy as np
+
+    frames = np.asarray(frames)
+    if frames.ndim == 5:
+        frames = frames[0]
+    if frames.dtype != np.uint8:
+        frames = (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    return np.ascontiguousarray(frames)
+
+
+def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageContext) -> dict[str, Any]:
+    import torch
+
+    from ..media.video_io import write_video
+    from ..models.lora import apply_loras, video_lora_requests
+
+    p = check_params(params)
+    first, last = start_images(inputs, p["width"], p["height"])
+    requests = video_lora_requests(p["loras"], ctx.resolve_lora)
+
+    pipe = ctx.models.get(MODEL_ROLE)
+    if getattr(pipe, "transformer", None) is None or getattr(pipe, "transformer_2", None) is None:
+        raise StageError("video: the video model must be a Wan2.2 A14B pipeline with transformer and transformer_2")
+    apply_loras(pipe, requests)
+    pipe.register_to_config(boundary_ratio=p["boundary"])
+    pipe.scheduler = make_scheduler(pipe, p["scheduler"], p["shift"])
+
+    total = p["steps"]
+
+    def on_step_end(_pipe, i, _t, _kwargs):
+        ctx.progress(i + 1, total)
+        return {}
+
+    ctx.progress(0, total)
+    with torch.no_grad():
+        result = pipe(
+            image=first,
+            last_image=last,
+            prompt=p["prompt"],
+            negative_prompt=p["negative_prompt"],
+            height=p["height"],
+            width=p["width"],
+            num_frames=p["frames"],
+            num_inference_steps=p["steps"],
+            guidance_scale=p["guidance"],
+            guidance_scale_2=p["guidance_2"],
+            generator=torch.Generator("cpu").manual_seed(p["seed"]),
+            output_type="np",
+            callback_on_step_end=on_step_end,
+        )
+    frames = to_uint8(result.frames)
+    if frames.shape[0] != p["frames"]:
+        raise StageError(f"video: the pipeline returned {frames.shape[0]} frames, expected {p['frames']}")
+    write_video(frames, out, fps=p["fps"])
+    return {"frames": int(frames.shape[0]), "width": int(frames.shape[2]), "height": int(frames.shape[1]), "fps": p["fps"]}

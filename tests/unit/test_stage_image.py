@@ -1,0 +1,157 @@
+"""The image stage on the tiny FLUX.2-klein pipeline, loaded through the real load path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cinesynth_batch.models.loaders import load_model
+from cinesynth_batch.models.tiny import build_tiny
+from cinesynth_batch.stages import image as image_stage
+from cinesynth_batch.stages.base import StageContext, StageError
+
+torch.set_flush_denormal(True)
+torch.set_num_threads(1)
+
+KINDS = {"image": ("flux2-klein", "flux2-klein"), "video": ("wan-i2v", "wan2.2-i2v")}
+
+
+class Provider:
+    """Loads each role once with ``load_model`` and keeps it, as the executor's residency does."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.loaded: dict[str, object] = {}
+
+    def get(self, role: str):
+        if role not in self.loaded:
+            kind, folder = KINDS[role]
+            self.loaded[role] = load_model(kind, self.root / folder)
+        return self.loaded[role]
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.getbasetemp() / "tiny-models"
+    build_tiny(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def provider(tiny_root) -> Provider:
+    return Provider(tiny_root)
+
+
+@pytest.fixture
+def ctx(provider, tiny_root):
+    def resolve(name: str, family: str) -> Path:
+        return tiny_root / "lora_adpts" / family / f"{name}.safetensors"
+
+    calls: list[tuple[int, int]] = []
+    c = StageContext(models=provider, resolve_lora=resolve, progress=lambda s, t: calls.append((s, t)))
+    c.extra["progress_calls"] = calls
+    return c
+
+
+BASE = {
+    "prompt": "a lighthouse at dusk",
+    "negative_prompt": None,
+    "steps": 2,
+    "guidance": 1.0,
+    "width": 64,
+    "height": 64,
+    "seed": 7,
+    "loras": [],
+}
+
+
+def render(ctx, tmp_path, name="out", **over) -> tuple[dict, bytes, np.ndarray]:
+    out = tmp_path / f"{name}.png"
+    facts = image_stage.run({**BASE, **over}, {}, out, ctx)
+    data = out.read_bytes()
+    with Image.open(out) as im:
+        pixels = np.asarray(im.convert("RGB")).astype(np.int16)
+    return facts, data, pixels
+
+
+def test_constants():
+    assert image_stage.KIND == "image"
+    assert image_stage.OUTPUT_EXT == ".png"
+    assert image_stage.MODEL_ROLE == "image"
+
+
+def test_writes_png_of_requested_size_and_reports_progress(ctx, tmp_path):
+    facts, data, pixels = render(ctx, tmp_path, width=64, height=32, steps=3)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert facts == {"width": 64, "height": 32}
+    assert pixels.shape == (32, 64, 3)
+    assert pixels.std() > 1  # not a flat image
+    assert ctx.extra["progress_calls"] == [(0, 3), (1, 3), (2, 3), (3, 3)]
+
+
+def test_same_seed_same_bytes_other_seed_differs(ctx, tmp_path):
+    _, a, pa = render(ctx, tmp_path, "a", seed=11)
+    _, b, _ = render(ctx, tmp_path, "b", seed=11)
+    _, c, pc = render(ctx, tmp_path, "c", seed=12)
+    assert a == b
+    assert a != c and np.abs(pa - pc).max() > 0
+
+
+def test_lora_weight_zero_equals_base_and_one_differs(ctx, provider, tmp_path):
+    _, base, pb = render(ctx, tmp_path, "base")
+    _, zero, _ = render(ctx, tmp_path, "zero", loras=[{"name": "tiny/style", "weight": 0.0}])
+    _, one, p1 = render(ctx, tmp_path, "one", loras=[{"name": "tiny/style", "weight": 1.0}])
+    _, half, ph = render(ctx, tmp_path, "half", loras=[{"name": "tiny/style", "weight": 0.5}])
+    _, again, _ = render(ctx, tmp_path, "again")
+    assert zero == base
+    assert np.abs(p1 - pb).mean() > 1.0  # visibly different pixels
+    assert np.abs(ph - p1).max() > 0
+    assert again == base  # the LoRA does not leak into a later run without LoRA
+    # the file was loaded once and kept for later runs
+    adapters = provider.get("image").get_list_adapters()
+    assert len(adapters["transformer"]) == 1
+
+
+def test_repeated_lora_entries_add_their_weights(ctx, tmp_path):
+    _, one, _ = render(ctx, tmp_path, "one", loras=[{"name": "tiny/style", "weight": 1.0}])
+    _, two_halves, _ = render(
+        ctx, tmp_path, "halves", loras=[{"name": "tiny/style", "weight": 0.5}, {"name": "tiny/style", "weight": 0.5}]
+    )
+    assert one == two_halves
+
+
+def test_negative_prompt_used_only_with_guidance(ctx, tmp_path):
+    _, plain, _ = render(ctx, tmp_path, "p", guidance=1.0)
+    _, neg, _ = render(ctx, tmp_path, "n", guidance=1.0, negative_prompt="fog, blur")
+    assert plain == neg  # no CFG: nothing to apply it to
+    _, cfg, _ = render(ctx, tmp_path, "c", guidance=4.0)
+    _, cfg_neg, _ = render(ctx, tmp_path, "cn", guidance=4.0, negative_prompt="fog, blur")
+    _, cfg_empty, _ = render(ctx, tmp_path, "ce", guidance=4.0, negative_prompt="")
+    assert cfg != plain
+    assert cfg_neg != cfg
+    assert cfg_empty == cfg  # an empty negative prompt is the pipeline's default
+
+
+def test_refuses_non_safetensors_lora(provider, tmp_path):
+    bad = tmp_path / "style.pt"
+    bad.write_bytes(b"not a lora")
+    c = StageContext(models=provider, resolve_lora=lambda name, family: bad)
+    with pytest.raises(StageError, match="safetensors"):
+        image_stage.run({**BASE, "loras": [{"name": "style", "weight": 1.0}]}, {}, tmp_path / "x.png", c)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_missing_lora_and_bad_sizes_raise_stage_error(ctx, tmp_path):
+    with pytest.raises(StageError, match="not found"):
+        render(ctx, tmp_path, loras=[{"name": "tiny/nope", "weight": 1.0}])
+    with pytest.raises(StageError, match="multiples of 16"):
+        render(ctx, tmp_path, width=72)
+    with pytest.raises(StageError, match="seed"):
+        render(ctx, tmp_path, seed=-1)

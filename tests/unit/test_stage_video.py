@@ -1,0 +1,290 @@
+"""The video stage on the tiny Wan2.2 I2V pipeline (two experts), loaded through the real load path."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cinesynth_batch.media.video_io import last_frame, probe, read_frames
+from cinesynth_batch.models.loaders import load_model
+from cinesynth_batch.models.tiny import build_tiny
+from cinesynth_batch.stages import video as video_stage
+from cinesynth_batch.stages.base import StageContext, StageError
+
+torch.set_flush_denormal(True)
+torch.set_num_threads(1)
+
+KINDS = {"image": ("flux2-klein", "flux2-klein"), "video": ("wan-i2v", "wan2.2-i2v")}
+
+
+class Provider:
+    """Loads each role once with ``load_model`` and keeps it, as the executor's residency does."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.loaded: dict[str, object] = {}
+
+    def get(self, role: str):
+        if role not in self.loaded:
+            kind, folder = KINDS[role]
+            self.loaded[role] = load_model(kind, self.root / folder)
+        return self.loaded[role]
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.getbasetemp() / "tiny-models"
+    build_tiny(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def provider(tiny_root) -> Provider:
+    return Provider(tiny_root)
+
+
+@pytest.fixture
+def ctx(provider, tiny_root):
+    def resolve(name: str, family: str) -> Path:
+        return tiny_root / "lora_adpts" / family / f"{name}.safetensors"
+
+    calls: list[tuple[int, int]] = []
+    c = StageContext(models=provider, resolve_lora=resolve, progress=lambda s, t: calls.append((s, t)))
+    c.extra["progress_calls"] = calls
+    return c
+
+
+@pytest.fixture(scope="module")
+def stills(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("stills")
+    rng = np.random.default_rng(0)
+    out = {}
+    yy, xx = np.mgrid[0:64, 0:96]
+    grad = np.stack([xx * 255 / 95, yy * 255 / 63, np.full_like(xx, 128)], -1).astype(np.uint8)
+    out["gradient"] = d / "gradient.png"
+    Image.fromarray(grad).save(out["gradient"])  # 96x64: fitted (cover + center crop) to the clip size
+    out["noise"] = d / "noise.png"
+    Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)).save(out["noise"])
+    out["jpg"] = d / "flat.jpg"
+    Image.new("RGB", (48, 32), (200, 40, 40)).save(out["jpg"], quality=95)
+    return out
+
+
+BASE = {
+    "prompt": "waves roll onto the beach",
+    "negative_prompt": "static, blurry",
+    "frames": 9,
+    "steps": 2,
+    "guidance": 3.0,
+    "guidance_2": 2.0,
+    "shift": 5.0,
+    "boundary": 0.9,
+    "scheduler": "unipc",
+    "width": 48,
+    "height": 32,
+    "fps": 8,
+    "seed": 5,
+    "loras": [],
+}
+
+
+def render(ctx, tmp_path, inputs, name="clip", **over):
+    out = tmp_path / f"{name}.mp4"
+    facts = video_stage.run({**BASE, **over}, inputs, out, ctx)
+    return facts, out
+
+
+def frames_of(path: Path) -> np.ndarray:
+    return read_frames(path).astype(np.int16)
+
+
+@contextmanager
+def expert_calls(pipe):
+    counts = {"transformer": 0, "transformer_2": 0}
+    handles = []
+    for name in counts:
+        def hook(_m, _a, _o, name=name):
+            counts[name] += 1
+
+        handles.append(getattr(pipe, name).register_forward_hook(hook))
+    try:
+        yield counts
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_constants():
+    assert video_stage.KIND == "video"
+    assert video_stage.OUTPUT_EXT == ".mp4"
+    assert video_stage.MODEL_ROLE == "video"
+
+
+def test_writes_mp4_with_requested_frames_size_and_fps(ctx, tmp_path, stills):
+    facts, out = render(ctx, tmp_path, {"image": str(stills["gradient"])}, frames=9, width=48, height=32, fps=8)
+    assert facts == {"frames": 9, "width": 48, "height": 32, "fps": 8}
+    info = probe(out)
+    assert (info.frames, info.width, info.height, info.fps) == (9, 48, 32, 8.0)
+    assert info.video_codec == "h264"
+    assert ctx.extra["progress_calls"] == [(0, 2), (1, 2), (2, 2)]
+
+    facts, out = render(ctx, tmp_path, {"image": str(stills["jpg"])}, "square", frames=13, width=32, height=32, fps=12)
+    info = probe(out)
+    assert (info.frames, info.width, info.height, info.fps) == (13, 32, 32, 12.0)
+
+
+def test_same_seed_same_bytes(ctx, tmp_path, stills):
+    _, a = render(ctx, tmp_path, {"image": stills["noise"]}, "a")
+    _, b = render(ctx, tmp_path, {"image": stills["noise"]}, "b")
+    _, c = render(ctx, tmp_path, {"image": stills["noise"]}, "c", seed=6)
+    assert a.read_bytes() == b.read_bytes()
+    assert np.abs(frames_of(a) - frames_of(c)).max() > 0
+
+
+def test_low_weight_changes_frames_and_zero_weights_equal_base(ctx, provider, tmp_path, stills):
+    inp = {"image": stills["noise"]}
+    _, base = render(ctx, tmp_path, inp, "base")
+    _, zero = render(ctx, tmp_path, inp, "zero", loras=[{"name": "tiny/motion", "high": 0.0, "low": 0.0}])
+    _, low = render(ctx, tmp_path, inp, "low", loras=[{"name": "tiny/motion", "high": 0.0, "low": 1.0}])
+    _, low2 = render(ctx, tmp_path, inp, "low2", loras=[{"name": "tiny/motion", "high": 0.0, "low": 0.5}])
+    _, after = render(ctx, tmp_path, inp, "after")
+    assert zero.read_bytes() == base.read_bytes()
+    assert np.abs(frames_of(low) - frames_of(base)).mean() > 0.5
+    assert np.abs(frames_of(low2) - frames_of(low)).max() > 0
+    assert after.read_bytes() == base.read_bytes()
+    adapters = provider.get("video").get_list_adapters()
+    assert len(adapters.get("transformer_2", [])) == 1  # loaded once, reused
+
+
+def test_high_and_low_weights_land_on_their_expert(ctx, tmp_path, stills):
+    """boundary 0 runs only the high-noise expert, boundary 1 only the low-noise one."""
+    inp = {"image": stills["noise"]}
+    lo_only = [{"name": "tiny/motion", "high": 0.0, "low": 1.0}]
+    hi_only = [{"name": "tiny/motion", "high": 1.0, "low": 0.0}]
+    _, base_hi = render(ctx, tmp_path, inp, "bh", boundary=0.0)
+    _, lo_on_hi = render(ctx, tmp_path, inp, "lh", boundary=0.0, loras=lo_only)
+    _, hi_on_hi = render(ctx, tmp_path, inp, "hh", boundary=0.0, loras=hi_only)
+    assert lo_on_hi.read_bytes() == base_hi.read_bytes()
+    assert np.abs(frames_of(hi_on_hi) - frames_of(base_hi)).max() > 0
+    _, base_lo = render(ctx, tmp_path, inp, "bl", boundary=1.0)
+    _, hi_on_lo = render(ctx, tmp_path, inp, "hl", boundary=1.0, loras=hi_only)
+    assert hi_on_lo.read_bytes() == base_lo.read_bytes()
+
+
+def test_two_loras_on_both_experts_use_one_set_adapters_call(ctx, provider, tmp_path, stills):
+    pipe = provider.get("video")
+    calls = []
+    original = pipe.set_adapters
+
+    def spy(names, adapter_weights=None):
+        calls.append((list(names), list(adapter_weights)))
+        return original(names, adapter_weights=adapter_weights)
+
+    pipe.set_adapters = spy
+    try:
+        loras = [{"name": "tiny/motion", "high": 0.7, "low": 0.3}, {"name": "tiny/camera", "high": 1.0, "low": 0.6}]
+        _, both = render(ctx, tmp_path, {"image": stills["noise"]}, "both", loras=loras)
+        _, one = render(ctx, tmp_path, {"image": stills["noise"]}, "one", loras=loras[:1])
+    finally:
+        del pipe.set_adapters
+    assert len(calls) == 2  # one per run
+    assert sorted(calls[0][1]) == [0.3, 0.6, 0.7, 1.0]
+    assert sorted(calls[1][1]) == [0.3, 0.7]
+    assert np.abs(frames_of(both) - frames_of(one)).max() > 0
+    loaded = pipe.get_list_adapters()
+    assert len(loaded["transformer"]) == 2 and len(loaded["transformer_2"]) == 2
+
+
+def test_boundary_picks_the_expert(ctx, provider, tmp_path, stills):
+    pipe = provider.get("video")
+    inp = {"image": stills["noise"]}
+    with expert_calls(pipe) as only_low:
+        _, low = render(ctx, tmp_path, inp, "low", boundary=1.0)
+    with expert_calls(pipe) as only_high:
+        _, high = render(ctx, tmp_path, inp, "high", boundary=0.0)
+    with expert_calls(pipe) as split:
+        render(ctx, tmp_path, inp, "split", boundary=0.9)
+    assert only_low["transformer"] == 0 and only_low["transformer_2"] > 0
+    assert only_high["transformer_2"] == 0 and only_high["transformer"] > 0
+    assert split["transformer"] > 0 and split["transformer_2"] > 0
+    assert np.abs(frames_of(low) - frames_of(high)).max() > 0
+
+
+def test_prev_continues_from_the_last_frame(ctx, tmp_path, stills):
+    _, first = render(ctx, tmp_path, {"image": stills["gradient"]}, "first")
+    tail = tmp_path / "tail.png"
+    Image.fromarray(last_frame(first)).save(tail)
+    head = tmp_path / "head.png"
+    Image.fromarray(read_frames(first)[0]).save(head)
+
+    facts, cont = render(ctx, tmp_path, {"prev": str(first)}, "cont", seed=9)
+    _, from_tail = render(ctx, tmp_path, {"image": tail}, "from_tail", seed=9)
+    _, from_head = render(ctx, tmp_path, {"image": head}, "from_head", seed=9)
+    assert facts["frames"] == BASE["frames"]
+    assert cont.read_bytes() == from_tail.read_bytes()
+    assert np.abs(frames_of(cont) - frames_of(from_head)).max() > 0
+
+
+def test_last_image_conditions_the_clip(ctx, tmp_path, stills):
+    _, plain = render(ctx, tmp_path, {"image": stills["noise"]}, "plain")
+    _, fflf = render(ctx, tmp_path, {"image": stills["noise"], "last_image": stills["gradient"]}, "fflf")
+    assert probe(fflf).frames == BASE["frames"]
+    assert np.abs(frames_of(plain) - frames_of(fflf)).max() > 0
+
+
+def test_schedulers_run_and_do_not_leak(ctx, provider, tmp_path, stills):
+    inp = {"image": stills["noise"]}
+    _, u1 = render(ctx, tmp_path, inp, "u1", scheduler="unipc")
+    assert type(provider.get("video").scheduler).__name__ == "UniPCMultistepScheduler"
+    _, e1 = render(ctx, tmp_path, inp, "e1", scheduler="euler", shift=3.0)
+    assert type(provider.get("video").scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
+    _, e2 = render(ctx, tmp_path, inp, "e2", scheduler="euler", shift=8.0)
+    _, u2 = render(ctx, tmp_path, inp, "u2", scheduler="unipc")
+    assert probe(e1).frames == BASE["frames"]
+    assert np.abs(frames_of(u1) - frames_of(e1)).max() > 0
+    assert np.abs(frames_of(e1) - frames_of(e2)).max() > 0  # shift is honoured
+    assert u1.read_bytes() == u2.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "over, match",
+    [
+        ({"frames": 10}, "4k\\+1"),
+        ({"frames": 1}, "4k\\+1"),
+        ({"width": 40}, "multiples of 16"),
+        ({"height": 20}, "multiples of 16"),
+        ({"scheduler": "ddim"}, "scheduler"),
+        ({"boundary": 1.5}, "boundary"),
+        ({"seed": -3}, "seed"),
+    ],
+)
+def test_bad_params_raise_stage_error(ctx, tmp_path, stills, over, match):
+    with pytest.raises(StageError, match=match):
+        render(ctx, tmp_path, {"image": stills["noise"]}, **over)
+    assert not (tmp_path / "clip.mp4").exists()
+
+
+def test_bad_inputs_raise_stage_error(ctx, tmp_path, stills):
+    with pytest.raises(StageError, match="no start image"):
+        render(ctx, tmp_path, {})
+    with pytest.raises(StageError, match="not both"):
+        render(ctx, tmp_path, {"image": stills["noise"], "prev": stills["noise"]})
+    with pytest.raises(StageError, match="not found"):
+        render(ctx, tmp_path, {"image": tmp_path / "missing.png"})
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"no image here")
+    with pytest.raises(StageError, match="not a readable image"):
+        render(ctx, tmp_path, {"image": junk})
+    bad = tmp_path / "motion.ckpt"
+    bad.write_bytes(b"x")
+    c = StageContext(models=ctx.models, resolve_lora=lambda name, family: bad)
+    with pytest.raises(StageError, match="safetensors"):
+        video_stage.run({**BASE, "loras": [{"name": "motion", "high": 1.0, "low": 1.0}]}, {"image": stills["noise"]}, tmp_path / "x.mp4", c)
