@@ -38,6 +38,7 @@ class Lock:
     profile: str = ""
     stages: dict[str, LockEntry] = field(default_factory=dict)
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seeds: dict[str, int] = field(default_factory=dict)   # seeds drawn for `seed: -1`
 
     @classmethod
     def read(cls, path: Path) -> "Lock":
@@ -56,10 +57,13 @@ class Lock:
                                             e.get("inputs") or {}, e.get("output") or {})
             except (KeyError, TypeError):
                 continue
+        seeds = {k: v for k, v in (data.get("seeds") or {}).items() if isinstance(v, int)}
         return cls(project=data.get("project", ""), profile=data.get("profile", ""), stages=stages,
-                   outputs=data.get("outputs") or {})
+                   outputs=data.get("outputs") or {}, seeds=seeds)
 
     def seed_for(self, node_id: str) -> int | None:
+        if node_id in self.seeds:
+            return self.seeds[node_id]
         entry = self.stages.get(node_id)
         if entry is None:
             return None
@@ -73,6 +77,7 @@ class Lock:
             "profile": self.profile,
             "stages": {k: self.stages[k].to_dict() for k in sorted(self.stages)},
             "outputs": {k: self.outputs[k] for k in sorted(self.outputs)},
+            "seeds": {k: self.seeds[k] for k in sorted(self.seeds)},
         }
 
     def write(self, path: Path) -> None:

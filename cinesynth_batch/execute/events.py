@@ -38,7 +38,7 @@ class Sink(Protocol):
 class JsonLinesSink:
     """Appends one JSON object per event to a file, flushed at once (readable while rendering)."""
 
-    def __init__(self, path: Path, progress_steps: bool = False):
+    def __init__(self, path: Path, progress_steps: bool = True):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(path, "a", encoding="utf-8")
         self._steps = progress_steps

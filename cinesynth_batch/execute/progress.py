@@ -72,7 +72,17 @@ class RichProgress:
         self._p.stop()
 
 
+class NoProgress:
+    def __call__(self, ev: Event) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
 def make_progress(total: int, enabled: bool = True):
-    if enabled and sys.stderr.isatty():
+    if not enabled:
+        return NoProgress()
+    if sys.stderr.isatty():
         return RichProgress(total)
     return PlainProgress(total)

@@ -35,7 +35,7 @@ def publish(plan: Plan, outcome: Outcome, output_dir: Path, lock_path: Path,
             (output_dir / old).unlink()
 
     lock = plan.lock
-    new_lock = Lock(project=plan.project, profile=plan.registry.name)
+    new_lock = Lock(project=plan.project, profile=plan.registry.name, seeds=dict(plan.seeds))
     for nid in plan.graph.nodes:
         if nid in outcome.lock:
             new_lock.stages[nid] = outcome.lock[nid]

@@ -56,6 +56,8 @@ def render(spec_path: str | Path, *, profile: str | None = None, only: list[str]
     bus.emit("render_started", detail={"project": plan.project, "spec": session.loaded.display,
                                        "stages": len(plan.order), "to_run": len(plan.to_run())})
     manifest = None
+    if not dry_run and plan.seeds != {k: v for k, v in plan.lock.seeds.items() if k in plan.seeds}:
+        keep_seeds(session, plan)
     try:
         outcome = executor.execute(plan, bus)
         if not outcome.dry_run:
@@ -73,6 +75,15 @@ def render(spec_path: str | Path, *, profile: str | None = None, only: list[str]
         err.result = result  # type: ignore[attr-defined]
         raise err
     return result
+
+
+def keep_seeds(session: Session, plan: Plan) -> None:
+    """Write drawn seeds to the lock before anything runs, so an interrupted render resumes
+    with the same seeds (and finds the stages it had finished in the cache)."""
+    lock = plan.lock
+    lock.project, lock.profile = plan.project, plan.registry.name
+    lock.seeds = {**lock.seeds, **plan.seeds}
+    lock.write(session.lock_path)
 
 
 def publish_outputs(session: Session, plan: Plan, outcome: Outcome, started: float):

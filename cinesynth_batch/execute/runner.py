@@ -20,7 +20,8 @@ from ..cache.lock import LockEntry
 from ..cache.store import Entry
 from ..errors import CinesynthError, ModelError, RenderError
 from ..plan.expand import input_paths
-from ..plan.planner import Plan, PlannedStage
+from ..plan.planner import Plan, PlannedStage, input_labels
+from ..plan.reason import explain
 from ..stages.base import StageContext, StageError
 from .events import EventBus
 
@@ -159,6 +160,10 @@ class LocalExecutor(Executor):
                 bus.emit("stage_cached", stage=node.id, kind=node.kind, scene=node.scene, key=key,
                          reason="upstream re-ran with identical output")
                 return
+        if st.reason.upstream:  # inputs exist now: say which of them changed
+            st.reason = explain(plan.lock.stages.get(node.id), st.model, st.params, inputs, [],
+                                input_labels(node))
+            st.reason.forced = self.force
         bus.emit("stage_started", stage=node.id, kind=node.kind, scene=node.scene, key=key,
                  reason=str(st.reason))
         started = time.perf_counter()

@@ -58,6 +58,15 @@ def _check_pipeline_folder(kind: str, path: Path) -> None:
         )
 
 
+def _quiet_loading() -> None:
+    """The renderer shows its own progress; the libraries' loading bars would interleave."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+
+
 def load_model(kind: str, path: Path, device: str = "cpu", dtype: str = "float32") -> Any:
     """Load the model of ``kind`` from ``path`` and move it to ``device``."""
     path = Path(path)
@@ -69,6 +78,7 @@ def load_model(kind: str, path: Path, device: str = "cpu", dtype: str = "float32
         raise StageError(f"unknown model kind {kind!r}", hint=f"known kinds: {', '.join(KINDS)}")
     td = torch_dtype(dtype)
     _check_pipeline_folder(kind, path)
+    _quiet_loading()
     try:
         if kind == "flux2-klein":
             from diffusers import Flux2KleinPipeline as cls

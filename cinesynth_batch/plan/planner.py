@@ -53,6 +53,7 @@ class Plan:
     lock: Lock
     digests: DigestState
     selected: set[str] = field(default_factory=set)
+    seeds: dict[str, int] = field(default_factory=dict)   # seeds of `seed: -1` stages
 
     @property
     def project(self) -> str:
@@ -128,9 +129,12 @@ def _unknown_selector(pattern: str, graph: Graph, kind: bool = False):
 def make_plan(loaded: LoadedSpec, registry: Registry, cache: CacheStore, lock: Lock,
               digests: DigestState, *, force: bool = False, only: list[str] | None = None,
               until: str | None = None, reseed: bool = False) -> Plan:
+    seeds: dict[str, int] = {}
+
     def seed_for(node_id: str) -> int:
         locked = None if reseed else lock.seed_for(node_id)
-        return locked if locked is not None else secrets.randbelow(2**32)
+        seeds[node_id] = locked if locked is not None else secrets.randbelow(2**32)
+        return seeds[node_id]
 
     graph = build_graph(loaded, seed_for)
     order = execution_order(graph)
@@ -138,7 +142,7 @@ def make_plan(loaded: LoadedSpec, registry: Registry, cache: CacheStore, lock: L
     problems = Problems()
     stages: dict[str, PlannedStage] = {}
     known: dict[str, str] = {}
-    plan = Plan(loaded, graph, stages, order, registry, cache, lock, digests, selected)
+    plan = Plan(loaded, graph, stages, order, registry, cache, lock, digests, selected, seeds)
     for nid in order:
         node = graph[nid]
         model = registry.identity(node.model_role) if node.model_role else None
@@ -160,10 +164,20 @@ def make_plan(loaded: LoadedSpec, registry: Registry, cache: CacheStore, lock: L
             stage.status, stage.entry = "cached", entry
             known[nid] = entry.digest
             continue
-        stage.reason = explain(lock.stages.get(nid), model, params, inputs, running_up)
+        stage.reason = explain(lock.stages.get(nid), model, params, inputs, running_up,
+                               input_labels(node))
         stage.reason.forced = force
     problems.raise_if_any()
     return plan
+
+
+def input_labels(node: StageNode) -> dict[str, str]:
+    """Input name -> what it is (upstream stage ids or the file as written)."""
+    out = {}
+    for name, value in node.inputs.items():
+        items = value if isinstance(value, tuple) else (value,)
+        out[name] = ", ".join(i.node if isinstance(i, NodeInput) else i.display for i in items)
+    return out
 
 
 def _keyed_loras(node: StageNode, registry: Registry, loaded: LoadedSpec, problems: Problems):

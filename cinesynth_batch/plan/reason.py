@@ -45,7 +45,8 @@ class Reason:
 
 
 def explain(prev: LockEntry | None, model: dict[str, Any] | None, params: dict[str, Any],
-            inputs: dict[str, Any], upstream_running: list[str]) -> Reason:
+            inputs: dict[str, Any], upstream_running: list[str],
+            labels: dict[str, str] | None = None) -> Reason:
     """Compare what a stage would be built from with what the lock says it was built from.
 
     ``inputs`` maps input names to digests; a digest of None means the input is produced by
@@ -58,7 +59,9 @@ def explain(prev: LockEntry | None, model: dict[str, Any] | None, params: dict[s
     reason.model = (prev.model or None) != (model or None)
     reason.params = [k for k in sorted(set(prev.params) | set(params))
                      if prev.params.get(k) != params.get(k)]
-    reason.inputs = [k for k in sorted(set(prev.inputs) | set(inputs))
+    labels = labels or {}
+    reason.inputs = [f"{k} ({labels[k]})" if k in labels else k
+                     for k in sorted(set(prev.inputs) | set(inputs))
                      if inputs.get(k, "") is not None and prev.inputs.get(k) != inputs.get(k)]
     reason.missing = True
     return reason

@@ -138,3 +138,24 @@ def test_preset_merge_rules(project, monkeypatch):
     v = spec.scenes[0].video
     assert (v.steps, v.shift, [lo.name for lo in v.loras]) == (8, 5.0, ["b"])
     assert spec.scenes[1].video.guidance == 2.0 and spec.scenes[1].video.steps == 40
+
+
+def test_package_and_project_presets(project, monkeypatch):
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.setenv("CINESYNTH_PROJECT", str(repo))   # the repo's presets/ is the project's
+    (project / "spec.yaml").write_text(textwrap.dedent("""
+        project: p
+        scenes:
+          - id: a
+            preset: portrait_720p
+            image: {prompt: cat}
+            video: {prompt: walk, steps: 12}
+          - id: b
+            image: {prompt: cat, preset: flux_klein, upscale: false}
+        """))
+    spec = load_spec(project / "spec.yaml").spec
+    a, b = spec.scenes
+    assert a.resolution == "720x1280"
+    assert (a.image.steps, a.image.guidance, a.image.upscale) == (4, 1.0, "x2")
+    assert (a.video.frames, a.video.steps, a.video.shift, a.video.boundary) == (81, 12, 5.0, 0.9)
+    assert (b.image.upscale, b.image.steps) == (False, 4)

@@ -1,0 +1,94 @@
+"""The CLI: fast commands import no torch, formats, summary lines, exit codes."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from cinesynth_batch.cli import app
+
+SPEC = """
+project: cli
+defaults: {resolution: 64x64, seed: 3}
+scenes:
+  - id: a
+    image: {prompt: "a cat", steps: 2}
+"""
+
+
+def spec_in(project: Path) -> Path:
+    p = project / "s.yaml"
+    p.write_text(textwrap.dedent(SPEC))
+    return p
+
+
+def test_validate_and_plan_do_not_import_torch(project):
+    spec = spec_in(project)
+    code = ("import sys; from cinesynth_batch.cli import main\n"
+            "for args in (['validate', sys.argv[1]], ['plan', sys.argv[1], '-f', 'json'],"
+            " ['status', sys.argv[1]], ['schema']):\n"
+            "    try: main(args)\n"
+            "    except SystemExit as e: assert e.code in (0, None), (args, e.code)\n"
+            "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules\n")
+    out = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_plan_json_shape(project):
+    spec = spec_in(project)
+    result = CliRunner().invoke(app, ["plan", str(spec), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["project"] == "cli"
+    (stage,) = [s for s in data["stages"] if s["id"] == "a.image"]
+    assert {"id", "kind", "scene", "key", "model", "status", "reason"} <= set(stage)
+    assert stage["status"] == "run" and len(stage["key"]) == 64
+    assert stage["reason"] == "new stage (no earlier render)"
+    assert [s["id"] for s in data["stages"]] == ["a.image", "assemble.final"]
+
+
+def test_plan_mermaid_and_table(project):
+    spec = spec_in(project)
+    mer = CliRunner().invoke(app, ["plan", str(spec), "-f", "mermaid"]).output
+    assert mer.startswith("flowchart LR") and "n_a_image --> n_assemble_final" in mer
+    table = CliRunner().invoke(app, ["plan", str(spec)]).output
+    assert table.splitlines()[-1] == "2 to run, 0 cached"
+
+
+def test_dry_run_runs_nothing(project):
+    spec = spec_in(project)
+    result = CliRunner().invoke(app, ["render", str(spec), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "would run a.image: new stage (no earlier render)" in result.output
+    assert result.output.strip().splitlines()[-1] == "2 to run, 0 cached"
+    assert not (project / "outputs").exists()
+
+
+def test_schema_is_json_schema(project):
+    out = CliRunner().invoke(app, ["schema"]).output
+    schema = json.loads(out)
+    assert schema["title"] == "CineSynth spec v1"
+    assert "scenes" in schema["properties"] and "VideoStage" in schema["$defs"]
+    assert schema["$defs"]["VideoStage"]["additionalProperties"] is False
+
+
+def test_models_list_names_every_role():
+    out = CliRunner().invoke(app, ["models", "list", "--profile", "production"]).output
+    roles = [line.split()[1] for line in out.splitlines()]
+    assert roles == ["image", "upscale", "video"]
+    assert "black-forest-labs/FLUX.2-klein-9B" in out and "Wan-AI/Wan2.2-I2V-A14B-Diffusers" in out
+
+
+def test_missing_production_model_is_clear_error(project, monkeypatch):
+    spec = spec_in(project)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(project / "hf"))
+    result = CliRunner().invoke(app, ["render", str(spec), "--profile", "production"])
+    assert result.exit_code == 3
+    assert "model 'black-forest-labs/FLUX.2-klein-9B' for 'image' is not in the local Hugging Face " \
+           "cache and HF_HUB_OFFLINE is set" in result.output
+    assert "huggingface-cli download black-forest-labs/FLUX.2-klein-9B" in result.output
+    assert "Traceback" not in result.output
