@@ -6,7 +6,7 @@ Frames are ``numpy.uint8`` arrays shaped ``(T, H, W, 3)`` in RGB order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fractions import Fraction
+import subprocess
 from pathlib import Path
 
 import av
@@ -31,28 +31,29 @@ class MediaInfo:
 def write_video(frames: np.ndarray, path: str | Path, fps: int = 16, crf: int = 12) -> None:
     """Encode ``frames`` as H.264 (yuv420p) into ``path``.
 
-    Width and height must be even (a yuv420p constraint); callers choose even sizes.
-    The encode is single-threaded and deterministic: the same frames give the same bytes.
+    Width and height must be even (a yuv420p constraint); callers choose even sizes. Frames are
+    piped into a fresh ffmpeg process with one encoder thread and bit-exact flags, so the same
+    frames give the same bytes (the cache relies on it to see that a re-made clip is
+    unchanged); libx264 inside a long-lived process does not guarantee that.
     """
+    from .ffmpeg import ffmpeg_exe
+
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
     t, h, w, _ = frames.shape
     if h % 2 or w % 2:
         raise ValueError(f"frame size {w}x{h} must be even for H.264 yuv420p")
-    with av.open(str(path), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps))
-        stream.width = w
-        stream.height = h
-        stream.pix_fmt = "yuv420p"
-        stream.thread_count = 1
-        stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
-        for i in range(t):
-            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0",
+           "-c:v", "libx264", "-preset", "medium", "-crf", str(crf), "-pix_fmt", "yuv420p",
+           "-threads", "1", "-x264-params", "threads=1:lookahead-threads=1",
+           "-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1",
+           "-movflags", "+faststart", "-f", "mp4", str(path)]
+    proc = subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True)
+    if proc.returncode != 0:
+        tail = proc.stderr.decode(errors="replace").strip().splitlines()[-5:]
+        raise RuntimeError(f"encoding {path} failed: " + " | ".join(tail))
 
 
 def read_frames(path: str | Path) -> np.ndarray:

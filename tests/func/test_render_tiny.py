@@ -210,3 +210,31 @@ def test_sigkill_mid_stage_leaves_no_partial_artifact_and_resumes(tmp_path):
     assert not any((cache / "tmp").iterdir())   # the killed run's scratch folder is gone
     again = render(root / "small.yaml", progress=False)
     assert again.outcome.ran == []
+
+
+def test_gc_keeps_what_the_lock_needs(clone):
+    from typer.testing import CliRunner
+
+    from cinesynth_batch.cli import app
+
+    spec = clone / "short.yaml"
+    edit(spec, "walks towards the camera", "runs towards the camera")
+    render(spec, progress=False)
+    keys = clone / ".cinesynth/cache/keys"
+    assert len(list(keys.glob("*/*.json"))) == 9       # 7 current + the old video and assembly
+    out = CliRunner().invoke(app, ["gc", str(spec)])
+    assert out.exit_code == 0 and "removed 0 objects and 0 keys" in out.output
+    out = CliRunner().invoke(app, ["gc", str(spec), "--max-size", "0"])
+    assert out.exit_code == 0 and "removed 2 objects and 2 keys" in out.output, out.output
+    assert render(spec, progress=False).outcome.ran == []
+
+
+def test_two_processes_write_identical_locks(tmp_path):
+    """The CPU path is deterministic: separate processes, separate caches, the same lock."""
+    locks = []
+    for name in ("one", "two"):
+        root = make_project(tmp_path / name)
+        subprocess.run([sys.executable, str(REPO / "render.py"), str(root / "short.yaml"),
+                        "--no-progress"], check=True, capture_output=True)
+        locks.append((root / "outputs/short/render.lock").read_text())
+    assert locks[0] == locks[1]
