@@ -67,6 +67,23 @@ def _quiet_loading() -> None:
     tlog.disable_progress_bar()
 
 
+def _pipeline_class(kind: str):
+    """Import the pipeline class; transformers' notice that torchvision is absent (we run
+    its PIL image processors on purpose) is silenced for that import only."""
+    import transformers.utils.logging as tlog
+
+    level = tlog.get_verbosity()
+    tlog.set_verbosity_error()
+    try:
+        if kind == "flux2-klein":
+            from diffusers import Flux2KleinPipeline as cls
+        else:
+            from diffusers import WanImageToVideoPipeline as cls
+    finally:
+        tlog.set_verbosity(level)
+    return cls
+
+
 def load_model(kind: str, path: Path, device: str = "cpu", dtype: str = "float32") -> Any:
     """Load the model of ``kind`` from ``path`` and move it to ``device``."""
     path = Path(path)
@@ -80,10 +97,7 @@ def load_model(kind: str, path: Path, device: str = "cpu", dtype: str = "float32
     _check_pipeline_folder(kind, path)
     _quiet_loading()
     try:
-        if kind == "flux2-klein":
-            from diffusers import Flux2KleinPipeline as cls
-        else:
-            from diffusers import WanImageToVideoPipeline as cls
+        cls = _pipeline_class(kind)
         pipe = cls.from_pretrained(str(path), dtype=td, local_files_only=True)
     except StageError:
         raise
