@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..procs import pid_alive
 from .digest import sha256_file
 
 _HOST = socket.gethostname().replace("_", "-")
@@ -141,7 +142,7 @@ class CacheStore:
         for d in tmp.iterdir():
             host, _, rest = d.name.partition("_")
             pid_text = rest.split("_", 1)[0]
-            if host != _HOST or not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            if host != _HOST or not pid_text.isdigit() or pid_alive(int(pid_text)):
                 continue
             shutil.rmtree(d, ignore_errors=True)
             removed += 1
@@ -207,13 +208,3 @@ def _fsync_file(p: Path) -> None:
         os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

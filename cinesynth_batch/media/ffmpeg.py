@@ -8,7 +8,6 @@ carrying the tail of ffmpeg's log.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import re
@@ -43,7 +42,6 @@ class FFmpegError(RuntimeError):
         super().__init__(msg)
 
 
-@functools.lru_cache(maxsize=1)
 def ffmpeg_exe() -> str:
     """Path of the ffmpeg binary from ``imageio-ffmpeg`` (honours ``IMAGEIO_FFMPEG_EXE``)."""
     import imageio_ffmpeg

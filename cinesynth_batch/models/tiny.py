@@ -9,7 +9,7 @@
   ``transformer``/``transformer_2``, ``boundary_ratio`` 0.9, no image encoder).
 * ``lora_adpts/img/tiny/style.safetensors`` (Flux2 transformer, diffusers key names) and
   ``lora_adpts/mov/tiny/{motion,camera}.safetensors`` (Wan transformer, original Wan key names).
-* ``RealESRGAN_x2plus.pth`` when ``cinesynth_batch.models.rrdbnet.build_tiny_rrdbnet`` is available.
+* ``RealESRGAN_x2plus.pth``: a tiny x2 RRDBNet in the official checkpoint layout.
 * ``tiny.json``: every component with the sha256 digest of its contents (used as model revisions).
 
 Every weight is drawn from a fixed seed, so two builds give byte-identical files. Each component is
@@ -30,6 +30,9 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
+
+from ..procs import pid_alive
+from .rrdbnet import build_tiny_rrdbnet
 
 FLUX2_KLEIN = "flux2-klein"
 WAN_I2V = "wan2.2-i2v"
@@ -99,18 +102,6 @@ def _tmp_sibling(final: Path) -> Path:
     return final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _clean_stale_tmp(folder: Path, min_age_s: float = 60.0) -> None:
     """Remove temporaries left in ``folder`` by builders that were killed (dead pid, not recent)."""
     if not folder.is_dir():
@@ -118,7 +109,7 @@ def _clean_stale_tmp(folder: Path, min_age_s: float = 60.0) -> None:
     now = time.time()
     for entry in folder.iterdir():
         m = _TMP_RE.match(entry.name)
-        if not m or _pid_alive(int(m.group(1))):
+        if not m or pid_alive(int(m.group(1))):
             continue
         try:
             old = now - entry.lstat().st_mtime > min_age_s
@@ -449,14 +440,6 @@ def _file_writer(write: Callable[[Path], None], suffix: str) -> Callable[[Path],
     return run
 
 
-def _rrdbnet_builder() -> Callable[[Path], object] | None:
-    try:
-        from .rrdbnet import build_tiny_rrdbnet
-    except ImportError:
-        return None
-    return build_tiny_rrdbnet
-
-
 # --------------------------------------------------------------------------- entry point
 
 
@@ -478,10 +461,8 @@ def build_tiny(root: Path) -> dict[str, Path]:
             (LORA_IMG_STYLE, _file_writer(_write_flux2_lora, ".safetensors")),
             (LORA_MOV_MOTION, _file_writer(_write_motion_lora, ".safetensors")),
             (LORA_MOV_CAMERA, _file_writer(_write_camera_lora, ".safetensors")),
+            (RRDBNET_X2, _file_writer(build_tiny_rrdbnet, ".pth")),
         ]
-        rrdb = _rrdbnet_builder()
-        if rrdb is not None:
-            steps.append((RRDBNET_X2, _file_writer(rrdb, ".pth")))
 
         built = False
         for rel, write in steps:

@@ -194,7 +194,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_invalid_spec_reports_line_and_fix(project, case, monkeypatch):
     text, expected = CASES[case]
-    spec = write(project, text)
+    write(project, text)
     monkeypatch.chdir(project)
     lines = errors_of(Path("spec.yaml"))
     assert any(line.startswith(expected) for line in lines), "\n".join(lines)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -12,52 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from cinesynth_batch.models.loaders import load_model
-from cinesynth_batch.models.tiny import build_tiny
 from cinesynth_batch.stages import image as image_stage
 from cinesynth_batch.stages.base import StageContext, StageError
 
 torch.set_flush_denormal(True)
 torch.set_num_threads(1)
 
-KINDS = {"image": ("flux2-klein", "flux2-klein"), "video": ("wan-i2v", "wan2.2-i2v")}
-
-
-class Provider:
-    """Loads each role once with ``load_model`` and keeps it, as the executor's residency does."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.loaded: dict[str, object] = {}
-
-    def get(self, role: str):
-        if role not in self.loaded:
-            kind, folder = KINDS[role]
-            self.loaded[role] = load_model(kind, self.root / folder)
-        return self.loaded[role]
-
-
-@pytest.fixture(scope="session")
-def tiny_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.getbasetemp() / "tiny-models"
-    build_tiny(root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def provider(tiny_root) -> Provider:
-    return Provider(tiny_root)
-
-
-@pytest.fixture
-def ctx(provider, tiny_root):
-    def resolve(name: str, family: str) -> Path:
-        return tiny_root / "lora_adpts" / family / f"{name}.safetensors"
-
-    calls: list[tuple[int, int]] = []
-    c = StageContext(models=provider, resolve_lora=resolve, progress=lambda s, t: calls.append((s, t)))
-    c.extra["progress_calls"] = calls
-    return c
 
 
 BASE = {
