@@ -30,6 +30,8 @@ from torch.nn import functional as F
 
 from cinesynth_batch.stages.base import StageError
 
+from .loaders import torch_dtype
+
 __all__ = [
     "ResidualDenseBlock",
     "RRDB",
@@ -46,30 +48,6 @@ OFFICIAL_NUM_BLOCK = 23
 OFFICIAL_NUM_GROW_CH = 32
 
 _UNSHUFFLE = {4: 1, 2: 2, 1: 4}  # network scale -> pixel-unshuffle factor applied to the input
-
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
-
-
-def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise StageError(
-            f"unknown dtype {dtype!r} for the upscale model",
-            hint="use float32, float16 or bfloat16",
-        ) from None
-
 
 class ResidualDenseBlock(nn.Module):
     """Five densely connected 3x3 convs; the output is scaled by 0.2 and added to the input."""
@@ -231,7 +209,7 @@ class Upscaler:
 
     def __init__(self, net: RRDBNet, device: str | torch.device = "cpu",
                  dtype: str | torch.dtype = "float32", path: Path | None = None):
-        self.dtype = _resolve_dtype(dtype)
+        self.dtype = torch_dtype(dtype)
         self.device = torch.device(device)
         self.path = path
         net.eval()

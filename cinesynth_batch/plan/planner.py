@@ -183,7 +183,16 @@ def input_labels(node: StageNode) -> dict[str, str]:
 def _keyed_loras(node: StageNode, registry: Registry, loaded: LoadedSpec, problems: Problems):
     out = []
     family = node.loras[0][1]
+    allowed = [loaded.root, *[(loaded.spec_dir / a).resolve() for a in loaded.spec.allow_paths]]
     for j, lora in enumerate(node.params["loras"]):
+        if lora["name"].endswith(".safetensors"):
+            f = (loaded.spec_dir / lora["name"]).resolve()
+            if not any(f == a or a in f.parents for a in allowed):
+                where, path = _lora_where(loaded, node, j)
+                problems.add(f"LoRA file '{lora['name']}' is outside the project ({loaded.root})",
+                             where, path, hint="move it into the project or add its folder to allow_paths")
+                out.append({**lora, "file": None})
+                continue
         ident = registry.lora_identity(lora["name"], family)
         if ident is None:
             where, path = _lora_where(loaded, node, j)

@@ -159,3 +159,14 @@ def test_package_and_project_presets(project, monkeypatch):
     assert (a.image.steps, a.image.guidance, a.image.upscale) == (4, 1.0, "x2")
     assert (a.video.frames, a.video.steps, a.video.shift, a.video.boundary) == (81, 12, 5.0, 0.9)
     assert (b.image.upscale, b.image.steps) == (False, 4)
+
+
+def test_lora_path_may_not_leave_the_project(project, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("elsewhere") / "x.safetensors"
+    outside.write_bytes(b"\0")
+    s = session(project, SPEC.replace(
+        "video: {prompt: walk, frames: 9, segments: 2}",
+        f"video: {{prompt: walk, frames: 9, loras: [{{name: '{outside}', high: 1, low: 1}}]}}"))
+    with pytest.raises(SpecError) as exc:
+        s.plan()
+    assert f"LoRA file '{outside}' is outside the project" in exc.value.render()
