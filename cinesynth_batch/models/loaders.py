@@ -15,7 +15,7 @@ from typing import Any, Iterator
 from ..stages.base import StageError
 
 PIPELINE_KINDS = ("flux2-klein", "wan-i2v")
-KINDS = PIPELINE_KINDS + ("rrdbnet-x2",)
+KINDS = PIPELINE_KINDS + ("rrdbnet-x2", "wan-s2v")
 
 
 def torch_dtype(dtype: Any):
@@ -58,29 +58,22 @@ def _check_pipeline_folder(kind: str, path: Path) -> None:
         )
 
 
-def _quiet_loading() -> None:
-    """The renderer shows its own progress; the libraries' loading bars would interleave."""
+def quiet_libraries() -> None:
+    """The renderer shows its own progress: no loading/saving bars from the libraries, and no
+    notice that torchvision is absent (its PIL image processors are used on purpose)."""
     import diffusers.utils.logging as dlog
     import transformers.utils.logging as tlog
 
     dlog.disable_progress_bar()
     tlog.disable_progress_bar()
+    tlog.set_verbosity_error()
 
 
 def _pipeline_class(kind: str):
-    """Import the pipeline class; transformers' notice that torchvision is absent (we run
-    its PIL image processors on purpose) is silenced for that import only."""
-    import transformers.utils.logging as tlog
-
-    level = tlog.get_verbosity()
-    tlog.set_verbosity_error()
-    try:
-        if kind == "flux2-klein":
-            from diffusers import Flux2KleinPipeline as cls
-        else:
-            from diffusers import WanImageToVideoPipeline as cls
-    finally:
-        tlog.set_verbosity(level)
+    if kind == "flux2-klein":
+        from diffusers import Flux2KleinPipeline as cls
+    else:
+        from diffusers import WanImageToVideoPipeline as cls
     return cls
 
 
@@ -91,11 +84,16 @@ def load_model(kind: str, path: Path, device: str = "cpu", dtype: str = "float32
         from .rrdbnet import load_rrdbnet
 
         return load_rrdbnet(path, device, dtype)
+    if kind == "wan-s2v":
+        from .s2v.pipeline import WanS2VPipeline
+
+        quiet_libraries()
+        return WanS2VPipeline.from_folder(path, device=device, dtype=torch_dtype(dtype))
     if kind not in PIPELINE_KINDS:
         raise StageError(f"unknown model kind {kind!r}", hint=f"known kinds: {', '.join(KINDS)}")
     td = torch_dtype(dtype)
     _check_pipeline_folder(kind, path)
-    _quiet_loading()
+    quiet_libraries()
     try:
         cls = _pipeline_class(kind)
         pipe = cls.from_pretrained(str(path), dtype=td, local_files_only=True)

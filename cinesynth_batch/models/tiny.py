@@ -37,6 +37,7 @@ from .rrdbnet import build_tiny_rrdbnet
 FLUX2_KLEIN = "flux2-klein"
 WAN_I2V = "wan2.2-i2v"
 RRDBNET_X2 = "RealESRGAN_x2plus.pth"
+WAN_S2V = "wan2.2-s2v"
 LORA_ROOT = "lora_adpts"
 LORA_IMG_STYLE = "lora_adpts/img/tiny/style.safetensors"
 LORA_MOV_MOTION = "lora_adpts/mov/tiny/motion.safetensors"
@@ -443,6 +444,28 @@ def _file_writer(write: Callable[[Path], None], suffix: str) -> Callable[[Path],
 # --------------------------------------------------------------------------- entry point
 
 
+def _write_wan_s2v(dst: Path) -> None:
+    """A Wan2.2-S2V folder in the official layout: a sharded transformer, ``Wan2.1_VAE.pth``,
+    the UMT5 ``.pth`` + tokenizer and a wav2vec2 folder, all tiny and random."""
+    import torch
+
+    from .s2v.tiny_components import TINY_T5_DIM, TINY_W2V_DIM, TINY_W2V_LAYERS, build_tiny_s2v_components
+    from .s2v.transformer import WanS2VTransformer3DModel, tiny_s2v_config
+
+    config = {**tiny_s2v_config(), "text_dim": TINY_T5_DIM, "audio_dim": TINY_W2V_DIM,
+              "num_audio_layers": TINY_W2V_LAYERS + 1}
+    with _seeded(4001):
+        model = WanS2VTransformer3DModel(**config)
+        gen = torch.Generator().manual_seed(4002)
+        for _, param in sorted(model.named_parameters()):
+            scale = 0.3 if param.dim() > 1 else 0.1
+            param.copy_(torch.randn(param.shape, generator=gen) * scale)
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    dst.mkdir(parents=True)
+    model.save_pretrained(dst, safe_serialization=True, max_shard_size=nbytes // 4 + 4096)
+    build_tiny_s2v_components(dst)
+
+
 def build_tiny(root: Path) -> dict[str, Path]:
     """Build (where absent) every tiny model under ``root`` and return their paths.
 
@@ -452,6 +475,9 @@ def build_tiny(root: Path) -> dict[str, Path]:
     """
     import torch
 
+    from .loaders import quiet_libraries
+
+    quiet_libraries()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     with _BUILD_LOCK, torch.no_grad():
@@ -462,6 +488,7 @@ def build_tiny(root: Path) -> dict[str, Path]:
             (LORA_MOV_MOTION, _file_writer(_write_motion_lora, ".safetensors")),
             (LORA_MOV_CAMERA, _file_writer(_write_camera_lora, ".safetensors")),
             (RRDBNET_X2, _file_writer(build_tiny_rrdbnet, ".pth")),
+            (WAN_S2V, _write_wan_s2v),
         ]
 
         built = False

@@ -71,6 +71,8 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
                 inputs={"image": still}, publish=f"scenes/{sid}_x2.png",
                 where=loaded.where("scenes", index, "image", "upscale")))
             still = NodeInput(up_id)
+    if scene.lipsync is not None:
+        return "video", (_lipsync_node(graph, loaded, index, scene, still, (width, height), seed_for),)
     if scene.video is None:
         assert still is not None
         return "still", still
@@ -103,6 +105,37 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
     return "video", tuple(segments)
 
 
+def _lipsync_node(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
+                  still: NodeInput | None, size: tuple[int, int], seed_for: SeedSource) -> NodeInput:
+    spec = loaded.spec
+    ls = scene.lipsync
+    assert ls is not None
+    width, height = m.parse_resolution(ls.resolution) if ls.resolution else size
+    node_id = f"{scene.id}.lipsync"
+    seed = _seed(ls.seed, scene, spec)
+    inputs: dict = {"avatar": _file(loaded, ls.avatar) if ls.avatar else still,
+                    "audio": _file(loaded, ls.audio)}
+    if ls.pose_video:
+        inputs["pose_video"] = _file(loaded, ls.pose_video)
+    cache = None
+    if ls.cache is not None and ls.cache.kind != "none":
+        cache = {"kind": ls.cache.kind, "threshold": ls.cache.threshold,
+                 "start_step": ls.cache.start_step}
+    graph.add(StageNode(
+        id=node_id, kind="lipsync", scene=scene.id, model_role="lipsync",
+        params={
+            "prompt": ls.prompt, "negative_prompt": ls.negative_prompt, "steps": ls.steps,
+            "infer_frames": ls.infer_frames, "guidance": ls.guidance, "shift": ls.shift,
+            "boundary": ls.boundary, "scheduler": ls.scheduler, "width": width, "height": height,
+            "fps": spec.defaults.fps, "seed": seed if seed >= 0 else seed_for(node_id),
+            "loras": [{"name": lo.name, "high": lo.high, "low": lo.low} for lo in ls.loras],
+            "cache": cache,
+        },
+        inputs=inputs, loras=tuple((lo.name, "mov") for lo in ls.loras),
+        publish=f"scenes/{scene.id}.mp4", where=loaded.where("scenes", index, "lipsync")))
+    return NodeInput(node_id)
+
+
 def _assemble_node(graph: Graph, loaded: LoadedSpec, j: int, asm: m.Assemble,
                    visuals: dict[str, tuple[str, tuple[NodeInput, ...] | NodeInput]]) -> None:
     spec = loaded.spec
@@ -114,13 +147,14 @@ def _assemble_node(graph: Graph, loaded: LoadedSpec, j: int, asm: m.Assemble,
         scene = by_id[sid]
         kind, visual = visuals[sid]
         inputs[f"v{i}"] = visual
-        audio_name = None
-        if asm.audio and scene.audio is not None:
+        audio_name, gain = None, 0.0
+        speech = scene.lipsync.audio if scene.lipsync is not None else None
+        if asm.audio and (scene.audio is not None or speech is not None):
             audio_name = f"a{i}"
-            inputs[audio_name] = _file(loaded, scene.audio.file)
+            inputs[audio_name] = _file(loaded, speech or scene.audio.file)
+            gain = scene.audio.gain_db if scene.audio is not None else 0.0
         scenes.append({"id": sid, "visual": f"v{i}", "kind": kind, "duration": scene.duration,
-                       "audio": audio_name,
-                       "audio_gain_db": scene.audio.gain_db if scene.audio is not None else 0.0})
+                       "audio": audio_name, "audio_gain_db": gain})
     music = None
     if asm.music is not None:
         inputs["music"] = _file(loaded, asm.music.file)

@@ -22,7 +22,7 @@ from .presets import PresetLibrary, merge
 from .templating import Templater
 from .yamlpos import LDict, LList, load_yaml, locate, locate_key
 
-STAGE_KEYS = ("image", "video", "audio")
+STAGE_KEYS = ("image", "video", "lipsync", "audio")
 ROOT_MARKERS = (".git", "pyproject.toml", "cinesynth.toml")
 
 
@@ -348,6 +348,11 @@ def check_semantics(data: LDict, sources: list[int], spec_dir: Path, root: Path,
         audio = scene.get("audio")
         if isinstance(audio, dict):
             check_file(audio.get("file"), ("scenes", i, "audio", "file"), "audio file")
+        lipsync = scene.get("lipsync")
+        if isinstance(lipsync, dict):
+            check_file(lipsync.get("avatar"), ("scenes", i, "lipsync", "avatar"), "avatar")
+            check_file(lipsync.get("audio"), ("scenes", i, "lipsync", "audio"), "audio file")
+            check_file(lipsync.get("pose_video"), ("scenes", i, "lipsync", "pose_video"), "pose video")
 
     assemblies = data.get("assemble") if isinstance(data.get("assemble"), list) else []
     names: dict[str, int] = {}
@@ -384,5 +389,6 @@ def _inside(path: Path, folder: Path) -> bool:
 def _near_files(f: Path) -> str | None:
     if not f.parent.is_dir():
         return None
-    close = difflib.get_close_matches(f.name, [p.name for p in f.parent.iterdir()], n=1)
+    same_kind = [p.name for p in f.parent.iterdir() if p.suffix.lower() == f.suffix.lower()]
+    close = difflib.get_close_matches(f.name, same_kind, n=1)
     return f"did you mean '{close[0]}'?" if close else None

@@ -128,6 +128,46 @@ class VideoStage(Strict):
         return v
 
 
+class StepCache(Strict):
+    """Step caching: reuse the transformer's residual while the input barely changes."""
+
+    kind: Literal["teacache", "none"] = "teacache"
+    threshold: float = Field(0.15, ge=0.0, le=2.0, description="TeaCache rel_l1_thresh (0.3 blurs)")
+    start_step: int = Field(1, ge=0, description="the first steps always compute")
+
+
+class LipsyncStage(Strict):
+    """Wan2.2-S2V-14B: an avatar image and speech become a talking video of the speech's length."""
+
+    preset: str | None = None
+    avatar: str | None = Field(None, description="reference image; default: the scene's generated image")
+    audio: str = Field(description="speech audio file (any length)")
+    prompt: str = ""
+    negative_prompt: str | None = Field(None, description="default: the model's own negative prompt")
+    resolution: str | None = Field(None, description="WIDTHxHEIGHT; 480x832 is the fast choice")
+    steps: int = Field(25, ge=1, le=200, description="UniPC steps (the seed's 40 -> 25)")
+    infer_frames: int = Field(80, description="frames per segment, a multiple of 4 (~5 s at 16 fps)")
+    guidance: float = Field(5.5, ge=0.0, le=30.0)
+    shift: float = Field(3.0, gt=0.0, le=50.0)
+    boundary: float = Field(0.9, ge=0.0, le=1.0,
+                            description="where LoRA weights switch from high to low, as a fraction of timesteps")
+    scheduler: Literal["unipc", "euler"] = "unipc"
+    seed: int | None = None
+    pose_video: str | None = Field(None, description="optional driving pose video")
+    loras: list[VideoLora] = Field(default_factory=list)
+    cache: StepCache | None = Field(None, description="off by default (quality first)")
+
+    _seed = field_validator("seed")(_check_seed)
+    _res = field_validator("resolution")(_check_resolution)
+
+    @field_validator("infer_frames")
+    @classmethod
+    def _multiple_of_4(cls, v: int) -> int:
+        if v < 4 or v % 4:
+            raise ValueError(f"{v} is not a multiple of 4 (try {max(4, 4 * round(v / 4))})")
+        return v
+
+
 class AudioStage(Strict):
     """A file laid under the scene."""
 
@@ -145,6 +185,7 @@ class Scene(Strict):
     duration: float | None = Field(None, gt=0.0, description="seconds a still scene lasts")
     image: ImageStage | None = None
     video: VideoStage | None = None
+    lipsync: LipsyncStage | None = None
     audio: AudioStage | None = None
 
     _seed = field_validator("seed")(_check_seed)
@@ -165,10 +206,17 @@ class Scene(Strict):
 
     @model_validator(mode="after")
     def _has_visual(self) -> "Scene":
-        if self.image is None and self.video is None:
-            raise ValueError("a scene needs an 'image' or a 'video' stage")
+        if self.image is None and self.video is None and self.lipsync is None:
+            raise ValueError("a scene needs an 'image', 'video' or 'lipsync' stage")
+        if self.video is not None and self.lipsync is not None:
+            raise ValueError("a scene has either 'video' or 'lipsync', not both (split it in two scenes)")
         if self.video is not None and self.video.image is None and self.image is None:
             raise ValueError("video has no start image: add an 'image' stage or set video.image")
+        if self.lipsync is not None and self.lipsync.avatar is None and self.image is None:
+            raise ValueError("lipsync has no avatar: add an 'image' stage or set lipsync.avatar")
+        if self.lipsync is not None and self.audio is not None:
+            raise ValueError("a lipsync scene's audio is its speech: remove 'audio' "
+                             "(lipsync.audio is laid under the clip)")
         return self
 
 

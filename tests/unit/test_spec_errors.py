@@ -178,6 +178,36 @@ CASES = {
             image: {prompt: cat}
         """,
         "spec.yaml:2:18: defaults.seed: -7 is not a seed (use 0..4294967295, or -1 to draw one)"),
+    "infer_frames_not_multiple_of_4": (
+        """
+        project: demo
+        scenes:
+          - id: talk
+            image: {prompt: cat}
+            lipsync:
+              audio: nothere.wav
+              infer_frames: 81
+        """,
+        "spec.yaml:7:21: scenes[0].lipsync.infer_frames: 81 is not a multiple of 4 (try 80)"),
+    "lipsync_missing_audio_file": (
+        """
+        project: demo
+        scenes:
+          - id: talk
+            image: {prompt: cat}
+            lipsync: {audio: speech.wav}
+        """,
+        "spec.yaml:5:22: scenes[0].lipsync.audio: audio file 'speech.wav' not found"),
+    "lipsync_and_video": (
+        """
+        project: demo
+        scenes:
+          - id: talk
+            image: {prompt: cat}
+            video: {prompt: walk}
+            lipsync: {audio: speech.wav}
+        """,
+        "spec.yaml:3:5: scenes[0]: a scene has either 'video' or 'lipsync', not both"),
     "unknown_assemble_scene": (
         """
         project: demo

@@ -1,0 +1,89 @@
+"""Lip-sync: Wan2.2-S2V-14B turns an avatar image and speech into a talking video.
+
+params: ``prompt``, ``negative_prompt``, ``steps``, ``infer_frames`` (frames per segment,
+a multiple of 4), ``guidance``, ``shift``, ``boundary``, ``scheduler``, ``width``,
+``height``, ``fps``, ``seed``, ``loras: [{name, high, low}]``, ``cache`` (TeaCache settings or
+None). inputs: ``avatar`` (image), ``audio`` (speech, any format), optional ``pose_video``.
+
+The number of segments follows the speech length (see ``models/s2v/audio_features.py``);
+segment 1 starts from the avatar, each next one from the previous segment's last frames.
+The clip is cut to the speech duration (``round(seconds * fps)`` frames, so within half a
+frame) and the speech is muxed in as AAC.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from .base import StageContext, StageError
+
+KIND = "lipsync"
+OUTPUT_EXT = ".mp4"
+MODEL_ROLE = "lipsync"
+
+
+def check_params(params: dict[str, Any]) -> dict[str, Any]:
+    p = dict(params)
+    if p["infer_frames"] < 4 or p["infer_frames"] % 4:
+        raise StageError(f"lipsync: infer_frames {p['infer_frames']} is not a multiple of 4")
+    if p["width"] % 16 or p["height"] % 16:
+        raise StageError(f"lipsync: {p['width']}x{p['height']} is not a multiple of 16")
+    return p
+
+
+def _open_avatar(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise StageError(f"lipsync.avatar: {path.name} is not an image ({exc})",
+                         hint="give a PNG or JPEG file") from exc
+
+
+def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageContext) -> dict[str, Any]:
+    from ..media.ffmpeg import ffmpeg_path_arg, run_ffmpeg
+    from ..media.video_io import write_video
+    from ..models.s2v.audio_features import read_speech
+    from ..models.s2v.lora import PhaseLora
+
+    p = check_params(params)
+    avatar = _open_avatar(Path(inputs["avatar"]))
+    speech_path = Path(inputs["audio"])
+    try:
+        wave, seconds = read_speech(speech_path)
+    except Exception as exc:
+        message = getattr(exc, "message", None) or str(exc)
+        raise StageError(f"lipsync.audio: {message}",
+                         hint="give a readable speech file (wav, mp3, m4a, flac) with sound in it") from exc
+    loras = [PhaseLora(lo["name"], ctx.resolve_lora(lo["name"], "mov"), lo["high"], lo["low"])
+             for lo in p["loras"]]
+    pipe = ctx.models.get(MODEL_ROLE)
+    result = pipe.generate(
+        image=avatar, speech=wave, audio_seconds=seconds, prompt=p["prompt"],
+        negative_prompt=p["negative_prompt"], width=p["width"], height=p["height"], fps=p["fps"],
+        infer_frames=p["infer_frames"], steps=p["steps"], guidance=p["guidance"], shift=p["shift"],
+        scheduler=p["scheduler"], seed=p["seed"], boundary=p["boundary"], loras=loras,
+        cache=p.get("cache"), pose_video=Path(inputs["pose_video"]) if inputs.get("pose_video") else None,
+        progress=ctx.progress)
+    frames = result.frames
+    wanted = max(1, round(seconds * p["fps"]))
+    if frames.shape[0] < wanted:
+        raise StageError(f"lipsync: the model made {frames.shape[0]} frames, the speech needs {wanted}")
+    frames = frames[:wanted]
+    work = ctx.work_dir or out.parent
+    silent = work / "lipsync_video.mp4"
+    write_video(frames, silent, fps=p["fps"])
+    run_ffmpeg(["-y", "-i", ffmpeg_path_arg(silent), "-i", ffmpeg_path_arg(speech_path),
+                "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", "192k",
+                "-ar", "48000", "-t", f"{wanted / p['fps']:.6f}", "-fflags", "+bitexact",
+                "-flags:a", "+bitexact", "-map_metadata", "-1", "-movflags", "+faststart",
+                "-threads", "1", ffmpeg_path_arg(out)], what=f"muxing speech into {out.name}")
+    return {"frames": int(frames.shape[0]), "width": int(frames.shape[2]),
+            "height": int(frames.shape[1]), "fps": p["fps"], "segments": result.segments,
+            "duration": wanted / p["fps"], "speech_seconds": round(seconds, 4),
+            "cache": result.cache_stats, "generated_frames": int(result.frames.shape[0]),
+            "frame_check": math.isclose(wanted / p["fps"], seconds, abs_tol=0.5 / p["fps"])}
