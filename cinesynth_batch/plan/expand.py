@@ -86,6 +86,7 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
         node_id = f"{sid}.video" if vid.segments == 1 else f"{sid}.video.{k}"
         seed = base_seed + k - 1 if base_seed >= 0 else seed_for(node_id)
         inputs: dict = {"image": start} if k == 1 else {"prev": segments[-1]}
+        extra = {"cache": _cache_params(vid.cache)} if _cache_params(vid.cache) else {}
         if k == vid.segments and vid.last_image:
             inputs["last_image"] = _file(loaded, vid.last_image)
         graph.add(StageNode(
@@ -97,12 +98,19 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
                 "shift": vid.shift, "boundary": vid.boundary, "scheduler": vid.scheduler,
                 "width": vw, "height": vh, "fps": spec.defaults.fps, "seed": seed,
                 "loras": [{"name": lo.name, "high": lo.high, "low": lo.low} for lo in vid.loras],
+                **extra,
             },
             inputs=inputs, loras=tuple((lo.name, "mov") for lo in vid.loras),
             publish=f"scenes/{sid}.mp4" if vid.segments == 1 else f"scenes/{sid}.{k}.mp4",
             where=loaded.where("scenes", index, "video")))
         segments.append(NodeInput(node_id))
     return "video", tuple(segments)
+
+
+def _cache_params(cache: m.StepCache | None) -> dict | None:
+    if cache is None or cache.kind == "none":
+        return None
+    return {"kind": cache.kind, "threshold": cache.threshold, "start_step": cache.start_step}
 
 
 def _lipsync_node(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
@@ -117,10 +125,7 @@ def _lipsync_node(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
                     "audio": _file(loaded, ls.audio)}
     if ls.pose_video:
         inputs["pose_video"] = _file(loaded, ls.pose_video)
-    cache = None
-    if ls.cache is not None and ls.cache.kind != "none":
-        cache = {"kind": ls.cache.kind, "threshold": ls.cache.threshold,
-                 "start_step": ls.cache.start_step}
+    cache = _cache_params(ls.cache)
     graph.add(StageNode(
         id=node_id, kind="lipsync", scene=scene.id, model_role="lipsync",
         params={

@@ -95,6 +95,14 @@ class ImageStage(Strict):
         return v
 
 
+class StepCache(Strict):
+    """Step caching: reuse the transformer's residual while the input barely changes."""
+
+    kind: Literal["teacache", "none"] = "teacache"
+    threshold: float = Field(0.15, ge=0.0, le=2.0, description="TeaCache rel_l1_thresh (0.3 blurs)")
+    start_step: int = Field(1, ge=0, description="the first steps always compute")
+
+
 class VideoStage(Strict):
     """Wan2.2 image to video with two experts (high-noise, low-noise)."""
 
@@ -115,6 +123,7 @@ class VideoStage(Strict):
     segments: int = Field(1, ge=1, le=64, description="chained clips, each starting from the last frame")
     seed: int | None = None
     loras: list[VideoLora] = Field(default_factory=list)
+    cache: StepCache | None = Field(None, description="TeaCache step caching; off by default")
 
     _seed = field_validator("seed")(_check_seed)
     _res = field_validator("resolution")(_check_resolution)
@@ -126,14 +135,6 @@ class VideoStage(Strict):
             fix = max(5, 4 * round((v - 1) / 4) + 1)
             raise ValueError(f"{v} is not 4k+1 (try {fix})")
         return v
-
-
-class StepCache(Strict):
-    """Step caching: reuse the transformer's residual while the input barely changes."""
-
-    kind: Literal["teacache", "none"] = "teacache"
-    threshold: float = Field(0.15, ge=0.0, le=2.0, description="TeaCache rel_l1_thresh (0.3 blurs)")
-    start_step: int = Field(1, ge=0, description="the first steps always compute")
 
 
 class LipsyncStage(Strict):

@@ -88,6 +88,7 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
         "shift": shift,
         "boundary": _float(params, "boundary", 0.0, 1.0),
         "scheduler": scheduler,
+        "cache": params.get("cache"),
         "width": width,
         "height": height,
         "fps": _int(params, "fps", 1),
@@ -207,25 +208,41 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
         ctx.progress(i + 1, total)
         return {}
 
+    handle = None
+    if p["cache"] and p["cache"].get("kind") == "teacache":
+        from ..models.teacache import TeaCacheConfig, apply_teacache_to_pipeline
+
+        config = TeaCacheConfig(rel_l1_thresh=p["cache"]["threshold"], start_step=p["cache"]["start_step"],
+                                model="wan2.2-i2v-a14b")
+        handle = apply_teacache_to_pipeline(pipe, config, num_inference_steps=p["steps"])
     ctx.progress(0, total)
-    with torch.no_grad():
-        result = pipe(
-            image=first,
-            last_image=last,
-            prompt=p["prompt"],
-            negative_prompt=p["negative_prompt"],
-            height=p["height"],
-            width=p["width"],
-            num_frames=p["frames"],
-            num_inference_steps=p["steps"],
-            guidance_scale=p["guidance"],
-            guidance_scale_2=p["guidance_2"],
-            generator=torch.Generator("cpu").manual_seed(p["seed"]),
-            output_type="np",
-            callback_on_step_end=on_step_end,
-        )
+    try:
+        with torch.no_grad():
+            result = pipe(
+                image=first,
+                last_image=last,
+                prompt=p["prompt"],
+                negative_prompt=p["negative_prompt"],
+                height=p["height"],
+                width=p["width"],
+                num_frames=p["frames"],
+                num_inference_steps=p["steps"],
+                guidance_scale=p["guidance"],
+                guidance_scale_2=p["guidance_2"],
+                generator=torch.Generator("cpu").manual_seed(p["seed"]),
+                output_type="np",
+                callback_on_step_end=on_step_end,
+            )
+        stats = handle.stats() if handle is not None else None
+    finally:
+        if handle is not None:
+            handle.remove()
     frames = to_uint8(result.frames)
     if frames.shape[0] != p["frames"]:
         raise StageError(f"video: the pipeline returned {frames.shape[0]} frames, expected {p['frames']}")
     write_video(frames, out, fps=p["fps"])
-    return {"frames": int(frames.shape[0]), "width": int(frames.shape[2]), "height": int(frames.shape[1]), "fps": p["fps"]}
+    meta = {"frames": int(frames.shape[0]), "width": int(frames.shape[2]), "height": int(frames.shape[1]),
+            "fps": p["fps"]}
+    if stats is not None:
+        meta["cache"] = stats
+    return meta

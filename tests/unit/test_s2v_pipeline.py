@@ -150,3 +150,16 @@ def test_teacache_zero_is_exact_and_threshold_skips(pipe):
     stats = cached.cache_stats["s2v"]
     assert stats["skipped"] > 0 and stats["computed"] + stats["skipped"] == cached.segments * 2 * 8
     assert not np.array_equal(cached.frames, base.frames)
+
+
+def test_pose_video_conditions_the_clip(pipe, tmp_path):
+    from cinesynth_batch.media.video_io import write_video
+
+    yy, xx = np.mgrid[0:64, 0:64]
+    poses = np.stack([np.stack([(xx + 8 * i) % 256, yy * 3 % 256, np.full_like(xx, 40)], -1)
+                      for i in range(20)]).astype(np.uint8)
+    path = tmp_path / "pose.mp4"
+    write_video(poses, path, fps=16)
+    base = run(pipe, steps=2).frames
+    posed = run(pipe, steps=2, pose_video=path).frames
+    assert posed.shape == base.shape and not np.array_equal(base, posed)

@@ -248,3 +248,19 @@ def test_bad_inputs_raise_stage_error(ctx, tmp_path, stills):
     c = StageContext(models=ctx.models, resolve_lora=lambda name, family: bad)
     with pytest.raises(StageError, match="safetensors"):
         video_stage.run({**BASE, "loras": [{"name": "motion", "high": 1.0, "low": 1.0}]}, {"image": stills["noise"]}, tmp_path / "x.mp4", c)
+
+
+def test_teacache_option(ctx, tmp_path, stills):
+    still = {"image": stills["gradient"]}
+    _, base = render(ctx, tmp_path, still, name="base", steps=10)
+    meta0, exact = render(ctx, tmp_path, still, name="exact", steps=10,
+                          cache={"kind": "teacache", "threshold": 0.0, "start_step": 1})
+    assert np.array_equal(frames_of(base), frames_of(exact))
+
+    def skipped(meta):
+        return sum(v["skipped"] for v in meta["cache"].values() if isinstance(v, dict) and "skipped" in v)
+
+    assert skipped(meta0) == 0
+    meta, _ = render(ctx, tmp_path, still, name="cached", steps=10,
+                     cache={"kind": "teacache", "threshold": 0.5, "start_step": 1})
+    assert skipped(meta) > 0

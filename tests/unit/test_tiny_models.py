@@ -79,7 +79,7 @@ def test_build_returns_every_component(tiny_root):
 
 def test_tiny_models_are_small(tiny_root):
     total = sum(p.stat().st_size for p in tiny_root.rglob("*") if p.is_file())
-    assert total < 5 * 1024 * 1024
+    assert total < 8 * 1024 * 1024     # every role of the tiny profile, S2V folder included
 
 
 def test_build_twice_is_byte_identical(tiny_root, tmp_path):
