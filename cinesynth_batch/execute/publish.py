@@ -111,6 +111,7 @@ def _stage_row(plan: Plan, outcome: Outcome, nid: str) -> dict[str, Any]:
     if entry is not None:
         row["digest"] = entry.digest
         row["publish"] = st.node.publish
+        row["facts"] = entry.meta
     return row
 
 

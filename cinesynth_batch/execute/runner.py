@@ -128,11 +128,12 @@ class LocalExecutor(Executor):
 
     def _preflight(self, plan: Plan) -> None:
         """Every model a running stage needs must be there before anything runs."""
-        roles = sorted({st.node.model_role for st in plan.to_run() if st.node.model_role})
+        wanted = sorted({(st.node.model_role, st.node.model_name or "") for st in plan.to_run()
+                         if st.node.model_role})
         problems = []
-        for role in roles:
+        for role, name in wanted:
             try:
-                plan.registry.local_path(role)
+                plan.registry.local_path(role, name or None)
             except ModelError as exc:
                 problems.append(exc.render())
         if problems:
@@ -198,10 +199,11 @@ class LocalExecutor(Executor):
             def progress(step: int, total: int) -> None:
                 bus.emit("stage_progress", stage=node.id, kind=node.kind, step=step, total=total)
 
-            ctx = StageContext(models=residency, resolve_lora=plan.registry.resolve_lora,
+            models = residency if node.model_name is None else _Named(residency, node.model_name)
+            ctx = StageContext(models=models, resolve_lora=plan.registry.resolve_lora,
                                device=self.device, dtype=self.dtype or plan.registry.dtype,
                                progress=progress, work_dir=scratch)
-            meta = module.run(st.params, paths, target, ctx) or {}
+            meta = module.run({**st.params, **node.runtime}, paths, target, ctx) or {}
             if not target.is_file():
                 raise RenderError(f"stage {node.id} returned without writing its output")
             return plan.cache.commit(key, target, module.OUTPUT_EXT, node.id, node.kind, meta)
@@ -234,6 +236,17 @@ class LocalExecutor(Executor):
                               f"({fresh.digest[:12]} vs {entry.digest[:12]})",
                               hint="render again: stages below it will follow the new output")
         return plan.cache.object_path(fresh.digest, fresh.ext)
+
+
+@dataclass
+class _Named:
+    """Hands a stage the model its spec named instead of the profile's model for the role."""
+
+    residency: Any
+    name: str
+
+    def get(self, role: str) -> Any:
+        return self.residency.get(role, self.name)
 
 
 def pick_device() -> str:

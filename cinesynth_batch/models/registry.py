@@ -39,6 +39,7 @@ class ModelSpec:
     tiny: str | None = None
     revision: str | None = None
     source: str | None = None
+    aliases: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -97,8 +98,11 @@ class Registry:
             models[role] = merged
         lora_dirs = list(data.get("loras") or []) + lora_dirs
         dtype = data.get("dtype", dtype)
-        specs = {r: ModelSpec(**{k: v for k, v in e.items() if k in ModelSpec.__dataclass_fields__})
-                 for r, e in models.items()}
+        specs = {}
+        for r, e in models.items():
+            fields = {k: v for k, v in e.items() if k in ModelSpec.__dataclass_fields__}
+            fields["aliases"] = tuple(fields.get("aliases") or ())
+            specs[r] = ModelSpec(**fields)
         return cls(data.get("name", file.stem), specs, dtype, lora_dirs, base, spec_dir, digests, home)
 
     # -- tiny models -----------------------------------------------------------------------------
@@ -132,17 +136,26 @@ class Registry:
             d.startswith("tiny:") for d in self.lora_dirs)
 
     # -- models ----------------------------------------------------------------------------------
-    def spec(self, role: str) -> ModelSpec:
+    def spec(self, role: str, name: str | None = None) -> ModelSpec:
+        """The model serving ``role``; a stage may name another (``model: NAME``): a name the
+        profile lists for the role (its id or one of its ``aliases``) is the profile's model, any
+        other name is a Hugging Face id or a local path of the role's kind."""
         if role not in self.models:
             raise ModelError(f"profile '{self.name}' has no model for '{role}'",
                              hint=f"add models.{role} to the models file")
-        return self.models[role]
+        base = self.models[role]
+        if name is None or name == base.id or name in base.aliases:
+            return base
+        if name.startswith((".", "/", "~")) or Path(name).suffix in (".pth", ".safetensors"):
+            return ModelSpec(role=role, kind=base.kind, path=name)
+        return ModelSpec(role=role, kind=base.kind, id=name)
 
-    def identity(self, role: str) -> dict[str, Any]:
+    def identity(self, role: str, name: str | None = None) -> dict[str, Any]:
         """``{"role", "kind", "id", "revision"}``; revision None when the model is not found."""
-        if role in self._identity:
-            return self._identity[role]
-        s = self.spec(role)
+        memo = f"{role}\0{name}"
+        if memo in self._identity:
+            return self._identity[memo]
+        s = self.spec(role, name)
         revision: str | None = s.revision
         if s.tiny:
             revision = self.tiny_revision()
@@ -153,12 +166,12 @@ class Registry:
         elif s.id and revision is None:
             revision = _hub_cached_revision(s.id)
         ident = {"role": role, "kind": s.kind, "id": s.label, "revision": revision}
-        self._identity[role] = ident
+        self._identity[memo] = ident
         return ident
 
-    def local_path(self, role: str) -> Path:
+    def local_path(self, role: str, name: str | None = None) -> Path:
         """Where the model's files are on this machine; a clear ModelError if nowhere."""
-        s = self.spec(role)
+        s = self.spec(role, name)
         if s.tiny:
             return self.ensure_tiny() / s.tiny
         if s.path:

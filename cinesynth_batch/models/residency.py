@@ -81,18 +81,20 @@ class Residency:
     def resident(self) -> list[str]:
         return list(self._resident)
 
-    def get(self, role: str) -> Any:
-        if role in self._resident:
-            self._resident.move_to_end(role)
-            return self._resident[role][0]
-        spec = self.registry.spec(role)
-        path = self.registry.local_path(role)
+    def get(self, role: str, name: str | None = None) -> Any:
+        """The loaded model for ``role`` (or the one a stage names), loading it if needed."""
+        spec = self.registry.spec(role, name)
+        slot = role if spec is self.registry.spec(role) else f"{role}:{spec.label}"
+        if slot in self._resident:
+            self._resident.move_to_end(slot)
+            return self._resident[slot][0]
+        path = self.registry.local_path(role, name)
         self._make_room(_disk_size(path))
         model = self.loader(spec.kind, path, self.device, self.dtype)
         size = self.sizer(model)
-        self.loads[role] += 1
-        self._resident[role] = (model, size)
-        self._make_room(0, keep=role)
+        self.loads[slot] += 1
+        self._resident[slot] = (model, size)
+        self._make_room(0, keep=slot)
         return model
 
     def _make_room(self, needed: int, keep: str | None = None) -> None:

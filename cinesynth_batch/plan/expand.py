@@ -73,6 +73,8 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
             still = NodeInput(up_id)
     if scene.lipsync is not None:
         return "video", (_lipsync_node(graph, loaded, index, scene, still, (width, height), seed_for),)
+    if scene.animate is not None:
+        return "video", (_animate_nodes(graph, loaded, index, scene, still, (width, height), seed_for),)
     if scene.video is None:
         assert still is not None
         return "still", still
@@ -110,7 +112,8 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
 def _cache_params(cache: m.StepCache | None) -> dict | None:
     if cache is None or cache.kind == "none":
         return None
-    return {"kind": cache.kind, "threshold": cache.threshold, "start_step": cache.start_step}
+    return {"kind": cache.kind, "threshold": cache.threshold, "start_step": cache.start_step,
+            "coefficients": cache.coefficients}
 
 
 def _lipsync_node(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
@@ -141,6 +144,57 @@ def _lipsync_node(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
     return NodeInput(node_id)
 
 
+PREP_OUTPUTS = {"animate": ("pose", "face"), "replace": ("pose", "face", "mask", "background")}
+
+
+def _animate_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
+                   still: NodeInput | None, size: tuple[int, int], seed_for: SeedSource) -> NodeInput:
+    """Preprocessing nodes (one per video the pipeline needs; they do not depend on the
+    character, so changing it re-runs only the animate node) and the animate node."""
+    spec = loaded.spec
+    an = scene.animate
+    assert an is not None
+    width, height = m.parse_resolution(an.resolution) if an.resolution else size
+    where = loaded.where("scenes", index, "animate")
+    reference = _file(loaded, an.reference_video)
+    prep_inputs: dict = {"video": reference}
+    runtime: dict = {"detector": None, "pose_model": None}
+    for key in ("detector", "pose_model"):
+        value = getattr(an.preprocess, key)
+        if value:
+            prep_inputs[key] = _file(loaded, value)
+            runtime[key] = str(prep_inputs[key].path)
+    inputs: dict = {"character": _file(loaded, an.character) if an.character else still,
+                    "reference": reference}
+    for output in PREP_OUTPUTS[an.mode]:
+        node_id = f"{scene.id}.{output}"
+        graph.add(StageNode(
+            id=node_id, kind="animate_prep", scene=scene.id,
+            params={"output": output, "fps": spec.defaults.fps, "max_frames": an.max_frames,
+                    "width": width, "height": height, "backend": an.preprocess.backend},
+            inputs=dict(prep_inputs), runtime=dict(runtime), publish=f"scenes/{scene.id}.{output}.mp4",
+            where=where))
+        inputs[output] = NodeInput(node_id)
+    node_id = f"{scene.id}.animate"
+    seed = _seed(an.seed, scene, spec)
+    graph.add(StageNode(
+        id=node_id, kind="animate", scene=scene.id, model_role="animate", model_name=an.model,
+        params={
+            "mode": an.mode, "prompt": an.prompt, "negative_prompt": an.negative_prompt,
+            "width": width, "height": height, "fps": spec.defaults.fps, "steps": an.steps,
+            "guidance": an.guidance, "shift": an.shift, "scheduler": an.scheduler,
+            "seed": seed if seed >= 0 else seed_for(node_id), "frame_window": an.frame_window,
+            "prev_frames": an.prev_frames,
+            "loras": [{"name": lo.name, "weight": lo.weight} for lo in an.loras],
+            "precision": an.precision, "quantize": an.quantize, "attention": an.attention,
+            "rms_norm": an.rms_norm, "cache": _cache_params(an.cache),
+        },
+        runtime={"block_swap": an.block_swap},
+        inputs=inputs, loras=tuple((lo.name, "mov") for lo in an.loras),
+        publish=f"scenes/{scene.id}.mp4", where=where))
+    return NodeInput(node_id)
+
+
 def _assemble_node(graph: Graph, loaded: LoadedSpec, j: int, asm: m.Assemble,
                    visuals: dict[str, tuple[str, tuple[NodeInput, ...] | NodeInput]]) -> None:
     spec = loaded.spec
@@ -154,6 +208,8 @@ def _assemble_node(graph: Graph, loaded: LoadedSpec, j: int, asm: m.Assemble,
         inputs[f"v{i}"] = visual
         audio_name, gain = None, 0.0
         speech = scene.lipsync.audio if scene.lipsync is not None else None
+        if scene.animate is not None and has_audio(loaded.spec_dir / scene.animate.reference_video):
+            speech = scene.animate.reference_video
         if asm.audio and (scene.audio is not None or speech is not None):
             audio_name = f"a{i}"
             inputs[audio_name] = _file(loaded, speech or scene.audio.file)
@@ -169,6 +225,17 @@ def _assemble_node(graph: Graph, loaded: LoadedSpec, j: int, asm: m.Assemble,
         params={"fps": spec.defaults.fps, "width": width, "height": height, "audio_rate": AUDIO_RATE,
                 "scenes": scenes, "music": music, "loudness": asm.loudness, "crf": asm.crf},
         inputs=inputs, publish=f"{asm.name}.mp4", where=loaded.where("assemble", j)))
+
+
+def has_audio(path: Path) -> bool:
+    """Whether a media file has an audio stream (PyAV reads the container header only)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return bool(container.streams.audio)
+    except (OSError, av.error.FFmpegError):
+        return False
 
 
 def input_paths(value: FileInput | NodeInput | tuple, resolve: Callable[[str], Path]):

@@ -33,6 +33,8 @@ class StageNode:
     params: dict[str, Any]
     inputs: dict[str, Input | tuple[Input, ...]] = field(default_factory=dict)
     model_role: str | None = None
+    model_name: str | None = None               # a stage's own `model:` (None: the profile's)
+    runtime: dict[str, Any] = field(default_factory=dict)   # passed to the stage, not keyed
     loras: tuple[tuple[str, str], ...] = ()     # (name, family), resolved at plan time
     publish: str | None = None                  # path under the output folder
     where: Any = None                           # spec position that created the node

@@ -7,7 +7,7 @@ import heapq
 
 from .graph import Graph
 
-KIND_RANK = {"tts": 0, "fetch": 0, "audio": 1, "image": 2, "upscale": 3, "video": 4, "lipsync": 5,
+KIND_RANK = {"tts": 0, "fetch": 0, "audio": 1, "animate_prep": 1, "image": 2, "upscale": 3, "video": 4, "lipsync": 5,
              "animate": 6, "assemble": 9}
 
 

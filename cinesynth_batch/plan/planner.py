@@ -145,7 +145,7 @@ def make_plan(loaded: LoadedSpec, registry: Registry, cache: CacheStore, lock: L
     plan = Plan(loaded, graph, stages, order, registry, cache, lock, digests, selected, seeds)
     for nid in order:
         node = graph[nid]
-        model = registry.identity(node.model_role) if node.model_role else None
+        model = registry.identity(node.model_role, node.model_name) if node.model_role else None
         params = dict(node.params)
         if node.loras:
             params["loras"] = _keyed_loras(node, registry, loaded, problems)

@@ -22,7 +22,7 @@ from .presets import PresetLibrary, merge
 from .templating import Templater
 from .yamlpos import LDict, LList, load_yaml, locate, locate_key
 
-STAGE_KEYS = ("image", "video", "lipsync", "audio")
+STAGE_KEYS = ("image", "video", "lipsync", "animate", "audio")
 ROOT_MARKERS = (".git", "pyproject.toml", "cinesynth.toml")
 
 
@@ -353,6 +353,15 @@ def check_semantics(data: LDict, sources: list[int], spec_dir: Path, root: Path,
             check_file(lipsync.get("avatar"), ("scenes", i, "lipsync", "avatar"), "avatar")
             check_file(lipsync.get("audio"), ("scenes", i, "lipsync", "audio"), "audio file")
             check_file(lipsync.get("pose_video"), ("scenes", i, "lipsync", "pose_video"), "pose video")
+        animate = scene.get("animate")
+        if isinstance(animate, dict):
+            check_file(animate.get("reference_video"), ("scenes", i, "animate", "reference_video"),
+                       "reference video")
+            check_file(animate.get("character"), ("scenes", i, "animate", "character"), "character image")
+            prep = animate.get("preprocess")
+            if isinstance(prep, dict):
+                for key in ("detector", "pose_model"):
+                    check_file(prep.get(key), ("scenes", i, "animate", "preprocess", key), "model file")
 
     assemblies = data.get("assemble") if isinstance(data.get("assemble"), list) else []
     names: dict[str, int] = {}

@@ -101,6 +101,8 @@ class StepCache(Strict):
     kind: Literal["teacache", "none"] = "teacache"
     threshold: float = Field(0.15, ge=0.0, le=2.0, description="TeaCache rel_l1_thresh (0.3 blurs)")
     start_step: int = Field(1, ge=0, description="the first steps always compute")
+    coefficients: bool = Field(True, description="rescale the distance with the model's published "
+                                                 "polynomial, where one exists")
 
 
 class VideoStage(Strict):
@@ -169,6 +171,75 @@ class LipsyncStage(Strict):
         return v
 
 
+class AnimateLora(Strict):
+    name: str = Field(description="LoRA name under lora_adpts/mov/, or a .safetensors path")
+    weight: float = Field(1.0, ge=-4.0, le=4.0)
+
+
+class Preprocess(Strict):
+    """How the reference video becomes pose, face, mask and background videos."""
+
+    backend: Literal["mediapipe", "onnx"] = Field(
+        "mediapipe", description="mediapipe (embedded models) or the official YOLO + ViTPose ONNX files")
+    detector: str | None = Field(None, description="YOLO person detector .onnx (backend onnx)")
+    pose_model: str | None = Field(None, description="ViTPose whole-body .onnx (backend onnx)")
+
+    @model_validator(mode="after")
+    def _onnx_needs_files(self) -> "Preprocess":
+        if self.backend == "onnx" and (self.detector is None or self.pose_model is None):
+            raise ValueError("backend onnx needs 'detector' and 'pose_model' (.onnx files)")
+        return self
+
+
+class AnimateStage(Strict):
+    """Wan2.2-Animate: the person of a reference video replaced by (or animating) a character."""
+
+    preset: str | None = None
+    model: str | None = Field(None, description="the animate model, by a name the profile knows "
+                                                "or a hub id / local folder")
+    reference_video: str = Field(description="the video whose motion (and audio) is used")
+    character: str | None = Field(None, description="one frontal photo; default: the scene's image")
+    mode: Literal["animate", "replace"] = Field(
+        "animate", description="replace: the character takes the person's place in the video")
+    prompt: str = ""
+    negative_prompt: str | None = None
+    resolution: str | None = None
+    steps: int = Field(20, ge=1, le=200)
+    guidance: float = Field(1.0, ge=0.0, le=30.0)
+    shift: float = Field(5.0, gt=0.0, le=50.0)
+    scheduler: Literal["euler", "unipc"] = "unipc"
+    seed: int | None = None
+    frame_window: int = Field(77, description="frames per window (4k+1); long videos run in windows")
+    prev_frames: int = Field(1, ge=1, le=16, description="frames of the previous window that condition the next")
+    max_frames: int = Field(601, description="cap of the frame count (4k+1)")
+    loras: list[AnimateLora] = Field(default_factory=list)
+    precision: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="base precision")
+    quantize: Literal["fp8_e4m3fn"] | None = Field(None, description="runtime weight quantization")
+    attention: Literal["sdpa", "sageattn", "flash"] = "sdpa"
+    rms_norm: Literal["pytorch"] = "pytorch"
+    block_swap: int = Field(0, ge=0, le=40, description="transformer blocks kept in RAM, streamed in")
+    cache: StepCache | None = None
+    preprocess: Preprocess = Field(default_factory=Preprocess)
+
+    _seed = field_validator("seed")(_check_seed)
+    _res = field_validator("resolution")(_check_resolution)
+
+    @field_validator("frame_window", "max_frames")
+    @classmethod
+    def _four_k_plus_one(cls, v: int) -> int:
+        if v < 5 or (v - 1) % 4:
+            raise ValueError(f"{v} is not 4k+1 (try {max(5, 4 * round((v - 1) / 4) + 1)})")
+        return v
+
+    @field_validator("quantize", mode="before")
+    @classmethod
+    def _no_prescaled(cls, v: Any) -> Any:
+        if v == "fp8_e4m3fn_scaled":
+            raise ValueError("fp8_e4m3fn_scaled needs pre-scaled weights, which the bf16 model does "
+                             "not have (use fp8_e4m3fn)")
+        return v
+
+
 class AudioStage(Strict):
     """A file laid under the scene."""
 
@@ -187,6 +258,7 @@ class Scene(Strict):
     image: ImageStage | None = None
     video: VideoStage | None = None
     lipsync: LipsyncStage | None = None
+    animate: AnimateStage | None = None
     audio: AudioStage | None = None
 
     _seed = field_validator("seed")(_check_seed)
@@ -207,10 +279,14 @@ class Scene(Strict):
 
     @model_validator(mode="after")
     def _has_visual(self) -> "Scene":
-        if self.image is None and self.video is None and self.lipsync is None:
-            raise ValueError("a scene needs an 'image', 'video' or 'lipsync' stage")
-        if self.video is not None and self.lipsync is not None:
-            raise ValueError("a scene has either 'video' or 'lipsync', not both (split it in two scenes)")
+        motion = [k for k in ("video", "lipsync", "animate") if getattr(self, k) is not None]
+        if self.image is None and not motion:
+            raise ValueError("a scene needs an 'image', 'video', 'lipsync' or 'animate' stage")
+        if len(motion) > 1:
+            raise ValueError(f"a scene has one of 'video', 'lipsync', 'animate', not {' and '.join(motion)} "
+                             "(split it in several scenes)")
+        if self.animate is not None and self.animate.character is None and self.image is None:
+            raise ValueError("animate has no character: add an 'image' stage or set animate.character")
         if self.video is not None and self.video.image is None and self.image is None:
             raise ValueError("video has no start image: add an 'image' stage or set video.image")
         if self.lipsync is not None and self.lipsync.avatar is None and self.image is None:
