@@ -207,7 +207,7 @@ CASES = {
             video: {prompt: walk}
             lipsync: {audio: speech.wav}
         """,
-        "spec.yaml:3:5: scenes[0]: a scene has either 'video' or 'lipsync', not both"),
+        "spec.yaml:3:5: scenes[0]: a scene has one of 'video', 'lipsync', 'animate', not video and lipsync"),
     "unknown_assemble_scene": (
         """
         project: demo
