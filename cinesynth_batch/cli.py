@@ -116,6 +116,8 @@ def render(spec: Path,
     from .execute.render import render as do_render
     from .models.residency import parse_size
 
+    _plain_fallback_warnings()
+
     def go():
         result = do_render(spec, profile=profile, only=only, until=until, force=force,
                            keep_going=keep_going, dry_run=dry_run, reseed=reseed, events=events,
@@ -133,6 +135,24 @@ def render(spec: Path,
         typer.echo(result.summary)
 
     _guard(go)
+
+
+def _plain_fallback_warnings() -> None:
+    """Settings a machine cannot honour are said once each, as one plain line."""
+    import warnings
+
+    from .errors import FallbackWarning
+
+    warnings.filterwarnings("once", category=FallbackWarning)
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, FallbackWarning):
+            _err(f"warning: {message}")
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 @app.command()

@@ -78,6 +78,11 @@ class RenderError(CinesynthError):
     exit_code = 1
 
 
+class FallbackWarning(RuntimeWarning):
+    """A requested runtime setting cannot be used on this machine; a stated alternative is used
+    (and recorded in the manifest)."""
+
+
 def _problem_order(p: Problem) -> tuple:
     if p.where is None:
         return ("~", 0, 0, p.path, p.message)

@@ -88,9 +88,11 @@ class LocalExecutor(Executor):
     keep_going: bool = False
     force: bool = False
     residency: Any = None
+    _memo: dict = field(default_factory=dict)
 
     def execute(self, plan: Plan, bus: EventBus) -> Outcome:
         out = Outcome()
+        self._memo = {}
         plan.cache.clean_stale_tmp()
         residency = None
         if plan.to_run():
@@ -202,7 +204,7 @@ class LocalExecutor(Executor):
             models = residency if node.model_name is None else _Named(residency, node.model_name)
             ctx = StageContext(models=models, resolve_lora=plan.registry.resolve_lora,
                                device=self.device, dtype=self.dtype or plan.registry.dtype,
-                               progress=progress, work_dir=scratch)
+                               progress=progress, work_dir=scratch, memo=self._memo)
             meta = module.run({**st.params, **node.runtime}, paths, target, ctx) or {}
             if not target.is_file():
                 raise RenderError(f"stage {node.id} returned without writing its output")

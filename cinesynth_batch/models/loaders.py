@@ -15,7 +15,7 @@ from typing import Any, Iterator
 from ..stages.base import StageError
 
 PIPELINE_KINDS = ("flux2-klein", "wan-i2v")
-KINDS = PIPELINE_KINDS + ("rrdbnet-x2", "wan-s2v")
+KINDS = PIPELINE_KINDS + ("rrdbnet-x2", "wan-s2v", "wan-animate")
 
 
 def torch_dtype(dtype: Any):
@@ -65,6 +65,7 @@ def quiet_libraries() -> None:
     import transformers.utils.logging as tlog
 
     dlog.disable_progress_bar()
+    dlog.set_verbosity_error()
     tlog.disable_progress_bar()
     tlog.set_verbosity_error()
 
@@ -84,6 +85,11 @@ def load_model(kind: str, path: Path, device: str = "cpu", dtype: str = "float32
         from .rrdbnet import load_rrdbnet
 
         return load_rrdbnet(path, device, dtype)
+    if kind == "wan-animate":
+        from .animate import load_animate_pipeline
+
+        quiet_libraries()
+        return load_animate_pipeline(path, device, dtype)
     if kind == "wan-s2v":
         from .s2v.pipeline import WanS2VPipeline
 

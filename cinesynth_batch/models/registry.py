@@ -26,7 +26,8 @@ from ..cache.digest import DigestState, sha256_bytes
 from ..errors import ModelError
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
-TINY_SOURCES = ("tiny.py", "rrdbnet.py", "s2v/tiny_components.py", "s2v/transformer.py")
+TINY_SOURCES = ("tiny.py", "rrdbnet.py", "tiny_animate.py", "s2v/tiny_components.py",
+                "s2v/transformer.py")
 SMALL_FILE = 1 << 20
 
 

@@ -19,6 +19,7 @@ folder, and concurrent builders each produce the same bytes, the first rename wi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -33,11 +34,17 @@ from typing import Callable, Iterator
 
 from ..procs import pid_alive
 from .rrdbnet import build_tiny_rrdbnet
+from .tiny_animate import build_tiny_animate, write_tiny_animate_lora
 
 FLUX2_KLEIN = "flux2-klein"
 WAN_I2V = "wan2.2-i2v"
 RRDBNET_X2 = "RealESRGAN_x2plus.pth"
 WAN_S2V = "wan2.2-s2v"
+WAN_ANIMATE = "wan2.2-animate"
+# Tiny stand-ins, under the same names, for the LoRAs of presets/change_character_v1_1.yaml.
+ANIMATE_PRESET_LORAS = ("lightx2v_elite_it2v_animate_face", "WAN22_MoCap_fullbodyCOPY_ED",
+                        "Wan2.2-Fun-A14B-InP-Fusion-Elite", "FullDynamic_Ultimate_Fusion_Elite",
+                        "WanAnimate_relight_lora_fp16")
 LORA_ROOT = "lora_adpts"
 LORA_IMG_STYLE = "lora_adpts/img/tiny/style.safetensors"
 LORA_MOV_MOTION = "lora_adpts/mov/tiny/motion.safetensors"
@@ -489,6 +496,10 @@ def build_tiny(root: Path) -> dict[str, Path]:
             (LORA_MOV_CAMERA, _file_writer(_write_camera_lora, ".safetensors")),
             (RRDBNET_X2, _file_writer(build_tiny_rrdbnet, ".pth")),
             (WAN_S2V, _write_wan_s2v),
+            (WAN_ANIMATE, build_tiny_animate),
+            *[(f"lora_adpts/mov/{name}.safetensors",
+               _file_writer(functools.partial(write_tiny_animate_lora, seed=7100 + i), ".safetensors"))
+              for i, name in enumerate(ANIMATE_PRESET_LORAS)],
         ]
 
         built = False

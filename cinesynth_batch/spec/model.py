@@ -210,7 +210,7 @@ class AnimateStage(Strict):
     scheduler: Literal["euler", "unipc"] = "unipc"
     seed: int | None = None
     frame_window: int = Field(77, description="frames per window (4k+1); long videos run in windows")
-    prev_frames: int = Field(1, ge=1, le=16, description="frames of the previous window that condition the next")
+    prev_frames: Literal[1, 5] = Field(1, description="frames of the previous window that condition the next")
     max_frames: int = Field(601, description="cap of the frame count (4k+1)")
     loras: list[AnimateLora] = Field(default_factory=list)
     precision: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="base precision")

@@ -54,6 +54,7 @@ class StageContext:
     progress: Callable[[int, int], None] = _no_progress
     work_dir: Path | None = None  # scratch folder, removed after the stage
     extra: dict[str, Any] = field(default_factory=dict)
+    memo: dict[str, Any] = field(default_factory=dict)  # shared by the stages of one render
 
 
 class StageError(Exception):

@@ -1,0 +1,700 @@
+"""Wan2.2-Animate on diffusers ``WanAnimatePipeline``: loading, per-run runtime settings, TeaCache.
+
+Loading
+-------
+``load_animate_pipeline(path, device, dtype)`` reads a ``WanAnimatePipeline`` folder through
+``from_pretrained`` (weights in ``dtype``). The text encoder, image encoder and VAE go to ``device``.
+The transformer's weights stay where they were loaded (host RAM): they are its *rest copy*, which
+no run modifies. Each run places a working copy on the device with the settings it asks for.
+
+Runtime settings (``RuntimeSettings``)
+--------------------------------------
+``precision``
+    ``bf16`` / ``fp16`` / ``fp32``: the transformer's compute dtype (modules diffusers keeps in fp32,
+    ``WanAnimateTransformer3DModel._keep_in_fp32_modules``, stay fp32). The text encoder, image
+    encoder and VAE keep the load dtype.
+``quantize``
+    ``None`` or ``"fp8_e4m3fn"``: the weights of the transformer's Linear/Conv layers are stored as
+    ``float8_e4m3fn`` (plain cast, clamped to +-448, no scale) and upcast to the compute dtype just
+    before each layer runs. Biases, norms, embeddings, the patch embeddings, the output projection,
+    the modules diffusers keeps in fp32 and LoRA layers keep the compute dtype (the skip list of
+    diffusers' ``enable_layerwise_casting`` plus biases). ``"fp8_e4m3fn_scaled"`` needs per-tensor
+    scales that a bf16 checkpoint does not have: it is replaced by ``"fp8_e4m3fn"`` with a warning.
+``attention``
+    ``sdpa`` (diffusers backend ``native``: torch SDPA, which picks its flash/cuDNN/efficient kernel),
+    ``sageattn`` (``sage``: SageAttention, needs the ``sageattention`` package at the version diffusers
+    requires, a CUDA device and bf16/fp16 compute) or ``flash`` (``flash``: the ``flash-attn``
+    package, CUDA, bf16/fp16). Set on this transformer's attention processors only; diffusers'
+    process-wide active backend is not touched.
+``block_swap``
+    ``N``: the first ``N`` of the transformer's blocks (``transformer.blocks[0:N]``, each a
+    ``WanTransformerBlock``: self-attention, cross-attention, FFN) live in pinned host RAM and are
+    copied to the device one block at a time, block-level group offloading with one block per group
+    built from diffusers' ``ModuleGroup`` / ``GroupOffloadingHook``; while block ``i`` runs, block
+    ``i+1`` is copied on a side CUDA stream, and block 0 is fetched when the transformer's forward
+    starts. The other blocks and everything outside ``blocks`` (embeddings, motion encoder, face
+    encoder, the face adapters, the output head) stay on the device. "20 of 40 blocks swapped"
+    is ``block_swap: 20``: blocks 0-19 stream in, blocks 20-39 stay resident. (diffusers' own
+    ``enable_group_offload`` offloads every block; it has no "N of M".)
+``rms_norm``
+    ``pytorch`` only: the model's RMSNorms are ``torch.nn.RMSNorm``.
+
+``prepare_animate_run(pipe, requested, loras, device)`` resolves what this machine can do, warns once
+per setting it cannot honour (``AnimateFallbackWarning``, naming the setting and the reason) and uses
+the nearest exact alternative (precision without fp8, ``sdpa``, no swap). It then makes the pipeline
+use exactly those settings and those LoRAs. The placement is kept while later runs ask for the same
+settings; when they differ, or when a LoRA has to be loaded (LoRAs are always loaded into the rest
+copy, in its dtype), the working copy is dropped and rebuilt from the rest copy, so nothing one run
+chose reaches the next. The returned report says what was actually used.
+
+TeaCache
+--------
+``WanAnimateTeaCacheAdapter`` lets ``models.teacache.apply_teacache`` cache
+``WanAnimateTransformer3DModel``: the region is the block loop *and* the face adapters called between
+blocks (their output is added to the hidden states, so a skipped step hands back zero). Coefficients:
+no fit exists for Wan2.2-Animate; ``TEACACHE_MODEL`` borrows the Wan2.1 I2V-14B-720P set
+(``COEFFICIENTS["wan2.1-i2v-14b-720p"]``, indicator ``timestep_embedding``), as
+ComfyUI-WanVideoWrapper does for Wan2.2 I2V. Wan-Animate keeps Wan2.1's timestep embedding, which is
+the indicator that set was fitted on.
+"""
+
+from __future__ import annotations
+
+import gc
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from diffusers.hooks.group_offloading import GroupOffloadingHook
+from diffusers.hooks.hooks import ModelHook
+
+from ..stages.base import StageError
+from .teacache import TeaCacheConfig, WanDiffusersAdapter, apply_teacache
+from ..errors import FallbackWarning
+
+__all__ = [
+    "ATTENTION_BACKENDS",
+    "AnimateFallbackWarning",
+    "AnimateRuntime",
+    "PRECISIONS",
+    "QUANTIZATIONS",
+    "RuntimeSettings",
+    "TEACACHE_MODEL",
+    "WanAnimateTeaCacheAdapter",
+    "animate_lora_requests",
+    "apply_animate_teacache",
+    "load_animate_pipeline",
+    "prepare_animate_run",
+    "release_animate_runtime",
+    "resolve_runtime",
+]
+
+PRECISIONS = ("bf16", "fp16", "fp32")
+QUANTIZATIONS = (None, "fp8_e4m3fn")
+ATTENTION_BACKENDS = {"sdpa": "native", "sageattn": "sage", "flash": "flash"}
+RMS_NORMS = ("pytorch",)
+SCALED_FP8 = "fp8_e4m3fn_scaled"
+FP8_MAX = 448.0
+
+#: The TeaCache coefficient preset used for Wan2.2-Animate (borrowed: no published Animate fit).
+TEACACHE_MODEL = "wan2.1-i2v-14b-720p"
+TEACACHE_COEFFICIENTS_NOTE = (
+    "borrowed: Wan2.1 I2V-14B-720P polynomial (timestep embedding); no fit published for Wan2.2-Animate"
+)
+
+_RUNTIME_ATTR = "_cinesynth_animate_runtime"
+_DEVICE_ATTR = "_cinesynth_animate_device"
+_CAST_HOOK = "layerwise_casting"      # the name diffusers looks up for a model's compute dtype
+_GROUP_HOOK = "group_offloading"      # the name diffusers looks up for a model's onload device
+
+
+class AnimateFallbackWarning(FallbackWarning):
+    """A requested Animate runtime setting cannot be used here; a stated alternative is used."""
+
+
+def _torch_dtype(precision: str):
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_animate_pipeline(path: Path, device: str = "cpu", dtype: str = "float32") -> Any:
+    """Load a ``WanAnimatePipeline`` folder. The transformer keeps its loaded weights in host RAM
+    (its rest copy); the other components move to ``device``."""
+    from .loaders import _check_pipeline_folder, quiet_libraries, torch_dtype
+
+    path = Path(path)
+    td = torch_dtype(dtype)
+    _check_pipeline_folder("wan-animate", path)
+    quiet_libraries()
+    from diffusers import WanAnimatePipeline, WanAnimateTransformer3DModel
+    try:
+        pipe = WanAnimatePipeline.from_pretrained(str(path), dtype=td, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise StageError(
+            f"cannot load 'wan-animate' pipeline from {path}: {type(exc).__name__}: {exc}",
+            hint="use a WanAnimatePipeline folder (Wan-AI/Wan2.2-Animate-14B-Diffusers layout) with every "
+            "component listed in model_index.json",
+        ) from exc
+    if not isinstance(getattr(pipe, "transformer", None), WanAnimateTransformer3DModel):
+        raise StageError(f"{path} is not a Wan2.2-Animate folder: "
+                         "its transformer is not a WanAnimateTransformer3DModel")
+    pipe.set_progress_bar_config(disable=True)
+    dev = torch.device(device)
+    for name in ("text_encoder", "image_encoder", "vae"):
+        module = getattr(pipe, name, None)
+        if isinstance(module, torch.nn.Module):
+            module.to(dev)
+    setattr(pipe, _DEVICE_ATTR, str(dev))
+    return pipe
+
+
+def pipeline_device(pipe: Any, fallback: str = "cpu") -> str:
+    """The device the pipeline computes on (where the loader put its encoders and VAE)."""
+    dev = getattr(pipe, _DEVICE_ATTR, None)
+    if dev is not None:
+        return dev
+    for name in ("vae", "text_encoder"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            try:
+                return str(next(module.parameters()).device)
+            except StopIteration:
+                continue
+    return fallback
+
+
+# --------------------------------------------------------------------------- LoRA requests
+
+
+def animate_lora_requests(loras: Sequence[Mapping[str, Any]] | None, resolver) -> list:
+    """``[{name, weight}]`` -> requests on the single ``transformer`` (LoRA family ``"mov"``)."""
+    from .lora import HIGH, LoraRequest, _merge, _resolve, _weight
+
+    out = []
+    for i, entry in enumerate(loras or []):
+        if not isinstance(entry, Mapping) or "name" not in entry:
+            raise StageError(f"animate: loras[{i}] must be a mapping with 'name' and 'weight', got {entry!r}")
+        weight = _weight(entry.get("weight", 1.0), f"animate: loras[{i}].weight")
+        path = _resolve(entry["name"], "mov", resolver)
+        out.append(LoraRequest(entry["name"], path, {HIGH: weight}))
+    return _merge(out)
+
+
+def _needs_lora_load(pipe: Any, requests: Sequence[Any]) -> bool:
+    from .lora import adapter_name
+
+    try:
+        loaded = set(pipe.get_list_adapters().get("transformer", []))
+    except (AttributeError, ValueError):
+        loaded = set()
+    for req in requests:
+        for component, weight in req.weights.items():
+            if weight != 0.0 and adapter_name(req.path, component) not in loaded:
+                return True
+    return False
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    precision: str = "bf16"
+    quantize: str | None = None
+    attention: str = "sdpa"
+    block_swap: int = 0
+    rms_norm: str = "pytorch"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise StageError(f"animate: precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.quantize not in QUANTIZATIONS + (SCALED_FP8,):
+            raise StageError(f"animate: quantize must be null or 'fp8_e4m3fn', got {self.quantize!r}")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise StageError(
+                f"animate: attention must be one of {', '.join(ATTENTION_BACKENDS)}, got {self.attention!r}")
+        if isinstance(self.block_swap, bool) or not isinstance(self.block_swap, int) or not 0 <= self.block_swap <= 40:
+            raise StageError(f"animate: block_swap must be an integer from 0 to 40, got {self.block_swap!r}")
+        if self.rms_norm not in RMS_NORMS:
+            raise StageError(f"animate: rms_norm must be 'pytorch', got {self.rms_norm!r}")
+
+
+@dataclass
+class Fallback:
+    setting: str
+    requested: Any
+    used: Any
+    reason: str
+
+
+def _sage_usable() -> tuple[bool, str]:
+    try:
+        from diffusers.models import attention_dispatch as ad
+    except ImportError:  # pragma: no cover
+        return False, "diffusers has no attention dispatcher"
+    if getattr(ad, "_CAN_USE_SAGE_ATTN", False):
+        return True, ""
+    version = getattr(ad, "_REQUIRED_SAGE_VERSION", "2.1.1")
+    return False, f"the sageattention package (>= {version}, what diffusers' 'sage' backend needs) is not installed"
+
+
+def _flash_usable() -> tuple[bool, str]:
+    try:
+        from diffusers.models import attention_dispatch as ad
+    except ImportError:  # pragma: no cover
+        return False, "diffusers has no attention dispatcher"
+    if getattr(ad, "_CAN_USE_FLASH_ATTN", False):
+        return True, ""
+    version = getattr(ad, "_REQUIRED_FLASH_VERSION", "2.6.3")
+    return False, f"the flash-attn package (>= {version}) is not installed"
+
+
+def resolve_runtime(requested: RuntimeSettings, device: str, num_blocks: int | None = None,
+                    warn: bool = True) -> tuple[RuntimeSettings, list[Fallback]]:
+    """What this machine can honour of ``requested``: the settings to use and the fallbacks taken.
+    Each fallback is warned once (``AnimateFallbackWarning``) when ``warn``."""
+    cuda = str(device).startswith("cuda")
+    fallbacks: list[Fallback] = []
+    quantize = requested.quantize
+    reasons = []
+    if quantize == SCALED_FP8:
+        reasons.append("fp8_e4m3fn_scaled needs pre-scaled fp8 weights, which the bf16 model does not have")
+        quantize = "fp8_e4m3fn"
+    if quantize == "fp8_e4m3fn":
+        if not cuda:
+            reasons.append(f"fp8 weight storage is used on CUDA devices only (on {device} it saves no time "
+                           "and upcasting every layer at every step only slows the run down)")
+            quantize = None
+        elif not hasattr(torch, "float8_e4m3fn"):  # pragma: no cover
+            reasons.append("this torch has no float8_e4m3fn dtype")
+            quantize = None
+    if reasons:
+        used = quantize if quantize else f"{requested.precision} (no quantization)"
+        fallbacks.append(Fallback("quantize", requested.quantize, quantize, "; ".join(reasons) + f"; using {used}"))
+
+    attention = requested.attention
+    if attention != "sdpa":
+        reason = ""
+        if not cuda:
+            reason = f"{attention} runs on CUDA devices only, this run is on {device}"
+        elif requested.precision == "fp32":
+            reason = f"{attention} needs bf16 or fp16 compute, precision is fp32"
+        else:
+            ok, why = _sage_usable() if attention == "sageattn" else _flash_usable()
+            reason = "" if ok else why
+        if reason:
+            fallbacks.append(Fallback("attention", attention, "sdpa", reason + "; using sdpa (torch SDPA)"))
+            attention = "sdpa"
+
+    swap = requested.block_swap
+    if swap and not cuda:
+        fallbacks.append(Fallback("block_swap", swap, 0, f"block swap streams blocks from RAM to a CUDA device; "
+                                  f"on {device} every block is in RAM already; using no swap"))
+        swap = 0
+    elif swap and num_blocks is not None and swap > num_blocks:
+        fallbacks.append(Fallback("block_swap", swap, num_blocks,
+                                  f"the transformer has {num_blocks} blocks; swapping all {num_blocks}"))
+        swap = num_blocks
+
+    resolved = replace(requested, quantize=quantize, attention=attention, block_swap=swap)
+    if warn:
+        for fb in fallbacks:
+            warnings.warn(f"animate: {fb.setting}={fb.requested!r} cannot be used: {fb.reason}",
+                          AnimateFallbackWarning, stacklevel=3)
+    return resolved, fallbacks
+
+
+# --------------------------------------------------------------------------- runtime placement
+
+
+class Fp8WeightHook(ModelHook):
+    """A layer whose weight is stored as float8_e4m3fn: upcast to ``compute_dtype`` for its forward,
+    the stored tensor put back after. Registered under diffusers' layerwise-casting hook name, so
+    ``transformer.dtype`` reports the compute dtype."""
+
+    _is_stateful = False
+
+    def __init__(self, compute_dtype):
+        super().__init__()
+        self.compute_dtype = compute_dtype
+        self._stored = None
+
+    def pre_forward(self, module, *args, **kwargs):
+        weight = module.weight
+        self._stored = weight.data
+        weight.data = self._stored.to(self.compute_dtype)
+        return args, kwargs
+
+    def post_forward(self, module, output):
+        if self._stored is not None:
+            module.weight.data = self._stored
+            self._stored = None
+        return output
+
+    def deinitalize_hook(self, module):
+        self._stored = None
+        return module
+
+
+class _SwapStartHook(GroupOffloadingHook):
+    """On the transformer: owns no weights; when the forward starts it copies the first swapped
+    block to the device and waits for that copy, so anything that reads the block's weights before
+    the block runs (a TeaCache indicator does) sees them complete."""
+
+    def pre_forward(self, module, *args, **kwargs):
+        args, kwargs = super().pre_forward(module, *args, **kwargs)
+        nxt = self.next_group
+        if nxt is not None and nxt.stream is not None:
+            nxt.stream.synchronize()
+        return args, kwargs
+
+
+def _cast_skip_patterns(model: Any) -> tuple[str, ...]:
+    """The modules diffusers' ``enable_layerwise_casting`` leaves alone, plus LoRA layers."""
+    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
+
+    patterns = tuple(DEFAULT_SKIP_MODULES_PATTERN)
+    patterns += tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    patterns += tuple(getattr(model, "_skip_layerwise_casting_patterns", None) or ())
+    try:
+        from peft.tuners.lora.layer import LoraLayer
+
+        patterns += tuple(LoraLayer.adapter_layer_names)
+    except ImportError:  # pragma: no cover
+        patterns += ("lora_A", "lora_B")
+    return tuple(dict.fromkeys(patterns))
+
+
+def _castable_layers() -> tuple:
+
+    return (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)
+
+
+def fp8_targets(model: Any) -> list[tuple[str, Any]]:
+    """(name, module) of every layer whose weight the fp8 setting stores as float8."""
+    import re
+
+    patterns = _cast_skip_patterns(model)
+    layers = _castable_layers()
+    out = []
+
+    def walk(module, prefix):
+        if prefix and any(re.search(p, prefix) for p in patterns):
+            return
+        if isinstance(module, layers):
+            if getattr(module, "weight", None) is not None:
+                out.append((prefix, module))
+            return
+        for name, child in module.named_children():
+            walk(child, f"{prefix}.{name}" if prefix else name)
+
+    walk(model, "")
+    return out
+
+
+def _keeps_fp32(model: Any, name: str) -> bool:
+    keep = getattr(model, "_keep_in_fp32_modules", None) or ()
+    atoms = name.split(".")
+    return any(k in atoms for k in keep)
+
+
+@dataclass
+class _Materialized:
+    settings: RuntimeSettings
+    device: str
+    rest: dict[int, tuple[Any, Any]]            # id(tensor) -> (tensor object, rest data)
+    previous_backends: dict[int, tuple[Any, Any]] = field(default_factory=dict)
+    groups: list = field(default_factory=list)
+    fp8_layers: int = 0
+    fp8_bytes_saved: int = 0
+    swapped: list[int] = field(default_factory=list)
+
+
+class AnimateRuntime:
+    """The runtime state of one pipeline's transformer: at rest, or a working copy placed with
+    one ``RuntimeSettings``. One per pipeline (``AnimateRuntime.of(pipe)``)."""
+
+    def __init__(self, pipe: Any):
+        self.pipe = pipe
+        self.current: _Materialized | None = None
+
+    @classmethod
+    def of(cls, pipe: Any) -> "AnimateRuntime":
+        runtime = getattr(pipe, _RUNTIME_ATTR, None)
+        if runtime is None:
+            runtime = cls(pipe)
+            setattr(pipe, _RUNTIME_ATTR, runtime)
+        return runtime
+
+    @property
+    def transformer(self):
+        return self.pipe.transformer
+
+    # ---- tensors
+
+    def _tensors(self) -> list[tuple[str, Any, str, Any]]:
+        """(qualified name, owner module, attribute, tensor) for every parameter and buffer, once."""
+        seen: set[int] = set()
+        out = []
+        for mod_name, module in self.transformer.named_modules():
+            for store in (module._parameters, module._buffers):
+                for attr, tensor in store.items():
+                    if tensor is None or id(tensor) in seen:
+                        continue
+                    seen.add(id(tensor))
+                    out.append((f"{mod_name}.{attr}" if mod_name else attr, module, attr, tensor))
+        return out
+
+    # ---- apply / release
+
+    def apply(self, settings: RuntimeSettings, device: str) -> _Materialized:
+        """Place the working copy with ``settings`` on ``device`` (no capability checks: use
+        ``prepare_animate_run`` for that). Keeps the current placement if it already matches."""
+        if self.current is not None and self.current.settings == settings and self.current.device == str(device):
+            self._set_attention(settings.attention)
+            return self.current
+        self.release()
+        return self._materialize(settings, str(device))
+
+    def _materialize(self, settings: RuntimeSettings, device: str) -> _Materialized:
+        from diffusers.hooks.hooks import HookRegistry
+
+        model = self.transformer
+        dev = torch.device(device)
+        compute = _torch_dtype(settings.precision)
+        if any(t.device.type != "cpu" for t in model.parameters()):
+            model.to("cpu")  # the rest copy lives in host RAM; each run places its own device copy
+        entries = self._tensors()
+        names = {id(t): name for name, _, _, t in entries}
+        state = _Materialized(settings=settings, device=device,
+                              rest={id(t): (t, t.data) for _, _, _, t in entries})
+        self.current = state
+        fp8 = settings.quantize == "fp8_e4m3fn"
+        targets = {id(m) for _, m in fp8_targets(model)} if fp8 else set()
+        hook_cls = Fp8WeightHook if fp8 else None
+
+        def place(module) -> None:
+            """Put one module's own tensors on the device in their run dtype (fp8 weights stored)."""
+            for store in (module._parameters, module._buffers):
+                for attr, tensor in store.items():
+                    if tensor is None:
+                        continue
+                    rest = state.rest[id(tensor)][1]
+                    want = rest.dtype
+                    if rest.is_floating_point():
+                        want = torch.float32 if _keeps_fp32(model, names.get(id(tensor), attr)) else compute
+                    tensor.data = rest.to(device=dev, dtype=want)
+            if id(module) in targets:
+                weight = module.weight
+                before = weight.data.numel() * weight.data.element_size()
+                weight.data = weight.data.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+                state.fp8_bytes_saved += before - weight.data.numel()
+                state.fp8_layers += 1
+                HookRegistry.check_if_exists_or_initialize(module).register_hook(hook_cls(compute), _CAST_HOOK)
+
+        def outside_blocks(module) -> None:
+            if module is model.blocks:
+                return
+            place(module)
+            for child in module.children():
+                outside_blocks(child)
+
+        try:
+            blocks = list(model.blocks)
+            swap = min(settings.block_swap, len(blocks))
+            outside_blocks(model)
+            for block in blocks[swap:]:
+                for sub in block.modules():
+                    place(sub)
+            if swap:
+                self._swap_blocks(state, blocks[:swap], dev, place)
+            self._set_attention(settings.attention)
+        except Exception:
+            self.release()
+            raise
+        return state
+
+    def _swap_blocks(self, state: _Materialized, blocks: list, dev, place) -> None:
+        """Block-level group offloading of ``blocks`` (one block per group, chained prefetch)."""
+        from diffusers.hooks.group_offloading import GroupOffloadingConfig, ModuleGroup
+        from diffusers.hooks.hooks import HookRegistry
+
+        cpu = torch.device("cpu")
+        stream = torch.cuda.Stream(device=dev) if dev.type == "cuda" else None
+        streamed = stream is not None
+        config = GroupOffloadingConfig(
+            onload_device=dev, offload_device=cpu, offload_type="block_level", non_blocking=streamed,
+            record_stream=streamed, low_cpu_mem_usage=False, num_blocks_per_group=1, stream=stream)
+        model = self.transformer
+        index = {id(b): i for i, b in enumerate(model.blocks)}
+        hooks = []
+        for block in blocks:
+            for sub in block.modules():
+                place(sub)  # on the device in the run dtype (fp8 cast there), then pinned in RAM below
+            group = ModuleGroup(modules=[block], offload_device=cpu, onload_device=dev, offload_leader=block,
+                                onload_leader=block, non_blocking=streamed, stream=stream, record_stream=streamed,
+                                low_cpu_mem_usage=False, onload_self=False,
+                                group_id=f"animate_blocks_{index[id(block)]}")
+            hook = GroupOffloadingHook(group, config=config)
+            HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, _GROUP_HOOK)  # offloads it
+            hooks.append(hook)
+            state.groups.append(group)
+            state.swapped.append(index[id(block)])
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+        # The transformer's own hook has nothing to move: it starts the copy of the first swapped
+        # block when the forward begins; each swapped block starts the copy of the next.
+        starter = ModuleGroup(modules=[], offload_device=cpu, onload_device=dev, offload_leader=model,
+                              onload_leader=model, parameters=[], buffers=[], non_blocking=False, stream=None,
+                              record_stream=False, onload_self=True, group_id="animate_block_swap_start")
+        starter_hook = _SwapStartHook(starter, config=config)
+        starter_hook.next_group = hooks[0].group
+        for a, b in zip(hooks, hooks[1:]):
+            a.next_group = b.group
+        HookRegistry.check_if_exists_or_initialize(model).register_hook(starter_hook, _GROUP_HOOK)
+
+    def _set_attention(self, attention: str) -> None:
+        from diffusers.models.attention import AttentionModuleMixin
+        from diffusers.models.attention_dispatch import AttentionBackendName
+
+        backend = AttentionBackendName(ATTENTION_BACKENDS[attention])
+        state = self.current
+        for module in self.transformer.modules():
+            if not isinstance(module, AttentionModuleMixin):
+                continue
+            processor = getattr(module, "processor", None)
+            if processor is None or not hasattr(processor, "_attention_backend"):
+                continue
+            if state is not None and id(processor) not in state.previous_backends:
+                state.previous_backends[id(processor)] = (processor, processor._attention_backend)
+            processor._attention_backend = backend
+
+    def release(self) -> None:
+        """Drop the working copy: hooks removed, every tensor back to its rest copy."""
+        state = self.current
+        if state is None:
+            return
+        from diffusers.hooks.hooks import HookRegistry
+
+        model = self.transformer
+        registry = HookRegistry.check_if_exists_or_initialize(model)
+        registry.remove_hook(_GROUP_HOOK, recurse=True)
+        registry.remove_hook(_CAST_HOOK, recurse=True)
+        for tensor, rest in state.rest.values():
+            tensor.data = rest
+        for processor, backend in state.previous_backends.values():
+            processor._attention_backend = backend
+        state.groups.clear()
+        self.current = None
+        gc.collect()
+        if str(state.device).startswith("cuda") and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # ---- report
+
+    def report(self) -> dict[str, Any]:
+        state = self.current
+        if state is None:
+            return {"placed": False}
+        s = state.settings
+        blocks = len(self.transformer.blocks)
+        return {
+            "device": state.device,
+            "precision": s.precision,
+            "quantization": s.quantize,
+            "fp8_layers": state.fp8_layers,
+            "fp8_bytes_saved": state.fp8_bytes_saved,
+            "attention": s.attention,
+            "attention_backend": ATTENTION_BACKENDS[s.attention],
+            "block_swap": len(state.swapped),
+            "swapped_blocks": _ranges(state.swapped),
+            "blocks": blocks,
+            "rms_norm": s.rms_norm,
+        }
+
+
+def _ranges(indices: Sequence[int]) -> str:
+    if not indices:
+        return ""
+    out, start, prev = [], indices[0], indices[0]
+    for i in list(indices[1:]) + [None]:
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        out.append(f"{start}-{prev}" if prev != start else f"{start}")
+        if i is not None:
+            start = prev = i
+    return ",".join(out)
+
+
+def prepare_animate_run(pipe: Any, requested: RuntimeSettings, loras: Sequence[Any], device: str | None = None,
+                        warn: bool = True) -> dict[str, Any]:
+    """Make ``pipe`` run with what this machine can do of ``requested`` and exactly ``loras``
+    (``LoraRequest`` on ``transformer``). Returns the runtime report (``fallbacks`` included)."""
+    from .lora import apply_loras
+
+    device = device or pipeline_device(pipe)
+    runtime = AnimateRuntime.of(pipe)
+    resolved, fallbacks = resolve_runtime(requested, device, num_blocks=len(pipe.transformer.blocks), warn=warn)
+    if runtime.current is not None and (_needs_lora_load(pipe, loras) or runtime.current.settings != resolved
+                                        or runtime.current.device != str(device)):
+        runtime.release()
+    active = apply_loras(pipe, loras)
+    runtime.apply(resolved, device)
+    report = runtime.report()
+    report["requested"] = asdict(requested)
+    report["fallbacks"] = [asdict(fb) for fb in fallbacks]
+    report["loras"] = [{"name": r.name, "weight": w} for r in loras for w in r.weights.values() if w != 0.0]
+    report["lora_adapters_active"] = len(active)
+    return report
+
+
+def release_animate_runtime(pipe: Any) -> None:
+    """Put the transformer back at rest (frees the device copy)."""
+    runtime = getattr(pipe, _RUNTIME_ATTR, None)
+    if runtime is not None:
+        runtime.release()
+
+
+# --------------------------------------------------------------------------- TeaCache
+
+
+class WanAnimateTeaCacheAdapter(WanDiffusersAdapter):
+    """diffusers ``WanAnimateTransformer3DModel``: the Wan blocks plus the face adapters the model
+    calls after every ``inject_face_latents_blocks``-th block (``hidden = face_adapter(hidden, motion)
+    + hidden``). A skipped step hands back a zero face-adapter output. The residual is taken at the
+    last block, so the last block must not be followed by a face adapter (true of the 40-block model,
+    whose adapters follow blocks 0, 5, ..., 35)."""
+
+    def blocks(self, model):
+        blocks = list(model.blocks)
+        every = int(model.config.inject_face_latents_blocks)
+        if blocks and (len(blocks) - 1) % every == 0:
+            raise ValueError(
+                "TeaCache on WanAnimateTransformer3DModel needs the last block without a face adapter "
+                f"after it ({len(blocks)} blocks, a face adapter after every {every}th)")
+        return blocks
+
+    def passthrough_modules(self, model):
+        def zero(args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            return hidden.new_zeros(())
+
+        return [(adapter, zero) for adapter in model.face_adapter]
+
+
+def apply_animate_teacache(pipe: Any, cache: Mapping[str, Any], num_inference_steps: int):
+    """Install TeaCache on ``pipe.transformer`` from the stage's ``cache`` params
+    (``{"kind": "teacache", "threshold", "start_step", "coefficients"}``). Returns the handle."""
+    config = TeaCacheConfig(
+        rel_l1_thresh=float(cache.get("threshold", 0.15)),
+        start_step=int(cache.get("start_step", 1)),
+        use_coefficients=bool(cache.get("coefficients", True)),
+        model=TEACACHE_MODEL,
+        num_steps=int(num_inference_steps),
+    )
+    return apply_teacache(pipe.transformer, config, adapter=WanAnimateTeaCacheAdapter(), name="transformer")
