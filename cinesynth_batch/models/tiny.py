@@ -28,13 +28,13 @@ import shutil
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from ..procs import pid_alive
 from .rrdbnet import build_tiny_rrdbnet
 from .tiny_animate import build_tiny_animate, write_tiny_animate_lora
+from .tiny_parts import seeded, t5_tokenizer, tiny_umt5
 
 FLUX2_KLEIN = "flux2-klein"
 WAN_I2V = "wan2.2-i2v"
@@ -164,15 +164,6 @@ def _build_atomic(final: Path, write: Callable[[Path], None]) -> bool:
     return True
 
 
-@contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
 # --------------------------------------------------------------------------- tokenizers
 
 
@@ -185,16 +176,6 @@ def _qwen2_tokenizer():
     tok = Qwen2Tokenizer(vocab=vocab, merges=[], chat_template=_QWEN_CHAT_TEMPLATE, model_max_length=32768)
     tok.add_special_tokens({"additional_special_tokens": _QWEN_SPECIAL[1:]})
     return tok
-
-
-def _t5_tokenizer():
-    from transformers import T5Tokenizer
-
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?'\"-()/&"
-    pieces += [(c, -3.0) for c in chars]
-    pieces += [("▁" + c, -2.5) for c in "abcdefghijklmnopqrstuvwxyz"]
-    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
 
 
 # --------------------------------------------------------------------------- flux2-klein
@@ -214,7 +195,7 @@ def _write_flux2_klein(dst: Path) -> None:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     tokenizer = _qwen2_tokenizer()
-    with _seeded(1001):
+    with seeded(1001):
         te_config = Qwen3Config(
             vocab_size=len(tokenizer),
             hidden_size=_FLUX2_TEXT_HIDDEN,
@@ -230,7 +211,7 @@ def _write_flux2_klein(dst: Path) -> None:
             eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
         )
         text_encoder = Qwen3ForCausalLM(te_config).eval()
-    with _seeded(1002):
+    with seeded(1002):
         vae = AutoencoderKLFlux2(
             block_out_channels=(8, 8, 16, 16),
             layers_per_block=1,
@@ -241,7 +222,7 @@ def _write_flux2_klein(dst: Path) -> None:
         with torch.no_grad():
             vae.bn.running_mean.normal_(0.0, 0.1)
             vae.bn.running_var.uniform_(0.5, 1.5)
-    with _seeded(1003):
+    with seeded(1003):
         transformer = Flux2Transformer2DModel(
             patch_size=1,
             in_channels=_FLUX2_VAE_LATENT * 4,
@@ -288,7 +269,7 @@ _WAN_LAYERS = 2
 def _wan_transformer(seed: int):
     from diffusers import WanTransformer3DModel
 
-    with _seeded(seed):
+    with seeded(seed):
         return WanTransformer3DModel(
             patch_size=(1, 2, 2),
             num_attention_heads=_WAN_HEADS,
@@ -310,27 +291,9 @@ def _wan_transformer(seed: int):
 
 def _write_wan_i2v(dst: Path) -> None:
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    tokenizer = _t5_tokenizer()
-    with _seeded(2001):
-        te_config = UMT5Config(
-            vocab_size=len(tokenizer),
-            d_model=_WAN_TEXT_DIM,
-            d_kv=8,
-            d_ff=32,
-            num_layers=2,
-            num_heads=2,
-            relative_attention_num_buckets=8,
-            relative_attention_max_distance=32,
-            dropout_rate=0.0,
-            feed_forward_proj="gated-gelu",
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
-        )
-        text_encoder = UMT5EncoderModel(te_config).eval()
-    with _seeded(2002):
+    tokenizer = t5_tokenizer()
+    text_encoder = tiny_umt5(len(tokenizer), _WAN_TEXT_DIM, 2001)
+    with seeded(2002):
         vae = AutoencoderKLWan(
             base_dim=8,
             z_dim=16,
@@ -461,7 +424,7 @@ def _write_wan_s2v(dst: Path) -> None:
 
     config = {**tiny_s2v_config(), "text_dim": TINY_T5_DIM, "audio_dim": TINY_W2V_DIM,
               "num_audio_layers": TINY_W2V_LAYERS + 1}
-    with _seeded(4001):
+    with seeded(4001):
         model = WanS2VTransformer3DModel(**config)
         gen = torch.Generator().manual_seed(4002)
         for _, param in sorted(model.named_parameters()):

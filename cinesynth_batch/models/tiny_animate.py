@@ -20,9 +20,8 @@ Character preset uses.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from .tiny_parts import seeded, t5_tokenizer, tiny_umt5
 
 TINY_HEADS = 2
 TINY_HEAD_DIM = 12
@@ -40,25 +39,6 @@ _SEED_VAE = 5002
 _SEED_TRANSFORMER = 5003
 _SEED_CLIP = 5004
 _SEED_LORA = 5005
-
-
-@contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
-def _t5_tokenizer():
-    from transformers import T5Tokenizer
-
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?'\"-()/&"
-    pieces += [(c, -3.0) for c in chars]
-    pieces += [("▁" + c, -2.5) for c in "abcdefghijklmnopqrstuvwxyz"]
-    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
 
 
 def tiny_transformer_config() -> dict:
@@ -96,7 +76,7 @@ def _transformer():
     import torch
     from diffusers import WanAnimateTransformer3DModel
 
-    with _seeded(_SEED_TRANSFORMER):
+    with seeded(_SEED_TRANSFORMER):
         model = WanAnimateTransformer3DModel(**tiny_transformer_config()).eval()
         # Random weights of a visible size everywhere (some modules start at zero), drawn in a
         # fixed order so the bytes do not depend on module construction details.
@@ -116,31 +96,13 @@ def _transformer():
 
 
 def _text_encoder(vocab_size: int):
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    with _seeded(_SEED_TEXT):
-        config = UMT5Config(
-            vocab_size=vocab_size,
-            d_model=TINY_TEXT_DIM,
-            d_kv=8,
-            d_ff=32,
-            num_layers=2,
-            num_heads=2,
-            relative_attention_num_buckets=8,
-            relative_attention_max_distance=32,
-            dropout_rate=0.0,
-            feed_forward_proj="gated-gelu",
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
-        )
-        return UMT5EncoderModel(config).eval()
+    return tiny_umt5(vocab_size, TINY_TEXT_DIM, _SEED_TEXT)
 
 
 def _vae():
     from diffusers import AutoencoderKLWan
 
-    with _seeded(_SEED_VAE):
+    with seeded(_SEED_VAE):
         return AutoencoderKLWan(
             base_dim=4,
             z_dim=16,
@@ -154,7 +116,7 @@ def _vae():
 def _image_encoder():
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    with _seeded(_SEED_CLIP):
+    with seeded(_SEED_CLIP):
         config = CLIPVisionConfig(
             hidden_size=TINY_IMAGE_DIM,
             intermediate_size=32,
@@ -188,7 +150,7 @@ def build_tiny_animate(dst: Path) -> Path:
     if dst.exists():
         raise FileExistsError(f"{dst} exists")
     with torch.no_grad():
-        tokenizer = _t5_tokenizer()
+        tokenizer = t5_tokenizer()
         pipe = WanAnimatePipeline(
             tokenizer=tokenizer,
             text_encoder=_text_encoder(len(tokenizer)),
