@@ -15,7 +15,7 @@ def spec_with(project: Path, monkeypatch, extra: str = ""):
     monkeypatch.setenv("CINESYNTH_PROJECT", str(REPO))      # the repo's presets/ is the project's
     (project / "dance.mp4").write_bytes(b"")
     (project / "me.png").write_bytes(b"")
-    (project / "spec.yaml").write_text(textwrap.dedent(f"""
+    (project / "spec.yaml").write_text(textwrap.dedent("""
         project: p
         scenes:
           - id: dance

@@ -18,7 +18,7 @@ import pytest
 
 from cinesynth_batch.media.video_io import read_frames, write_video
 from cinesynth_batch.preprocess import draw
-from cinesynth_batch.preprocess.detect import CACHE, fill_faces, require_person
+from cinesynth_batch.preprocess.detect import fill_faces, require_person
 from cinesynth_batch.preprocess.frames import animate_frame_count, fit_cover, read_reference, video_duration
 from cinesynth_batch.preprocess.imageops import dilate, grid_fill
 from cinesynth_batch.preprocess.keypoints import FACE, Detection, body20, empty_keypoints, face_box, fill_missing
@@ -65,12 +65,15 @@ def _astronaut_frames(n: int = N_SRC, blank: tuple[int, ...] = ()) -> np.ndarray
     return frames
 
 
-def _run(tmp: Path, video: Path, output: str, **params):
+def _run(tmp: Path, video: Path, output: str, memo: dict | None = None, **params):
     out = tmp / f"{video.stem}-{output}.mp4"
     p = {"output": output, "width": OUT_W, "height": OUT_H, "fps": 16, "max_frames": 601,
          "backend": "mediapipe", "detector": None, "pose_model": None}
     p.update(params)
-    info = animate_prep.run(p, {"video": video}, out, _ctx())
+    ctx = _ctx()
+    if memo is not None:
+        ctx.memo = memo           # one render: the four outputs share one detection pass
+    info = animate_prep.run(p, {"video": video}, out, ctx)
     return info, read_frames(out)
 
 
@@ -80,9 +83,8 @@ def astro(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("astro")
     video = tmp / "astronaut.mp4"
     write_video(_astronaut_frames(), video, fps=16)
-    CACHE.clear()
-    results = {o: _run(tmp, video, o) for o in ("pose", "face", "mask", "background")}
-    CACHE.clear()
+    memo: dict = {}
+    results = {o: _run(tmp, video, o, memo) for o in ("pose", "face", "mask", "background")}
     return video, results
 
 
@@ -517,7 +519,6 @@ def test_onnx_synthetic_graphs_through_the_stage(tmp_path):
     frames = np.stack([_red_spot(120, 160, 70 + i, 60) for i in range(16)])
     video = tmp_path / "spot.mp4"
     write_video(frames, video, fps=16)
-    CACHE.clear()
     info, out = _run(tmp_path, video, "pose", backend="onnx", detector=str(det), pose_model=str(pose),
                      width=160, height=120)
     assert info["frames"] == 17 and info["detected"] == 1.0 and info["backend"] == "onnx"
@@ -533,7 +534,6 @@ def test_onnx_synthetic_graphs_through_the_stage(tmp_path):
     ys, xs = np.nonzero(m)
     got = np.array([xs.min(), ys.min(), xs.max(), ys.max()])
     assert np.abs(got - [38, 20.4, 122, 107]).max() <= 1.5, got
-    CACHE.clear()
 
 
 def test_onnx_missing_weights_name_the_file_and_where_to_get_it(tmp_path):
