@@ -318,25 +318,9 @@ class TeaCacheAdapter:
 
     A new layout usually needs: the argument positions/names, ``modulated_input`` (the first
     block's AdaLN input), the timestep-embedding indicators (``capture_modules`` when the model
-    calls those modules, else ``indicator``) and the between-block calls. For blocks called as
-    ``block(x, temb, split, ...)`` with a two-slot modulation, followed by
-    ``self.audio_injector(idx, x, ...)``::
-
-        class MyAdapter(TeaCacheAdapter):
-            def modulated_input(self, block, args, kwargs):
-                x, temb, split = args[0], args[1], int(args[2])
-                shift, scale = (block.modulation.float().unsqueeze(2) + temb)[:, :2].unbind(1)
-                h = block.norm1(x).float()
-                return torch.cat([h[:, :split] * (1 + scale[:, :1]) + shift[:, :1],
-                                  h[:, split:] * (1 + scale[:, 1:]) + shift[:, 1:]], dim=1)
-
-            def indicator(self, kind, model, block, args, kwargs, forward):
-                if kind == "timestep_proj":
-                    return args[1]  # the blocks' temb is the projected timestep embedding
-                return super().indicator(kind, model, block, args, kwargs, forward)
-
-            def passthrough_modules(self, model):
-                return [(model.audio_injector, lambda args, kwargs: args[1])]
+    calls those modules, else ``indicator``) and the between-block calls.
+    ``models/s2v/teacache_adapter.py`` is a complete example (blocks called as
+    ``block(x, temb, split, ...)`` with a two-slot modulation, audio injected between blocks).
     """
 
     hidden_index = 0

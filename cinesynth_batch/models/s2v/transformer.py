@@ -25,6 +25,7 @@ See :func:`describe_inputs` for the exact tensors a pipeline passes.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Sequence
 
 import torch
@@ -144,39 +145,10 @@ def tiny_s2v_config() -> dict[str, Any]:
     Text width 16 matches the tiny UMT5 of the tiny Wan profile; latent and pose-condition
     channels are 16 (VAE latents); audio features are 2 layers of width 8.
     """
-    return {
-        "cond_dim": 16,
-        "audio_dim": 8,
-        "num_audio_token": 4,
-        "enable_adain": True,
-        "adain_mode": "attn_norm",
-        "audio_inject_layers": [0, 1],
-        "zero_init": False,
-        "zero_timestep": True,
-        "enable_motioner": False,
-        "add_last_motion": True,
-        "enable_tsm": False,
-        "trainable_token_pos_emb": False,
-        "motion_token_num": 1024,
-        "enable_framepack": True,
-        "framepack_drop_mode": "padd",
-        "model_type": "s2v",
-        "patch_size": [1, 2, 2],
-        "text_len": 512,
-        "in_dim": 16,
-        "dim": 24,
-        "ffn_dim": 32,
-        "freq_dim": 32,
-        "text_dim": 16,
-        "out_dim": 16,
-        "num_heads": 2,
-        "num_layers": 2,
-        "window_size": [-1, -1],
-        "qk_norm": True,
-        "cross_attn_norm": True,
-        "eps": 1e-6,
-        "num_audio_layers": 2,
-    }
+    small = {"audio_dim": 8, "audio_inject_layers": [0, 1], "zero_init": False, "dim": 24,
+             "ffn_dim": 32, "freq_dim": 32, "text_dim": 16, "num_heads": 2, "num_layers": 2,
+             "num_audio_layers": 2}
+    return {**copy.deepcopy(S2V_14B_CONFIG), **small}
 
 
 def describe_inputs(config: dict[str, Any] | None = None) -> str:
