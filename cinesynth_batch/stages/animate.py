@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import StageContext, StageError
+from .params import float_param, int_param, one_path
 
 KIND = "animate"
 OUTPUT_EXT = ".mp4"
@@ -66,21 +67,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def _int(p: dict, key: str, minimum: int) -> int:
-    value = p.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise StageError(f"animate: {key} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _float(p: dict, key: str, lo: float | None = None) -> float:
-    value = p.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise StageError(f"animate: {key} must be a number, got {value!r}")
-    value = float(value)
-    if lo is not None and value < lo:
-        raise StageError(f"animate: {key} must be >= {lo}, got {value!r}")
-    return value
 
 
 def _check_cache(cache: Any) -> dict | None:
@@ -95,8 +81,8 @@ def _check_cache(cache: Any) -> dict | None:
         raise StageError(f"animate: cache.kind must be 'teacache', got {kind!r}")
     out = {"kind": "teacache", "threshold": cache.get("threshold", 0.15), "start_step": cache.get("start_step", 1),
            "coefficients": cache.get("coefficients", True)}
-    _float(out, "threshold", 0.0)
-    _int(out, "start_step", 0)
+    float_param("animate", out, "threshold", 0.0)
+    int_param("animate", out, "start_step", 0)
     if not isinstance(out["coefficients"], bool):
         raise StageError(f"animate: cache.coefficients must be true or false, got {out['coefficients']!r}")
     return out
@@ -112,11 +98,11 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
         raise StageError(f"animate: prompt must be a string, got {p['prompt']!r}")
     if p["negative_prompt"] is not None and not isinstance(p["negative_prompt"], str):
         raise StageError(f"animate: negative_prompt must be a string or null, got {p['negative_prompt']!r}")
-    width, height = _int(p, "width", SIZE_MULTIPLE), _int(p, "height", SIZE_MULTIPLE)
+    width, height = int_param("animate", p, "width", SIZE_MULTIPLE), int_param("animate", p, "height", SIZE_MULTIPLE)
     if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE:
         raise StageError(f"animate: width and height must be multiples of {SIZE_MULTIPLE}, got {width}x{height}",
                          hint=f"try {max(16, round(width / 16) * 16)}x{max(16, round(height / 16) * 16)}")
-    window = _int(p, "frame_window", 5)
+    window = int_param("animate", p, "frame_window", 5)
     if (window - 1) % VAE_TEMPORAL:
         raise StageError(f"animate: frame_window must be 4k+1 (5, 9, ..., 77), got {window}",
                          hint=f"try frame_window: {4 * max(1, round((window - 1) / 4)) + 1}")
@@ -127,7 +113,7 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
         raise StageError(f"animate: prev_frames ({prev}) must be smaller than frame_window ({window})")
     if p["scheduler"] not in SCHEDULERS:
         raise StageError(f"animate: scheduler must be 'euler' or 'unipc', got {p['scheduler']!r}")
-    shift = _float(p, "shift")
+    shift = float_param("animate", p, "shift")
     if shift <= 0:
         raise StageError(f"animate: shift must be > 0, got {shift!r}")
     loras = p["loras"] or []
@@ -139,12 +125,12 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
         "negative_prompt": p["negative_prompt"] or None,
         "width": width,
         "height": height,
-        "fps": _int(p, "fps", 1),
-        "steps": _int(p, "steps", 1),
-        "guidance": _float(p, "guidance", 0.0),
+        "fps": int_param("animate", p, "fps", 1),
+        "steps": int_param("animate", p, "steps", 1),
+        "guidance": float_param("animate", p, "guidance", 0.0),
         "shift": shift,
         "scheduler": p["scheduler"],
-        "seed": _int(p, "seed", 0),
+        "seed": int_param("animate", p, "seed", 0),
         "frame_window": window,
         "prev_frames": prev,
         "loras": loras,
@@ -167,21 +153,6 @@ def window_count(frames: int, window: int, prev: int) -> int:
 
 # --------------------------------------------------------------------------- inputs
 
-
-def _one_path(inputs: dict[str, Any], key: str, required: bool = True) -> Path | None:
-    value = inputs.get(key)
-    if value is None:
-        if required:
-            raise StageError(f"animate: input {key!r} is missing")
-        return None
-    if isinstance(value, (list, tuple)):
-        if len(value) != 1:
-            raise StageError(f"animate: input {key!r} must be one file, got {len(value)}")
-        value = value[0]
-    path = Path(value)
-    if not path.is_file():
-        raise StageError(f"animate: input {key!r} not found: {path}")
-    return path
 
 
 def _open_character(path: Path):
@@ -209,7 +180,7 @@ def read_inputs(inputs: dict[str, Any], mode: str) -> dict[str, Any]:
     """The character image and the conditioning videos (lists of PIL images, equal lengths)."""
     from PIL import Image
 
-    character = _open_character(_one_path(inputs, "character"))
+    character = _open_character(one_path("animate", inputs, "character", required=True))
     keys = ("pose", "face") + (("background", "mask") if mode == "replace" else ())
     if mode == "replace":
         missing = [k for k in ("background", "mask") if inputs.get(k) is None]
@@ -217,7 +188,7 @@ def read_inputs(inputs: dict[str, Any], mode: str) -> dict[str, Any]:
             raise StageError(f"animate: mode 'replace' needs input(s) {', '.join(map(repr, missing))}",
                              hint="the replace preprocessing makes the background and mask videos; "
                              "or use mode 'animate'")
-    videos = {k: _read_video(_one_path(inputs, k), k) for k in keys}
+    videos = {k: _read_video(one_path("animate", inputs, k, required=True), k) for k in keys}
     counts = {k: int(v.shape[0]) for k, v in videos.items()}
     if len(set(counts.values())) != 1:
         detail = ", ".join(f"{k} {n}" for k, n in counts.items())
@@ -294,7 +265,7 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
     if frames_wanted <= p["prev_frames"]:
         raise StageError(f"animate: the pose video has {frames_wanted} frame(s); it needs more than "
                          f"prev_frames ({p['prev_frames']})")
-    reference = _one_path(inputs, "reference", required=False)
+    reference = one_path("animate", inputs, "reference", required=False)
     requests = animate_lora_requests(p["loras"], ctx.resolve_lora)
 
     pipe = ctx.models.get(MODEL_ROLE)

@@ -14,24 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from .base import StageContext, StageError
+from .params import float_param, int_param
 
 KIND = "image"
 OUTPUT_EXT = ".png"
 MODEL_ROLE = "image"
 
 
-def _int(params: dict, key: str, minimum: int) -> int:
-    value = params.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise StageError(f"image: {key} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _float(params: dict, key: str) -> float:
-    value = params.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise StageError(f"image: {key} must be a number, got {value!r}")
-    return float(value)
 
 
 def check_params(params: dict[str, Any], multiple: int = 16) -> dict[str, Any]:
@@ -42,8 +31,8 @@ def check_params(params: dict[str, Any], multiple: int = 16) -> dict[str, Any]:
     negative = params.get("negative_prompt")
     if negative is not None and not isinstance(negative, str):
         raise StageError(f"image: negative_prompt must be a string or null, got {negative!r}")
-    width = _int(params, "width", multiple)
-    height = _int(params, "height", multiple)
+    width = int_param("image", params, "width", multiple)
+    height = int_param("image", params, "height", multiple)
     if width % multiple or height % multiple:
         raise StageError(
             f"image: width and height must be multiples of {multiple}, got {width}x{height}",
@@ -52,11 +41,11 @@ def check_params(params: dict[str, Any], multiple: int = 16) -> dict[str, Any]:
     return {
         "prompt": prompt,
         "negative_prompt": negative or None,
-        "steps": _int(params, "steps", 1),
-        "guidance": _float(params, "guidance"),
+        "steps": int_param("image", params, "steps", 1),
+        "guidance": float_param("image", params, "guidance"),
         "width": width,
         "height": height,
-        "seed": _int(params, "seed", 0),
+        "seed": int_param("image", params, "seed", 0),
         "loras": params.get("loras") or [],
     }
 

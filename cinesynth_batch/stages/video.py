@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import StageContext, StageError
+from .params import float_param, int_param, one_path
 
 KIND = "video"
 OUTPUT_EXT = ".mp4"
@@ -27,23 +28,6 @@ SIZE_MULTIPLE = 16
 _BASE_SCHEDULER_ATTR = "_cinesynth_base_scheduler_config"
 
 
-def _int(params: dict, key: str, minimum: int) -> int:
-    value = params.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise StageError(f"video: {key} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _float(params: dict, key: str, lo: float | None = None, hi: float | None = None, default: Any = ...) -> float:
-    value = params.get(key, default)
-    if value is ...:
-        raise StageError(f"video: {key} is required")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise StageError(f"video: {key} must be a number, got {value!r}")
-    value = float(value)
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise StageError(f"video: {key} must be between {lo} and {hi}, got {value!r}")
-    return value
 
 
 def check_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -54,15 +38,15 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
     negative = params.get("negative_prompt")
     if negative is not None and not isinstance(negative, str):
         raise StageError(f"video: negative_prompt must be a string or null, got {negative!r}")
-    frames = _int(params, "frames", 1)
+    frames = int_param("video", params, "frames", 1)
     if frames < 5 or (frames - 1) % 4:
         k = max(1, round((frames - 1) / 4))
         raise StageError(
             f"video: frames must be 4k+1 and at least 5 (5, 9, ..., 81), got {frames}",
             hint=f"try frames: {4 * k + 1}",
         )
-    width = _int(params, "width", SIZE_MULTIPLE)
-    height = _int(params, "height", SIZE_MULTIPLE)
+    width = int_param("video", params, "width", SIZE_MULTIPLE)
+    height = int_param("video", params, "height", SIZE_MULTIPLE)
     if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE:
         raise StageError(
             f"video: width and height must be multiples of {SIZE_MULTIPLE}, got {width}x{height}",
@@ -72,43 +56,30 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
     scheduler = params.get("scheduler", "unipc")
     if scheduler not in SCHEDULERS:
         raise StageError(f"video: scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
-    guidance = _float(params, "guidance")
+    guidance = float_param("video", params, "guidance")
     guidance_2 = params.get("guidance_2")
-    guidance_2 = guidance if guidance_2 is None else _float(params, "guidance_2")
-    shift = _float(params, "shift")
+    guidance_2 = guidance if guidance_2 is None else float_param("video", params, "guidance_2")
+    shift = float_param("video", params, "shift")
     if shift <= 0:
         raise StageError(f"video: shift must be > 0, got {shift!r}")
     return {
         "prompt": prompt,
         "negative_prompt": negative or None,
         "frames": frames,
-        "steps": _int(params, "steps", 1),
+        "steps": int_param("video", params, "steps", 1),
         "guidance": guidance,
         "guidance_2": guidance_2,
         "shift": shift,
-        "boundary": _float(params, "boundary", 0.0, 1.0),
+        "boundary": float_param("video", params, "boundary", 0.0, 1.0),
         "scheduler": scheduler,
         "cache": params.get("cache"),
         "width": width,
         "height": height,
-        "fps": _int(params, "fps", 1),
-        "seed": _int(params, "seed", 0),
+        "fps": int_param("video", params, "fps", 1),
+        "seed": int_param("video", params, "seed", 0),
         "loras": params.get("loras") or [],
     }
 
-
-def _one_path(inputs: dict[str, Any], key: str) -> Path | None:
-    value = inputs.get(key)
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)):
-        if len(value) != 1:
-            raise StageError(f"video: input {key!r} must be one file, got {len(value)}")
-        value = value[0]
-    path = Path(value)
-    if not path.is_file():
-        raise StageError(f"video: input {key!r} not found: {path}")
-    return path
 
 
 def fit_image(image, width: int, height: int):
@@ -138,8 +109,8 @@ def start_images(inputs: dict[str, Any], width: int, height: int):
 
     from ..media.video_io import last_frame
 
-    image_path = _one_path(inputs, "image")
-    prev_path = _one_path(inputs, "prev")
+    image_path = one_path("video", inputs, "image")
+    prev_path = one_path("video", inputs, "prev")
     if image_path is not None and prev_path is not None:
         raise StageError("video: give either input 'image' or input 'prev', not both")
     if image_path is None and prev_path is None:
@@ -154,7 +125,7 @@ def start_images(inputs: dict[str, Any], width: int, height: int):
             first = Image.fromarray(last_frame(prev_path))
         except Exception as exc:
             raise StageError(f"video: cannot read the last frame of input 'prev': {prev_path} ({exc})") from exc
-    last_path = _one_path(inputs, "last_image")
+    last_path = one_path("video", inputs, "last_image")
     last = _open_still(last_path, "last_image") if last_path is not None else None
     return fit_image(first, width, height), (fit_image(last, width, height) if last is not None else None)
 
