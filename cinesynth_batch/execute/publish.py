@@ -55,6 +55,7 @@ def publish(plan: Plan, outcome: Outcome, output_dir: Path, lock_path: Path,
         "seconds": round(time.time() - started, 3),
         "summary": outcome.summary(),
         "model_loads": outcome.model_loads,
+        "model_swaps": outcome.model_swaps,
         "stages": [_stage_row(plan, outcome, nid) for nid in plan.order],
         "files": published,
     }

@@ -37,6 +37,7 @@ class Outcome:
     entries: dict[str, Entry] = field(default_factory=dict)
     lock: dict[str, LockEntry] = field(default_factory=dict)
     model_loads: dict[str, int] = field(default_factory=dict)
+    model_swaps: dict[str, int] = field(default_factory=dict)
     dry_run: bool = False
 
     def summary(self, skipped: int = 0) -> str:
@@ -117,6 +118,7 @@ class LocalExecutor(Executor):
                     break
         finally:
             out.model_loads = dict(getattr(residency, "loads", {}))
+            out.model_swaps = dict(getattr(residency, "swaps", {}))
         return out
 
     # -- helpers -------------------------------------------------------------------------------
@@ -249,6 +251,13 @@ class _Named:
 
     def get(self, role: str) -> Any:
         return self.residency.get(role, self.name)
+
+    def reload(self, role: str) -> Any:
+        return self.residency.reload(role, self.name)
+
+    @property
+    def budget(self) -> Any:
+        return self.residency.budget
 
 
 def pick_device() -> str:

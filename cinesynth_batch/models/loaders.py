@@ -165,3 +165,20 @@ def move_model(obj: Any, device: str) -> Any:
     for module in _modules(obj):
         module.to(device)
     return obj
+
+
+_HOST_COPY_ATTR = "_cinesynth_host_copy"
+
+
+def swap_model(obj: Any, where: str) -> None:
+    """Move ``obj``'s modules to pinned host RAM (``"host"``) or to a device, at copy speed."""
+    from .swap import HostCopy
+
+    copy = getattr(obj, _HOST_COPY_ATTR, None)
+    if copy is None:
+        copy = HostCopy(list(_modules(obj)))
+        setattr(obj, _HOST_COPY_ATTR, copy)
+    if where == "host":
+        copy.to_host()
+    else:
+        copy.to_device(where)

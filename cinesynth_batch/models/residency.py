@@ -1,9 +1,13 @@
 """Which models are loaded, under a memory budget (VRAM on a GPU, RAM on the CPU).
 
 ``Residency.get(role)`` returns a loaded model, loading it through ``models/loaders.py`` on
-first use. When the next model would not fit the budget, the least recently used ones are
-released first (a policy close to ComfyUI's: free what is needed, keep the rest). Loads and
-evictions are counted so a render can report them.
+first use. When the next model would not fit the budget, the least recently used ones leave the
+device first (a policy close to ComfyUI's: free what is needed, keep the rest).
+
+On a GPU a model that leaves the device is kept in pinned host RAM while ``host_budget`` allows
+(``models/swap.py``), so using it again costs a host-to-device copy, not a read from disk. Loads
+(disk reads), swaps (copies back to the device) and evictions are counted per model so a render
+can report them.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from .registry import Registry
 
 Loader = Callable[[str, Path, str, str], Any]
 Sizer = Callable[[Any], int]
+Mover = Callable[[Any, str], None]     # (model, "host" | device) -> None
 
 
 def parse_size(text: str) -> int:
@@ -46,6 +51,16 @@ def default_budget(device: str) -> int:
     return int(total * 0.6)
 
 
+def default_host_budget(device: str) -> int:
+    """Pinned host RAM for models off the device: half the RAM on a GPU machine, none on the CPU."""
+    if not device.startswith("cuda"):
+        return 0
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.5)
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return 0
+
+
 def _disk_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
@@ -59,27 +74,41 @@ class Residency:
     device: str = "cpu"
     dtype: str = "float32"
     budget: int | None = None
+    host_budget: int | None = None
     loader: Loader | None = None
     sizer: Sizer | None = None
+    mover: Mover | None = None
     loads: Counter = field(default_factory=Counter)
+    swaps: Counter = field(default_factory=Counter)
     evictions: Counter = field(default_factory=Counter)
     _resident: "OrderedDict[str, tuple[Any, int]]" = field(default_factory=OrderedDict)
+    _host: "OrderedDict[str, tuple[Any, int]]" = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
-        if self.loader is None or self.sizer is None:
+        if self.loader is None or self.sizer is None or self.mover is None:
             from . import loaders
 
             self.loader = self.loader or loaders.load_model
             self.sizer = self.sizer or loaders.model_nbytes
+            self.mover = self.mover or loaders.swap_model
         if self.budget is None:
             self.budget = default_budget(self.device)
+        if self.host_budget is None:
+            self.host_budget = default_host_budget(self.device)
 
     @property
     def used(self) -> int:
         return sum(size for _, size in self._resident.values())
 
+    @property
+    def host_used(self) -> int:
+        return sum(size for _, size in self._host.values())
+
     def resident(self) -> list[str]:
         return list(self._resident)
+
+    def on_host(self) -> list[str]:
+        return list(self._host)
 
     def get(self, role: str, name: str | None = None) -> Any:
         """The loaded model for ``role`` (or the one a stage names), loading it if needed."""
@@ -88,14 +117,32 @@ class Residency:
         if slot in self._resident:
             self._resident.move_to_end(slot)
             return self._resident[slot][0]
+        if slot in self._host:
+            model, size = self._host.pop(slot)
+            self._make_room(size)
+            assert self.mover is not None
+            self.mover(model, self.device)
+            self.swaps[slot] += 1
+            self._resident[slot] = (model, size)
+            return model
         path = self.registry.local_path(role, name)
         self._make_room(_disk_size(path))
+        assert self.loader is not None and self.sizer is not None
         model = self.loader(spec.kind, path, self.device, self.dtype)
         size = self.sizer(model)
         self.loads[slot] += 1
         self._resident[slot] = (model, size)
         self._make_room(0, keep=slot)
         return model
+
+    def reload(self, role: str, name: str | None = None) -> Any:
+        """A fresh copy from disk (for a stage that needs the model set up differently)."""
+        spec = self.registry.spec(role, name)
+        slot = role if spec is self.registry.spec(role) else f"{role}:{spec.label}"
+        self._resident.pop(slot, None)
+        self._host.pop(slot, None)
+        self._collect()
+        return self.get(role, name)
 
     def _make_room(self, needed: int, keep: str | None = None) -> None:
         assert self.budget is not None
@@ -106,10 +153,21 @@ class Residency:
             self.release(victim)
 
     def release(self, role: str) -> None:
+        """Take ``role`` off the device: to pinned host RAM when it fits ``host_budget``, else dropped."""
         if role not in self._resident:
             return
-        del self._resident[role]
+        model, size = self._resident.pop(role)
         self.evictions[role] += 1
+        if self.host_budget and size <= self.host_budget:
+            while self._host and self.host_used + size > self.host_budget:
+                self._host.popitem(last=False)
+            assert self.mover is not None
+            self.mover(model, "host")
+            self._host[role] = (model, size)
+        del model
+        self._collect()
+
+    def _collect(self) -> None:
         gc.collect()
         if self.device.startswith("cuda"):
             import torch
@@ -117,6 +175,6 @@ class Residency:
             torch.cuda.empty_cache()
 
     def clear(self) -> None:
-        for role in list(self._resident):
-            del self._resident[role]
+        self._resident.clear()
+        self._host.clear()
         gc.collect()

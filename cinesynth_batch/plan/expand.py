@@ -100,13 +100,23 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
                 "shift": vid.shift, "boundary": vid.boundary, "scheduler": vid.scheduler,
                 "width": vw, "height": vh, "fps": spec.defaults.fps, "seed": seed,
                 "loras": [{"name": lo.name, "high": lo.high, "low": lo.low} for lo in vid.loras],
-                **extra,
+                **extra, **_quantize_param(vid),
             },
-            inputs=inputs, loras=tuple((lo.name, "mov") for lo in vid.loras),
+            inputs=inputs, loras=tuple((lo.name, "mov") for lo in vid.loras), runtime=_speed_runtime(vid),
             publish=f"scenes/{sid}.mp4" if vid.segments == 1 else f"scenes/{sid}.{k}.mp4",
             where=loaded.where("scenes", index, "video")))
         segments.append(NodeInput(node_id))
     return "video", tuple(segments)
+
+
+def _speed_runtime(stage: m.SpeedOptions) -> dict:
+    """The exact speed options: passed to the stage, not part of the key."""
+    return {"attention": stage.attention, "compile": stage.compile}
+
+
+def _quantize_param(stage: m.SpeedOptions) -> dict:
+    """``quantize`` changes the output: keyed, and only when set (unset keeps earlier keys)."""
+    return {"quantize": stage.quantize} if stage.quantize else {}
 
 
 def _cache_params(cache: m.StepCache | None) -> dict | None:
@@ -137,9 +147,9 @@ def _lipsync_node(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
             "boundary": ls.boundary, "scheduler": ls.scheduler, "width": width, "height": height,
             "fps": spec.defaults.fps, "seed": seed if seed >= 0 else seed_for(node_id),
             "loras": [{"name": lo.name, "high": lo.high, "low": lo.low} for lo in ls.loras],
-            "cache": cache,
+            "cache": cache, **_quantize_param(ls),
         },
-        inputs=inputs, loras=tuple((lo.name, "mov") for lo in ls.loras),
+        inputs=inputs, loras=tuple((lo.name, "mov") for lo in ls.loras), runtime=_speed_runtime(ls),
         publish=f"scenes/{scene.id}.mp4", where=loaded.where("scenes", index, "lipsync")))
     return NodeInput(node_id)
 

@@ -105,7 +105,24 @@ class StepCache(Strict):
                                                  "polynomial, where one exists")
 
 
-class VideoStage(Strict):
+class SpeedOptions(Strict):
+    """How a Wan transformer runs (docs/performance.md). ``attention`` and ``compile`` are exact
+    (bf16 rounding aside) and not part of the content key; ``quantize`` changes the output and is."""
+
+    attention: Literal["auto", "sdpa", "cudnn", "fa3", "flash", "sageattn"] = Field(
+        "auto", description="attention kernel; auto: FlashAttention-3 > cuDNN on CUDA, SDPA elsewhere")
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="regional torch.compile of the transformer blocks; auto: on CUDA only")
+    quantize: Literal["fp8"] | None = Field(
+        None, description="fp8: the blocks' matrix products in float8 with per-row scales (lossy, faster)")
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v   # YAML reads on/off as booleans
+
+
+class VideoStage(SpeedOptions):
     """Wan2.2 image to video with two experts (high-noise, low-noise)."""
 
     preset: str | None = None
@@ -139,7 +156,7 @@ class VideoStage(Strict):
         return v
 
 
-class LipsyncStage(Strict):
+class LipsyncStage(SpeedOptions):
     """Wan2.2-S2V-14B: an avatar image and speech become a talking video of the speech's length."""
 
     preset: str | None = None

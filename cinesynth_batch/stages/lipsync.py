@@ -61,7 +61,9 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
                          hint="give a readable speech file (wav, mp3, m4a, flac) with sound in it") from exc
     loras = [PhaseLora(lo["name"], ctx.resolve_lora(lo["name"], "mov"), lo["high"], lo["low"])
              for lo in p["loras"]]
-    pipe = ctx.models.get(MODEL_ROLE)
+    from ..models.accel import prepared_pipeline
+
+    pipe, speed = prepared_pipeline(ctx, MODEL_ROLE, p, "lipsync")
     result = pipe.generate(
         image=avatar, speech=wave, audio_seconds=seconds, prompt=p["prompt"],
         negative_prompt=p["negative_prompt"], width=p["width"], height=p["height"], fps=p["fps"],
@@ -86,4 +88,4 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
             "height": int(frames.shape[1]), "fps": p["fps"], "segments": result.segments,
             "duration": wanted / p["fps"], "speech_seconds": round(seconds, 4),
             "cache": result.cache_stats, "generated_frames": int(result.frames.shape[0]),
-            "frame_check": math.isclose(wanted / p["fps"], seconds, abs_tol=0.5 / p["fps"])}
+            "frame_check": math.isclose(wanted / p["fps"], seconds, abs_tol=0.5 / p["fps"]), "speed": speed}

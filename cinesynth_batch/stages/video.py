@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import StageContext, StageError
-from .params import float_param, int_param, one_path
+from .params import float_param, int_param, one_path, speed_params
 
 KIND = "video"
 OUTPUT_EXT = ".mp4"
@@ -78,6 +78,7 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
         "fps": int_param("video", params, "fps", 1),
         "seed": int_param("video", params, "seed", 0),
         "loras": params.get("loras") or [],
+        **speed_params(params),
     }
 
 
@@ -166,7 +167,9 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
     first, last = start_images(inputs, p["width"], p["height"])
     requests = video_lora_requests(p["loras"], ctx.resolve_lora)
 
-    pipe = ctx.models.get(MODEL_ROLE)
+    from ..models.accel import prepared_pipeline
+
+    pipe, speed = prepared_pipeline(ctx, MODEL_ROLE, p, "video")
     if getattr(pipe, "transformer", None) is None or getattr(pipe, "transformer_2", None) is None:
         raise StageError("video: the video model must be a Wan2.2 A14B pipeline with transformer and transformer_2")
     apply_loras(pipe, requests)
@@ -213,7 +216,7 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
         raise StageError(f"video: the pipeline returned {frames.shape[0]} frames, expected {p['frames']}")
     write_video(frames, out, fps=p["fps"])
     meta = {"frames": int(frames.shape[0]), "width": int(frames.shape[2]), "height": int(frames.shape[1]),
-            "fps": p["fps"]}
+            "fps": p["fps"], "speed": speed}
     if stats is not None:
         meta["cache"] = stats
     return meta

@@ -170,3 +170,26 @@ def test_lora_path_may_not_leave_the_project(project, tmp_path_factory):
     with pytest.raises(SpecError) as exc:
         s.plan()
     assert f"LoRA file '{outside}' is outside the project" in exc.value.render()
+
+
+def test_speed_options_key_only_what_changes_the_output(project):
+    keyed = {}
+    for label, opts in {"default": "", "exact": ", attention: fa3, compile: off",
+                        "fp8": ", quantize: fp8"}.items():
+        plan = session(project, SPEC.replace("frames: 9, segments: 2", "frames: 9, segments: 2" + opts)).plan()
+        keyed[label] = {n: plan.stages[n].params for n in plan.order}      # what the content keys hash
+        node = plan.graph["s-red.video.1"]
+        assert node.runtime == ({"attention": "fa3", "compile": "off"} if label == "exact"
+                                else {"attention": "auto", "compile": "auto"})
+    assert keyed["exact"] == keyed["default"]        # kernels and compile: same output, same keys
+    changed = {n for n in keyed["fp8"] if keyed["fp8"][n] != keyed["default"][n]}
+    assert changed == {"s-red.video.1", "s-red.video.2", "s-blue.video.1", "s-blue.video.2"}
+    assert keyed["fp8"]["s-red.video.1"]["quantize"] == "fp8"
+
+
+def test_speed_option_errors_point_at_the_line(project):
+    bad = SPEC.replace("frames: 9, segments: 2", "frames: 9, segments: 2, attention: flash3")
+    with pytest.raises(SpecError) as err:
+        session(project, bad).plan()
+    text = err.value.render()
+    assert "spec.yaml:9:62:" in text and "scenes[0].video.attention" in text and "flash3" in text

@@ -50,3 +50,82 @@ def test_small_budget_evicts_least_recently_used(registry):
     assert "video" not in res.resident() and res.used <= budget
     res.get("video")
     assert res.loads["video"] == 2 and res.evictions["video"] == 1
+
+
+class _RecordingMoverFake:
+    """Stands in for the pinned host<->GPU copy (no GPU here): records each move."""
+
+    def __init__(self):
+        self.moves = []
+
+    def __call__(self, model, where):
+        self.moves.append((type(model).__name__, where))
+
+
+def _alternate(res, n=8):
+    for i in range(n):
+        res.get("video" if i % 2 == 0 else "image")
+
+
+def _two_model_sizes(registry):
+    probe = Residency(registry, budget=1 << 30)
+    probe.get("video")
+    probe.get("image")
+    return {role: size for role, (_, size) in probe._resident.items()}
+
+
+def test_alternating_models_budget_holds_both_loads_each_once_fake_mover(registry):
+    mover = _RecordingMoverFake()
+    res = Residency(registry, budget=1 << 30, host_budget=1 << 30, mover=mover)
+    _alternate(res)
+    assert dict(res.loads) == {"video": 1, "image": 1}
+    assert dict(res.swaps) == {} and mover.moves == []
+
+
+def test_alternating_models_budget_holds_one_pays_copies_not_loads_fake_mover(registry):
+    sizes = _two_model_sizes(registry)
+    mover = _RecordingMoverFake()
+    res = Residency(registry, budget=max(sizes.values()) + 1, host_budget=1 << 30, mover=mover)
+    _alternate(res)
+    assert dict(res.loads) == {"video": 1, "image": 1}          # no second read from disk
+    assert dict(res.swaps) == {"video": 3, "image": 3}
+    assert dict(res.evictions) == {"video": 4, "image": 3}
+    assert res.resident() == ["image"] and res.on_host() == ["video"]
+    # every eviction went to the host, every return came back to the device
+    assert [w for _, w in mover.moves].count("host") == 7
+    assert [w for _, w in mover.moves].count("cpu") == 6
+
+
+def test_no_host_budget_reloads_from_disk(registry):
+    sizes = _two_model_sizes(registry)
+    res = Residency(registry, budget=max(sizes.values()) + 1, host_budget=0, mover=_RecordingMoverFake())
+    _alternate(res)
+    assert dict(res.loads) == {"video": 4, "image": 4} and dict(res.swaps) == {}
+
+
+def test_host_budget_keeps_most_recent_models_only(registry):
+    sizes = _two_model_sizes(registry)
+    res = Residency(registry, budget=1, host_budget=sizes["video"], mover=_RecordingMoverFake())
+    res.get("video")
+    res.get("image")            # video -> host
+    res.get("upscale")          # image -> host only if it fits; video is dropped first when needed
+    assert res.host_used <= sizes["video"]
+    assert "image" in res.on_host() or sizes["image"] > sizes["video"]
+
+
+def test_host_copy_round_trip_keeps_values_and_detects_changed_tensors():
+    import torch
+
+    from cinesynth_batch.models.swap import HostCopy
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    copy = HostCopy([model])
+    copy.to_host()
+    pinned_once = copy.pinned_bytes
+    assert pinned_once == sum(v.numel() * v.element_size() for v in before.values())
+    copy.to_device("cpu")            # already there: nothing moves
+    copy.to_host()
+    assert copy.pinned_bytes == pinned_once and copy.copied_back == 0
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])

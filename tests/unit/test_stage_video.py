@@ -90,7 +90,12 @@ def test_constants():
 
 def test_writes_mp4_with_requested_frames_size_and_fps(ctx, tmp_path, stills):
     facts, out = render(ctx, tmp_path, {"image": str(stills["gradient"])}, frames=9, width=48, height=32, fps=8)
+    speed = facts.pop("speed")
     assert facts == {"frames": 9, "width": 48, "height": 32, "fps": 8}
+    for expert in ("transformer", "transformer_2"):     # on the CPU the defaults resolve to eager SDPA
+        assert {k: speed[expert][k] for k in ("attention", "compile", "quantize", "offload", "fallbacks")} == \
+            {"attention": "sdpa", "compile": False, "quantize": None, "offload": None, "fallbacks": []}
+    assert speed["offload"] is None
     info = probe(out)
     assert (info.frames, info.width, info.height, info.fps) == (9, 48, 32, 8.0)
     assert info.video_codec == "h264"

@@ -1,0 +1,104 @@
+"""Shared pieces of the GPU benchmarks: CUDA-event timing, random-weight model construction on the
+device, the bf16 matmul ceiling and the Wan2.2 A14B expert's shape and FLOP count."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+#: diffusers ``WanTransformer3DModel`` arguments of one Wan2.2-I2V-A14B expert.
+A14B_EXPERT = dict(in_channels=36, out_channels=16, num_layers=40, num_attention_heads=40, attention_head_dim=128,
+                   ffn_dim=13824, text_dim=4096, image_dim=None)
+SIZES = {"480p": (480, 832, 81), "720p": (720, 1280, 81)}
+TEXT_LEN = 512
+
+
+def timed(fn, reps: int, warm: int = 1) -> float:
+    """Median seconds of ``fn`` over ``reps`` runs after ``warm`` untimed ones (CUDA events)."""
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / 1000)
+    return sorted(times)[len(times) // 2]
+
+
+def build(factory, device: str = "cuda", dtype=torch.bfloat16):
+    """A model built directly on ``device`` in ``dtype`` with seeded random weights; (model, seconds)."""
+    torch.manual_seed(0)
+    torch.set_default_dtype(dtype)
+    t0 = time.time()
+    try:
+        with torch.device(device):
+            model = factory().eval()
+    finally:
+        torch.set_default_dtype(torch.float32)
+    return model, time.time() - t0
+
+
+def matmul_peak() -> float:
+    """Measured bf16 matmul FLOP/s (8192^3), the ceiling the FLOP floors are taken against."""
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    t = timed(lambda: a @ b, 20, 5)
+    del a, b
+    return 2 * n**3 / t
+
+
+def wan_tokens(h: int, w: int, f: int) -> int:
+    return ((f - 1) // 4 + 1) * (h // 16) * (w // 16)
+
+
+def wan_flops(tokens: int, d: int = 5120, ffn: int = 13824, layers: int = 40, txt: int = TEXT_LEN) -> float:
+    """FLOPs of one Wan DiT forward: projections, FFN, self-attention, text cross-attention."""
+    n = tokens
+    return layers * (8 * n * d * d + 4 * n * d * d + 4 * n * d * ffn + 4 * n * n * d + 4 * txt * d * d
+                     + 4 * n * txt * d)
+
+
+def wan_inputs(h: int, w: int, f: int, batch: int = 1, seed: int = 1):
+    """Random (latents, timestep, text context) of a Wan I2V forward at ``h``x``w``x``f``."""
+    g = torch.Generator("cuda").manual_seed(seed)
+    lf, lh, lw = (f - 1) // 4 + 1, h // 8, w // 8
+    x = torch.randn(batch, 36, lf, lh, lw, device="cuda", dtype=torch.bfloat16, generator=g)
+    ctx = torch.randn(batch, TEXT_LEN, 4096, device="cuda", dtype=torch.bfloat16, generator=g)
+    t = torch.full((batch,), 500.0, device="cuda")
+    return x, t, ctx
+
+
+def gib(n: int) -> float:
+    return round(n / 2**30, 1)
+
+
+def rel_l2(a: torch.Tensor, ref: torch.Tensor) -> float:
+    a, ref = a.float(), ref.float()
+    return float((a - ref).norm() / ref.norm())
+
+
+def save(name: str, data: dict) -> None:
+    print(json.dumps(data, indent=1), flush=True)
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], name).write_text(json.dumps(data, indent=1))
+
+
+def table(rows: list[dict], cols: list[str]) -> str:
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+    return "\n".join(lines)

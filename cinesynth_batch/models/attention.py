@@ -1,0 +1,132 @@
+"""Attention kernels for the Wan transformers, chosen per model through diffusers' dispatcher.
+
+Names a spec or profile may use (``attention:``):
+
+``auto``     the fastest exact kernel this machine has: ``fa3``, else ``cudnn`` on CUDA; ``sdpa`` elsewhere.
+``sdpa``     diffusers ``native``: torch SDPA, which picks its own kernel.
+``cudnn``    diffusers ``_native_cudnn``: torch SDPA restricted to cuDNN's fused attention.
+``fa3``      FlashAttention-3 (Hopper) through diffusers ``_flash_3``. It needs a module named
+             ``flash_attn_interface`` (the upstream ``hopper/`` build) or the forward-only
+             ``fa3_fwd`` wheel (``fa3_fwd_interface``), which is handed to diffusers' backend.
+``flash``    diffusers ``flash`` (flash-attn 2).
+``sageattn`` diffusers ``sage`` (SageAttention, 8-bit Q·K: lossy).
+
+Exact kernels (``sdpa``, ``cudnn``, ``fa3``, ``flash``) agree to bf16 rounding; ``sageattn`` does
+not and is never picked by ``auto``. ``resolve_attention`` says which kernel runs and, when the
+requested one cannot, why; ``set_attention`` sets it on one model's attention processors only
+(diffusers' process-wide active backend is untouched).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+BACKENDS = {"sdpa": "native", "cudnn": "_native_cudnn", "fa3": "_flash_3", "flash": "flash", "sageattn": "sage"}
+NAMES = ("auto",) + tuple(BACKENDS)
+LOSSY = frozenset({"sageattn"})
+_FA3_MODULES = ("flash_attn_interface", "fa3_fwd_interface")
+
+
+@dataclass(frozen=True)
+class AttentionChoice:
+    requested: str
+    used: str
+    reason: str = ""          # why ``used`` differs from ``requested`` ("" when it does not)
+
+    @property
+    def backend(self) -> str:
+        return BACKENDS[self.used]
+
+
+def _cuda(device: str) -> bool:
+    return str(device).startswith("cuda")
+
+
+def _hopper(device: str) -> bool:
+    import torch
+
+    return torch.cuda.get_device_capability(torch.device(device))[0] == 9
+
+
+def _fa3_module() -> Any | None:
+    for name in _FA3_MODULES:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    return None
+
+
+def _ensure_fa3_backend() -> tuple[bool, str]:
+    """Make diffusers' ``_flash_3`` backend usable with whichever FA3 build is installed."""
+    from diffusers.models import attention_dispatch as ad
+
+    if getattr(ad, "_CAN_USE_FLASH_ATTN_3", False):
+        return True, ""
+    module = _fa3_module()
+    if module is None:
+        return False, ("FlashAttention-3 is not installed (neither flash_attn_interface nor the "
+                       "fa3_fwd wheel's fa3_fwd_interface imports)")
+    ad.flash_attn_3_func = module.flash_attn_func
+    ad.flash_attn_3_varlen_func = getattr(module, "flash_attn_varlen_func", None)
+    ad._CAN_USE_FLASH_ATTN_3 = True
+    return True, ""
+
+
+def _usable(name: str, device: str, dtype: Any) -> tuple[bool, str]:
+    import torch
+
+    if name == "sdpa":
+        return True, ""
+    if not _cuda(device):
+        return False, f"{name} runs on CUDA devices only, this run is on {device}"
+    if dtype not in (torch.bfloat16, torch.float16):
+        return False, f"{name} needs bf16 or fp16 compute, the model computes in {dtype}"
+    if name == "cudnn":
+        return (True, "") if torch.backends.cudnn.is_available() else (False, "cuDNN is not available")
+    if name == "fa3":
+        if not _hopper(device):
+            return False, "FlashAttention-3 runs on Hopper GPUs (compute capability 9.x) only"
+        return _ensure_fa3_backend()
+    from diffusers.models import attention_dispatch as ad
+
+    flag, package = {"flash": ("_CAN_USE_FLASH_ATTN", "flash-attn"),
+                     "sageattn": ("_CAN_USE_SAGE_ATTN", "sageattention")}[name]
+    if getattr(ad, flag, False):
+        return True, ""
+    return False, f"the {package} package (at the version diffusers needs) is not installed"
+
+
+def resolve_attention(requested: str, device: str, dtype: Any) -> AttentionChoice:
+    """The kernel that runs for ``requested`` on ``device`` with ``dtype`` compute."""
+    if requested not in NAMES:
+        raise ValueError(f"attention must be one of {', '.join(NAMES)}, got {requested!r}")
+    if requested == "auto":
+        for name in ("fa3", "cudnn"):
+            if _usable(name, device, dtype)[0]:
+                return AttentionChoice("auto", name)
+        return AttentionChoice("auto", "sdpa")
+    ok, why = _usable(requested, device, dtype)
+    if ok:
+        return AttentionChoice(requested, requested)
+    return AttentionChoice(requested, "sdpa", why + "; using sdpa (torch SDPA)")
+
+
+def set_attention(model: Any, name: str) -> int:
+    """Route every attention processor of ``model`` to kernel ``name``; returns how many were set."""
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    if name == "fa3":
+        ok, why = _ensure_fa3_backend()
+        if not ok:
+            raise RuntimeError(why)
+    backend = AttentionBackendName(BACKENDS[name])
+    count = 0
+    for module in model.modules():
+        processor = getattr(module, "processor", None)
+        if processor is not None and hasattr(processor, "_attention_backend"):
+            processor._attention_backend = backend
+            count += 1
+    return count
