@@ -35,7 +35,6 @@ from .runner import Executor, LocalExecutor, Outcome, _describe, _lock_entry
 from .schedule import Schedule
 
 POLL = 0.01            # seconds between the coordinator's looks at the store
-WAIT = timedelta(seconds=2)
 
 
 def in_torchrun() -> bool:
@@ -67,13 +66,11 @@ class Channel:
 
     def wait(self, key: str) -> Any:
         """Block until ``key`` is set (a stage on another rank may take hours)."""
-        while True:
-            try:
-                self.store.wait([self.prefix + key], WAIT)
-                return self.take(key)
-            except Exception as exc:  # the store's timeout error has no stable public type
-                if "timeout" not in str(exc).lower() and "timed out" not in str(exc).lower():
-                    raise
+        pause = POLL
+        while not self.has(key):
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.1)
+        return self.take(key)
 
 
 # -- serialising results -----------------------------------------------------------------------

@@ -59,9 +59,18 @@ def launch(nproc: int, args: list[str], events: Path | None) -> tuple[int, str |
 
 
 def _forward(stream, tail: deque) -> None:
+    """Pass the ranks' output on. torchrun's own report of a failed rank (a traceback of its
+    launcher) is kept back: the message from ``describe_failure`` says it in one line."""
+    held: list[str] = []
     for line in stream:
         tail.append(line)
+        if held or line.startswith("Traceback (most recent call last):"):
+            held.append(line)
+            continue
         sys.stderr.write(line)
+        sys.stderr.flush()
+    if held and not any("torch/distributed/run.py" in h for h in held):
+        sys.stderr.write("".join(held))
         sys.stderr.flush()
 
 
@@ -122,8 +131,8 @@ def describe_failure(events: list[dict], rank: int | None, exitcode: int | None)
     running = unfinished(events)
     if rank is None and not running:
         return None
-    resume = ("nothing of an unfinished stage is in the cache; run the same command to resume "
-              "(finished stages stay cached)")
+    resume = ("run the same command to resume: finished stages are cached, and nothing of an "
+              "unfinished one entered the cache")
     mine = sorted(s for s, r in running.items() if r == rank) if rank is not None else []
     others = sorted(f"{s} (rank {r})" for s, r in running.items() if s not in mine)
     if mine:

@@ -58,9 +58,11 @@ PARALLEL_DOC = ("with several ranks (--nproc): 'dp' runs the stage on one rank, 
 
 
 def _check_parallel(v: Any) -> Any:
-    if isinstance(v, bool) or (isinstance(v, int) and v < 1):
-        raise ValueError(f"{v!r} is not a parallel setting (use auto, dp, sp or a rank count >= 1)")
-    return v
+    if isinstance(v, str) and v in ("auto", "dp", "sp"):
+        return v
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 1:
+        return v
+    raise ValueError(f"{v!r} is not a parallel setting (use auto, dp, sp, or a rank count such as 2)")
 
 
 class ImageLora(Strict):
@@ -141,7 +143,7 @@ class VideoStage(Strict):
     parallel: Parallel = Field("auto", description=PARALLEL_DOC)
 
     _seed = field_validator("seed")(_check_seed)
-    _parallel = field_validator("parallel")(_check_parallel)
+    _parallel = field_validator("parallel", mode="before")(_check_parallel)
     _res = field_validator("resolution")(_check_resolution)
 
     @field_validator("frames")
@@ -176,7 +178,7 @@ class LipsyncStage(Strict):
     parallel: Parallel = Field("auto", description=PARALLEL_DOC)
 
     _seed = field_validator("seed")(_check_seed)
-    _parallel = field_validator("parallel")(_check_parallel)
+    _parallel = field_validator("parallel", mode="before")(_check_parallel)
     _res = field_validator("resolution")(_check_resolution)
 
     @field_validator("infer_frames")
@@ -239,7 +241,7 @@ class AnimateStage(Strict):
     parallel: Parallel = Field("auto", description=PARALLEL_DOC)
 
     _seed = field_validator("seed")(_check_seed)
-    _parallel = field_validator("parallel")(_check_parallel)
+    _parallel = field_validator("parallel", mode="before")(_check_parallel)
     _res = field_validator("resolution")(_check_resolution)
 
     @field_validator("frame_window", "max_frames")
