@@ -119,7 +119,6 @@ class Coordinator:
         self.channel = channel          # used by the coordinator thread only
         self.sent = {r: 0 for r in range(schedule.world)}     # tasks sent per rank
         self.got = {r: 0 for r in range(schedule.world)}      # reports received per rank
-        self.tasks: dict[int, dict[str, Any]] = {}
         self.loads: dict[int, dict[str, int]] = {}
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._main, name="cinesynth-coordinator", daemon=True)
@@ -162,7 +161,6 @@ class Coordinator:
         ups = set(st.node.upstream())
         task = {"stage": stage, "ranks": list(ranks), "reason": dataclasses.asdict(st.reason),
                 "entries": {u: dataclasses.asdict(self.out.entries[u]) for u in ups}}
-        self.tasks[rank] = task
         ch.put(f"task/{rank}/{self.sent[rank]}", task)
         self.sent[rank] += 1
 
@@ -210,10 +208,8 @@ class Worker:
                 break
             try:
                 msg = self.run(task)
-            except BaseException as exc:
-                if not isinstance(exc, Exception):
-                    raise
-                msg = {**outcome_to_message(Outcome(failed={task["stage"]: _describe(exc)}), set())}
+            except Exception as exc:  # reported as this stage's failure, the render goes on
+                msg = outcome_to_message(Outcome(failed={task["stage"]: _describe(exc)}), set())
                 node = self.plan.graph[task["stage"]]
                 self.bus.emit("stage_failed", stage=node.id, kind=node.kind, scene=node.scene,
                               detail={"error": _describe(exc)})
