@@ -59,11 +59,13 @@ def launch(nproc: int, args: list[str], events: Path | None) -> tuple[int, str |
 
 
 def _forward(stream, tail: deque) -> None:
-    """Pass the ranks' output on. torchrun's own report of a failed rank (a traceback of its
-    launcher) is kept back: the message from ``describe_failure`` says it in one line."""
+    """Pass the ranks' output on. torchrun's own report of a failed rank (its log lines and a
+    traceback of its launcher) is kept back: ``describe_failure`` says it in one line."""
     held: list[str] = []
     for line in stream:
         tail.append(line)
+        if "torch/distributed/elastic/" in line:
+            continue
         if held or line.startswith("Traceback (most recent call last):"):
             held.append(line)
             continue
