@@ -25,11 +25,11 @@ VAE_STRIDE = (4, 8, 8)     # Wan VAE: frames, height, width
 PATCH = (1, 2, 2)          # Wan transformers' patch size
 
 NO_CP_PLAN = {
-    "lipsync": "the Wan2.2-S2V transformer has no context-parallel plan yet (its audio injector "
-               "attends per latent frame, across the split)",
     "animate": "diffusers' WanAnimateTransformer3DModel declares no context-parallel plan (its face "
                "adapter attends per latent frame, across the split)",
 }
+WITH_STEP_CACHE = ("it uses a step cache (cache:), which decides from each rank's share which steps "
+                   "to skip, so the ranks would part ways")
 
 
 class ParallelError(CinesynthError):
@@ -181,8 +181,14 @@ def groups(world: int, degree: int) -> list[list[int]]:
 # -- facts from the plan (no torch: config.json files and stage parameters) -------------------
 
 def split_facts(kind: str, params: dict[str, Any], model_dir: Path | None) -> SplitFacts:
+    """Heads from the model's config.json; tokens of a Wan I2V clip from its size and frames.
+    The S2V sequence (noisy, reference and motion tokens) is checked when it is split."""
     if kind in NO_CP_PLAN:
         return SplitFacts(unsupported=NO_CP_PLAN[kind])
+    if params.get("cache"):
+        return SplitFacts(unsupported=WITH_STEP_CACHE)
+    if kind == "lipsync":
+        return SplitFacts(heads=_heads(model_dir / "config.json") if model_dir is not None else None)
     heads = None
     if model_dir is not None:
         heads = _heads(model_dir / "transformer" / "config.json")

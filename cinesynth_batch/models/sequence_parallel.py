@@ -1,12 +1,13 @@
-"""Sequence parallelism (Ulysses) for the Wan transformers, through diffusers' context
-parallelism: ``ContextParallelConfig(ulysses_degree=N, mesh=...)`` and
-``transformer.enable_parallelism(config=...)``.
+"""Sequence parallelism (Ulysses) for the Wan transformers: the I2V experts through diffusers'
+context parallelism (``ContextParallelConfig(ulysses_degree=N, mesh=...)`` and
+``transformer.enable_parallelism(config=...)``, driven by the model's ``_cp_plan``), our S2V
+transformer by its own ``enable_sequence_parallel`` (``models/s2v/sequence.py`` says why).
 
 A model split this way is a different object from the whole one (hooks split the sequence
 before the blocks and gather it after the head), so a rank keeps it in a residency of its own
 (see ``execute/distributed.py``). Which stages may be split, and by how much, is decided
-before anything runs (``execute/parallel.py``). Needs CUDA GPUs and NCCL: diffusers' context
-parallelism does not run on the CPU.
+before anything runs (``execute/parallel.py``). Renders split stages on CUDA GPUs only:
+diffusers' context parallelism does not run on the CPU.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def enable_split(pipe: Any, mesh: Any, degree: int, kind: str = "") -> Any:
     if not models:
         raise StageError(f"{kind or type(pipe).__name__}: no transformer to split over ranks")
     for model in models:
+        if hasattr(model, "enable_sequence_parallel"):      # ours: S2V splits itself
+            model.enable_sequence_parallel(mesh["ulysses"].get_group())
+            continue
         plan = getattr(model, "_cp_plan", None)
         if not plan:
             raise StageError(

@@ -106,16 +106,37 @@ def test_stage_setting_wins_over_the_command_line_fake_gpu():
         {"a.video": 1, "b.video": 4}
 
 
-def test_lipsync_and_animate_say_why_they_cannot_split_fake_gpu(tmp_path):
-    for kind in ("lipsync", "animate"):
-        f = split_facts(kind, {}, None)
-        with pytest.raises(ParallelError) as exc:
-            stage_degrees([(f"a.{kind}", kind, "sp")], Options("auto"), Topology(2, "cuda"),
-                          facts({f"a.{kind}": f}))
-        assert "context-parallel plan" in exc.value.message and "per latent frame" in exc.value.message
-        # under auto they simply run whole
-        assert stage_degrees([(f"a.{kind}", kind, "auto")], Options("auto"), Topology(2, "cuda"),
-                             facts({f"a.{kind}": f})) == {f"a.{kind}": 1}
+def test_animate_says_why_it_cannot_split_fake_gpu():
+    f = split_facts("animate", {}, None)
+    with pytest.raises(ParallelError) as exc:
+        stage_degrees([("a.animate", "animate", "sp")], Options("auto"), Topology(2, "cuda"),
+                      facts({"a.animate": f}))
+    assert "no context-parallel plan" in exc.value.message and "per latent frame" in exc.value.message
+    # under auto it simply runs whole
+    assert stage_degrees([("a.animate", "animate", "auto")], Options("auto"), Topology(2, "cuda"),
+                         facts({"a.animate": f})) == {"a.animate": 1}
+
+
+def test_lipsync_splits_by_its_heads_fake_gpu(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"num_heads": 40}))
+    f = split_facts("lipsync", {"infer_frames": 80}, tmp_path)
+    assert f == SplitFacts(heads=40)
+    assert stage_degrees([("a.lipsync", "lipsync", "sp")], Options("auto"), Topology(8, "cuda"),
+                         facts({"a.lipsync": f})) == {"a.lipsync": 8}
+    with pytest.raises(ParallelError) as exc:
+        stage_degrees([("a.lipsync", "lipsync", 3)], Options("auto"), Topology(6, "cuda"),
+                      facts({"a.lipsync": f}))
+    assert "40 attention heads, not a multiple of 3" in exc.value.message
+
+
+def test_a_step_cache_keeps_a_stage_whole_fake_gpu():
+    f = split_facts("video", {"frames": 81, "width": 832, "height": 480,
+                              "cache": {"kind": "teacache"}}, None)
+    with pytest.raises(ParallelError) as exc:
+        stage_degrees([("a.video", "video", "sp")], Options("auto"), Topology(2, "cuda"), facts({"a.video": f}))
+    assert "step cache" in exc.value.message
+    assert stage_degrees([("a.video", "video", "auto")], Options("auto"), Topology(2, "cuda"),
+                         facts({"a.video": f})) == {"a.video": 1}
 
 
 def test_split_facts_read_heads_from_the_model_folder(tmp_path):
