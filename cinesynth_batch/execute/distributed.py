@@ -394,7 +394,8 @@ class RankSetup:
             if d not in self._meshes:
                 from torch.distributed.device_mesh import init_device_mesh
 
-                mesh = init_device_mesh("cuda", (self.topology.world // d, 1, d),
+                mesh = init_device_mesh("cuda" if self.topology.gpus else "cpu",
+                                        (self.topology.world // d, 1, d),
                                         mesh_dim_names=("group", "ring", "ulysses"))
                 self._meshes[d] = mesh["ring", "ulysses"]
         return self._meshes
