@@ -28,7 +28,7 @@ from ..errors import CinesynthError
 from ..plan.planner import Plan
 from ..plan.reason import Reason
 from .events import Event, EventBus, JsonLinesSink
-from .parallel import (Options, SplitFacts, Topology, groups, split_facts, stage_degrees,
+from .parallel import (Options, SplitFacts, Topology, split_facts, stage_degrees,
                        topology_from_env)
 from .progress import RankProgress
 from .runner import Executor, LocalExecutor, Outcome, _describe, _lock_entry

@@ -6,7 +6,6 @@ in the test name): they exercise the decisions, which use plain numbers.
 
 import json
 import textwrap
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner

@@ -61,7 +61,7 @@ class SequenceSplit:
         dist.all_to_all_single(recv, send, group=self.group)
         return recv.permute(1, 0, 2, 3, 4).reshape(b, d * n, h // d, e)
 
-    def _to_tokens(self, t: torch.Tensor, heads: int) -> torch.Tensor:
+    def _to_tokens(self, t: torch.Tensor) -> torch.Tensor:
         """``[B, L, H/d * D]`` -> ``[B, L/d, H * D]`` (heads in their original order)."""
         b, length, width = t.shape
         d = self.degree
@@ -78,4 +78,4 @@ class SequenceSplit:
             raise ValueError(f"{heads} attention heads do not split over {self.degree} ranks")
         dtype = v.dtype
         out = attend_whole(self._to_heads(q.to(dtype)), self._to_heads(k.to(dtype)), self._to_heads(v))
-        return self._to_tokens(out, heads)
+        return self._to_tokens(out)
