@@ -31,6 +31,7 @@ tiny: install
 bench: install
 	OMP_NUM_THREADS=1 $(BIN)/python bench/plan_scale.py
 	OMP_NUM_THREADS=1 $(BIN)/python bench/noop_render.py
+	OMP_NUM_THREADS=1 $(BIN)/python bench/dp_scale.py
 
 clean:
 	rm -rf outputs specs/examples/.cinesynth

@@ -111,7 +111,11 @@ def render(spec: Path,
            dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16"),
            vram_budget: Optional[str] = typer.Option(None, help="model memory budget, e.g. 24GiB"),
            reseed: bool = typer.Option(False, help="draw new seeds for seed: -1"),
-           progress: bool = typer.Option(True, help="progress bars on a terminal")) -> None:
+           progress: bool = typer.Option(True, help="progress bars on a terminal"),
+           nproc: Optional[str] = typer.Option(None, help="ranks to start with torchrun: N or auto "
+                                                          "(one per GPU)"),
+           parallel: str = typer.Option("auto", help="dp: stages spread over ranks | sp: heavy "
+                                                     "stages split over ranks (GPUs) | auto")) -> None:
     """Render a spec: run what is not cached, then write outputs, render.lock and the report."""
     from .execute.render import render as do_render
     from .models.residency import parse_size
@@ -119,11 +123,29 @@ def render(spec: Path,
     _plain_fallback_warnings()
 
     def go():
-        result = do_render(spec, profile=profile, only=only, until=until, force=force,
-                           keep_going=keep_going, dry_run=dry_run, reseed=reseed, events=events,
-                           device=device, dtype=dtype,
-                           budget=parse_size(vram_budget) if vram_budget else None,
-                           progress=progress, warn=_err)
+        from .execute import distributed, parallel as par
+
+        options = par.Options(mode=parallel)
+        budget = parse_size(vram_budget) if vram_budget else None
+        if nproc is not None and not distributed.in_torchrun() and not dry_run:
+            return _launch(spec, par.parse_nproc(nproc), options, device, events, _forwarded_render_args(
+                only=only, until=until, force=force, keep_going=keep_going, profile=profile,
+                device=device, dtype=dtype, vram_budget=vram_budget, reseed=reseed,
+                progress=progress, parallel=parallel))
+        if distributed.in_torchrun():
+            result = distributed.run_rank(spec, options=options, profile=profile, only=only,
+                                          until=until, force=force, keep_going=keep_going,
+                                          dry_run=dry_run, reseed=reseed, events=events,
+                                          device=device, dtype=dtype, budget=budget,
+                                          progress=progress, warn=_err)
+            if result is None:
+                return
+        else:
+            if options.mode == "sp" and not dry_run:
+                par.refuse_sp(par.Topology(1, _device_kind(device)), None)
+            result = do_render(spec, profile=profile, only=only, until=until, force=force,
+                               keep_going=keep_going, dry_run=dry_run, reseed=reseed, events=events,
+                               device=device, dtype=dtype, budget=budget, progress=progress, warn=_err)
         if dry_run:
             for st in result.plan.to_run():
                 typer.echo(f"would run {st.id}: {st.reason}")
@@ -135,6 +157,49 @@ def render(spec: Path,
         typer.echo(result.summary)
 
     _guard(go)
+
+
+def _device_kind(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
+def _forwarded_render_args(**opts: Any) -> list[str]:
+    """The render options a launcher passes on to each rank."""
+    args: list[str] = []
+    for name, value in opts.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            if name == "progress":
+                args += [] if value else ["--no-progress"]
+            elif value:
+                args.append(flag)
+        elif isinstance(value, list):
+            for item in value:
+                args += [flag, str(item)]
+        elif value is not None:
+            args += [flag, str(value)]
+    return args
+
+
+def _launch(spec: Path, nproc: int, options: Any, device: str, events: Optional[Path],
+            args: list[str]) -> None:
+    """Check what can be checked here, start the ranks with torchrun, report how they ended."""
+    from .execute import parallel as par
+    from .execute.launch import launch
+    from .spec.load import load_spec
+
+    load_spec(spec)                                  # spec errors: exit 2 before any rank starts
+    if options.mode == "sp":
+        par.refuse_sp(par.Topology(nproc, _device_kind(device)), None)
+    code, message = launch(nproc, [str(spec), *args], events)
+    if message:
+        _err(message)
+    if code:
+        raise typer.Exit(code)
 
 
 def _plain_fallback_warnings() -> None:

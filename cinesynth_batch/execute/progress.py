@@ -41,6 +41,33 @@ class PlainProgress:
         return None
 
 
+class RankProgress:
+    """One line per stage event of one rank, when a render is spread over ranks."""
+
+    def __init__(self, rank: int, stream: TextIO | None = None):
+        self.rank = rank
+        self.stream = stream or sys.stderr
+
+    def __call__(self, ev: Event) -> None:
+        head = f"[rank {self.rank}]"
+        if ev.event == "stage_started":
+            self.stream.write(f"{head} run {ev.stage}: {ev.reason}\n")
+        elif ev.event == "stage_finished":
+            self.stream.write(f"{head} done {ev.stage} in {ev.seconds:.2f}s\n")
+        elif ev.event == "stage_cached" and ev.reason:
+            self.stream.write(f"{head} cached {ev.stage}: {ev.reason}\n")
+        elif ev.event == "stage_failed":
+            self.stream.write(f"{head} FAILED {ev.stage}: {ev.detail.get('error')}\n")
+        elif ev.event == "stage_blocked":
+            self.stream.write(f"{head} blocked {ev.stage} (needs {', '.join(ev.detail.get('because', []))})\n")
+        else:
+            return
+        self.stream.flush()
+
+    def close(self) -> None:
+        return None
+
+
 class RichProgress:
     def __init__(self, total: int):
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,

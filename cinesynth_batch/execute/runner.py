@@ -97,8 +97,8 @@ class LocalExecutor(Executor):
         plan.cache.clean_stale_tmp()
         residency = None
         if plan.to_run():
-            self._preflight(plan)
-            residency = self.residency or self._make_residency(plan)
+            self.preflight(plan)
+            residency = self.residency or self.make_residency(plan)
         known: dict[str, str] = {}
         for nid in plan.order:
             st = plan.stages[nid]
@@ -113,7 +113,7 @@ class LocalExecutor(Executor):
                 st = plan.stages[nid]
                 if st.status != "run":
                     continue
-                self._run_one(plan, st, known, out, bus, residency)
+                self.run_one(plan, st, known, out, bus, residency)
                 if out.failed and not self.keep_going:
                     break
         finally:
@@ -122,15 +122,15 @@ class LocalExecutor(Executor):
         return out
 
     # -- helpers -------------------------------------------------------------------------------
-    def _make_residency(self, plan: Plan):
+    def make_residency(self, plan: Plan, loader: Any = None):
         from ..models.residency import Residency
 
         if self.device == "auto":
             self.device = pick_device()
         return Residency(plan.registry, device=self.device, dtype=self.dtype or plan.registry.dtype,
-                         budget=self.budget)
+                         budget=self.budget, loader=loader)
 
-    def _preflight(self, plan: Plan) -> None:
+    def preflight(self, plan: Plan) -> None:
         """Every model a running stage needs must be there before anything runs."""
         wanted = sorted({(st.node.model_role, st.node.model_name or "") for st in plan.to_run()
                          if st.node.model_role})
@@ -143,8 +143,10 @@ class LocalExecutor(Executor):
         if problems:
             raise ModelError("missing models:\n  " + "\n  ".join(problems))
 
-    def _run_one(self, plan: Plan, st: PlannedStage, known: dict[str, str], out: Outcome,
-                 bus: EventBus, residency: Any) -> None:
+    def run_one(self, plan: Plan, st: PlannedStage, known: dict[str, str], out: Outcome,
+                bus: EventBus, residency: Any) -> None:
+        """Bring one stage up to date: blocked, found in the cache, or run and committed.
+        ``known`` holds the digests and ``out.entries`` the entries of its upstream stages."""
         node = st.node
         failed_up = [u for u in node.upstream() if u in out.failed or u in out.blocked]
         if failed_up:
@@ -192,27 +194,35 @@ class LocalExecutor(Executor):
 
     def _produce(self, plan: Plan, st: PlannedStage, key: str, out: Outcome, bus: EventBus,
                  residency: Any) -> Entry:
+        scratch = plan.cache.scratch()
+        try:
+            target, meta = self.run_module(plan, st, out, bus, residency, scratch)
+            ext = target.name[len("out"):]
+            return plan.cache.commit(key, target, ext, st.node.id, st.node.kind, meta)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def run_module(self, plan: Plan, st: PlannedStage, out: Outcome, bus: EventBus, residency: Any,
+                   scratch: Path) -> tuple[Path, dict[str, Any]]:
+        """Run the stage's module into ``scratch``; returns the written file and its facts.
+        Nothing is committed: the caller decides (a sequence-parallel follower discards it)."""
         node = st.node
         module = stage_module(node.kind)
         paths = {name: input_paths(value, lambda up: self._artifact(plan, up, out, bus, residency))
                  for name, value in node.inputs.items()}
-        scratch = plan.cache.scratch()
-        try:
-            target = scratch / f"out{module.OUTPUT_EXT}"
+        target = scratch / f"out{module.OUTPUT_EXT}"
 
-            def progress(step: int, total: int) -> None:
-                bus.emit("stage_progress", stage=node.id, kind=node.kind, step=step, total=total)
+        def progress(step: int, total: int) -> None:
+            bus.emit("stage_progress", stage=node.id, kind=node.kind, step=step, total=total)
 
-            models = residency if node.model_name is None else _Named(residency, node.model_name)
-            ctx = StageContext(models=models, resolve_lora=plan.registry.resolve_lora,
-                               device=self.device, dtype=self.dtype or plan.registry.dtype,
-                               progress=progress, work_dir=scratch, memo=self._memo)
-            meta = module.run({**st.params, **node.runtime}, paths, target, ctx) or {}
-            if not target.is_file():
-                raise RenderError(f"stage {node.id} returned without writing its output")
-            return plan.cache.commit(key, target, module.OUTPUT_EXT, node.id, node.kind, meta)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        models = residency if node.model_name is None else _Named(residency, node.model_name)
+        ctx = StageContext(models=models, resolve_lora=plan.registry.resolve_lora,
+                           device=self.device, dtype=self.dtype or plan.registry.dtype,
+                           progress=progress, work_dir=scratch, memo=self._memo)
+        meta = module.run({**st.params, **node.runtime}, paths, target, ctx) or {}
+        if not target.is_file():
+            raise RenderError(f"stage {node.id} returned without writing its output")
+        return target, meta
 
     def _artifact(self, plan: Plan, node_id: str, out: Outcome, bus: EventBus, residency: Any) -> Path:
         """A verified input artifact; a damaged one is dropped and its stage re-made now."""

@@ -104,7 +104,7 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
             },
             inputs=inputs, loras=tuple((lo.name, "mov") for lo in vid.loras), runtime=_speed_runtime(vid),
             publish=f"scenes/{sid}.mp4" if vid.segments == 1 else f"scenes/{sid}.{k}.mp4",
-            where=loaded.where("scenes", index, "video")))
+            where=loaded.where("scenes", index, "video"), parallel=vid.parallel))
         segments.append(NodeInput(node_id))
     return "video", tuple(segments)
 
@@ -150,7 +150,8 @@ def _lipsync_node(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
             "cache": cache, **_quantize_param(ls),
         },
         inputs=inputs, loras=tuple((lo.name, "mov") for lo in ls.loras), runtime=_speed_runtime(ls),
-        publish=f"scenes/{scene.id}.mp4", where=loaded.where("scenes", index, "lipsync")))
+        publish=f"scenes/{scene.id}.mp4", where=loaded.where("scenes", index, "lipsync"),
+        parallel=ls.parallel))
     return NodeInput(node_id)
 
 
@@ -201,7 +202,7 @@ def _animate_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
         },
         runtime={"block_swap": an.block_swap},
         inputs=inputs, loras=tuple((lo.name, "mov") for lo in an.loras),
-        publish=f"scenes/{scene.id}.mp4", where=where))
+        publish=f"scenes/{scene.id}.mp4", where=where, parallel=an.parallel))
     return NodeInput(node_id)
 
 

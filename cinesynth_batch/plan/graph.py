@@ -38,6 +38,7 @@ class StageNode:
     loras: tuple[tuple[str, str], ...] = ()     # (name, family), resolved at plan time
     publish: str | None = None                  # path under the output folder
     where: Any = None                           # spec position that created the node
+    parallel: str | int = "auto"                # rank split: auto | dp | sp | N (not keyed)
 
     def upstream(self) -> Iterator[str]:
         for value in self.inputs.values():

@@ -51,6 +51,20 @@ def _check_seed(v: int | None) -> int | None:
     return v
 
 
+Parallel = Literal["auto", "dp", "sp"] | int
+PARALLEL_DOC = ("with several ranks (--nproc): 'dp' runs the stage on one rank, 'sp' splits it over "
+                "ranks (sequence parallel, GPUs only), a number N splits it over N ranks, 'auto' "
+                "follows --parallel")
+
+
+def _check_parallel(v: Any) -> Any:
+    if isinstance(v, str) and v in ("auto", "dp", "sp"):
+        return v
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 1:
+        return v
+    raise ValueError(f"{v!r} is not a parallel setting (use auto, dp, sp, or a rank count such as 2)")
+
+
 class ImageLora(Strict):
     name: str = Field(description="LoRA name under lora_adpts/img/, or a .safetensors path")
     weight: float = Field(1.0, ge=-4.0, le=4.0, description="adapter weight")
@@ -143,8 +157,10 @@ class VideoStage(SpeedOptions):
     seed: int | None = None
     loras: list[VideoLora] = Field(default_factory=list)
     cache: StepCache | None = Field(None, description="TeaCache step caching; off by default")
+    parallel: Parallel = Field("auto", description=PARALLEL_DOC)
 
     _seed = field_validator("seed")(_check_seed)
+    _parallel = field_validator("parallel", mode="before")(_check_parallel)
     _res = field_validator("resolution")(_check_resolution)
 
     @field_validator("frames")
@@ -176,8 +192,10 @@ class LipsyncStage(SpeedOptions):
     pose_video: str | None = Field(None, description="optional driving pose video")
     loras: list[VideoLora] = Field(default_factory=list)
     cache: StepCache | None = Field(None, description="off by default (quality first)")
+    parallel: Parallel = Field("auto", description=PARALLEL_DOC)
 
     _seed = field_validator("seed")(_check_seed)
+    _parallel = field_validator("parallel", mode="before")(_check_parallel)
     _res = field_validator("resolution")(_check_resolution)
 
     @field_validator("infer_frames")
@@ -237,8 +255,10 @@ class AnimateStage(Strict):
     block_swap: int = Field(0, ge=0, le=40, description="transformer blocks kept in RAM, streamed in")
     cache: StepCache | None = None
     preprocess: Preprocess = Field(default_factory=Preprocess)
+    parallel: Parallel = Field("auto", description=PARALLEL_DOC)
 
     _seed = field_validator("seed")(_check_seed)
+    _parallel = field_validator("parallel", mode="before")(_check_parallel)
     _res = field_validator("resolution")(_check_resolution)
 
     @field_validator("frame_window", "max_frames")

@@ -285,14 +285,21 @@ class _Projections(nn.Module):
 
 
 class S2VSelfAttention(_Projections):
-    """Self-attention with RoPE on q and k."""
+    """Self-attention with RoPE on q and k. With ``sequence_split`` set (see ``sequence.py``)
+    ``x`` is this rank's share of the tokens and attention still covers the whole sequence."""
+
+    sequence_split = None
 
     def forward(self, x: torch.Tensor, rope: RopeTable) -> torch.Tensor:
         x = x.to(self.q.weight.dtype)
         q = self._heads(self.norm_q(self.q(x)))
         k = self._heads(self.norm_k(self.k(x)))
         v = self._heads(self.v(x))
-        out = _attend(apply_rope(q, rope), apply_rope(k, rope), v)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        if self.sequence_split is None:
+            out = _attend(q, k, v)
+        else:
+            out = self.sequence_split.attend(q, k, v, _attend)
         return self.o(out.to(self.o.weight.dtype))
 
 

@@ -39,6 +39,7 @@ from torch import nn
 from .audio_inject import AudioFeatureEncoder, AudioInjector
 from .blocks import (
     FP32LayerNorm,
+    RopeTable,
     S2VOutputHead,
     S2VTransformerBlock,
     TokenGrid,
@@ -208,6 +209,7 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ["S2VTransformerBlock", "_MotionBlock"]
+    _sequence_split = None      # set by enable_sequence_parallel
 
     @register_to_config
     def __init__(
@@ -499,19 +501,43 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         first = self.text_embedding[0]
         context = self.text_embedding(ctx.to(first.weight.dtype))
 
+        sp = self._sequence_split
+        if sp is not None:          # this rank keeps its share of the tokens through the blocks
+            sp.check(x.shape[1])
+            split = sp.local_split(split, x.shape[1])
+            x = sp.share(x, 1)
+            rope = RopeTable(sp.share(rope.cos, 0), sp.share(rope.sin, 0))
+
         for idx, block in enumerate(self.blocks):
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 x = self._gradient_checkpointing_func(block, x, temb, split, rope.cos, rope.sin, context)
             else:
                 x = block(x, temb, split, rope.cos, rope.sin, context)
             if self.audio_injector.injects_after(idx):
+                if sp is not None:  # per-frame audio attention needs the whole sequence
+                    x = sp.gather(x, 1)
                 x = self.audio_injector(idx, x, num_video, audio_local, audio_global)
+                if sp is not None:
+                    x = sp.share(x, 1)
 
+        if sp is not None:
+            x = sp.gather(x, 1)
         out = self.head(x[:, :num_video], e)
         out = self._unpatchify(out, (grid_f, grid_h, grid_w))
         if not return_dict:
             return (out,)
         return Transformer2DModelOutput(sample=out)
+
+    def enable_sequence_parallel(self, group: Any) -> None:
+        """Split every forward over the ranks of ``group`` (Ulysses; see ``sequence.py``)."""
+        from .sequence import SequenceSplit
+
+        split = SequenceSplit.over(group)
+        if self.config.num_heads % split.degree:
+            raise ValueError(f"{self.config.num_heads} attention heads do not split over {split.degree} ranks")
+        self._sequence_split = split
+        for block in self.blocks:
+            block.self_attn.sequence_split = split
 
     def _unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """``[B, f*h*w, p_t*p_h*p_w*C]`` -> ``[B, C, f*p_t, h*p_h, w*p_w]``."""

@@ -1,0 +1,122 @@
+"""Who runs what next, when a render is spread over ranks. Plain bookkeeping, no I/O.
+
+A stage is ready when every upstream stage has an artifact. Ready stages go out in plan order
+(grouped by kind, so models load few times); an idle rank prefers a stage whose model it already
+holds. A stage split over a group of ranks (sequence parallel) waits until its whole group is
+idle, and the idle ranks of that group take no other work meanwhile, so it is not starved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .parallel import groups
+
+
+@dataclass(frozen=True)
+class Assignment:
+    stage: str
+    ranks: tuple[int, ...]          # the first rank leads: it commits the artifact and reports
+
+    @property
+    def leader(self) -> int:
+        return self.ranks[0]
+
+
+@dataclass
+class Schedule:
+    order: list[str]                          # plan order of the stages that must run
+    upstream: dict[str, list[str]]            # stage -> upstream stages (any status)
+    available: set[str]                       # stages whose artifact exists already (cached)
+    world: int
+    degrees: dict[str, int] = field(default_factory=dict)
+    slots: dict[str, str | None] = field(default_factory=dict)   # stage -> model it needs
+    keep_going: bool = False
+
+    pending: list[str] = field(init=False)
+    running: dict[str, tuple[int, ...]] = field(init=False, default_factory=dict)
+    busy: dict[int, str] = field(init=False, default_factory=dict)
+    failed: set[str] = field(init=False, default_factory=set)
+    blocked: set[str] = field(init=False, default_factory=set)
+    held: dict[int, str | None] = field(init=False, default_factory=dict)   # rank -> last model
+
+    def __post_init__(self) -> None:
+        self.pending = list(self.order)
+        self.available = set(self.available)
+
+    # -- state ----------------------------------------------------------------------------------
+    @property
+    def stopped(self) -> bool:
+        """After a failure without --keep-going nothing new starts (as in a local render)."""
+        return bool(self.failed) and not self.keep_going
+
+    def finished(self) -> bool:
+        if self.running:
+            return False
+        return not self.pending or self.stopped or not self.ready()
+
+    def ready(self) -> list[str]:
+        return [s for s in self.pending if all(u in self.available for u in self.upstream[s])]
+
+    def block(self) -> list[tuple[str, list[str]]]:
+        """Pending stages below a failed or blocked one: taken off, with the stages they needed."""
+        out = []
+        changed = True
+        while changed:
+            changed = False
+            for s in list(self.pending):
+                bad = [u for u in self.upstream[s] if u in self.failed or u in self.blocked]
+                if bad:
+                    self.pending.remove(s)
+                    self.blocked.add(s)
+                    out.append((s, bad))
+                    changed = True
+        return out
+
+    # -- decisions ------------------------------------------------------------------------------
+    def assign(self) -> list[Assignment]:
+        """Hand ready stages to idle ranks; marks them running."""
+        if self.stopped:
+            return []
+        free = [r for r in range(self.world) if r not in self.busy]
+        out: list[Assignment] = []
+        for stage in self.ready():
+            if not free:
+                break
+            degree = self.degrees.get(stage, 1)
+            if degree > 1:
+                group = max(groups(self.world, degree), key=lambda g: sum(r in free for r in g))
+                if all(r in free for r in group):
+                    out.append(self._start(stage, tuple(group)))
+                free = [r for r in free if r not in group]      # held for this stage meanwhile
+                continue
+            rank = self._pick(free, self.slots.get(stage))
+            free.remove(rank)
+            out.append(self._start(stage, (rank,)))
+        return out
+
+    def _pick(self, free: list[int], slot: str | None) -> int:
+        same = [r for r in free if slot is not None and self.held.get(r) == slot]
+        empty = [r for r in free if self.held.get(r) is None]
+        return (same or empty or free)[0]
+
+    def _start(self, stage: str, ranks: tuple[int, ...]) -> Assignment:
+        self.pending.remove(stage)
+        self.running[stage] = ranks
+        for r in ranks:
+            self.busy[r] = stage
+            if self.slots.get(stage) is not None:
+                self.held[r] = self.slots[stage]
+        return Assignment(stage, ranks)
+
+    def release(self, rank: int) -> None:
+        """A rank reported back: it is idle again."""
+        self.busy.pop(rank, None)
+
+    def done(self, stage: str, ok: bool) -> None:
+        """The leader of ``stage`` reported its result."""
+        self.running.pop(stage, None)
+        if ok:
+            self.available.add(stage)
+        else:
+            self.failed.add(stage)
