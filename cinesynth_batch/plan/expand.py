@@ -11,6 +11,7 @@ from typing import Callable
 
 from ..spec import model as m
 from ..spec.load import LoadedSpec
+from ..tts import espeak_revision
 from .graph import FileInput, Graph, NodeInput, StageNode
 
 SeedSource = Callable[[str], int]
@@ -71,6 +72,8 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
                 inputs={"image": still}, publish=f"scenes/{sid}_x2.png",
                 where=loaded.where("scenes", index, "image", "upscale")))
             still = NodeInput(up_id)
+    if scene.audio is not None and scene.audio.tts is not None:
+        _audio_input(graph, loaded, index, scene, scene.audio, ("audio",), seed_for)
     if scene.lipsync is not None:
         return "video", (_lipsync_node(graph, loaded, index, scene, still, (width, height), seed_for),)
     if scene.animate is not None:
@@ -125,7 +128,8 @@ def _lipsync_node(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
     node_id = f"{scene.id}.lipsync"
     seed = _seed(ls.seed, scene, spec)
     inputs: dict = {"avatar": _file(loaded, ls.avatar) if ls.avatar else still,
-                    "audio": _file(loaded, ls.audio)}
+                    "audio": _audio_input(graph, loaded, index, scene, ls.audio, ("lipsync", "audio"),
+                                          seed_for)}
     if ls.pose_video:
         inputs["pose_video"] = _file(loaded, ls.pose_video)
     cache = _cache_params(ls.cache)
@@ -201,30 +205,85 @@ def _assemble_node(graph: Graph, loaded: LoadedSpec, j: int, asm: m.Assemble,
     width, height = m.parse_resolution(spec.defaults.resolution)
     order = asm.scenes or [s.id for s in spec.scenes]
     by_id = {s.id: s for s in spec.scenes}
-    scenes, inputs = [], {}
+    scenes, inputs, lines = [], {}, []
     for i, sid in enumerate(order):
         scene = by_id[sid]
         kind, visual = visuals[sid]
         inputs[f"v{i}"] = visual
         audio_name, gain = None, 0.0
-        speech = scene.lipsync.audio if scene.lipsync is not None else None
+        source = scene.lipsync.audio if scene.lipsync is not None else scene.audio
+        speech = _audio_ref(loaded, scene.id, source) if source is not None else None
         if scene.animate is not None and has_audio(loaded.spec_dir / scene.animate.reference_video):
-            speech = scene.animate.reference_video
-        if asm.audio and (scene.audio is not None or speech is not None):
+            speech = _file(loaded, scene.animate.reference_video)
+        if asm.audio and speech is not None:
             audio_name = f"a{i}"
-            inputs[audio_name] = _file(loaded, speech or scene.audio.file)
+            inputs[audio_name] = speech
             gain = scene.audio.gain_db if scene.audio is not None else 0.0
         scenes.append({"id": sid, "visual": f"v{i}", "kind": kind, "duration": scene.duration,
                        "audio": audio_name, "audio_gain_db": gain})
+        if source is not None and source.tts is not None and audio_name:
+            lines.append({"scene": sid, "audio": audio_name, "text": source.tts.text})
     music = None
     if asm.music is not None:
         inputs["music"] = _file(loaded, asm.music.file)
         music = {"input": "music", "gain_db": asm.music.gain_db}
+    params = {"fps": spec.defaults.fps, "width": width, "height": height, "audio_rate": AUDIO_RATE,
+              "scenes": scenes, "music": music, "loudness": asm.loudness, "crf": asm.crf}
+    srt = _subtitles_node(graph, loaded, j, asm, params, inputs, lines)
+    if srt is not None and asm.subtitles == "burn":
+        inputs["subtitles"] = srt
+        params["subtitles"] = "subtitles"
     graph.add(StageNode(
         id=f"assemble.{asm.name}", kind="assemble", scene=None, model_role=None,
-        params={"fps": spec.defaults.fps, "width": width, "height": height, "audio_rate": AUDIO_RATE,
-                "scenes": scenes, "music": music, "loudness": asm.loudness, "crf": asm.crf},
-        inputs=inputs, publish=f"{asm.name}.mp4", where=loaded.where("assemble", j)))
+        params=params, inputs=inputs, publish=f"{asm.name}.mp4", where=loaded.where("assemble", j)))
+
+
+# --- audio sources and subtitles ---------------------------------------------------------------
+
+def _audio_ref(loaded: LoadedSpec, sid: str, source: m.AudioSource) -> FileInput | NodeInput:
+    """Where a scene's audio comes from: the file, or the node that makes it."""
+    if source.file is not None:
+        return _file(loaded, source.file)
+    return NodeInput(f"{sid}.{source.source()}")
+
+
+def _audio_input(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, source: m.AudioSource,
+                 at: tuple[str, ...], seed_for: SeedSource) -> FileInput | NodeInput:
+    """The input for an audio source, adding the node that makes it (``<scene>.tts``)."""
+    if source.tts is not None:
+        _tts_node(graph, loaded, index, scene, source.tts, at, seed_for)
+    return _audio_ref(loaded, scene.id, source)
+
+
+def _tts_node(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, tts: m.TtsSource,
+              at: tuple[str, ...], seed_for: SeedSource) -> None:
+    node_id = f"{scene.id}.tts"
+    params = {"text": tts.text, "language": tts.language, "backend": tts.backend, "voice": tts.voice,
+              "instruct": tts.instruct}
+    role = None
+    if tts.backend == "espeak":
+        params["engine"] = espeak_revision()
+    else:
+        role = "tts"
+        seed = _seed(tts.seed, scene, loaded.spec)
+        params["seed"] = seed if seed >= 0 else seed_for(node_id)
+    graph.add(StageNode(id=node_id, kind="tts", scene=scene.id, model_role=role, params=params,
+                        runtime={"scene_id": scene.id, "field": ".".join((*at, "tts"))}, publish=f"scenes/{scene.id}.tts.wav",
+                        where=loaded.where("scenes", index, *at, "tts")))
+
+
+def _subtitles_node(graph: Graph, loaded: LoadedSpec, j: int, asm: m.Assemble, params: dict,
+                    inputs: dict, lines: list[dict]) -> NodeInput | None:
+    """``assemble.<name>.srt``: cues from the TTS text, timed by the scenes and their speech."""
+    if asm.subtitles == "none" or not lines:
+        return None
+    node_id = f"assemble.{asm.name}.srt"
+    graph.add(StageNode(
+        id=node_id, kind="subtitles", scene=None, model_role=None,
+        params={"fps": params["fps"], "audio_rate": params["audio_rate"], "scenes": params["scenes"],
+                "lines": lines},
+        inputs=dict(inputs), publish=f"{asm.name}.srt", where=loaded.where("assemble", j)))
+    return NodeInput(node_id)
 
 
 def has_audio(path: Path) -> bool:

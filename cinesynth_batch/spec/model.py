@@ -8,7 +8,7 @@ expert switch at boundary 0.9).
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -144,7 +144,8 @@ class LipsyncStage(Strict):
 
     preset: str | None = None
     avatar: str | None = Field(None, description="reference image; default: the scene's generated image")
-    audio: str = Field(description="speech audio file (any length)")
+    audio: "AudioSource" = Field(description="speech: an audio file (any length), or a mapping with "
+                                             "exactly one source key, e.g. {tts: {...}}")
     prompt: str = ""
     negative_prompt: str | None = Field(None, description="default: the model's own negative prompt")
     resolution: str | None = Field(None, description="WIDTHxHEIGHT; 480x832 is the fast choice")
@@ -240,10 +241,62 @@ class AnimateStage(Strict):
         return v
 
 
-class AudioStage(Strict):
-    """A file laid under the scene."""
+# --- audio sources: a mapping with exactly one source key ------------------------------------
 
-    file: str
+TTS_BACKENDS = ("espeak", "qwen3-tts")
+
+
+class TtsSource(Strict):
+    """Speech synthesised from text (stage ``<scene>.tts``)."""
+
+    text: str = Field(description="the line to speak (an empty line fails the tts stage)")
+    language: str = Field(description="espeak: an eSpeak code (ko, en, zh/cmn, ja, ...); "
+                                      "qwen3-tts: ko, en, zh, ja, de, fr, ru, pt, es, it or the model's names")
+    backend: Literal["espeak", "qwen3-tts"] = Field("espeak", description="espeak (embedded) or qwen3-tts")
+    voice: str | None = Field(None, description="espeak: a variant (f1..f5, m1..m7, ...); "
+                                                "qwen3-tts: a CustomVoice speaker (vivian, ryan, sohee, ...)")
+    instruct: str | None = Field(None, description="qwen3-tts: how to say it (ignored by espeak)")
+    seed: int | None = Field(None, description="qwen3-tts samples: the seed (default: the scene's)")
+
+    _seed = field_validator("seed")(_check_seed)
+
+
+class AudioSource(Strict):
+    """Audio: a file, or audio made by a stage. Exactly one source key is given; a plain string
+    is a file."""
+
+    NOT_SOURCES: ClassVar[tuple[str, ...]] = ()
+
+    file: str | None = Field(None, description="an audio file (wav, mp3, m4a, flac, ...)")
+    tts: TtsSource | None = Field(None, description="speech from text (stage <scene>.tts)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _file_shorthand(cls, v: Any) -> Any:
+        return {"file": v} if isinstance(v, str) else v
+
+    def source_keys(self) -> list[str]:
+        return [k for k in type(self).model_fields if k not in self.NOT_SOURCES]
+
+    def source(self) -> str:
+        """The one source key that is set."""
+        return next(k for k in self.source_keys() if getattr(self, k) is not None)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "AudioSource":
+        given = [k for k in self.source_keys() if getattr(self, k) is not None]
+        if len(given) != 1:
+            keys = ", ".join(self.source_keys())
+            raise ValueError(f"give exactly one audio source, not {' and '.join(given) if given else 'none'} "
+                             f"(one of: {keys})")
+        return self
+
+
+class AudioStage(AudioSource):
+    """Audio laid under the scene: a file or a source such as ``tts``."""
+
+    NOT_SOURCES: ClassVar[tuple[str, ...]] = ("gain_db",)
+
     gain_db: float = Field(0.0, ge=-60.0, le=24.0)
 
 
@@ -318,6 +371,8 @@ class Assemble(Strict):
     music: Music | None = None
     loudness: float | None = Field(None, ge=-70.0, le=-5.0, description="target integrated LUFS")
     crf: int = Field(18, ge=0, le=51)
+    subtitles: Literal["none", "srt", "burn"] = Field(
+        "srt", description="from TTS text: srt writes <name>.srt beside the video, burn also draws them in")
 
     @field_validator("name")
     @classmethod
@@ -326,6 +381,9 @@ class Assemble(Strict):
         if not ID_RE.match(v):
             raise ValueError(f"'{v}' is not a valid output name (letters, digits, '-', '_')")
         return v
+
+
+LipsyncStage.model_rebuild()
 
 
 class Spec(Strict):

@@ -191,6 +191,11 @@ def run(params: dict, inputs: dict, out: str | Path, ctx: Any = None) -> dict:
 
         graph = _Graph()
         vlabel = _video_graph(graph, scenes, fps, width, height, work)
+        if params.get("subtitles"):
+            from cinesynth_batch.media.burn import burn_filter
+
+            vlabel = burn_filter(graph, vlabel, _input_path(inputs, params["subtitles"], "assembly",
+                                                             "subtitles"), work)
         alabel = _audio_graph(graph, scenes, music, fps, rate, total_samples)
         alabel = _finish_audio(graph, alabel, loudnorm_filter, rate, total_samples, "aout")
         script = work / "assemble.filtergraph"
@@ -263,6 +268,13 @@ def run(params: dict, inputs: dict, out: str | Path, ctx: Any = None) -> dict:
         ],
         "loudness": loud_info,
     }
+
+
+def scene_layout(params: dict, inputs: dict) -> list[tuple[str, float, float]]:
+    """(scene id, start, end) in seconds of each scene in the output, without rendering."""
+    fps = _fps_fraction(_param(params, "fps", 16))
+    return [(s.id, _seconds(s.start_frame, fps), _seconds(s.start_frame + s.frames, fps))
+            for s in _plan_scenes(params, inputs, fps)]
 
 
 # ---------------------------------------------------------------------------------------------
