@@ -352,6 +352,8 @@ def check_semantics(data: LDict, sources: list[int], spec_dir: Path, root: Path,
         if isinstance(lipsync, dict):
             check_file(lipsync.get("avatar"), ("scenes", i, "lipsync", "avatar"), "avatar")
             check_file(lipsync.get("audio"), ("scenes", i, "lipsync", "audio"), "audio file")
+            if isinstance(lipsync.get("audio"), dict):
+                check_file(lipsync["audio"].get("file"), ("scenes", i, "lipsync", "audio", "file"), "audio file")
             check_file(lipsync.get("pose_video"), ("scenes", i, "lipsync", "pose_video"), "pose video")
         animate = scene.get("animate")
         if isinstance(animate, dict):

@@ -4,7 +4,7 @@ params: ``text``, ``language``, ``backend`` (``espeak`` | ``qwen3-tts``), ``voic
 ``engine`` (espeak: the wheel that fixes its sound) or ``seed`` (qwen3-tts samples). runtime (not
 keyed): ``scene_id`` and ``field`` (where the line is in the spec, for error messages).
 
-``espeak`` runs libespeak-ng in this process (22050 Hz). ``qwen3-tts`` sends the request to the
+``espeak`` runs libespeak-ng in a fresh child process (22050 Hz; see ``tts/espeak.py``). ``qwen3-tts`` sends the request to the
 worker the profile's ``tts`` model runs in (see ``tts/qwen_client.py`` and docs/tts-worker.md),
 which writes the WAV itself (24000 Hz).
 """
@@ -27,17 +27,6 @@ def _fail(p: dict[str, Any], key: str, message: str, hint: str | None = None) ->
     return StageError(f"{where}: {message}", hint=hint)
 
 
-def write_wav(path: Path, samples, rate: int) -> None:
-    import numpy as np
-
-    pcm = np.asarray(samples, dtype=np.int16)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(int(rate))
-        w.writeframes(pcm.tobytes())
-
-
 def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageContext) -> dict[str, Any]:
     from ..media.subtitles import speech_span
 
@@ -46,13 +35,12 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
     if not isinstance(text, str) or not text.strip():
         raise _fail(p, "text", "the text is empty", hint="write the line to speak")
     if p["backend"] == "espeak":
-        from ..tts.espeak import EspeakError, synthesize
+        from ..tts.espeak import EspeakError, speak_to_file
 
         try:
-            speech = synthesize(text, p["language"], p.get("voice"))
+            speak_to_file(text, p["language"], p.get("voice"), out)
         except EspeakError as exc:
             raise _fail(p, exc.field, exc.message, exc.hint) from exc
-        write_wav(out, speech.samples, speech.rate)
     elif p["backend"] == "qwen3-tts":
         from ..tts.qwen_client import WorkerRequestError
 

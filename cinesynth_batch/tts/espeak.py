@@ -1,7 +1,10 @@
 """eSpeak NG through ctypes: the library and its data come from the ``espeakng-loader`` wheel.
 
 ``synthesize(text, language, voice)`` returns mono int16 samples and the sample rate (22050 Hz).
-Each call initialises the library, speaks and terminates it again, so no state outlives a call.
+libespeak-ng keeps state between utterances inside a process (the same text spoken twice gives
+slightly different samples), so the stage calls ``speak_to_file``, which speaks in a fresh child
+process (``python -m cinesynth_batch.tts.espeak``, JSON on stdin and stdout): the same request
+always gives the same bytes.
 Languages are eSpeak's own codes (``en``, ``ko``, ``cmn``, ``ja``, ...) plus a few common aliases
 (``zh`` -> ``cmn``); ``voices()`` lists them. ``voice`` is an eSpeak variant (``f1``..``f5``,
 ``m1``..``m7``, ``croak``, ``whisper``, ...) laid over the language's voice.
@@ -164,3 +167,44 @@ def variants() -> list[str]:
     folder = Path(espeakng_loader.get_data_path()) / "voices" / "!v"
     return sorted((p.name for p in folder.iterdir() if p.is_file()),
                   key=lambda n: (not n[:1] in "fm" or not n[1:].isdigit(), n))
+
+
+def speak_to_file(text: str, language: str, voice: str | None, out: Path) -> dict:
+    """Speak in a fresh process and write a mono 16-bit WAV to ``out``; raises EspeakError."""
+    import json
+    import subprocess
+    import sys
+
+    request = json.dumps({"text": text, "language": language, "voice": voice, "out": str(out)})
+    proc = subprocess.run([sys.executable, "-m", "cinesynth_batch.tts.espeak"], input=request,
+                          capture_output=True, text=True, encoding="utf-8")
+    try:
+        reply = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise EspeakError(f"the espeak process failed: {proc.stderr.strip()[-800:]}", "backend") from None
+    if not reply.get("ok"):
+        raise EspeakError(reply["error"], reply["field"], reply.get("hint"))
+    return reply
+
+
+def _child() -> None:
+    import json
+    import sys
+    import wave
+
+    req = json.loads(sys.stdin.read())
+    try:
+        speech = synthesize(req["text"], req["language"], req.get("voice"))
+    except EspeakError as exc:
+        print(json.dumps({"ok": False, "error": exc.message, "field": exc.field, "hint": exc.hint}))
+        return
+    with wave.open(req["out"], "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(speech.rate)
+        w.writeframes(speech.samples.tobytes())
+    print(json.dumps({"ok": True, "rate": speech.rate, "samples": int(len(speech.samples))}))
+
+
+if __name__ == "__main__":
+    _child()
