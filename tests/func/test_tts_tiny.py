@@ -190,3 +190,15 @@ assemble: {subtitles: SUBS}
     before = np.abs(frames["burn"][2] - frames["srt"][2]).mean()
     assert bottom > 8 * max(top, 0.5)                      # glyphs at the bottom, nothing above
     assert before < 1.0                                    # no cue, no text
+
+
+@pytest.mark.parametrize("stage", ["news.tts", "qwen.tts"])
+def test_remade_speech_is_identical_so_nothing_below_reruns(clone, stage):
+    import yaml
+
+    lock = yaml.safe_load((clone / "outputs/tts_lipsync/render.lock").read_text(encoding="utf-8"))
+    key = lock["stages"][stage]["key"]
+    (clone / ".cinesynth/cache/keys" / key[:2] / f"{key}.json").unlink()
+    result = render(clone / "tts_lipsync.yaml", progress=False)
+    assert result.outcome.ran == [stage]
+    assert {f"{stage.split('.')[0]}.lipsync", "assemble.final", "assemble.final.srt"} <= set(result.outcome.cached)
