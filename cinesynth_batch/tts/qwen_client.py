@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -57,7 +56,9 @@ class QwenWorker:
 
     @classmethod
     def start(cls, model_dir: Path, device: str = "cpu", dtype: str = "float32") -> "QwenWorker":
-        log = Path(tempfile.mkstemp(prefix="qwen-tts-worker-", suffix=".log")[1])
+        fd, name = tempfile.mkstemp(prefix="qwen-tts-worker-", suffix=".log")
+        os.close(fd)
+        log = Path(name)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
         with open(log, "wb") as err:
             proc = subprocess.Popen(
@@ -131,6 +132,3 @@ def ensure_tiny_qwen(dst: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     return dst
 
-
-if __name__ == "__main__":  # pragma: no cover - `python -m cinesynth_batch.tts.qwen_client` checks the env
-    print(worker_python(), file=sys.stdout)

@@ -28,7 +28,6 @@ import os
 import sys
 import types
 
-_STREAM: list = [sys.stdout]   # the protocol stream, set once by serve()
 LANGUAGE_NAMES = {"zh": "chinese", "cmn": "chinese", "zh-cn": "chinese", "en": "english", "ja": "japanese",
                   "ko": "korean", "de": "german", "fr": "french", "ru": "russian", "pt": "portuguese",
                   "es": "spanish", "it": "italian", "auto": "auto"}
@@ -61,10 +60,12 @@ def _protocol_stream():
     return stream
 
 
-def _send(obj: dict, stream=None) -> None:
-    out = stream or _STREAM[0]
-    out.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    out.flush()
+def _sender(stream):
+    def send(obj: dict) -> None:
+        stream.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        stream.flush()
+
+    return send
 
 
 def _language(name: str, supported: list[str]) -> str:
@@ -75,7 +76,7 @@ def _language(name: str, supported: list[str]) -> str:
 
 
 def serve(model_dir: str, device: str, dtype: str) -> int:
-    _STREAM[:] = [_protocol_stream()]
+    send = _sender(_protocol_stream())
     install_torchaudio_stand_in()
     try:
         import numpy as np
@@ -90,11 +91,11 @@ def serve(model_dir: str, device: str, dtype: str) -> int:
         languages = sorted(tts.get_supported_languages() or [])
         sample_rate = int(tts.model.speech_tokenizer.get_output_sample_rate())
     except Exception as exc:  # the stage shows this to the user
-        _send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
+        send({"ready": False, "error": f"{type(exc).__name__}: {exc}"})
         return 3
     import qwen_tts
 
-    _send({"ready": True, "speakers": speakers, "languages": languages, "sample_rate": sample_rate,
+    send({"ready": True, "speakers": speakers, "languages": languages, "sample_rate": sample_rate,
            "versions": {"qwen_tts": getattr(qwen_tts, "__version__", None) or _dist("qwen-tts"),
                         "transformers": transformers.__version__, "torch": torch.__version__}})
     for raw in sys.stdin:
@@ -104,21 +105,21 @@ def serve(model_dir: str, device: str, dtype: str) -> int:
             req = json.loads(raw)
             text, out = req["text"], req["out"]
         except (ValueError, KeyError, TypeError) as exc:
-            _send({"ok": False, "field": "request", "error": f"bad request: {exc}"})
+            send({"ok": False, "field": "request", "error": f"bad request: {exc}"})
             continue
         if not isinstance(text, str) or not text.strip():
-            _send({"ok": False, "field": "text", "error": "the text is empty", "hint": "write the line to speak"})
+            send({"ok": False, "field": "text", "error": "the text is empty", "hint": "write the line to speak"})
             continue
         try:
             language = _language(str(req.get("language") or "auto"), languages)
         except LookupError:
-            _send({"ok": False, "field": "language",
+            send({"ok": False, "field": "language",
                    "error": f"language {req.get('language')!r} is not one this Qwen3-TTS model speaks",
                    "hint": "use one of " + ", ".join(sorted(set(LANGUAGE_NAMES) - {"cmn", "zh-cn"}))})
             continue
         speaker = req.get("speaker") or (speakers[0] if speakers else None)
         if speakers and str(speaker).lower() not in speakers:
-            _send({"ok": False, "field": "voice", "error": f"speaker {speaker!r} is not one of this model's",
+            send({"ok": False, "field": "voice", "error": f"speaker {speaker!r} is not one of this model's",
                    "hint": "use one of " + ", ".join(speakers)})
             continue
         try:
@@ -128,9 +129,9 @@ def serve(model_dir: str, device: str, dtype: str) -> int:
             wav = np.clip(np.asarray(wavs[0], dtype=np.float32), -1.0, 1.0)
             sf.write(out, wav, int(rate), subtype="PCM_16", format="WAV")
         except Exception as exc:
-            _send({"ok": False, "field": "text", "error": f"qwen-tts failed: {type(exc).__name__}: {exc}"})
+            send({"ok": False, "field": "text", "error": f"qwen-tts failed: {type(exc).__name__}: {exc}"})
             continue
-        _send({"ok": True, "out": out, "sample_rate": int(rate), "seconds": round(len(wav) / rate, 6)})
+        send({"ok": True, "out": out, "sample_rate": int(rate), "seconds": round(len(wav) / rate, 6)})
     return 0
 
 
