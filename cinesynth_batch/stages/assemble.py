@@ -10,7 +10,8 @@ Parameters (plain JSON)::
      "crf": 18}
 
 Optional: ``"preset"`` (x264 preset, default ``"medium"``), ``"audio_bitrate"`` (default
-``"192k"``), ``"true_peak"`` (loudness ceiling in dBTP, default -1.5).
+``"192k"``), ``"true_peak"`` (loudness ceiling in dBTP, default -1.5), ``"subtitles"`` (the name
+of an input holding an SRT file to burn into the picture; see ``media/burn.py``).
 
 Inputs: ``inputs[scene.visual]`` is a list of mp4 paths for a ``video`` scene (its segments in
 order; one path is taken as a one-segment list) or one image path for a ``still`` scene.
