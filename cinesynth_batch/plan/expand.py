@@ -12,6 +12,7 @@ from typing import Callable
 from ..spec import model as m
 from ..spec.load import LoadedSpec
 from .graph import FileInput, Graph, NodeInput, StageNode
+from .sources import source_input
 
 SeedSource = Callable[[str], int]
 
@@ -81,7 +82,7 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
 
     vid = scene.video
     vw, vh = m.parse_resolution(vid.resolution) if vid.resolution else (width, height)
-    start = _file(loaded, vid.image) if vid.image else still
+    start = source_input(graph, loaded, vid.image, ("scenes", index, "video", "image")) if vid.image else still
     base_seed = _seed(vid.seed, scene, spec)
     segments: list[NodeInput] = []
     for k in range(1, vid.segments + 1):
@@ -90,7 +91,8 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
         inputs: dict = {"image": start} if k == 1 else {"prev": segments[-1]}
         extra = {"cache": _cache_params(vid.cache)} if _cache_params(vid.cache) else {}
         if k == vid.segments and vid.last_image:
-            inputs["last_image"] = _file(loaded, vid.last_image)
+            inputs["last_image"] = source_input(graph, loaded, vid.last_image,
+                                                ("scenes", index, "video", "last_image"))
         graph.add(StageNode(
             id=node_id, kind="video", scene=sid, model_role="video",
             params={
@@ -124,10 +126,11 @@ def _lipsync_node(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
     width, height = m.parse_resolution(ls.resolution) if ls.resolution else size
     node_id = f"{scene.id}.lipsync"
     seed = _seed(ls.seed, scene, spec)
-    inputs: dict = {"avatar": _file(loaded, ls.avatar) if ls.avatar else still,
-                    "audio": _file(loaded, ls.audio)}
+    at = ("scenes", index, "lipsync")
+    inputs: dict = {"avatar": source_input(graph, loaded, ls.avatar, (*at, "avatar")) if ls.avatar else still,
+                    "audio": source_input(graph, loaded, ls.audio, (*at, "audio"))}
     if ls.pose_video:
-        inputs["pose_video"] = _file(loaded, ls.pose_video)
+        inputs["pose_video"] = source_input(graph, loaded, ls.pose_video, (*at, "pose_video"))
     cache = _cache_params(ls.cache)
     graph.add(StageNode(
         id=node_id, kind="lipsync", scene=scene.id, model_role="lipsync",
@@ -156,7 +159,7 @@ def _animate_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
     assert an is not None
     width, height = m.parse_resolution(an.resolution) if an.resolution else size
     where = loaded.where("scenes", index, "animate")
-    reference = _file(loaded, an.reference_video)
+    reference = source_input(graph, loaded, an.reference_video, ("scenes", index, "animate", "reference_video"))
     prep_inputs: dict = {"video": reference}
     runtime: dict = {"detector": None, "pose_model": None}
     for key in ("detector", "pose_model"):
@@ -164,8 +167,9 @@ def _animate_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
         if value:
             prep_inputs[key] = _file(loaded, value)
             runtime[key] = str(prep_inputs[key].path)
-    inputs: dict = {"character": _file(loaded, an.character) if an.character else still,
-                    "reference": reference}
+    character = source_input(graph, loaded, an.character, ("scenes", index, "animate", "character")) \
+        if an.character else still
+    inputs: dict = {"character": character, "reference": reference}
     for output in PREP_OUTPUTS[an.mode]:
         node_id = f"{scene.id}.{output}"
         graph.add(StageNode(
@@ -202,29 +206,49 @@ def _assemble_node(graph: Graph, loaded: LoadedSpec, j: int, asm: m.Assemble,
     order = asm.scenes or [s.id for s in spec.scenes]
     by_id = {s.id: s for s in spec.scenes}
     scenes, inputs = [], {}
+    index_of = {s.id: k for k, s in enumerate(spec.scenes)}
     for i, sid in enumerate(order):
         scene = by_id[sid]
         kind, visual = visuals[sid]
         inputs[f"v{i}"] = visual
-        audio_name, gain = None, 0.0
-        speech = scene.lipsync.audio if scene.lipsync is not None else None
-        if scene.animate is not None and has_audio(loaded.spec_dir / scene.animate.reference_video):
-            speech = scene.animate.reference_video
+        audio_name, gain, optional = None, 0.0, False
+        speech = graph[f"{sid}.lipsync"].inputs["audio"] if scene.lipsync is not None else None
+        if scene.animate is not None:
+            reference = graph[f"{sid}.animate"].inputs["reference"]
+            # a download's streams are known only once it is made: its sound is used if it has one
+            optional = isinstance(reference, NodeInput)
+            if optional or has_audio(reference.path):
+                speech = reference
         if asm.audio and (scene.audio is not None or speech is not None):
             audio_name = f"a{i}"
-            inputs[audio_name] = _file(loaded, speech or scene.audio.file)
+            inputs[audio_name] = speech or source_input(graph, loaded, scene.audio.file,
+                                                        ("scenes", index_of[sid], "audio", "file"))
             gain = scene.audio.gain_db if scene.audio is not None else 0.0
-        scenes.append({"id": sid, "visual": f"v{i}", "kind": kind, "duration": scene.duration,
-                       "audio": audio_name, "audio_gain_db": gain})
+        entry = {"id": sid, "visual": f"v{i}", "kind": kind, "duration": scene.duration,
+                 "audio": audio_name, "audio_gain_db": gain}
+        if optional:
+            entry["audio_optional"] = True
+        transition = scene_transition(scene.transition, asm.transition) if i else None
+        if transition:
+            entry["transition"] = transition
+        scenes.append(entry)
     music = None
     if asm.music is not None:
-        inputs["music"] = _file(loaded, asm.music.file)
+        inputs["music"] = source_input(graph, loaded, asm.music.file, ("assemble", j, "music", "file"))
         music = {"input": "music", "gain_db": asm.music.gain_db}
+        if asm.music.duck_under_speech:
+            music["duck_db"] = asm.music.duck_db
     graph.add(StageNode(
         id=f"assemble.{asm.name}", kind="assemble", scene=None, model_role=None,
         params={"fps": spec.defaults.fps, "width": width, "height": height, "audio_rate": AUDIO_RATE,
                 "scenes": scenes, "music": music, "loudness": asm.loudness, "crf": asm.crf},
         inputs=inputs, publish=f"{asm.name}.mp4", where=loaded.where("assemble", j)))
+
+
+def scene_transition(own: m.Transition | None, default: m.Transition) -> dict | None:
+    """The transition into a scene as assemble params: None for a cut."""
+    chosen = default if own is None else own
+    return {"crossfade": chosen.crossfade} if isinstance(chosen, m.Crossfade) else None
 
 
 def has_audio(path: Path) -> bool:
