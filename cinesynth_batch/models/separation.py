@@ -41,10 +41,23 @@ def save_demucs(model: Any, folder: Path, sig: str, bag: str = DEFAULT_BAG) -> N
     klass = f"{type(model).__module__}.{type(model).__name__}"
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     folder.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(folder / f"{sig}.safetensors"),
-              metadata={"klass": klass, "args": json.dumps(encode_args(list(args))),
-                        "kwargs": json.dumps(encode_args(kwargs), sort_keys=True)})
+    file = folder / f"{sig}.safetensors"
+    save_file(state, str(file), metadata={"klass": klass, "args": json.dumps(encode_args(list(args))),
+                                          "kwargs": json.dumps(encode_args(kwargs), sort_keys=True)})
+    _sort_header(file)
     (folder / f"{bag}.yaml").write_text(yaml.safe_dump({"models": [sig]}, sort_keys=True))
+
+
+def _sort_header(file: Path) -> None:
+    """Rewrite a safetensors header with sorted keys: the writer orders metadata entries
+    differently from run to run, and the tiny build must give the same bytes every time."""
+    import struct
+
+    data = file.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    file.write_bytes(struct.pack("<Q", len(header)) + header + data[8 + n:])
 
 
 def _bag_file(folder: Path) -> Path:
