@@ -4,8 +4,9 @@ Parameters (plain JSON)::
 
     {"fps": 16, "width": W, "height": H, "audio_rate": 48000,
      "scenes": [{"id": "intro", "visual": "v0", "kind": "video" | "still",
-                 "duration": null | seconds, "audio": "a0" | null, "audio_gain_db": 0.0}, ...],
-     "music": {"input": "music", "gain_db": -18.0} | null,
+                 "duration": null | seconds, "audio": "a0" | null, "audio_gain_db": 0.0,
+                 "audio_optional": false, "transition": null | {"crossfade": seconds}}, ...],
+     "music": {"input": "music", "gain_db": -18.0, "duck_db": null | dB} | null,
      "loudness": -14.0 | null,
      "crf": 18}
 
@@ -40,6 +41,14 @@ Rules
   with no drift. Scenes without audio are silent.
 * **Music bed.** Looped (or cut) to the full length, ``gain_db`` applied (default -18 dB), and
   summed under the scene audio with ``amix`` ``normalize=0``: the scene audio keeps its level.
+  With ``duck_db`` the bed is lowered under the scene audio by up to that many dB
+  (``media/transitions.py`` says how).
+* **Transitions.** A scene's ``transition`` ``{"crossfade": s}`` overlaps it with the scene
+  before by ``round(s * fps)`` frames (``xfade`` for the picture, ``acrossfade`` for the sound);
+  the output has ``sum(scene frames) - sum(overlaps)`` frames and a scene's ``start`` moves back
+  by its overlap. A crossfade must be shorter than both scenes. ``null`` is a cut.
+* **Optional audio.** ``audio_optional`` (a downloaded reference video): an input without an
+  audio stream leaves the scene silent instead of failing.
 * **Loudness.** With ``loudness`` set (integrated LUFS), a first ffmpeg pass measures the mixed
   audio with ``loudnorm print_format=json``; the render pass applies ``loudnorm`` with those
   measured values and ``linear=true`` (one gain for the whole programme, true peak ceiling
@@ -49,7 +58,7 @@ Rules
   Silent programmes are left silent.
 * **Output.** One ffmpeg run decodes every input, builds the whole picture and sound in one
   filter graph and encodes once: H.264 (libx264, ``crf``, yuv420p) + AAC stereo at
-  ``audio_rate`` in mp4 with ``+faststart``. Exactly ``sum(scene frames)`` frames, duration
+  ``audio_rate`` in mp4 with ``+faststart``. Exactly ``sum(scene frames) - sum(overlaps)`` frames, duration
   ``frames / fps``, the audio exactly as long (before AAC framing). Fixed encoder threads and
   bitexact flags make the same inputs give byte-identical files.
 * **Resources.** Frames never pass through Python. ffmpeg opens all inputs at once; each
