@@ -101,11 +101,16 @@ def _separate_node(graph: Graph, loaded: LoadedSpec, sep: m.SeparateFrom, loc: t
 
 
 def refuse_downloads(plan: Any) -> None:
-    """``--offline``: every download a render needs must already be in the cache."""
+    """``--offline``: every download a render needs must already be in the cache (a cached
+    one is kept even under ``--force``: offline, nothing is fetched again)."""
     lines = []
     for nid in plan.order:
         st = plan.stages[nid]
         if st.node.kind != "download" or st.status != "run":
+            continue
+        entry = plan.cache.lookup(st.key) if st.key else None
+        if entry is not None:
+            st.status, st.entry = "cached", entry
             continue
         for use in st.node.runtime.get("uses", []):
             scene = f"scene '{use['scene']}', " if use["scene"] else ""

@@ -64,7 +64,7 @@ def _fetch(url: str, fmt: str, folder: Path, progress) -> Path:
     opts = {
         "format": fmt, "outtmpl": str(folder / "media.%(ext)s"),
         "paths": {"home": str(folder), "temp": str(folder)}, "cachedir": False,
-        "noplaylist": True, "quiet": True, "no_warnings": True, "noprogress": True,
+        "noplaylist": True, "playlist_items": "1", "quiet": True, "no_warnings": True, "noprogress": True,
         "logger": logger, "progress_hooks": [hook], "merge_output_format": "mkv",
         "ffmpeg_location": imageio_ffmpeg.get_ffmpeg_exe(), "socket_timeout": SOCKET_TIMEOUT,
         "retries": 1, "fragment_retries": 1, "overwrites": True, "updatetime": False,

@@ -9,6 +9,7 @@ import pytest
 
 from cinesynth_batch.errors import RenderError
 from cinesynth_batch.execute.render import render
+from cinesynth_batch.execute.session import Session
 from cinesynth_batch.media.audio import probe_audio
 from cinesynth_batch.media.ffmpeg import measure_loudness, run_ffmpeg
 from cinesynth_batch.media.video_io import probe
@@ -107,6 +108,18 @@ def test_second_render_downloads_nothing(rendered, server):
     assert offline.outcome.ran == [] and server.requests["/clip.mp4"] == requests
 
 
+def test_offline_keeps_a_cached_download_even_when_forced(rendered, server):
+    spec, result, requests = rendered
+    plan = Session.open(spec).plan(force=True, offline=True)
+    dl = download_id(result)
+    assert plan.stages[dl].status == "cached" and plan.stages["cover.separate"].status == "run"
+    status = Session.open(spec).plan()
+    from cinesynth_batch.plan.show import as_status
+
+    assert f"ok {dl}  {server.url('clip.mp4')}" in as_status(status, spec.parent / "outputs")
+    assert server.requests["/clip.mp4"] == requests
+
+
 def test_offline_with_an_empty_cache_names_url_scene_and_field(rendered, server, tmp_path):
     spec, _, requests = rendered
     fresh = make_project(tmp_path / "p", spec.read_text())
@@ -168,3 +181,21 @@ scenes:
         set(outcome.blocked)
     retry = render(spec, progress=False, keep_going=True, only=["still"])
     assert retry.outcome.cached == ["still.image"]
+
+
+def test_example_spec_cuts_frames_and_audio_and_crossfades(tmp_path):
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "cinesynth.toml").write_text("")
+    shutil.copytree(ASSETS, root / "assets")
+    shutil.copy(REPO / "specs/examples/sources.yaml", root / "sources.yaml")
+    result = render(root / "sources.yaml", progress=False)
+    assert set(result.outcome.ran) == {"cover.avatar_frame", "cover.separate", "cover.lipsync",
+                                       "line.extract_audio", "line.lipsync", "assemble.final"}
+    out = root / "outputs/sources"
+    line = probe(out / "scenes/line.mp4")
+    assert line.frames == round(0.8 * 16)                         # extract: 0.2 .. 1.0 s of line1.wav
+    cover = probe(out / "scenes/cover.mp4")
+    assert abs(cover.frames / 16 - probe_audio(ASSETS / "dance.mp4").duration) <= 1 / 16
+    assert probe(out / "final.mp4").frames == cover.frames + line.frames - 4   # the scene's own crossfade
+    assert measure_loudness(out / "final.mp4")["integrated"] == pytest.approx(-14.0, abs=1.0)
