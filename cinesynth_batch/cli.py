@@ -68,12 +68,13 @@ def plan(spec: Path,
          profile: Optional[str] = typer.Option(None, help="override the spec's profile"),
          only: Optional[List[str]] = typer.Option(None, help="stage id, scene id or kind"),
          until: Optional[str] = typer.Option(None, help="stop after this stage kind"),
-         force: bool = typer.Option(False, help="plan as if nothing were cached")) -> None:
+         force: bool = typer.Option(False, help="plan as if nothing were cached"),
+         offline: bool = typer.Option(False, help="fail if a URL input is not downloaded yet")) -> None:
     """Show the stage DAG: each stage's key, whether it is cached, and why it would run."""
     from .plan.show import as_json, as_mermaid, as_table
 
     def go():
-        _, p = _open_plan(spec, profile, force=force, only=only, until=until)
+        _, p = _open_plan(spec, profile, force=force, only=only, until=until, offline=offline)
         if format == "json":
             typer.echo(json.dumps(as_json(p), indent=2))
         elif format == "mermaid":
@@ -87,12 +88,13 @@ def plan(spec: Path,
 
 
 @app.command()
-def status(spec: Path, profile: Optional[str] = typer.Option(None)) -> None:
+def status(spec: Path, profile: Optional[str] = typer.Option(None),
+           offline: bool = typer.Option(False, help="fail if a URL input is not downloaded yet")) -> None:
     """What is cached, what would run and why, and which outputs exist."""
     from .plan.show import as_status
 
     def go():
-        session, p = _open_plan(spec, profile)
+        session, p = _open_plan(spec, profile, offline=offline)
         typer.echo(as_status(p, session.output_dir))
 
     _guard(go)
@@ -111,7 +113,8 @@ def render(spec: Path,
            dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16"),
            vram_budget: Optional[str] = typer.Option(None, help="model memory budget, e.g. 24GiB"),
            reseed: bool = typer.Option(False, help="draw new seeds for seed: -1"),
-           progress: bool = typer.Option(True, help="progress bars on a terminal")) -> None:
+           progress: bool = typer.Option(True, help="progress bars on a terminal"),
+           offline: bool = typer.Option(False, help="download nothing: URL inputs must be cached")) -> None:
     """Render a spec: run what is not cached, then write outputs, render.lock and the report."""
     from .execute.render import render as do_render
     from .models.residency import parse_size
@@ -123,7 +126,7 @@ def render(spec: Path,
                            keep_going=keep_going, dry_run=dry_run, reseed=reseed, events=events,
                            device=device, dtype=dtype,
                            budget=parse_size(vram_budget) if vram_budget else None,
-                           progress=progress, warn=_err)
+                           progress=progress, warn=_err, offline=offline)
         if dry_run:
             for st in result.plan.to_run():
                 typer.echo(f"would run {st.id}: {st.reason}")

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 from ..stages.base import StageError
 
 PIPELINE_KINDS = ("flux2-klein", "wan-i2v")
-KINDS = PIPELINE_KINDS + ("rrdbnet-x2", "wan-s2v", "wan-animate", "qwen3-tts")
+KINDS = PIPELINE_KINDS + ("rrdbnet-x2", "wan-s2v", "wan-animate", "qwen3-tts", "demucs")
 
 
 def torch_dtype(dtype: Any):
@@ -89,6 +89,10 @@ def load_model(kind: str, path: Path, device: str = "cpu", dtype: str = "float32
         from .rrdbnet import load_rrdbnet
 
         return load_rrdbnet(path, device, dtype)
+    if kind == "demucs":
+        from .separation import load_demucs
+
+        return load_demucs(path, device)
     if kind == "wan-animate":
         from .animate import load_animate_pipeline
 

@@ -27,7 +27,7 @@ from ..errors import ModelError
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 TINY_SOURCES = ("tiny.py", "rrdbnet.py", "tiny_animate.py", "s2v/tiny_components.py",
-                "s2v/transformer.py", "../tts/qwen_tiny.py")
+                "s2v/transformer.py", "../tts/qwen_tiny.py", "tiny_demucs.py", "separation.py")
 SMALL_FILE = 1 << 20
 
 

@@ -170,7 +170,7 @@ def test_two_audio_sources_are_one_problem_with_its_position(project):
         plan_of(project, text=bad)
     assert exc.value.render().endswith(
         "spec.yaml:8:14: scenes[0].lipsync.audio: give exactly one audio source, not file and tts "
-        "(one of: file, tts)")
+        "(one of: file, tts, separate, extract)")
 
 
 # --- the qwen3-tts worker -----------------------------------------------------------------------
