@@ -4,7 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SPEC   ?= specs/examples/short.yaml
 
-.PHONY: install demo test test-fast bench tiny clean
+TTS_VENV ?= .venv-tts
+
+.PHONY: install tts-env demo test test-fast bench tiny clean
 
 # torch is pinned: torch==2.13.0 resolves to the CPU build; a looser pin pulls CUDA wheels.
 $(VENV)/.installed: pyproject.toml
@@ -16,10 +18,23 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The qwen3-tts worker environment: qwen-tts 0.1.1 pins transformers==4.57.3, so it cannot share
+# .venv. Its torchaudio is not installed (PyPI's builds are CUDA builds that fail to import);
+# the worker stands in for the one function qwen-tts imports (see docs/tts-worker.md).
+$(TTS_VENV)/.installed: requirements-tts.txt
+	$(PYTHON) -m venv $(TTS_VENV)
+	$(TTS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TTS_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(TTS_VENV)/bin/python -m pip install -q -r requirements-tts.txt
+	$(TTS_VENV)/bin/python -m pip install -q --no-deps qwen-tts==0.1.1
+	touch $@
+
+tts-env: $(TTS_VENV)/.installed
+
 demo: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/cinesynth render $(SPEC)
 
-test: install
+test: install tts-env
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 test-fast: install

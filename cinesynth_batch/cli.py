@@ -68,12 +68,13 @@ def plan(spec: Path,
          profile: Optional[str] = typer.Option(None, help="override the spec's profile"),
          only: Optional[List[str]] = typer.Option(None, help="stage id, scene id or kind"),
          until: Optional[str] = typer.Option(None, help="stop after this stage kind"),
-         force: bool = typer.Option(False, help="plan as if nothing were cached")) -> None:
+         force: bool = typer.Option(False, help="plan as if nothing were cached"),
+         offline: bool = typer.Option(False, help="fail if a URL input is not downloaded yet")) -> None:
     """Show the stage DAG: each stage's key, whether it is cached, and why it would run."""
     from .plan.show import as_json, as_mermaid, as_table
 
     def go():
-        _, p = _open_plan(spec, profile, force=force, only=only, until=until)
+        _, p = _open_plan(spec, profile, force=force, only=only, until=until, offline=offline)
         if format == "json":
             typer.echo(json.dumps(as_json(p), indent=2))
         elif format == "mermaid":
@@ -87,12 +88,13 @@ def plan(spec: Path,
 
 
 @app.command()
-def status(spec: Path, profile: Optional[str] = typer.Option(None)) -> None:
+def status(spec: Path, profile: Optional[str] = typer.Option(None),
+           offline: bool = typer.Option(False, help="fail if a URL input is not downloaded yet")) -> None:
     """What is cached, what would run and why, and which outputs exist."""
     from .plan.show import as_status
 
     def go():
-        session, p = _open_plan(spec, profile)
+        session, p = _open_plan(spec, profile, offline=offline)
         typer.echo(as_status(p, session.output_dir))
 
     _guard(go)
@@ -112,10 +114,11 @@ def render(spec: Path,
            vram_budget: Optional[str] = typer.Option(None, help="model memory budget, e.g. 24GiB"),
            reseed: bool = typer.Option(False, help="draw new seeds for seed: -1"),
            progress: bool = typer.Option(True, help="progress bars on a terminal"),
+           parallel: str = typer.Option("auto", help="dp: stages spread over ranks | sp: heavy "
+                                                      "stages split over ranks (GPUs) | auto"),
            nproc: Optional[str] = typer.Option(None, help="ranks to start with torchrun: N or auto "
                                                           "(one per GPU)"),
-           parallel: str = typer.Option("auto", help="dp: stages spread over ranks | sp: heavy "
-                                                     "stages split over ranks (GPUs) | auto")) -> None:
+           offline: bool = typer.Option(False, help="download nothing: URL inputs must be cached")) -> None:
     """Render a spec: run what is not cached, then write outputs, render.lock and the report."""
     from .execute.render import render as do_render
     from .models.residency import parse_size
@@ -131,13 +134,13 @@ def render(spec: Path,
             return _launch(spec, par.parse_nproc(nproc), options, device, events, _forwarded_render_args(
                 only=only, until=until, force=force, keep_going=keep_going, profile=profile,
                 device=device, dtype=dtype, vram_budget=vram_budget, reseed=reseed,
-                progress=progress, parallel=parallel))
+                progress=progress, parallel=parallel, offline=offline))
         if distributed.in_torchrun():
             result = distributed.run_rank(spec, options=options, profile=profile, only=only,
                                           until=until, force=force, keep_going=keep_going,
                                           dry_run=dry_run, reseed=reseed, events=events,
                                           device=device, dtype=dtype, budget=budget,
-                                          progress=progress, warn=_err)
+                                          progress=progress, warn=_err, offline=offline)
             if result is None:
                 return
         else:
@@ -145,7 +148,8 @@ def render(spec: Path,
                 par.refuse_sp(par.Topology(1, _device_kind(device)), None)
             result = do_render(spec, profile=profile, only=only, until=until, force=force,
                                keep_going=keep_going, dry_run=dry_run, reseed=reseed, events=events,
-                               device=device, dtype=dtype, budget=budget, progress=progress, warn=_err)
+                               device=device, dtype=dtype, budget=budget, progress=progress, warn=_err,
+                               offline=offline)
         if dry_run:
             for st in result.plan.to_run():
                 typer.echo(f"would run {st.id}: {st.reason}")

@@ -439,7 +439,7 @@ def run_rank(spec: str | Path, *, options: Options, profile: str | None = None,
              only: list[str] | None = None, until: str | None = None, force: bool = False,
              keep_going: bool = False, dry_run: bool = False, reseed: bool = False,
              events: Path | None = None, device: str = "auto", dtype: str | None = None,
-             budget: int | None = None, progress: bool = True, warn=None):
+             budget: int | None = None, progress: bool = True, warn=None, offline: bool = False):
     """This process's part of a torchrun launch: rank 0 renders (and returns the result),
     the other ranks serve tasks (and return None)."""
     from .render import render
@@ -453,7 +453,7 @@ def run_rank(spec: str | Path, *, options: Options, profile: str | None = None,
         try:
             return render(spec, profile=profile, only=only, until=until, force=force,
                           keep_going=keep_going, dry_run=dry_run, reseed=reseed, events=events,
-                          progress=False, warn=warn,
+                          progress=False, warn=warn, offline=offline,
                           executor=None if dry_run else DistributedExecutor(
                               setup, options=options, keep_going=keep_going, force=force,
                               progress=progress))

@@ -32,10 +32,11 @@ def render(spec_path: str | Path, *, profile: str | None = None, only: list[str]
            dry_run: bool = False, reseed: bool = False, events: Path | None = None,
            device: str = "auto", dtype: str | None = None, budget: int | None = None,
            progress: bool = True, sinks: list[Callable[[Event], None]] | None = None,
-           executor: Executor | None = None, warn: Callable[[str], None] | None = None) -> RenderResult:
+           executor: Executor | None = None, warn: Callable[[str], None] | None = None,
+           offline: bool = False) -> RenderResult:
     started = time.time()
     session = Session.open(spec_path, profile=profile, warn=warn)
-    plan = session.plan(force=force, only=only, until=until, reseed=reseed)
+    plan = session.plan(force=force, only=only, until=until, reseed=reseed, offline=offline)
     all_sinks: list[Callable[[Event], None]] = list(sinks or [])
     closers = []
     if events is not None:

@@ -14,6 +14,7 @@ from ..cache.lock import Lock
 from ..cache.store import CacheStore
 from ..models.registry import Registry
 from ..plan.planner import Plan, make_plan
+from ..plan.sources import refuse_downloads
 from ..spec.load import LoadedSpec, load_spec
 
 
@@ -41,7 +42,9 @@ class Session:
     def lock(self) -> Lock:
         return Lock.read(self.lock_path)
 
-    def plan(self, **options) -> Plan:
+    def plan(self, offline: bool = False, **options) -> Plan:
         plan = make_plan(self.loaded, self.registry, self.cache, self.lock(), self.digests, **options)
         self.digests.save()
+        if offline:
+            refuse_downloads(plan)
         return plan

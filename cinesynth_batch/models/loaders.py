@@ -15,7 +15,7 @@ from typing import Any, Iterator
 from ..stages.base import StageError
 
 PIPELINE_KINDS = ("flux2-klein", "wan-i2v")
-KINDS = PIPELINE_KINDS + ("rrdbnet-x2", "wan-s2v", "wan-animate")
+KINDS = PIPELINE_KINDS + ("rrdbnet-x2", "wan-s2v", "wan-animate", "qwen3-tts", "demucs")
 
 
 def torch_dtype(dtype: Any):
@@ -81,10 +81,18 @@ def _pipeline_class(kind: str):
 def load_model(kind: str, path: Path, device: str = "cpu", dtype: str = "float32") -> Any:
     """Load the model of ``kind`` from ``path`` and move it to ``device``."""
     path = Path(path)
+    if kind == "qwen3-tts":  # runs in its own environment: the "model" is a worker process
+        from ..tts.qwen_client import QwenWorker
+
+        return QwenWorker.start(path, device, dtype)
     if kind == "rrdbnet-x2":
         from .rrdbnet import load_rrdbnet
 
         return load_rrdbnet(path, device, dtype)
+    if kind == "demucs":
+        from .separation import load_demucs
+
+        return load_demucs(path, device)
     if kind == "wan-animate":
         from .animate import load_animate_pipeline
 

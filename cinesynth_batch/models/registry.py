@@ -27,7 +27,7 @@ from ..errors import ModelError
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 TINY_SOURCES = ("tiny.py", "rrdbnet.py", "tiny_animate.py", "s2v/tiny_components.py",
-                "s2v/transformer.py")
+                "s2v/transformer.py", "../tts/qwen_tiny.py", "tiny_demucs.py", "separation.py")
 SMALL_FILE = 1 << 20
 
 
@@ -173,6 +173,10 @@ class Registry:
     def local_path(self, role: str, name: str | None = None) -> Path:
         """Where the model's files are on this machine; a clear ModelError if nowhere."""
         s = self.spec(role, name)
+        if s.tiny and s.kind == "qwen3-tts":   # built by the tts worker environment, on first use
+            from ..tts.qwen_client import ensure_tiny_qwen
+
+            return ensure_tiny_qwen(self.ensure_tiny() / s.tiny)
         if s.tiny:
             return self.ensure_tiny() / s.tiny
         if s.path:

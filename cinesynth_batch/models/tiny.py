@@ -10,6 +10,7 @@
 * ``lora_adpts/img/tiny/style.safetensors`` (Flux2 transformer, diffusers key names) and
   ``lora_adpts/mov/tiny/{motion,camera}.safetensors`` (Wan transformer, original Wan key names).
 * ``RealESRGAN_x2plus.pth``: a tiny x2 RRDBNet in the official checkpoint layout.
+* ``htdemucs/``: a tiny HTDemucs (no transformer layers) as ``htdemucs.yaml`` + safetensors.
 * ``tiny.json``: every component with the sha256 digest of its contents (used as model revisions).
 
 Every weight is drawn from a fixed seed, so two builds give byte-identical files. Each component is
@@ -34,6 +35,7 @@ from typing import Callable
 from ..procs import pid_alive
 from .rrdbnet import build_tiny_rrdbnet
 from .tiny_animate import build_tiny_animate, write_tiny_animate_lora
+from .tiny_demucs import TINY_DEMUCS, build_tiny_demucs
 from .tiny_parts import seeded, t5_tokenizer, tiny_umt5
 
 FLUX2_KLEIN = "flux2-klein"
@@ -60,6 +62,7 @@ KINDS = {
     LORA_IMG_STYLE: "lora",
     LORA_MOV_MOTION: "lora",
     LORA_MOV_CAMERA: "lora",
+    TINY_DEMUCS: "demucs",
 }
 
 # Weights are drawn from torch's global RNG under fixed seeds: builds in one process take turns.
@@ -460,6 +463,7 @@ def build_tiny(root: Path) -> dict[str, Path]:
             (RRDBNET_X2, _file_writer(build_tiny_rrdbnet, ".pth")),
             (WAN_S2V, _write_wan_s2v),
             (WAN_ANIMATE, build_tiny_animate),
+            (TINY_DEMUCS, build_tiny_demucs),
             *[(f"lora_adpts/mov/{name}.safetensors",
                _file_writer(functools.partial(write_tiny_animate_lora, seed=7100 + i), ".safetensors"))
               for i, name in enumerate(ANIMATE_PRESET_LORAS)],

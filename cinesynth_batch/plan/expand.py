@@ -1,7 +1,9 @@
 """Spec -> Graph: one scene at a time, every stage a node with explicit inputs.
 
 Node ids: ``<scene>.image``, ``<scene>.upscale``, ``<scene>.video`` (or ``<scene>.video.<k>``
-when a clip has several segments) and ``assemble.<name>``.
+when a clip has several segments), ``<scene>.tts``, ``assemble.<name>`` and its subtitles
+``assemble.<name>.srt``; downloads, frames and separated or extracted audio come from
+``plan/sources.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from typing import Callable
 
 from ..spec import model as m
 from ..spec.load import LoadedSpec
+from ..tts import espeak_revision
 from .graph import FileInput, Graph, NodeInput, StageNode
+from .sources import source_input
 
 SeedSource = Callable[[str], int]
 
@@ -24,10 +28,11 @@ def build_graph(loaded: LoadedSpec, seed_for: SeedSource) -> Graph:
     spec = loaded.spec
     graph = Graph()
     visuals: dict[str, tuple[str, tuple[NodeInput, ...] | NodeInput]] = {}
+    sounds: dict[str, FileInput | NodeInput] = {}
     for index, scene in enumerate(spec.scenes):
-        visuals[scene.id] = _scene_nodes(graph, loaded, index, scene, seed_for)
+        visuals[scene.id] = _scene_nodes(graph, loaded, index, scene, seed_for, sounds)
     for j, asm in enumerate(spec.assemblies()):
-        _assemble_node(graph, loaded, j, asm, visuals)
+        _assemble_node(graph, loaded, j, asm, visuals, sounds)
     return graph
 
 
@@ -42,8 +47,9 @@ def _file(loaded: LoadedSpec, value: str) -> FileInput:
     return FileInput(path=(loaded.spec_dir / value).resolve(), display=value)
 
 
-def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
-                 seed_for: SeedSource) -> tuple[str, tuple[NodeInput, ...] | NodeInput]:
+def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, seed_for: SeedSource,
+                 sounds: dict[str, FileInput | NodeInput]) -> tuple[str, tuple[NodeInput, ...] | NodeInput]:
+    """The scene's nodes; its sound (lip-sync speech, else its ``audio``) goes into ``sounds``."""
     spec = loaded.spec
     sid = scene.id
     width, height = m.parse_resolution(scene.resolution or spec.defaults.resolution)
@@ -71,8 +77,13 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
                 inputs={"image": still}, publish=f"scenes/{sid}_x2.png",
                 where=loaded.where("scenes", index, "image", "upscale")))
             still = NodeInput(up_id)
+    if scene.audio is not None and scene.lipsync is None:
+        sounds[sid] = _audio_input(graph, loaded, index, scene, scene.audio, ("scenes", index, "audio"),
+                                   seed_for)
     if scene.lipsync is not None:
-        return "video", (_lipsync_node(graph, loaded, index, scene, still, (width, height), seed_for),)
+        clip = _lipsync_node(graph, loaded, index, scene, still, (width, height), seed_for)
+        sounds[sid] = graph[clip.node].inputs["audio"]
+        return "video", (clip,)
     if scene.animate is not None:
         return "video", (_animate_nodes(graph, loaded, index, scene, still, (width, height), seed_for),)
     if scene.video is None:
@@ -81,7 +92,7 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
 
     vid = scene.video
     vw, vh = m.parse_resolution(vid.resolution) if vid.resolution else (width, height)
-    start = _file(loaded, vid.image) if vid.image else still
+    start = source_input(graph, loaded, vid.image, ("scenes", index, "video", "image")) if vid.image else still
     base_seed = _seed(vid.seed, scene, spec)
     segments: list[NodeInput] = []
     for k in range(1, vid.segments + 1):
@@ -90,7 +101,8 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
         inputs: dict = {"image": start} if k == 1 else {"prev": segments[-1]}
         extra = {"cache": _cache_params(vid.cache)} if _cache_params(vid.cache) else {}
         if k == vid.segments and vid.last_image:
-            inputs["last_image"] = _file(loaded, vid.last_image)
+            inputs["last_image"] = source_input(graph, loaded, vid.last_image,
+                                                ("scenes", index, "video", "last_image"))
         graph.add(StageNode(
             id=node_id, kind="video", scene=sid, model_role="video",
             params={
@@ -134,10 +146,11 @@ def _lipsync_node(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
     width, height = m.parse_resolution(ls.resolution) if ls.resolution else size
     node_id = f"{scene.id}.lipsync"
     seed = _seed(ls.seed, scene, spec)
-    inputs: dict = {"avatar": _file(loaded, ls.avatar) if ls.avatar else still,
-                    "audio": _file(loaded, ls.audio)}
+    at = ("scenes", index, "lipsync")
+    inputs: dict = {"avatar": source_input(graph, loaded, ls.avatar, (*at, "avatar")) if ls.avatar else still,
+                    "audio": _audio_input(graph, loaded, index, scene, ls.audio, (*at, "audio"), seed_for)}
     if ls.pose_video:
-        inputs["pose_video"] = _file(loaded, ls.pose_video)
+        inputs["pose_video"] = source_input(graph, loaded, ls.pose_video, (*at, "pose_video"))
     cache = _cache_params(ls.cache)
     graph.add(StageNode(
         id=node_id, kind="lipsync", scene=scene.id, model_role="lipsync",
@@ -167,7 +180,7 @@ def _animate_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
     assert an is not None
     width, height = m.parse_resolution(an.resolution) if an.resolution else size
     where = loaded.where("scenes", index, "animate")
-    reference = _file(loaded, an.reference_video)
+    reference = source_input(graph, loaded, an.reference_video, ("scenes", index, "animate", "reference_video"))
     prep_inputs: dict = {"video": reference}
     runtime: dict = {"detector": None, "pose_model": None}
     for key in ("detector", "pose_model"):
@@ -175,8 +188,9 @@ def _animate_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
         if value:
             prep_inputs[key] = _file(loaded, value)
             runtime[key] = str(prep_inputs[key].path)
-    inputs: dict = {"character": _file(loaded, an.character) if an.character else still,
-                    "reference": reference}
+    character = source_input(graph, loaded, an.character, ("scenes", index, "animate", "character")) \
+        if an.character else still
+    inputs: dict = {"character": character, "reference": reference}
     for output in PREP_OUTPUTS[an.mode]:
         node_id = f"{scene.id}.{output}"
         graph.add(StageNode(
@@ -207,35 +221,104 @@ def _animate_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
 
 
 def _assemble_node(graph: Graph, loaded: LoadedSpec, j: int, asm: m.Assemble,
-                   visuals: dict[str, tuple[str, tuple[NodeInput, ...] | NodeInput]]) -> None:
+                   visuals: dict[str, tuple[str, tuple[NodeInput, ...] | NodeInput]],
+                   sounds: dict[str, FileInput | NodeInput]) -> None:
     spec = loaded.spec
     width, height = m.parse_resolution(spec.defaults.resolution)
     order = asm.scenes or [s.id for s in spec.scenes]
     by_id = {s.id: s for s in spec.scenes}
-    scenes, inputs = [], {}
+    scenes, inputs, lines = [], {}, []
     for i, sid in enumerate(order):
         scene = by_id[sid]
         kind, visual = visuals[sid]
         inputs[f"v{i}"] = visual
-        audio_name, gain = None, 0.0
-        speech = scene.lipsync.audio if scene.lipsync is not None else None
-        if scene.animate is not None and has_audio(loaded.spec_dir / scene.animate.reference_video):
-            speech = scene.animate.reference_video
-        if asm.audio and (scene.audio is not None or speech is not None):
+        audio_name, gain, optional = None, 0.0, False
+        speech = sounds.get(sid)
+        if scene.animate is not None:
+            reference = graph[f"{sid}.animate"].inputs["reference"]
+            # a download's streams are known only once it is made: its sound is used if it has one
+            optional = isinstance(reference, NodeInput)
+            if optional or has_audio(reference.path):
+                speech = reference
+        if asm.audio and speech is not None:
             audio_name = f"a{i}"
-            inputs[audio_name] = _file(loaded, speech or scene.audio.file)
+            inputs[audio_name] = speech
             gain = scene.audio.gain_db if scene.audio is not None else 0.0
-        scenes.append({"id": sid, "visual": f"v{i}", "kind": kind, "duration": scene.duration,
-                       "audio": audio_name, "audio_gain_db": gain})
+        entry = {"id": sid, "visual": f"v{i}", "kind": kind, "duration": scene.duration,
+                 "audio": audio_name, "audio_gain_db": gain}
+        if optional:
+            entry["audio_optional"] = True
+        transition = scene_transition(scene.transition, asm.transition) if i else None
+        if transition:
+            entry["transition"] = transition
+        scenes.append(entry)
+        source = scene.lipsync.audio if scene.lipsync is not None else scene.audio
+        if audio_name and speech is sounds.get(sid) and isinstance(source, m.AudioSource) and source.tts:
+            lines.append({"scene": sid, "audio": audio_name, "text": source.tts.text})
     music = None
     if asm.music is not None:
-        inputs["music"] = _file(loaded, asm.music.file)
+        inputs["music"] = source_input(graph, loaded, asm.music.file, ("assemble", j, "music", "file"))
         music = {"input": "music", "gain_db": asm.music.gain_db}
+        if asm.music.duck_under_speech:
+            music["duck_db"] = asm.music.duck_db
+    params = {"fps": spec.defaults.fps, "width": width, "height": height, "audio_rate": AUDIO_RATE,
+              "scenes": scenes, "music": music, "loudness": asm.loudness, "crf": asm.crf}
+    srt = _subtitles_node(graph, loaded, j, asm, params, inputs, lines)
+    if srt is not None and asm.subtitles == "burn":
+        inputs["subtitles"] = srt
+        params["subtitles"] = "subtitles"
     graph.add(StageNode(
         id=f"assemble.{asm.name}", kind="assemble", scene=None, model_role=None,
-        params={"fps": spec.defaults.fps, "width": width, "height": height, "audio_rate": AUDIO_RATE,
-                "scenes": scenes, "music": music, "loudness": asm.loudness, "crf": asm.crf},
-        inputs=inputs, publish=f"{asm.name}.mp4", where=loaded.where("assemble", j)))
+        params=params, inputs=inputs, publish=f"{asm.name}.mp4", where=loaded.where("assemble", j)))
+
+
+# --- audio sources and subtitles ---------------------------------------------------------------
+
+def _audio_input(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, value: str | m.AudioSource,
+                 loc: tuple, seed_for: SeedSource) -> FileInput | NodeInput:
+    """The input for audio at ``loc`` (spec path): a file, or the node that makes it (a download,
+    ``<scene>.tts``, ``<scene>.separate`` or ``<scene>.extract_audio``)."""
+    if isinstance(value, m.AudioSource) and value.tts is not None:
+        return _tts_node(graph, loaded, index, scene, value.tts, loc, seed_for)
+    return source_input(graph, loaded, value, loc)
+
+
+def _tts_node(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, tts: m.TtsSource,
+              loc: tuple, seed_for: SeedSource) -> NodeInput:
+    node_id = f"{scene.id}.tts"
+    params = {"text": tts.text, "language": tts.language, "backend": tts.backend, "voice": tts.voice,
+              "instruct": tts.instruct}
+    role = None
+    if tts.backend == "espeak":
+        params["engine"] = espeak_revision()
+    else:
+        role = "tts"
+        seed = _seed(tts.seed, scene, loaded.spec)
+        params["seed"] = seed if seed >= 0 else seed_for(node_id)
+    graph.add(StageNode(id=node_id, kind="tts", scene=scene.id, model_role=role, params=params,
+                        runtime={"scene_id": scene.id, "field": ".".join((*loc[2:], "tts"))},
+                        publish=f"scenes/{scene.id}.tts.wav", where=loaded.where(*loc, "tts")))
+    return NodeInput(node_id)
+
+
+def _subtitles_node(graph: Graph, loaded: LoadedSpec, j: int, asm: m.Assemble, params: dict,
+                    inputs: dict, lines: list[dict]) -> NodeInput | None:
+    """``assemble.<name>.srt``: cues from the TTS text, timed by the scenes and their speech."""
+    if asm.subtitles == "none" or not lines:
+        return None
+    node_id = f"assemble.{asm.name}.srt"
+    graph.add(StageNode(
+        id=node_id, kind="subtitles", scene=None, model_role=None,
+        params={"fps": params["fps"], "audio_rate": params["audio_rate"], "scenes": params["scenes"],
+                "lines": lines},
+        inputs=dict(inputs), publish=f"{asm.name}.srt", where=loaded.where("assemble", j)))
+    return NodeInput(node_id)
+
+
+def scene_transition(own: m.Transition | None, default: m.Transition) -> dict | None:
+    """The transition into a scene as assemble params: None for a cut."""
+    chosen = default if own is None else own
+    return {"crossfade": chosen.crossfade} if isinstance(chosen, m.Crossfade) else None
 
 
 def has_audio(path: Path) -> bool:

@@ -59,6 +59,8 @@ def as_status(plan: Plan, output_dir: Path) -> str:
         st = plan.stages[nid]
         mark = {"cached": "ok ", "run": "-> ", "skip": "   "}[st.status]
         tail = f"  ({st.reason})" if st.status == "run" else ""
+        if st.node.kind == "download":
+            tail += f"  {st.node.params['url']}"
         lines.append(f"{mark}{nid}{tail}")
     for node in plan.graph:
         if node.kind == "assemble" and node.publish:

@@ -23,6 +23,7 @@ from .templating import Templater
 from .yamlpos import LDict, LList, load_yaml, locate, locate_key
 
 STAGE_KEYS = ("image", "video", "lipsync", "animate", "audio")
+SOURCE_KEYS = ("frame", "separate", "extract")   # mappings whose `source` is a file or URL
 ROOT_MARKERS = (".git", "pyproject.toml", "cinesynth.toml")
 
 
@@ -226,7 +227,7 @@ def format_path(loc: tuple[Any, ...], sources: list[int] | None = None) -> str:
 def _problem_from_pydantic(err: dict[str, Any], data: LDict, sources: list[int]):
     from ..errors import Problem
 
-    loc = tuple(err["loc"])
+    loc = tuple(part for part in err["loc"] if part not in (m.PLAIN_TAG, m.MAPPING_TAG))
     kind = err["type"]
     value = err.get("input")
     path = format_path(loc, sources)
@@ -310,15 +311,24 @@ def check_semantics(data: LDict, sources: list[int], spec_dir: Path, root: Path,
     scenes = data.get("scenes") if isinstance(data.get("scenes"), list) else []
     allow = data.get("allow_paths") if isinstance(data.get("allow_paths"), list) else []
     allowed = [root, *[(spec_dir / a).resolve() for a in allow if isinstance(a, str)]]
+    hosts = data.get("allow_hosts", list(m.DEFAULT_ALLOW_HOSTS))
 
-    def check_file(value: Any, loc: tuple[Any, ...], what: str) -> None:
+    def check_file(value: Any, loc: tuple[Any, ...], what: str, url_ok: bool = True) -> None:
+        if isinstance(value, dict):  # {file}, {frame: {source}}, {separate: {source}}, {extract: {source}}
+            for key, inner in value.items():
+                if isinstance(inner, dict) and key in SOURCE_KEYS:
+                    check_file(inner.get("source"), (*loc, key, "source"), f"{key} source")
+                elif key == "file":
+                    check_file(inner, (*loc, key), what, url_ok)
+            return
         if not isinstance(value, str):
             return
         path = format_path(loc, sources)
         where = locate(data, loc)
         if "://" in value:
-            problems.add(f"{what} '{value}' is a URL; this version reads local files only", where,
-                         path, hint="download it into the project and give its path")
+            problem = url_problem(value, hosts if isinstance(hosts, list) else [], url_ok)
+            if problem:
+                problems.add(f"{what} '{value}': {problem[0]}", where, path, hint=problem[1])
             return
         f = (spec_dir / value).resolve()
         if not any(_inside(f, a) for a in allowed):
@@ -345,9 +355,8 @@ def check_semantics(data: LDict, sources: list[int], spec_dir: Path, root: Path,
         if isinstance(video, dict):
             check_file(video.get("image"), ("scenes", i, "video", "image"), "image")
             check_file(video.get("last_image"), ("scenes", i, "video", "last_image"), "image")
-        audio = scene.get("audio")
-        if isinstance(audio, dict):
-            check_file(audio.get("file"), ("scenes", i, "audio", "file"), "audio file")
+        if isinstance(scene.get("audio"), dict):
+            check_file(scene["audio"], ("scenes", i, "audio"), "audio file")
         lipsync = scene.get("lipsync")
         if isinstance(lipsync, dict):
             check_file(lipsync.get("avatar"), ("scenes", i, "lipsync", "avatar"), "avatar")
@@ -361,7 +370,8 @@ def check_semantics(data: LDict, sources: list[int], spec_dir: Path, root: Path,
             prep = animate.get("preprocess")
             if isinstance(prep, dict):
                 for key in ("detector", "pose_model"):
-                    check_file(prep.get(key), ("scenes", i, "animate", "preprocess", key), "model file")
+                    check_file(prep.get(key), ("scenes", i, "animate", "preprocess", key), "model file",
+                               url_ok=False)
 
     assemblies = data.get("assemble") if isinstance(data.get("assemble"), list) else []
     names: dict[str, int] = {}
@@ -385,6 +395,27 @@ def check_semantics(data: LDict, sources: list[int], spec_dir: Path, root: Path,
                 problems.add(f"duplicate output name '{name}'", locate(data, ("assemble", j, "name")),
                              f"assemble[{j}].name", hint="give each assembly its own name")
             names.setdefault(name, j)
+
+
+def url_problem(url: str, hosts: list[str], url_ok: bool = True) -> tuple[str, str] | None:
+    """Why a URL input is refused (message, hint), or None when it may be downloaded."""
+    from urllib.parse import urlsplit
+
+    if not url_ok:
+        return "a URL is not accepted here", "download the file into the project and give its path"
+    if not m.is_url(url):
+        return "only http:// and https:// URLs are downloaded", "give an http(s) URL or a file path"
+    try:
+        host = (urlsplit(url.strip()).hostname or "").lower()
+    except ValueError:
+        host = ""
+    if not host:
+        return "the URL names no host", "write it as https://host/path"
+    if not any(host == h.lower() or host.endswith("." + h.lower()) for h in hosts if isinstance(h, str)):
+        listed = ", ".join(str(h) for h in hosts) or "none"
+        return (f"host '{host}' is not on allow_hosts ({listed})",
+                f"add '{host}' to allow_hosts if downloads from it are intended")
+    return None
 
 
 def _inside(path: Path, folder: Path) -> bool:

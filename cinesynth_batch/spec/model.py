@@ -8,9 +8,9 @@ expert switch at boundary 0.9).
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 RES_RE = re.compile(r"^(\d+)x(\d+)$")
@@ -63,6 +63,125 @@ def _check_parallel(v: Any) -> Any:
     if isinstance(v, int) and not isinstance(v, bool) and v >= 1:
         return v
     raise ValueError(f"{v!r} is not a parallel setting (use auto, dp, sp, or a rank count such as 2)")
+
+
+URL_SCHEMES = ("http://", "https://")
+DEFAULT_ALLOW_HOSTS = ("youtube.com", "youtu.be")
+
+
+def is_url(value: Any) -> bool:
+    """An ``http://`` or ``https://`` string: a download, not a file."""
+    return isinstance(value, str) and value.strip().lower().startswith(URL_SCHEMES)
+
+
+# Tags of "a plain value or a mapping" unions; error paths leave them out (spec/load.py).
+PLAIN_TAG, MAPPING_TAG = "<plain>", "<mapping>"
+
+
+def _plain_or_mapping(value: Any) -> str:
+    return MAPPING_TAG if isinstance(value, dict) or isinstance(value, BaseModel) else PLAIN_TAG
+
+
+def plain_or(plain: Any, mapping: type) -> Any:
+    """A field that is either a plain value (a path, ``cut``) or a mapping model."""
+    return Annotated[Union[Annotated[plain, Tag(PLAIN_TAG)], Annotated[mapping, Tag(MAPPING_TAG)]],
+                     Discriminator(_plain_or_mapping)]
+
+
+class FrameFrom(Strict):
+    """One frame of a video, as an image."""
+
+    source: str = Field(description="video file or URL")
+    at: Any = Field("first", description="'first', 'last' or a time in seconds (the frame shown "
+                                         "at that time)", json_schema_extra={"type": ["string", "number"]})
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _at(cls, v: Any) -> Any:
+        if v in ("first", "last"):
+            return v
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0:
+            return float(v)
+        raise ValueError(f"{v!r} is not a frame position (use first, last or seconds >= 0)")
+
+
+class ImageSource(Strict):
+    """An image made from another file: ``{frame: {source, at}}``."""
+
+    frame: FrameFrom
+
+
+class SeparateFrom(Strict):
+    """Vocals or accompaniment of a song (demucs)."""
+
+    source: str = Field(description="audio or video file, or URL")
+    stem: Literal["vocals", "accompaniment"] = Field(
+        "vocals", description="vocals, or everything but the vocals")
+
+
+class ExtractFrom(Strict):
+    """The sound of a file, optionally a time range of it."""
+
+    source: str = Field(description="video or audio file, or URL")
+    start: float = Field(0.0, ge=0.0, description="seconds")
+    end: float | None = Field(None, gt=0.0, description="seconds; default: the end")
+
+    @model_validator(mode="after")
+    def _range(self) -> "ExtractFrom":
+        if self.end is not None and self.end <= self.start:
+            raise ValueError(f"end {self.end} is not after start {self.start} (make end > start)")
+        return self
+
+
+# --- audio sources: a path or URL, or a mapping with exactly one source key -------------------
+
+TTS_BACKENDS = ("espeak", "qwen3-tts")
+
+
+class TtsSource(Strict):
+    """Speech synthesised from text (stage ``<scene>.tts``)."""
+
+    text: str = Field(description="the line to speak (an empty line fails the tts stage)")
+    language: str = Field(description="espeak: an eSpeak code (ko, en, zh/cmn, ja, ...); "
+                                      "qwen3-tts: ko, en, zh, ja, de, fr, ru, pt, es, it or the model's names")
+    backend: Literal["espeak", "qwen3-tts"] = Field("espeak", description="espeak (embedded) or qwen3-tts")
+    voice: str | None = Field(None, description="espeak: a variant (f1..f5, m1..m7, ...); "
+                                                "qwen3-tts: a CustomVoice speaker (vivian, ryan, sohee, ...)")
+    instruct: str | None = Field(None, description="qwen3-tts: how to say it (ignored by espeak)")
+    seed: int | None = Field(None, description="qwen3-tts samples: the seed (default: the scene's)")
+
+    _seed = field_validator("seed")(_check_seed)
+
+
+class AudioSource(Strict):
+    """Audio: a file or URL, or audio made by a stage. Exactly one source key is given."""
+
+    NOT_SOURCES: ClassVar[tuple[str, ...]] = ()
+
+    file: str | None = Field(None, description="an audio (or video) file, or URL")
+    tts: TtsSource | None = Field(None, description="speech from text (stage <scene>.tts)")
+    separate: SeparateFrom | None = Field(None, description="a stem of a song (stage <scene>.separate)")
+    extract: ExtractFrom | None = Field(None, description="the sound of a file (stage <scene>.extract_audio)")
+
+    def source_keys(self) -> list[str]:
+        return [k for k in type(self).model_fields if k not in self.NOT_SOURCES]
+
+    def source(self) -> str:
+        """The one source key that is set."""
+        return next(k for k in self.source_keys() if getattr(self, k) is not None)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "AudioSource":
+        given = [k for k in self.source_keys() if getattr(self, k) is not None]
+        if len(given) != 1:
+            keys = ", ".join(self.source_keys())
+            raise ValueError(f"give exactly one audio source, not {' and '.join(given) if given else 'none'} "
+                             f"(one of: {keys})")
+        return self
+
+
+ImageRef = plain_or(str, ImageSource)
+AudioRef = plain_or(str, AudioSource)
 
 
 class ImageLora(Strict):
@@ -140,8 +259,9 @@ class VideoStage(SpeedOptions):
     """Wan2.2 image to video with two experts (high-noise, low-noise)."""
 
     preset: str | None = None
-    image: str | None = Field(None, description="start image file; default: the scene's generated image")
-    last_image: str | None = Field(None, description="end image file for first-last-frame clips")
+    image: ImageRef | None = Field(None, description="start image file (or URL, or {frame: {source, at}}); "
+                                                      "default: the scene's generated image")
+    last_image: ImageRef | None = Field(None, description="end image for first-last-frame clips")
     prompt: str = ""
     negative_prompt: str | None = None
     resolution: str | None = Field(None, description="WIDTHxHEIGHT; default: the scene's")
@@ -176,8 +296,10 @@ class LipsyncStage(SpeedOptions):
     """Wan2.2-S2V-14B: an avatar image and speech become a talking video of the speech's length."""
 
     preset: str | None = None
-    avatar: str | None = Field(None, description="reference image; default: the scene's generated image")
-    audio: str = Field(description="speech audio file (any length)")
+    avatar: ImageRef | None = Field(None, description="reference image (file, URL or {frame: {source, at}}); "
+                                                       "default: the scene's generated image")
+    audio: AudioRef = Field(description="speech: a file path (or URL), or a mapping with exactly one "
+                                        "source key (file, tts, separate, extract)")
     prompt: str = ""
     negative_prompt: str | None = Field(None, description="default: the model's own negative prompt")
     resolution: str | None = Field(None, description="WIDTHxHEIGHT; 480x832 is the fast choice")
@@ -233,7 +355,8 @@ class AnimateStage(Strict):
     model: str | None = Field(None, description="the animate model, by a name the profile knows "
                                                 "or a hub id / local folder")
     reference_video: str = Field(description="the video whose motion (and audio) is used")
-    character: str | None = Field(None, description="one frontal photo; default: the scene's image")
+    character: ImageRef | None = Field(None, description="one frontal photo (file, URL or {frame: {source, "
+                                                          "at}}); default: the scene's image")
     mode: Literal["animate", "replace"] = Field(
         "animate", description="replace: the character takes the person's place in the video")
     prompt: str = ""
@@ -277,10 +400,18 @@ class AnimateStage(Strict):
         return v
 
 
-class AudioStage(Strict):
-    """A file laid under the scene."""
+class Crossfade(Strict):
+    crossfade: float = Field(gt=0.0, le=10.0, description="seconds the two scenes overlap")
 
-    file: str
+
+Transition = plain_or(Literal["cut"], Crossfade)
+
+
+class AudioStage(AudioSource):
+    """Audio laid under the scene: a file or a source such as ``tts`` (a plain string is a file)."""
+
+    NOT_SOURCES: ClassVar[tuple[str, ...]] = ("gain_db",)
+
     gain_db: float = Field(0.0, ge=-60.0, le=24.0)
 
 
@@ -297,6 +428,9 @@ class Scene(Strict):
     lipsync: LipsyncStage | None = None
     animate: AnimateStage | None = None
     audio: AudioStage | None = None
+    transition: Transition | None = Field(
+        None, description="into this scene from the one before it: cut or {crossfade: seconds}; "
+                          "default: the assembly's")
 
     _seed = field_validator("seed")(_check_seed)
     _res = field_validator("resolution")(_check_resolution)
@@ -338,6 +472,8 @@ class Defaults(Strict):
     resolution: str = Field("720x1280", description="WIDTHxHEIGHT")
     fps: int = Field(16, ge=1, le=120)
     seed: int = Field(-1, description="-1 draws a seed per stage at plan time")
+    download_height: int = Field(1080, ge=144, le=4320,
+                                 description="URL inputs: the tallest video format downloaded")
 
     _seed = field_validator("seed")(_check_seed)
     _res = field_validator("resolution")(_check_resolution)
@@ -346,6 +482,8 @@ class Defaults(Strict):
 class Music(Strict):
     file: str
     gain_db: float = Field(-18.0, ge=-60.0, le=12.0)
+    duck_under_speech: bool = Field(False, description="lower the music while scene audio plays")
+    duck_db: float = Field(12.0, gt=0.0, le=40.0, description="how far the music is lowered under speech")
 
 
 class Assemble(Strict):
@@ -355,6 +493,9 @@ class Assemble(Strict):
     music: Music | None = None
     loudness: float | None = Field(None, ge=-70.0, le=-5.0, description="target integrated LUFS")
     crf: int = Field(18, ge=0, le=51)
+    transition: Transition = Field("cut", description="between scenes: cut or {crossfade: seconds}")
+    subtitles: Literal["none", "srt", "burn"] = Field(
+        "srt", description="from TTS text: srt writes <name>.srt beside the video, burn also draws them in")
 
     @field_validator("name")
     @classmethod
@@ -377,6 +518,8 @@ class Spec(Strict):
     presets: dict[str, dict[str, Any]] = Field(default_factory=dict, description="inline presets")
     allow_paths: list[str] = Field(default_factory=list,
                                    description="folders outside the project that assets may come from")
+    allow_hosts: list[str] = Field(default_factory=lambda: list(DEFAULT_ALLOW_HOSTS),
+                                   description="hosts URL inputs may come from (subdomains included)")
     scenes: list[Scene] = Field(min_length=1)
     assemble: list[Assemble] = Field(default_factory=lambda: [Assemble()],
                                      description="one final video, or a list of them")

@@ -4,13 +4,15 @@ Parameters (plain JSON)::
 
     {"fps": 16, "width": W, "height": H, "audio_rate": 48000,
      "scenes": [{"id": "intro", "visual": "v0", "kind": "video" | "still",
-                 "duration": null | seconds, "audio": "a0" | null, "audio_gain_db": 0.0}, ...],
-     "music": {"input": "music", "gain_db": -18.0} | null,
+                 "duration": null | seconds, "audio": "a0" | null, "audio_gain_db": 0.0,
+                 "audio_optional": false, "transition": null | {"crossfade": seconds}}, ...],
+     "music": {"input": "music", "gain_db": -18.0, "duck_db": null | dB} | null,
      "loudness": -14.0 | null,
      "crf": 18}
 
 Optional: ``"preset"`` (x264 preset, default ``"medium"``), ``"audio_bitrate"`` (default
-``"192k"``), ``"true_peak"`` (loudness ceiling in dBTP, default -1.5).
+``"192k"``), ``"true_peak"`` (loudness ceiling in dBTP, default -1.5), ``"subtitles"`` (the name
+of an input holding an SRT file to burn into the picture; see ``media/burn.py``).
 
 Inputs: ``inputs[scene.visual]`` is a list of mp4 paths for a ``video`` scene (its segments in
 order; one path is taken as a one-segment list) or one image path for a ``still`` scene.
@@ -40,6 +42,14 @@ Rules
   with no drift. Scenes without audio are silent.
 * **Music bed.** Looped (or cut) to the full length, ``gain_db`` applied (default -18 dB), and
   summed under the scene audio with ``amix`` ``normalize=0``: the scene audio keeps its level.
+  With ``duck_db`` the bed is lowered under the scene audio by up to that many dB
+  (``media/transitions.py`` says how).
+* **Transitions.** A scene's ``transition`` ``{"crossfade": s}`` overlaps it with the scene
+  before by ``round(s * fps)`` frames (``xfade`` for the picture, ``acrossfade`` for the sound);
+  the output has ``sum(scene frames) - sum(overlaps)`` frames and a scene's ``start`` moves back
+  by its overlap. A crossfade must be shorter than both scenes. ``null`` is a cut.
+* **Optional audio.** ``audio_optional`` (a downloaded reference video): an input without an
+  audio stream leaves the scene silent instead of failing.
 * **Loudness.** With ``loudness`` set (integrated LUFS), a first ffmpeg pass measures the mixed
   audio with ``loudnorm print_format=json``; the render pass applies ``loudnorm`` with those
   measured values and ``linear=true`` (one gain for the whole programme, true peak ceiling
@@ -49,7 +59,7 @@ Rules
   Silent programmes are left silent.
 * **Output.** One ffmpeg run decodes every input, builds the whole picture and sound in one
   filter graph and encodes once: H.264 (libx264, ``crf``, yuv420p) + AAC stereo at
-  ``audio_rate`` in mp4 with ``+faststart``. Exactly ``sum(scene frames)`` frames, duration
+  ``audio_rate`` in mp4 with ``+faststart``. Exactly ``sum(scene frames) - sum(overlaps)`` frames, duration
   ``frames / fps``, the audio exactly as long (before AAC framing). Fixed encoder threads and
   bitexact flags make the same inputs give byte-identical files.
 * **Resources.** Frames never pass through Python. ffmpeg opens all inputs at once; each
@@ -78,6 +88,7 @@ from typing import Any, Iterator
 import av
 
 from cinesynth_batch.media.audio import AudioInfo, probe_audio
+from cinesynth_batch.media import transitions
 from cinesynth_batch.media.ffmpeg import FFmpegError, ffmpeg_path_arg, parse_loudnorm_json, run_ffmpeg
 from cinesynth_batch.media.video_io import probe
 from cinesynth_batch.stages.base import StageError
@@ -115,6 +126,7 @@ class _Scene:
     audio_info: AudioInfo | None = None
     gain_db: float = 0.0
     start_frame: int = 0
+    overlap: int = 0          # frames shared with the scene before (a crossfade into this one)
 
 
 @dataclass
@@ -122,6 +134,7 @@ class _Music:
     path: Path
     info: AudioInfo
     gain_db: float
+    duck_db: float | None = None
 
 
 class _Graph:
@@ -177,7 +190,7 @@ def run(params: dict, inputs: dict, out: str | Path, ctx: Any = None) -> dict:
 
     scenes = _plan_scenes(params, inputs, fps)
     music = _plan_music(params, inputs)
-    total_frames = sum(s.frames for s in scenes)
+    total_frames = scenes[-1].start_frame + scenes[-1].frames
     total_samples = _samples_at(total_frames, fps, rate)
 
     out = Path(out)
@@ -191,6 +204,11 @@ def run(params: dict, inputs: dict, out: str | Path, ctx: Any = None) -> dict:
 
         graph = _Graph()
         vlabel = _video_graph(graph, scenes, fps, width, height, work)
+        if params.get("subtitles"):
+            from cinesynth_batch.media.burn import burn_filter
+
+            vlabel = burn_filter(graph, vlabel, _input_path(inputs, params["subtitles"], "assembly",
+                                                             "subtitles"), work)
         alabel = _audio_graph(graph, scenes, music, fps, rate, total_samples)
         alabel = _finish_audio(graph, alabel, loudnorm_filter, rate, total_samples, "aout")
         script = work / "assemble.filtergraph"
@@ -263,6 +281,13 @@ def run(params: dict, inputs: dict, out: str | Path, ctx: Any = None) -> dict:
         ],
         "loudness": loud_info,
     }
+
+
+def scene_layout(params: dict, inputs: dict) -> list[tuple[str, float, float]]:
+    """(scene id, start, end) in seconds of each scene in the output, without rendering."""
+    fps = _fps_fraction(_param(params, "fps", 16))
+    return [(s.id, _seconds(s.start_frame, fps), _seconds(s.start_frame + s.frames, fps))
+            for s in _plan_scenes(params, inputs, fps)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,6 +390,10 @@ def _plan_scenes(params: dict, inputs: dict, fps: Fraction) -> list[_Scene]:
             audio_path = _existing(_input_path(inputs, spec["audio"], sid, "audio"), sid, "audio")
             try:
                 audio_info = probe_audio(audio_path)
+            except ValueError as exc:
+                if not spec.get("audio_optional"):  # a download that may have no sound
+                    raise _undecodable(audio_path, sid, "audio", exc) from exc
+                audio_path = None
             except Exception as exc:  # PyAV raises several error types for bad files
                 raise _undecodable(audio_path, sid, "audio", exc) from exc
         gain = float(spec.get("audio_gain_db") or 0.0)
@@ -398,8 +427,18 @@ def _plan_scenes(params: dict, inputs: dict, fps: Fraction) -> list[_Scene]:
         scene.audio = audio_path
         scene.audio_info = audio_info
         scene.gain_db = gain
-        scene.start_frame = start
-        start += scene.frames
+        if scenes:
+            try:
+                scene.overlap = transitions.overlap_frames(spec.get("transition"), fps)
+            except ValueError as exc:
+                raise StageError(f"scene {sid!r}: {exc}") from exc
+            if scene.overlap >= min(scene.frames, scenes[-1].frames):
+                raise StageError(
+                    f"scene {sid!r}: a crossfade of {scene.overlap} frames needs both scenes longer "
+                    f"({scenes[-1].id!r} has {scenes[-1].frames}, {sid!r} has {scene.frames})",
+                    hint="shorten the crossfade or use transition: cut")
+        scene.start_frame = start - scene.overlap
+        start = scene.start_frame + scene.frames
         scenes.append(scene)
     return scenes
 
@@ -454,7 +493,9 @@ def _plan_music(params: dict, inputs: dict) -> _Music | None:
     except Exception as exc:
         raise _undecodable(path, "music", "music bed", exc) from exc
     gain = spec.get("gain_db")
-    return _Music(path, info, DEFAULT_MUSIC_GAIN_DB if gain is None else float(gain))
+    duck_db = spec.get("duck_db")
+    return _Music(path, info, DEFAULT_MUSIC_GAIN_DB if gain is None else float(gain),
+                  None if duck_db is None else float(duck_db))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,7 +525,9 @@ def _safe_image_path(path: Path, work: Path, n: int) -> Path:
 def _video_graph(g: _Graph, scenes: list[_Scene], fps: Fraction, width: int, height: int, work: Path) -> str:
     tb = f"{fps.denominator}/{fps.numerator}"
     labels: list[str] = []
+    per_scene: list[list[str]] = []
     for scene in scenes:
+        per_scene.append([])
         if scene.kind == "still":
             assert scene.still is not None
             k = g.add_input(_safe_image_path(scene.still, work, len(labels)), scene.id)
@@ -495,6 +538,7 @@ def _video_graph(g: _Graph, scenes: list[_Scene], fps: Fraction, width: int, hei
                 f"loop=loop={scene.frames - 1}:size=1:start=0,settb={tb},setpts=N{label}"
             )
             labels.append(label)
+            per_scene[-1].append(label)
             continue
         for seg in scene.segments:
             if seg.frames <= 0:
@@ -513,6 +557,10 @@ def _video_graph(g: _Graph, scenes: list[_Scene], fps: Fraction, width: int, hei
                 f"settb={tb},setpts=N{label}"
             )
             labels.append(label)
+            per_scene[-1].append(label)
+    if any(s.overlap for s in scenes):
+        return transitions.join_video(g.add, per_scene, [s.frames for s in scenes],
+                                      [s.overlap for s in scenes], fps, "[vout]")
     g.add(f"{''.join(labels)}concat=n={len(labels)}:v=1:a=0,settb={tb},setpts=N,format=yuv420p[vout]")
     return "[vout]"
 
@@ -547,12 +595,20 @@ def _audio_graph(
             k = g.add_input(scene.audio, scene.id)
             g.add(f"[{k}:a:0]{_to_stereo(scene.audio_info, rate)}{_gain(scene.gain_db)},{_exact(n)}{label}")
         labels.append(label)
-    g.add(f"{''.join(labels)}concat=n={len(labels)}:v=0:a=1,asetpts=N/SR/TB[speech]")
+    if any(s.overlap for s in scenes):
+        overlaps = [0] + [_samples_at(a.start_frame + a.frames, fps, rate) - _samples_at(b.start_frame, fps, rate)
+                          for a, b in zip(scenes, scenes[1:])]
+        transitions.join_audio(g.add, labels, overlaps, "[speech]")
+    else:
+        g.add(f"{''.join(labels)}concat=n={len(labels)}:v=0:a=1,asetpts=N/SR/TB[speech]")
     if music is None:
         return "[speech]"
     k = g.add_input(music.path, "music", pre=["-stream_loop", "-1"])
     g.add(f"[{k}:a:0]{_to_stereo(music.info, rate)}{_gain(music.gain_db)},{_exact(total)}[music]")
-    g.add("[speech][music]amix=inputs=2:duration=first:dropout_transition=0:normalize=0[mix]")
+    speech, bed = "[speech]", "[music]"
+    if music.duck_db:
+        speech, bed = transitions.duck(g.add, speech, bed, music.duck_db)
+    g.add(f"{speech}{bed}amix=inputs=2:duration=first:dropout_transition=0:normalize=0[mix]")
     return "[mix]"
 
 

@@ -176,7 +176,7 @@ def test_music_bed_is_looped_gained_and_mixed_under(assets, tmp_path):
     assert _span_db(q, "talk") == pytest.approx(expected, abs=0.5)
 
 
-@pytest.mark.parametrize("target", [-16.0, -23.0])
+@pytest.mark.parametrize("target", [-14.0, -16.0, -23.0])
 def test_loudness_normalisation(assets, tmp_path, target):
     out = tmp_path / "n.mp4"
     result = assemble.run(
