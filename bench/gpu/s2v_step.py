@@ -16,37 +16,13 @@ import json
 import math
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def timed(fn, reps: int, warm: int = 1) -> float:
-    for _ in range(warm):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / 1000)
-    return sorted(times)[len(times) // 2]
-
-
-def build(factory):
-    torch.manual_seed(0)
-    torch.set_default_dtype(torch.bfloat16)
-    t0 = time.time()
-    with torch.device("cuda"):
-        model = factory().eval()
-    torch.set_default_dtype(torch.float32)
-    return model, time.time() - t0
+from _common import build, timed  # noqa: E402
 
 
 def up64(v: int) -> int:
