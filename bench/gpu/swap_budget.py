@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import time
-from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,7 +26,7 @@ from cinesynth_batch.models.accel import compile_blocks, offload_blocks
 from cinesynth_batch.models.attention import set_attention
 from cinesynth_batch.models.residency import Residency
 from cinesynth_batch.models.swap import HostCopy
-from wan_step import cfg_sequential, uncompile
+from wan_step import cfg_sequential
 
 
 def expert():
