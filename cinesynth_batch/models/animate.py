@@ -22,6 +22,7 @@ Runtime settings (``RuntimeSettings``)
     scales that a bf16 checkpoint does not have: it is replaced by ``"fp8_e4m3fn"`` with a warning.
 ``attention``
     ``sdpa`` (diffusers backend ``native``: torch SDPA, which picks its flash/cuDNN/efficient kernel),
+    ``cudnn`` / ``fa3`` (cuDNN attention, FlashAttention-3 on Hopper: see ``models/attention.py``),
     ``sageattn`` (``sage``: SageAttention, needs the ``sageattention`` package at the version diffusers
     requires, a CUDA device and bf16/fp16 compute) or ``flash`` (``flash``: the ``flash-attn``
     package, CUDA, bf16/fp16). Set on this transformer's attention processors only; diffusers'
@@ -93,7 +94,7 @@ __all__ = [
 
 PRECISIONS = ("bf16", "fp16", "fp32")
 QUANTIZATIONS = (None, "fp8_e4m3fn")
-ATTENTION_BACKENDS = {"sdpa": "native", "sageattn": "sage", "flash": "flash"}
+ATTENTION_BACKENDS = {"sdpa": "native", "cudnn": "_native_cudnn", "fa3": "_flash_3", "sageattn": "sage", "flash": "flash"}
 RMS_NORMS = ("pytorch",)
 SCALED_FP8 = "fp8_e4m3fn_scaled"
 FP8_MAX = 448.0
@@ -231,28 +232,6 @@ class Fallback:
     reason: str
 
 
-def _sage_usable() -> tuple[bool, str]:
-    try:
-        from diffusers.models import attention_dispatch as ad
-    except ImportError:  # pragma: no cover
-        return False, "diffusers has no attention dispatcher"
-    if getattr(ad, "_CAN_USE_SAGE_ATTN", False):
-        return True, ""
-    version = getattr(ad, "_REQUIRED_SAGE_VERSION", "2.1.1")
-    return False, f"the sageattention package (>= {version}, what diffusers' 'sage' backend needs) is not installed"
-
-
-def _flash_usable() -> tuple[bool, str]:
-    try:
-        from diffusers.models import attention_dispatch as ad
-    except ImportError:  # pragma: no cover
-        return False, "diffusers has no attention dispatcher"
-    if getattr(ad, "_CAN_USE_FLASH_ATTN", False):
-        return True, ""
-    version = getattr(ad, "_REQUIRED_FLASH_VERSION", "2.6.3")
-    return False, f"the flash-attn package (>= {version}) is not installed"
-
-
 def resolve_runtime(requested: RuntimeSettings, device: str, num_blocks: int | None = None,
                     warn: bool = True) -> tuple[RuntimeSettings, list[Fallback]]:
     """What this machine can honour of ``requested``: the settings to use and the fallbacks taken.
@@ -284,8 +263,10 @@ def resolve_runtime(requested: RuntimeSettings, device: str, num_blocks: int | N
         elif requested.precision == "fp32":
             reason = f"{attention} needs bf16 or fp16 compute, precision is fp32"
         else:
-            ok, why = _sage_usable() if attention == "sageattn" else _flash_usable()
-            reason = "" if ok else why
+            from .attention import resolve_attention
+
+            choice = resolve_attention(attention, device, _torch_dtype(requested.precision))
+            reason = choice.reason.split("; using sdpa")[0] if choice.reason else ""
         if reason:
             fallbacks.append(Fallback("attention", attention, "sdpa", reason + "; using sdpa (torch SDPA)"))
             attention = "sdpa"
@@ -561,6 +542,10 @@ class AnimateRuntime:
         from diffusers.models.attention import AttentionModuleMixin
         from diffusers.models.attention_dispatch import AttentionBackendName
 
+        if attention == "fa3":
+            from .attention import _ensure_fa3_backend
+
+            _ensure_fa3_backend()
         backend = AttentionBackendName(ATTENTION_BACKENDS[attention])
         state = self.current
         for module in self.transformer.modules():

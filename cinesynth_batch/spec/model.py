@@ -373,7 +373,7 @@ class AnimateStage(Strict):
     loras: list[AnimateLora] = Field(default_factory=list)
     precision: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="base precision")
     quantize: Literal["fp8_e4m3fn"] | None = Field(None, description="runtime weight quantization")
-    attention: Literal["sdpa", "sageattn", "flash"] = "sdpa"
+    attention: Literal["sdpa", "cudnn", "fa3", "sageattn", "flash"] = "sdpa"
     rms_norm: Literal["pytorch"] = "pytorch"
     block_swap: int = Field(0, ge=0, le=40, description="transformer blocks kept in RAM, streamed in")
     cache: StepCache | None = None
