@@ -95,11 +95,12 @@ def _fp8_ok(device: str) -> tuple[bool, str]:
     return True, ""
 
 
-def resolve(settings: SpeedSettings, device: str, dtype: Any) -> tuple[dict[str, Any], list[str]]:
+def resolve(settings: SpeedSettings, device: str, dtype: Any,
+            head_dim: int | None = None) -> tuple[dict[str, Any], list[str]]:
     """What runs for ``settings`` here: a dict of used values, and one reason per fallback."""
     cuda = str(device).startswith("cuda")
     reasons: list[str] = []
-    attention = resolve_attention(settings.attention, device, dtype)
+    attention = resolve_attention(settings.attention, device, dtype, head_dim)
     if attention.reason:
         reasons.append(f"attention={settings.attention!r}: {attention.reason}")
     compile_on = False
@@ -197,7 +198,9 @@ def prepare_transformer(model: Any, settings: SpeedSettings, device: str, label:
             raise RuntimeError(f"{label} was prepared with {previous['settings']}, not {settings}")
         return previous["report"]
     dtype = _compute_dtype(model)
-    used, reasons = resolve(settings, device, dtype)
+    config = getattr(model, "config", None)
+    head_dim = getattr(config, "attention_head_dim", None) if config is not None else None
+    used, reasons = resolve(settings, device, dtype, head_dim if isinstance(head_dim, int) else None)
     if warn:
         for reason in reasons:
             warnings.warn(f"{label}: {reason}", SpeedFallbackWarning, stacklevel=2)

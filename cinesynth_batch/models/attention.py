@@ -75,11 +75,13 @@ def _ensure_fa3_backend() -> tuple[bool, str]:
     return True, ""
 
 
-def _usable(name: str, device: str, dtype: Any) -> tuple[bool, str]:
+def _usable(name: str, device: str, dtype: Any, head_dim: int | None = None) -> tuple[bool, str]:
     import torch
 
     if name == "sdpa":
         return True, ""
+    if head_dim is not None and name in ("cudnn", "fa3", "flash") and (head_dim % 8 or head_dim > 256):
+        return False, f"{name} needs a head size that is a multiple of 8 and at most 256, this model's is {head_dim}"
     if not _cuda(device):
         return False, f"{name} runs on CUDA devices only, this run is on {device}"
     if dtype not in (torch.bfloat16, torch.float16):
@@ -99,16 +101,17 @@ def _usable(name: str, device: str, dtype: Any) -> tuple[bool, str]:
     return False, f"the {package} package (at the version diffusers needs) is not installed"
 
 
-def resolve_attention(requested: str, device: str, dtype: Any) -> AttentionChoice:
-    """The kernel that runs for ``requested`` on ``device`` with ``dtype`` compute."""
+def resolve_attention(requested: str, device: str, dtype: Any, head_dim: int | None = None) -> AttentionChoice:
+    """The kernel that runs for ``requested`` on ``device`` with ``dtype`` compute (and heads of
+    ``head_dim``, when known)."""
     if requested not in NAMES:
         raise ValueError(f"attention must be one of {', '.join(NAMES)}, got {requested!r}")
     if requested == "auto":
         for name in ("fa3", "cudnn"):
-            if _usable(name, device, dtype)[0]:
+            if _usable(name, device, dtype, head_dim)[0]:
                 return AttentionChoice("auto", name)
         return AttentionChoice("auto", "sdpa")
-    ok, why = _usable(requested, device, dtype)
+    ok, why = _usable(requested, device, dtype, head_dim)
     if ok:
         return AttentionChoice(requested, requested)
     return AttentionChoice(requested, "sdpa", why + "; using sdpa (torch SDPA)")

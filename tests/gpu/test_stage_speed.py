@@ -1,0 +1,89 @@
+"""The video stage's speed path on CUDA, through the production loader and the tiny I2V pipeline
+folder (skipped without CUDA): defaults, TeaCache over compiled blocks, and offloading when the
+pipeline is larger than the VRAM budget."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from cinesynth_batch.models.accel import prepared_pipeline  # noqa: E402
+from cinesynth_batch.models.attention import resolve_attention  # noqa: E402
+from cinesynth_batch.models.loaders import load_model, model_nbytes  # noqa: E402
+from cinesynth_batch.models.tiny import _write_wan_i2v  # noqa: E402
+
+
+class _Models:
+    def __init__(self, folder, budget):
+        self.folder, self.budget, self.loads = folder, budget, 0
+        self.pipe = None
+
+    def get(self, role):
+        if self.pipe is None:
+            self.loads += 1
+            self.pipe = load_model("wan-i2v", self.folder, "cuda", "bfloat16")
+        return self.pipe
+
+    def reload(self, role):
+        self.pipe = None
+        return self.get(role)
+
+
+def _clip(pipe, cache=None, steps=4):
+    from PIL import Image
+
+    from cinesynth_batch.models.teacache import TeaCacheConfig, apply_teacache_to_pipeline
+
+    handle = None
+    if cache is not None:
+        handle = apply_teacache_to_pipeline(pipe, TeaCacheConfig(rel_l1_thresh=cache, start_step=1,
+                                                                 use_coefficients=False), num_inference_steps=steps)
+    try:
+        with torch.no_grad():
+            out = pipe(image=Image.new("RGB", (64, 48), (100, 50, 20)), prompt="a cat", height=48, width=64,
+                       num_frames=9, num_inference_steps=steps, guidance_scale=3.0, output_type="np",
+                       generator=torch.Generator("cpu").manual_seed(0)).frames
+        return out, (handle.stats() if handle is not None else None)
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    dst = tmp_path_factory.mktemp("tiny") / "wan-i2v"
+    _write_wan_i2v(dst)
+    return dst
+
+
+def test_defaults_compile_on_cuda_and_teacache_wraps_the_compiled_blocks(folder):
+    models = _Models(folder, budget=1 << 40)
+    ctx = SimpleNamespace(models=models, device="cuda")
+    pipe, report = prepared_pipeline(ctx, "video", {"attention": "auto", "compile": "auto"}, "video")
+    assert report["transformer"]["compile"] is True and report["offload"] is None
+    head_dim = pipe.transformer.config.attention_head_dim
+    assert report["transformer"]["attention"] == resolve_attention("auto", "cuda", torch.bfloat16, head_dim).used
+    frames, _ = _clip(pipe)
+    assert frames.shape == (1, 9, 48, 64, 3)
+    cached, stats = _clip(pipe, cache=10.0, steps=8)   # skips every step but each expert's first and last
+    assert (stats["transformer"]["skipped"], stats["transformer_2"]["skipped"]) == (2, 6)
+    assert cached.shape == frames.shape
+    # asking for other settings reloads the model instead of mixing them
+    pipe2, report2 = prepared_pipeline(ctx, "video", {"attention": "sdpa", "compile": "off"}, "video")
+    assert pipe2 is not pipe and models.loads == 2 and report2["transformer"]["attention"] == "sdpa"
+
+
+def test_pipeline_over_the_budget_is_offloaded_and_gives_the_same_frames(folder):
+    resident = _Models(folder, budget=1 << 40)
+    pipe, _ = prepared_pipeline(SimpleNamespace(models=resident, device="cuda"), "video",
+                                {"attention": "sdpa", "compile": "off"}, "video")
+    want, _ = _clip(pipe)
+    small = _Models(folder, budget=model_nbytes(pipe) // 2)
+    pipe_small, report = prepared_pipeline(SimpleNamespace(models=small, device="cuda"), "video",
+                                           {"attention": "sdpa", "compile": "off"}, "video")
+    assert report["offload"] == "blocks"
+    got, _ = _clip(pipe_small)
+    assert abs(got.astype("float32") - want.astype("float32")).max() < 1e-2
