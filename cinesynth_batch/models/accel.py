@@ -229,12 +229,11 @@ def prepare_pipeline(pipe: Any, settings: SpeedSettings, device: str, over_budge
     import torch
 
     offload = bool(over_budget and str(device).startswith("cuda"))
-    inner = SpeedSettings(attention=settings.attention, compile=settings.compile, quantize=settings.quantize)
     reports: dict[str, Any] = {}
     for name in ("transformer", "transformer_2"):
         model = getattr(pipe, name, None)
         if model is not None:
-            reports[name] = prepare_transformer(model, inner, device, label=name, warn=warn)
+            reports[name] = prepare_transformer(model, settings, device, label=name, warn=warn)
     if offload and not getattr(pipe, _PIPE_OFFLOAD_ATTR, False):
         if hasattr(pipe, "enable_group_offload"):
             pipe.enable_group_offload(onload_device=torch.device(device), offload_device=torch.device("cpu"),
@@ -255,7 +254,7 @@ def settings_from_params(params: dict[str, Any]) -> SpeedSettings:
                          quantize=params.get("quantize"))
 
 
-def prepared_pipeline(ctx: Any, role: str, params: dict[str, Any], stage: str) -> tuple[Any, dict[str, Any]]:
+def prepared_pipeline(ctx: Any, role: str, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The stage's pipeline with ``params``' speed options applied (reloaded when an earlier stage of
     this render prepared it otherwise), and the report for the manifest."""
     from .loaders import model_nbytes

@@ -263,10 +263,10 @@ def resolve_runtime(requested: RuntimeSettings, device: str, num_blocks: int | N
         elif requested.precision == "fp32":
             reason = f"{attention} needs bf16 or fp16 compute, precision is fp32"
         else:
-            from .attention import resolve_attention
+            from .attention import usable
 
-            choice = resolve_attention(attention, device, _torch_dtype(requested.precision))
-            reason = choice.reason.split("; using sdpa")[0] if choice.reason else ""
+            ok, why = usable(attention, device, _torch_dtype(requested.precision))
+            reason = "" if ok else why
         if reason:
             fallbacks.append(Fallback("attention", attention, "sdpa", reason + "; using sdpa (torch SDPA)"))
             attention = "sdpa"
@@ -543,9 +543,9 @@ class AnimateRuntime:
         from diffusers.models.attention_dispatch import AttentionBackendName
 
         if attention == "fa3":
-            from .attention import _ensure_fa3_backend
+            from .attention import ensure_fa3_backend
 
-            _ensure_fa3_backend()
+            ensure_fa3_backend()
         backend = AttentionBackendName(ATTENTION_BACKENDS[attention])
         state = self.current
         for module in self.transformer.modules():

@@ -59,7 +59,7 @@ def _fa3_module() -> Any | None:
     return None
 
 
-def _ensure_fa3_backend() -> tuple[bool, str]:
+def ensure_fa3_backend() -> tuple[bool, str]:
     """Make diffusers' ``_flash_3`` backend usable with whichever FA3 build is installed."""
     from diffusers.models import attention_dispatch as ad
 
@@ -75,7 +75,8 @@ def _ensure_fa3_backend() -> tuple[bool, str]:
     return True, ""
 
 
-def _usable(name: str, device: str, dtype: Any, head_dim: int | None = None) -> tuple[bool, str]:
+def usable(name: str, device: str, dtype: Any, head_dim: int | None = None) -> tuple[bool, str]:
+    """Whether kernel ``name`` runs here, and if not, why."""
     import torch
 
     if name == "sdpa":
@@ -91,7 +92,7 @@ def _usable(name: str, device: str, dtype: Any, head_dim: int | None = None) -> 
     if name == "fa3":
         if not _hopper(device):
             return False, "FlashAttention-3 runs on Hopper GPUs (compute capability 9.x) only"
-        return _ensure_fa3_backend()
+        return ensure_fa3_backend()
     from diffusers.models import attention_dispatch as ad
 
     flag, package = {"flash": ("_CAN_USE_FLASH_ATTN", "flash-attn"),
@@ -108,10 +109,10 @@ def resolve_attention(requested: str, device: str, dtype: Any, head_dim: int | N
         raise ValueError(f"attention must be one of {', '.join(NAMES)}, got {requested!r}")
     if requested == "auto":
         for name in ("fa3", "cudnn"):
-            if _usable(name, device, dtype, head_dim)[0]:
+            if usable(name, device, dtype, head_dim)[0]:
                 return AttentionChoice("auto", name)
         return AttentionChoice("auto", "sdpa")
-    ok, why = _usable(requested, device, dtype, head_dim)
+    ok, why = usable(requested, device, dtype, head_dim)
     if ok:
         return AttentionChoice(requested, requested)
     return AttentionChoice(requested, "sdpa", why + "; using sdpa (torch SDPA)")
@@ -122,7 +123,7 @@ def set_attention(model: Any, name: str) -> int:
     from diffusers.models.attention_dispatch import AttentionBackendName
 
     if name == "fa3":
-        ok, why = _ensure_fa3_backend()
+        ok, why = ensure_fa3_backend()
         if not ok:
             raise RuntimeError(why)
     backend = AttentionBackendName(BACKENDS[name])

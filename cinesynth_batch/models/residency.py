@@ -110,10 +110,13 @@ class Residency:
     def on_host(self) -> list[str]:
         return list(self._host)
 
+    def _slot(self, role: str, name: str | None) -> tuple[Any, str]:
+        spec = self.registry.spec(role, name)
+        return spec, role if spec is self.registry.spec(role) else f"{role}:{spec.label}"
+
     def get(self, role: str, name: str | None = None) -> Any:
         """The loaded model for ``role`` (or the one a stage names), loading it if needed."""
-        spec = self.registry.spec(role, name)
-        slot = role if spec is self.registry.spec(role) else f"{role}:{spec.label}"
+        spec, slot = self._slot(role, name)
         if slot in self._resident:
             self._resident.move_to_end(slot)
             return self._resident[slot][0]
@@ -137,8 +140,7 @@ class Residency:
 
     def reload(self, role: str, name: str | None = None) -> Any:
         """A fresh copy from disk (for a stage that needs the model set up differently)."""
-        spec = self.registry.spec(role, name)
-        slot = role if spec is self.registry.spec(role) else f"{role}:{spec.label}"
+        _, slot = self._slot(role, name)
         self._resident.pop(slot, None)
         self._host.pop(slot, None)
         self._collect()

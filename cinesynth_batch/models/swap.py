@@ -79,6 +79,3 @@ class HostCopy:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         self.on_device = True
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for _, _, t in _tensors(self.modules))

@@ -238,7 +238,15 @@ class StepCache(Strict):
                                                  "polynomial, where one exists")
 
 
-class SpeedOptions(Strict):
+class RankOptions(Strict):
+    """How a heavy stage spreads over torchrun ranks (``--nproc``)."""
+
+    parallel: Parallel = Field("auto", description=PARALLEL_DOC)
+
+    _parallel = field_validator("parallel", mode="before")(_check_parallel)
+
+
+class SpeedOptions(RankOptions):
     """How a Wan transformer runs (docs/performance.md). ``attention`` and ``compile`` are exact
     (bf16 rounding aside) and not part of the content key; ``quantize`` changes the output and is."""
 
@@ -277,10 +285,8 @@ class VideoStage(SpeedOptions):
     seed: int | None = None
     loras: list[VideoLora] = Field(default_factory=list)
     cache: StepCache | None = Field(None, description="TeaCache step caching; off by default")
-    parallel: Parallel = Field("auto", description=PARALLEL_DOC)
 
     _seed = field_validator("seed")(_check_seed)
-    _parallel = field_validator("parallel", mode="before")(_check_parallel)
     _res = field_validator("resolution")(_check_resolution)
 
     @field_validator("frames")
@@ -314,10 +320,8 @@ class LipsyncStage(SpeedOptions):
     pose_video: str | None = Field(None, description="optional driving pose video")
     loras: list[VideoLora] = Field(default_factory=list)
     cache: StepCache | None = Field(None, description="off by default (quality first)")
-    parallel: Parallel = Field("auto", description=PARALLEL_DOC)
 
     _seed = field_validator("seed")(_check_seed)
-    _parallel = field_validator("parallel", mode="before")(_check_parallel)
     _res = field_validator("resolution")(_check_resolution)
 
     @field_validator("infer_frames")
@@ -348,7 +352,7 @@ class Preprocess(Strict):
         return self
 
 
-class AnimateStage(Strict):
+class AnimateStage(RankOptions):
     """Wan2.2-Animate: the person of a reference video replaced by (or animating) a character."""
 
     preset: str | None = None
@@ -378,10 +382,8 @@ class AnimateStage(Strict):
     block_swap: int = Field(0, ge=0, le=40, description="transformer blocks kept in RAM, streamed in")
     cache: StepCache | None = None
     preprocess: Preprocess = Field(default_factory=Preprocess)
-    parallel: Parallel = Field("auto", description=PARALLEL_DOC)
 
     _seed = field_validator("seed")(_check_seed)
-    _parallel = field_validator("parallel", mode="before")(_check_parallel)
     _res = field_validator("resolution")(_check_resolution)
 
     @field_validator("frame_window", "max_frames")

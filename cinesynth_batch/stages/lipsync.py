@@ -63,7 +63,7 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
              for lo in p["loras"]]
     from ..models.accel import prepared_pipeline
 
-    pipe, speed = prepared_pipeline(ctx, MODEL_ROLE, p, "lipsync")
+    pipe, speed = prepared_pipeline(ctx, MODEL_ROLE, p)
     result = pipe.generate(
         image=avatar, speech=wave, audio_seconds=seconds, prompt=p["prompt"],
         negative_prompt=p["negative_prompt"], width=p["width"], height=p["height"], fps=p["fps"],

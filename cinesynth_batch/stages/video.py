@@ -169,7 +169,7 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
 
     from ..models.accel import prepared_pipeline
 
-    pipe, speed = prepared_pipeline(ctx, MODEL_ROLE, p, "video")
+    pipe, speed = prepared_pipeline(ctx, MODEL_ROLE, p)
     if getattr(pipe, "transformer", None) is None or getattr(pipe, "transformer_2", None) is None:
         raise StageError("video: the video model must be a Wan2.2 A14B pipeline with transformer and transformer_2")
     apply_loras(pipe, requests)

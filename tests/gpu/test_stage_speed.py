@@ -62,7 +62,7 @@ def folder(tmp_path_factory):
 def test_defaults_compile_on_cuda_and_teacache_wraps_the_compiled_blocks(folder):
     models = _Models(folder, budget=1 << 40)
     ctx = SimpleNamespace(models=models, device="cuda")
-    pipe, report = prepared_pipeline(ctx, "video", {"attention": "auto", "compile": "auto"}, "video")
+    pipe, report = prepared_pipeline(ctx, "video", {"attention": "auto", "compile": "auto"})
     assert report["transformer"]["compile"] is True and report["offload"] is None
     head_dim = pipe.transformer.config.attention_head_dim
     assert report["transformer"]["attention"] == resolve_attention("auto", "cuda", torch.bfloat16, head_dim).used
@@ -72,18 +72,18 @@ def test_defaults_compile_on_cuda_and_teacache_wraps_the_compiled_blocks(folder)
     assert (stats["transformer"]["skipped"], stats["transformer_2"]["skipped"]) == (2, 6)
     assert cached.shape == frames.shape
     # asking for other settings reloads the model instead of mixing them
-    pipe2, report2 = prepared_pipeline(ctx, "video", {"attention": "sdpa", "compile": "off"}, "video")
+    pipe2, report2 = prepared_pipeline(ctx, "video", {"attention": "sdpa", "compile": "off"})
     assert pipe2 is not pipe and models.loads == 2 and report2["transformer"]["attention"] == "sdpa"
 
 
 def test_pipeline_over_the_budget_is_offloaded_and_gives_the_same_frames(folder):
     resident = _Models(folder, budget=1 << 40)
     pipe, _ = prepared_pipeline(SimpleNamespace(models=resident, device="cuda"), "video",
-                                {"attention": "sdpa", "compile": "off"}, "video")
+                                {"attention": "sdpa", "compile": "off"})
     want, _ = _clip(pipe)
     small = _Models(folder, budget=model_nbytes(pipe) // 2)
     pipe_small, report = prepared_pipeline(SimpleNamespace(models=small, device="cuda"), "video",
-                                           {"attention": "sdpa", "compile": "off"}, "video")
+                                           {"attention": "sdpa", "compile": "off"})
     assert report["offload"] == "blocks"
     got, _ = _clip(pipe_small)
     assert abs(got.astype("float32") - want.astype("float32")).max() < 1e-2

@@ -98,6 +98,6 @@ def test_prepare_transformer_on_cpu_records_what_runs():
 def test_kernels_that_need_head_sizes_in_multiples_of_8_are_not_picked_for_others():
     from cinesynth_batch.models import attention
 
-    assert attention._usable("fa3", "cuda", torch.bfloat16, head_dim=4) == (
+    assert attention.usable("fa3", "cuda", torch.bfloat16, head_dim=4) == (
         False, "fa3 needs a head size that is a multiple of 8 and at most 256, this model's is 4")
-    assert attention._usable("cudnn", "cuda", torch.bfloat16, head_dim=300)[0] is False
+    assert attention.usable("cudnn", "cuda", torch.bfloat16, head_dim=300)[0] is False
