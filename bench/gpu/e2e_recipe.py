@@ -3,11 +3,15 @@ weights: two 14.3 B experts, the 5.7 B UMT5-XXL text encoder, the Wan VAE) with 
 production recipe: 14 steps, CFG 1 (one forward a step), step cache 0.15 (TeaCache); the distill
 LoRA is fused into the weights in production and costs nothing at run time, so it is left out.
 
-Rows, one process: stock diffusers (eager SDPA, bf16); the renderer's lossless defaults (attention
-``auto`` + regional compile); the same with TeaCache 0.15; fp8 compute (lossy) with and without
-TeaCache. A row's time is one whole ``pipe(...)`` call (image encode, 14 steps, VAE decode) plus the
-prompt encoding, after a 2-step warm-up call that pays the one-off compile. The TeaCache skip
-rate on random weights says nothing about trained ones: it is printed, not tuned.
+Rows, one process: stock diffusers (eager SDPA, bf16 transformers, the VAE in fp32 as in diffusers'
+Wan examples); the renderer's lossless defaults (attention ``auto`` + regional compile, and the VAE
+in bf16 like every component the renderer loads on CUDA); the same with TeaCache 0.15; fp8
+compute (lossy) with and without TeaCache. A row's time is one whole ``pipe(...)`` call (image
+encode, 14 steps, VAE decode) plus the prompt encoding, after a 2-step warm-up call that pays the
+one-off compile. Each row also splits its time into the VAE's encode and decode, the expert
+forwards, and the rest, and says how many expert forwards fit in the 25 s goal beside the fixed
+part. The TeaCache skip rate on random weights says nothing about trained ones: it is printed,
+not tuned.
 
     python bench/gpu/e2e_recipe.py        # $OUT/e2e_recipe.json when OUT is set
 """
@@ -25,6 +29,29 @@ from cinesynth_batch.models.tiny_parts import t5_tokenizer
 from wan_step import uncompile
 
 H, W, F, STEPS = 480, 832, 81, 14
+GOAL_S = 25.0
+
+
+class PartTimer:
+    """Seconds spent in the wrapped callables (CUDA-synchronised at entry and exit)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def wrap(self, owner, attr: str, label: str):
+        inner = getattr(owner, attr)
+
+        def timed_call(*args, **kwargs):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                torch.cuda.synchronize()
+                self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - t0
+
+        setattr(owner, attr, timed_call)
+        return lambda: owner.__dict__.pop(attr, None)
 UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
                 relative_attention_num_buckets=32, relative_attention_max_distance=128, dropout_rate=0.0,
                 feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
@@ -60,7 +87,7 @@ def main() -> None:
                     generator=torch.Generator("cpu").manual_seed(0)).frames
 
     def row(label, cache=None, warm=True):
-        handle = None
+        handle, parts = None, PartTimer()
         if cache is not None:
             handle = apply_teacache_to_pipeline(pipe, TeaCacheConfig(rel_l1_thresh=cache, start_step=1,
                                                                      model="wan2.2-i2v-a14b"), num_inference_steps=STEPS)
@@ -69,23 +96,35 @@ def main() -> None:
             with torch.inference_mode():
                 if warm:
                     clip(2)
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                frames = clip(STEPS)
-                torch.cuda.synchronize()
-                sec = time.perf_counter() - t0 + encode_s
+                undo = [parts.wrap(vae, "encode", "vae_encode_s"), parts.wrap(vae, "decode", "vae_decode_s")]
+                try:
+                    torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    frames = clip(STEPS)
+                    torch.cuda.synchronize()
+                    sec = time.perf_counter() - t0 + encode_s
+                finally:
+                    for u in undo:
+                        u()
             stats = handle.stats() if handle is not None else None
+            computed = handle.totals()[0] if handle is not None else STEPS
         finally:
             if handle is not None:
                 handle.remove()
         r = {"path": label, "clip_s": round(sec, 2), "frames": int(frames.shape[1]),
              "peak_gib": gib(torch.cuda.max_memory_allocated())}
+        r.update({k: round(v, 2) for k, v in parts.seconds.items()})
         if stats is not None:
             r["cache"] = stats
+        fixed = encode_s + sum(parts.seconds.values())
+        per_forward = (sec - fixed) / computed       # what is left is the denoising loop
+        r.update({"forwards": computed, "s_per_forward": round(per_forward, 3), "fixed_s": round(fixed, 2),
+                  "forwards_in_goal": int((GOAL_S - fixed) // per_forward)})
         out["rows"].append(r)
         print(r, flush=True)
 
-    row("stock diffusers (eager SDPA)", warm=False)
+    row("stock diffusers (eager SDPA, fp32 VAE)", warm=False)
+    vae.to(torch.bfloat16)          # the renderer loads every component in the profile's dtype
     reports = [prepare_transformer(m, SpeedSettings(attention="auto", compile="on"), "cuda", label=n)
                for n, m in (("transformer", high), ("transformer_2", low))]
     out["lossless_report"] = reports[0]
@@ -100,7 +139,8 @@ def main() -> None:
     base = out["rows"][0]["clip_s"]
     for r in out["rows"]:
         r["x_stock"] = round(base / r["clip_s"], 3)
-    print(table(out["rows"], ["path", "clip_s", "x_stock", "peak_gib", "cache"]))
+    print(table(out["rows"], ["path", "clip_s", "x_stock", "vae_encode_s", "vae_decode_s", "forwards",
+                              "s_per_forward", "fixed_s", "forwards_in_goal", "peak_gib"]))
     save("e2e_recipe.json", out)
 
 

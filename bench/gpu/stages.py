@@ -2,7 +2,8 @@
 the renderer's default fast path (attention ``auto`` + regional compile) in the same process.
 
 * FLUX.2-klein-9B transformer, one step at 720x1280 (3,600 image tokens + 512 text tokens);
-* Wan VAE (2.1, what A14B uses) decode of a 480p 81-frame latent;
+* Wan VAE (2.1, what A14B uses): encode of an 81-frame 480p video and decode of its latent, in fp32
+  and in bf16;
 * RRDBNet x2 (Real-ESRGAN x2plus shape) on a 720x1280 image;
 * Wan2.2-S2V-14B (ours) forward at 480p, 80 frames with a full motion history;
 * Wan2.2-Animate-14B forward at 720x1280, 77 frames (CFG 1 in the preset: one forward a step).
@@ -69,12 +70,35 @@ def flux():
 
 
 def vae():
+    """Wan VAE encode of an 81-frame 480p conditioning video and decode of its latent: fp32 (what
+    diffusers' Wan examples load), bf16 (what the renderer loads on CUDA), and bf16 with cuDNN's
+    convolution autotuner on; errors against fp32 on the same inputs."""
     from diffusers import AutoencoderKLWan
 
-    model, _ = build(lambda: AutoencoderKLWan())
-    z = torch.randn(1, 16, 21, 60, 104, device="cuda", dtype=torch.bfloat16)
-    return _rows_for("Wan VAE decode 480p 81f", model, lambda: model.decode(z, return_dict=False), compile_ok=False,
-                     reps=1)
+    model, _ = build(lambda: AutoencoderKLWan(), dtype=torch.float32)
+    g = torch.Generator("cuda").manual_seed(5)
+    video = torch.rand(1, 3, 81, 480, 832, device="cuda", generator=g) * 2 - 1
+    z = torch.randn(1, 16, 21, 60, 104, device="cuda", generator=g)
+    rows, ref = [], {}
+    for label, dtype, bench in (("fp32", torch.float32, False), ("bf16", torch.bfloat16, False),
+                                ("bf16 + cudnn.benchmark", torch.bfloat16, True)):
+        model.to(dtype)
+        torch.backends.cudnn.benchmark = bench
+        for part, call in (("encode", lambda: model.encode(video.to(dtype)).latent_dist.mode()),
+                           ("decode", lambda: model.decode(z.to(dtype), return_dict=False)[0])):
+            torch.cuda.reset_peak_memory_stats()
+            with torch.inference_mode():
+                y = call().float()
+                sec = timed(call, 1, warm=1 if bench else 0)
+            ref.setdefault(part, (y, sec))
+            rows.append({"model": f"Wan VAE {part} 480p 81f", "path": label, "s": round(sec, 3),
+                         "x_stock": round(ref[part][1] / sec, 3),
+                         "peak_gib": gib(torch.cuda.max_memory_allocated()),
+                         "err_vs_fp32": f"{float((y - ref[part][0]).norm() / ref[part][0].norm()):.2e}"})
+            print(rows[-1], flush=True)
+            del y
+    torch.backends.cudnn.benchmark = False
+    return rows
 
 
 def rrdbnet():
@@ -121,7 +145,7 @@ def main() -> None:
             print(name, "failed:", repr(exc)[:500], flush=True)
         gc.collect()
         torch.cuda.empty_cache()
-    print(table(out["rows"], ["model", "path", "s", "x_stock", "peak_gib"]))
+    print(table(out["rows"], ["model", "path", "s", "x_stock", "peak_gib", "err_vs_fp32"]))
     save("stages.json", out)
 
 

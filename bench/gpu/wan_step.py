@@ -17,7 +17,7 @@ eager reference (the same weights and inputs in fp32, TF32 off). A path is as ex
 its error to fp32 is close to stock bf16's own. The FLOP floor is the step's FLOPs at the bf16
 matmul ceiling measured in the same run.
 
-    python bench/gpu/wan_step.py [--sizes 480p,720p] [--no-fp32]     # $OUT/wan_step.json when OUT is set
+    python bench/gpu/wan_step.py [--sizes 480p,720p] [--no-fp32]     # $OUT/wan_step_<sizes>.json when OUT is set
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def main() -> None:
         print(f"\n{size}: {entry['tokens']} tokens, FLOP floor {entry['floor_step_s']} s per CFG step")
         print(table(entry["rows"], ["path", "step_s", "x_stock", "floor_frac", "peak_gib", "first_call_s",
                                     "err_vs_stock", "err_vs_fp32"]))
-    save("wan_step.json", out)
+    save(f"wan_step_{args.sizes.replace(',', '_')}.json", out)
 
 
 if __name__ == "__main__":
