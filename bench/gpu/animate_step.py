@@ -277,19 +277,24 @@ def main(argv: list[str] | None = None) -> dict:
     holder = runtime = model = None
     free(device)
 
-    # --- stock diffusers layerwise casting (irreversible: on a fresh copy)
-    if not only or "diffusers_lc" in only:
-        label = "diffusers enable_layerwise_casting(float8_e4m3fn, bf16)"
+    def fresh_copy_row(key: str, label: str, convert) -> None:
+        """Time ``convert`` on a freshly built copy (these conversions cannot be undone), then its forward."""
         try:
             model = build(config, device)
             t0 = time.perf_counter()
-            model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+            convert(model)
             sync(device)
-            record("diffusers_lc", label, model, time.perf_counter() - t0)
-        except Exception as exc:
-            failed("diffusers_lc", label, exc)
+            record(key, label, model, time.perf_counter() - t0)
+        except Exception as exc:  # a failing path is reported, the others still run
+            failed(key, label, exc)
         model = None
         free(device)
+
+    # --- stock diffusers layerwise casting
+    if not only or "diffusers_lc" in only:
+        fresh_copy_row("diffusers_lc", "diffusers enable_layerwise_casting(float8_e4m3fn, bf16)",
+                       lambda m: m.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
+                                                            compute_dtype=torch.bfloat16))
 
     # --- torchao float8 (fp8 matmuls) on the same layers, when torchao imports
     quant = torchao_quantizer()
@@ -298,19 +303,10 @@ def main(argv: list[str] | None = None) -> dict:
         print("torchao: not importable, row skipped", flush=True)
     elif not only or "torchao" in only:
         quantize_, make_config, what = quant
-        label = f"torchao {what}"
         out["torchao"] = __import__("torchao").__version__
-        try:
-            model = build(config, device)
-            t0 = time.perf_counter()
-            quantize_(model, make_config(),
-                      filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn in targets)
-            sync(device)
-            record("torchao", label, model, time.perf_counter() - t0)
-        except Exception as exc:
-            failed("torchao", label, exc)
-        model = None
-        free(device)
+        fresh_copy_row("torchao", f"torchao {what}",
+                       lambda m: quantize_(m, make_config(),
+                                           filter_fn=lambda mod, fqn: isinstance(mod, torch.nn.Linear) and fqn in targets))
 
     print(f"\n{out['device']}, torch {out['torch']}, diffusers {out['diffusers']}: WanAnimateTransformer3DModel "
           f"{out['params_b']} B params, {out['size']} x {frames} frames = {out['tokens']} tokens, one forward")

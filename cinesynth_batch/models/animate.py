@@ -173,16 +173,9 @@ def pipeline_device(pipe: Any, fallback: str = "cpu") -> str:
 
 def animate_lora_requests(loras: Sequence[Mapping[str, Any]] | None, resolver) -> list:
     """``[{name, weight}]`` -> requests on the single ``transformer`` (LoRA family ``"mov"``)."""
-    from .lora import HIGH, LoraRequest, _merge, _resolve, _weight
+    from .lora import single_lora_requests
 
-    out = []
-    for i, entry in enumerate(loras or []):
-        if not isinstance(entry, Mapping) or "name" not in entry:
-            raise StageError(f"animate: loras[{i}] must be a mapping with 'name' and 'weight', got {entry!r}")
-        weight = _weight(entry.get("weight", 1.0), f"animate: loras[{i}].weight")
-        path = _resolve(entry["name"], "mov", resolver)
-        out.append(LoraRequest(entry["name"], path, {HIGH: weight}))
-    return _merge(out)
+    return single_lora_requests(loras, resolver, "mov", where="animate: ")
 
 
 def _needs_lora_load(pipe: Any, requests: Sequence[Any]) -> bool:

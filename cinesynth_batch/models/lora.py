@@ -95,16 +95,23 @@ def _merge(requests: Iterable[LoraRequest]) -> list[LoraRequest]:
     return list(merged.values())
 
 
-def image_lora_requests(loras: Sequence[Mapping[str, Any]] | None, resolver: Callable[[str, str], Path]) -> list[LoraRequest]:
-    """``[{name, weight}]`` -> requests on ``transformer`` (family ``"img"``)."""
+def single_lora_requests(loras: Sequence[Mapping[str, Any]] | None, resolver: Callable[[str, str], Path],
+                         family: str, where: str = "") -> list[LoraRequest]:
+    """``[{name, weight}]`` -> requests on a pipeline's one ``transformer`` (LoRA ``family``);
+    ``where`` prefixes the error messages (e.g. ``"animate: "``)."""
     out = []
     for i, entry in enumerate(loras or []):
         if not isinstance(entry, Mapping) or "name" not in entry:
-            raise StageError(f"loras[{i}] must be a mapping with 'name' and 'weight', got {entry!r}")
-        weight = _weight(entry.get("weight", 1.0), f"loras[{i}].weight")
-        path = _resolve(entry["name"], "img", resolver)
+            raise StageError(f"{where}loras[{i}] must be a mapping with 'name' and 'weight', got {entry!r}")
+        weight = _weight(entry.get("weight", 1.0), f"{where}loras[{i}].weight")
+        path = _resolve(entry["name"], family, resolver)
         out.append(LoraRequest(entry["name"], path, {HIGH: weight}))
     return _merge(out)
+
+
+def image_lora_requests(loras: Sequence[Mapping[str, Any]] | None, resolver: Callable[[str, str], Path]) -> list[LoraRequest]:
+    """``[{name, weight}]`` -> requests on ``transformer`` (family ``"img"``)."""
+    return single_lora_requests(loras, resolver, "img")
 
 
 def video_lora_requests(loras: Sequence[Mapping[str, Any]] | None, resolver: Callable[[str, str], Path]) -> list[LoraRequest]:
