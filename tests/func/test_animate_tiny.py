@@ -2,7 +2,6 @@
 detection on a real photo, the tiny Wan2.2-Animate through diffusers' WanAnimatePipeline."""
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,23 +11,17 @@ from cinesynth_batch.execute.session import Session
 from cinesynth_batch.media.audio import read_audio
 from cinesynth_batch.media.video_io import probe
 from cinesynth_batch.preprocess.frames import animate_frame_count, video_duration
+from projects import new_project
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO / "specs" / "examples"
 PREP = {"swap.pose", "swap.face", "swap.mask", "swap.background", "mimic.pose", "mimic.face"}
 
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
-    root = tmp_path_factory.mktemp("animate") / "p"
-    root.mkdir()
-    (root / "cinesynth.toml").write_text("")
-    shutil.copytree(EXAMPLES / "assets", root / "assets")
-    shutil.copytree(REPO / "presets", root / "presets")
-    shutil.copy(EXAMPLES / "change_character.yaml", root / "change_character.yaml")
-    return root, render(root / "change_character.yaml", progress=False)
+    spec = new_project(tmp_path_factory.mktemp("animate") / "p", "change_character.yaml", presets=True)
+    return spec.parent, render(spec, progress=False)
 
 
 def test_both_modes_render_with_the_frame_rule(rendered):

@@ -11,21 +11,16 @@ from cinesynth_batch.errors import RenderError
 from cinesynth_batch.execute.render import render
 from cinesynth_batch.media.audio import read_audio
 from cinesynth_batch.media.video_io import probe
+from projects import new_project
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO / "specs" / "examples"
 
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lipsync") / "p"
-    root.mkdir()
-    (root / "cinesynth.toml").write_text("")
-    shutil.copytree(EXAMPLES / "assets", root / "assets")
-    shutil.copy(EXAMPLES / "lipsync.yaml", root / "lipsync.yaml")
-    return root, render(root / "lipsync.yaml", progress=False)
+    spec = new_project(tmp_path_factory.mktemp("lipsync") / "p", "lipsync.yaml")
+    return spec.parent, render(spec, progress=False)
 
 
 def test_clip_lasts_as_long_as_the_speech(rendered):

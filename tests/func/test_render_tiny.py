@@ -17,20 +17,17 @@ import yaml
 from cinesynth_batch.errors import RenderError
 from cinesynth_batch.execute.render import render
 from cinesynth_batch.media.video_io import probe, read_frames
+from projects import new_project
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO / "specs" / "examples"
 ALL = {"intro.image", "outro.image", "intro.upscale", "intro.video", "outro.video.1",
        "outro.video.2", "assemble.final"}
 
 
 def make_project(root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "cinesynth.toml").write_text("")
-    shutil.copytree(EXAMPLES / "assets", root / "assets")
-    shutil.copy(EXAMPLES / "short.yaml", root / "short.yaml")
+    new_project(root, "short.yaml")
     return root
 
 

@@ -15,6 +15,7 @@ from cinesynth_batch.media.ffmpeg import measure_loudness, run_ffmpeg
 from cinesynth_batch.media.video_io import probe
 from cinesynth_batch.plan.sources import OfflineError
 from media_server import MediaServer, closed_port
+from projects import new_project
 
 pytestmark = pytest.mark.slow
 
@@ -56,11 +57,7 @@ def server(tmp_path_factory):
 
 
 def make_project(root: Path, text: str) -> Path:
-    root.mkdir(parents=True)
-    (root / "cinesynth.toml").write_text("")
-    shutil.copytree(ASSETS, root / "assets")
-    (root / "s.yaml").write_text(text)
-    return root / "s.yaml"
+    return new_project(root, "s.yaml", text)
 
 
 @pytest.fixture(scope="module")
@@ -184,11 +181,7 @@ scenes:
 
 
 def test_example_spec_cuts_frames_and_audio_and_crossfades(tmp_path):
-    root = tmp_path / "p"
-    root.mkdir()
-    (root / "cinesynth.toml").write_text("")
-    shutil.copytree(ASSETS, root / "assets")
-    shutil.copy(REPO / "specs/examples/sources.yaml", root / "sources.yaml")
+    root = new_project(tmp_path / "p", "sources.yaml").parent
     result = render(root / "sources.yaml", progress=False)
     assert set(result.outcome.ran) == {"cover.avatar_frame", "cover.separate", "cover.lipsync",
                                        "line.extract_audio", "line.lipsync", "assemble.final"}

@@ -14,6 +14,7 @@ import pytest
 from cinesynth_batch.execute.render import render
 
 from test_render_tiny import ALL, make_project
+from projects import new_project
 
 pytestmark = pytest.mark.slow
 
@@ -191,18 +192,7 @@ main(["render", *sys.argv[1:]])
 
 
 def test_lipsync_split_over_two_gloo_ranks_writes_the_single_process_lock_fake_gpu(tmp_path):
-    import shutil
-
-    from test_render_tiny import EXAMPLES
-
-    roots = []
-    for name in ("single", "split"):
-        root = tmp_path / name
-        root.mkdir()
-        (root / "cinesynth.toml").write_text("")
-        shutil.copytree(EXAMPLES / "assets", root / "assets")
-        (root / "talk.yaml").write_text(TALK)
-        roots.append(root)
+    roots = [new_project(tmp_path / name, "talk.yaml", TALK).parent for name in ("single", "split")]
     render(roots[0] / "talk.yaml", progress=False)
     launcher = tmp_path / "split_launcher.py"
     launcher.write_text(SPLIT_LAUNCHER)

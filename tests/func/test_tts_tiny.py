@@ -13,11 +13,10 @@ from cinesynth_batch.execute.render import render
 from cinesynth_batch.media.audio import read_audio
 from cinesynth_batch.media.subtitles import parse_srt
 from cinesynth_batch.media.video_io import probe, read_frames
+from projects import new_project
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO / "specs" / "examples"
 FPS = 16
 SPEAKING = ("hello", "news", "weather", "qwen")
 ALL = {"hello.tts", "news.tts", "weather.tts", "qwen.tts", "weather.image", "hello.lipsync",
@@ -35,10 +34,7 @@ def _worker_env():
 
 
 def make_project(root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "cinesynth.toml").write_text("")
-    shutil.copytree(EXAMPLES / "assets", root / "assets")
-    shutil.copy(EXAMPLES / "tts_lipsync.yaml", root / "tts_lipsync.yaml")
+    new_project(root, "tts_lipsync.yaml")
     return root
 
 
@@ -160,10 +156,7 @@ def test_bad_line_fails_its_tts_stage_and_keeps_the_rest(clone, old, new, stage,
 
 
 def test_burnt_in_subtitles_are_drawn_where_the_cue_is(tmp_path):
-    root = tmp_path / "p"
-    root.mkdir()
-    (root / "cinesynth.toml").write_text("")
-    shutil.copytree(EXAMPLES / "assets", root / "assets")
+    root = new_project(tmp_path / "p")
     body = """
 project: burn
 defaults: {resolution: 128x128, fps: 8, seed: 3}

@@ -16,6 +16,7 @@ from cinesynth_batch.media.ffmpeg import run_ffmpeg
 from cinesynth_batch.media.subtitles import parse_srt
 from cinesynth_batch.media.video_io import probe, read_frames
 from media_server import MediaServer
+from projects import new_project
 
 pytestmark = pytest.mark.slow
 
@@ -57,12 +58,7 @@ def rendered(tmp_path_factory):
     run_ffmpeg(["-y", "-i", str(ASSETS / "dance.mp4"), "-t", "1.25", "-vf", "scale=64:64",
                 "-c:v", "libx264", "-c:a", "aac", str(served / "clip.mp4")], "making the served clip")
     server = MediaServer(served)
-    root = base / "p"
-    root.mkdir()
-    (root / "cinesynth.toml").write_text("")
-    shutil.copytree(ASSETS, root / "assets")
-    spec = root / "s.yaml"
-    spec.write_text(SPEC.format(url=server.url("clip.mp4")))
+    spec = new_project(base / "p", "s.yaml", SPEC.format(url=server.url("clip.mp4")))
     try:
         yield spec, render(spec, progress=False)
     finally:
