@@ -11,9 +11,14 @@ Errors on trained activations differ; these show the kernels' relative standing.
 Attention rows: ``sdpa`` (torch's own choice), ``cudnn``, ``fa3`` (bf16), ``fa3-fp8`` (q, k, v in
 float8 e4m3 with one scale per head; the time includes the quantizing pass),
 ``fa3-fp8+smooth`` (keys minus their mean over tokens first: softmax is unchanged by it, the
-rounding error shrinks), ``sageattn`` (the SageAttention wheel, when installed).
+rounding error shrinks), ``sageattn`` (the SageAttention wheel, when installed), ``fa4`` (the
+flash-attn-4 wheel: FlashAttention written in the CUTLASS Python DSL, compiled on first use; its
+Hopper forward with its own tile choice) and a row for each forced configuration
+of ``--fa4-configs``: ``MxN`` (M query rows x N key rows a tile), ``MxN:ss`` (probabilities
+through shared memory instead of registers), ``MxN:seq`` (softmax not overlapped with the
+matrix products).
 
-    python bench/gpu/kernels.py [--sizes 480p,720p]        # $OUT/kernels.json when OUT is set
+    python bench/gpu/kernels.py [--sizes 480p,720p] [--fa4-configs 128x176,128x192:seq] [--no-matmul]
 """
 
 from __future__ import annotations
@@ -65,7 +70,26 @@ def sdpa_bshd(q, k, v, backend=None):
         return F.scaled_dot_product_attention(*args).transpose(1, 2)
 
 
-def attention_rows(n: int, peak: float, fa3, sageattn) -> list[dict]:
+def fa4_kernels(q, k, v, configs: list[str]) -> dict:
+    """The flash-attn-4 rows: its own configuration, then one row per forced configuration
+    ``MxN`` (P in registers, softmax overlapped), ``MxN:ss`` (P through shared memory) or
+    ``MxN:seq`` (no overlap)."""
+    try:
+        from flash_attn.cute import flash_attn_func
+        from flash_attn.cute.interface import _flash_attn_fwd
+    except ImportError:
+        return {}
+    kernels = {"fa4": lambda: flash_attn_func(q, k, v)}
+    for config in configs:
+        tile, _, flag = config.partition(":")
+        m, n_ = (int(x) for x in tile.split("x"))
+        rs, olap = flag != "ss", flag != "seq"
+        kernels[f"fa4 {config}"] = (lambda m=m, n_=n_, rs=rs, olap=olap: _flash_attn_fwd(
+            q, k, v, tile_mn=(m, n_), mma_pv_is_rs=rs, intra_wg_overlap=olap))
+    return kernels
+
+
+def attention_rows(n: int, peak: float, fa3, sageattn, fa4_configs: list[str]) -> list[dict]:
     flops = 4 * n * n * HEADS * HEAD_DIM
     q, k, v = attention_inputs(n)
     with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
@@ -77,6 +101,7 @@ def attention_rows(n: int, peak: float, fa3, sageattn) -> list[dict]:
         kernels["fa3-fp8+smooth"] = lambda: fp8_attention(fa3, q, k, v, smooth_k=True)
     if sageattn is not None:
         kernels["sageattn"] = lambda: sageattn(q, k, v, tensor_layout="NHD", is_causal=False)
+    kernels.update(fa4_kernels(q, k, v, fa4_configs))
     rows = []
     for name, call in kernels.items():
         try:
@@ -117,15 +142,14 @@ def matmul_rows(m: int, kd: int = 5120, nd: int = 13824) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="480p,720p")
+    ap.add_argument("--fa4-configs", default="", help="comma-separated flash-attn-4 configurations to force")
+    ap.add_argument("--no-matmul", action="store_true", help="attention rows only")
     args = ap.parse_args()
-    from cinesynth_batch.models.attention import ensure_fa3_backend
+    from cinesynth_batch.models.attention import fa3_module
 
     peak = matmul_peak()
-    fa3 = None
-    if ensure_fa3_backend()[0]:
-        from diffusers.models import attention_dispatch as ad
-
-        fa3 = ad.flash_attn_3_func
+    module = fa3_module()
+    fa3 = module.flash_attn_func if module is not None else None
     out = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
            "bf16_matmul_tflops": round(peak / 1e12, 1), "attention": {}, "matmul": {}}
     print(f"matmul ceiling {peak / 1e12:.1f} TFLOP/s; fa3: {'yes' if fa3 else 'no'}", flush=True)
@@ -136,11 +160,13 @@ def main() -> None:
     for size in args.sizes.split(","):
         h, w, f = SIZES[size]
         n = wan_tokens(h, w, f)
-        rows = attention_rows(n, peak, fa3, sageattn)
+        rows = attention_rows(n, peak, fa3, sageattn, [c for c in args.fa4_configs.split(",") if c])
         out["attention"][size] = {"tokens": n, "rows": rows}
         print(f"\nattention {size} ({n} tokens, {HEADS}x{HEAD_DIM})\n"
               + table(rows, ["kernel", "ms", "tflops", "x_ceiling", "err_vs_fp32"]), flush=True)
         torch.cuda.empty_cache()
+        if args.no_matmul:
+            continue
         mm = matmul_rows(n)
         out["matmul"][size] = mm
         print(table(mm, ["matmul", "ms", "tflops", "err_vs_fp32"]), flush=True)

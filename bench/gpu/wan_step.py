@@ -5,8 +5,8 @@ A CFG step is the conditional and the unconditional forward combined as ``u + g 
 Rows (``--sizes 480p,720p``):
 
 * ``stock``: diffusers 0.42.1 as shipped (``native`` attention = torch SDPA, eager), two forwards;
-* ``cudnn`` / ``fa3``: the attention kernel alone (``models/attention.py``);
-* ``fa3+compile``: plus regional ``torch.compile`` of the 40 blocks (``models/accel.py``);
+* ``cudnn`` / ``fa3`` / ``fa4``: the attention kernel alone (``models/attention.py``);
+* ``fa3+compile`` / ``fa4+compile``: plus regional ``torch.compile`` of the 40 blocks (``models/accel.py``);
 * ``fa3+compile+batch``: plus the conditional and unconditional passes as one batch of 2;
 * ``fa3+compile+batch+fused``: plus fused QKV / KV projections;
 * ``fp8`` (lossy): the Linear layers of the blocks in float8 with per-row scales (torchao), on top
@@ -71,7 +71,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="480p")
     ap.add_argument("--no-fp32", action="store_true", help="skip the fp32 reference")
     ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--rows", default="stock,cudnn,fa3,fa3+compile,fa3+compile+batch,fa3+compile+batch+fused,fp8")
+    ap.add_argument("--rows", default="stock,cudnn,fa3,fa3+compile,fa3+compile+batch,fa3+compile+batch+fused,"
+                                      "fa4,fa4+compile,fp8")
     args = ap.parse_args()
     from diffusers import WanTransformer3DModel
 
@@ -82,7 +83,9 @@ def main() -> None:
     fa3 = resolve_attention("fa3", "cuda", torch.bfloat16)
     best_attn = fa3.used if not fa3.reason else "cudnn"
     out["fa3"] = fa3.reason or "available"
-    print(f"matmul ceiling {peak / 1e12:.1f} TFLOP/s; fa3: {out['fa3']}", flush=True)
+    fa4 = resolve_attention("fa4", "cuda", torch.bfloat16)
+    out["fa4"] = fa4.reason or "available"
+    print(f"matmul ceiling {peak / 1e12:.1f} TFLOP/s; fa3: {out['fa3']}; fa4: {out['fa4']}", flush=True)
     model, init_s = build(lambda: WanTransformer3DModel(**A14B_EXPERT))
     out["params_b"] = round(sum(p.numel() for p in model.parameters()) / 1e9, 2)
 
@@ -124,6 +127,9 @@ def main() -> None:
         measure("fa3+compile", best_attn, True, False, False)
         measure("fa3+compile+batch", best_attn, True, True, False)
         measure("fa3+compile+batch+fused", best_attn, True, True, True)
+        if not fa4.reason:
+            measure("fa4", "fa4", False, False, False)
+            measure("fa4+compile", "fa4", True, False, False)
         uncompile(model)
         fuse(model, False)
         ref32 = None

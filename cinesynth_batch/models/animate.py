@@ -22,7 +22,8 @@ Runtime settings (``RuntimeSettings``)
     scales that a bf16 checkpoint does not have: it is replaced by ``"fp8_e4m3fn"`` with a warning.
 ``attention``
     ``sdpa`` (diffusers backend ``native``: torch SDPA, which picks its flash/cuDNN/efficient kernel),
-    ``cudnn`` / ``fa3`` (cuDNN attention, FlashAttention-3 on Hopper: see ``models/attention.py``),
+    ``cudnn`` / ``fa3`` / ``fa4`` (cuDNN attention, FlashAttention-3 on Hopper, FlashAttention-4 on
+    Hopper and Blackwell: see ``models/attention.py``),
     ``sageattn`` (``sage``: SageAttention, needs the ``sageattention`` package at the version diffusers
     requires, a CUDA device and bf16/fp16 compute) or ``flash`` (``flash``: the ``flash-attn``
     package, CUDA, bf16/fp16). Set on this transformer's attention processors only; diffusers'
@@ -72,6 +73,7 @@ from diffusers.hooks.group_offloading import GroupOffloadingHook
 from diffusers.hooks.hooks import ModelHook
 
 from ..stages.base import StageError
+from .attention import BACKENDS, ensure_backend, usable
 from .teacache import TeaCacheConfig, WanDiffusersAdapter, apply_teacache
 from ..errors import FallbackWarning
 
@@ -94,7 +96,7 @@ __all__ = [
 
 PRECISIONS = ("bf16", "fp16", "fp32")
 QUANTIZATIONS = (None, "fp8_e4m3fn")
-ATTENTION_BACKENDS = {"sdpa": "native", "cudnn": "_native_cudnn", "fa3": "_flash_3", "sageattn": "sage", "flash": "flash"}
+ATTENTION_BACKENDS = BACKENDS
 RMS_NORMS = ("pytorch",)
 SCALED_FP8 = "fp8_e4m3fn_scaled"
 FP8_MAX = 448.0
@@ -256,8 +258,6 @@ def resolve_runtime(requested: RuntimeSettings, device: str, num_blocks: int | N
         elif requested.precision == "fp32":
             reason = f"{attention} needs bf16 or fp16 compute, precision is fp32"
         else:
-            from .attention import usable
-
             ok, why = usable(attention, device, _torch_dtype(requested.precision))
             reason = "" if ok else why
         if reason:
@@ -535,10 +535,7 @@ class AnimateRuntime:
         from diffusers.models.attention import AttentionModuleMixin
         from diffusers.models.attention_dispatch import AttentionBackendName
 
-        if attention == "fa3":
-            from .attention import ensure_fa3_backend
-
-            ensure_fa3_backend()
+        ensure_backend(attention)
         backend = AttentionBackendName(ATTENTION_BACKENDS[attention])
         state = self.current
         for module in self.transformer.modules():

@@ -2,16 +2,20 @@
 
 Names a spec or profile may use (``attention:``):
 
-``auto``     the fastest exact kernel this machine has: ``fa3``, else ``cudnn`` on CUDA; ``sdpa`` elsewhere.
+``auto``     the fastest exact kernel this machine has: ``fa3``, else ``fa4``, else ``cudnn`` on CUDA;
+             ``sdpa`` elsewhere.
 ``sdpa``     diffusers ``native``: torch SDPA, which picks its own kernel.
 ``cudnn``    diffusers ``_native_cudnn``: torch SDPA restricted to cuDNN's fused attention.
 ``fa3``      FlashAttention-3 (Hopper) through diffusers ``_flash_3``. It needs a module named
              ``flash_attn_interface`` (the upstream ``hopper/`` build) or the forward-only
              ``fa3_fwd`` wheel (``fa3_fwd_interface``), which is handed to diffusers' backend.
+``fa4``      FlashAttention-4 (Hopper and Blackwell; the ``flash-attn-4`` wheel, ``flash_attn.cute``)
+             through diffusers ``flash_4_hub``, whose kernel is set to the installed wheel wrapped
+             as a torch operator (``models/fa4.py``); nothing is downloaded.
 ``flash``    diffusers ``flash`` (flash-attn 2).
 ``sageattn`` diffusers ``sage`` (SageAttention, 8-bit Q·K: lossy).
 
-Exact kernels (``sdpa``, ``cudnn``, ``fa3``, ``flash``) agree to bf16 rounding; ``sageattn`` does
+Exact kernels (``sdpa``, ``cudnn``, ``fa3``, ``fa4``, ``flash``) agree to bf16 rounding; ``sageattn`` does
 not and is never picked by ``auto``. ``resolve_attention`` says which kernel runs and, when the
 requested one cannot, why; ``set_attention`` sets it on one model's attention processors only
 (diffusers' process-wide active backend is untouched).
@@ -23,7 +27,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-BACKENDS = {"sdpa": "native", "cudnn": "_native_cudnn", "fa3": "_flash_3", "flash": "flash", "sageattn": "sage"}
+BACKENDS = {"sdpa": "native", "cudnn": "_native_cudnn", "fa3": "_flash_3", "fa4": "flash_4_hub", "flash": "flash",
+            "sageattn": "sage"}
 NAMES = ("auto",) + tuple(BACKENDS)
 LOSSY = frozenset({"sageattn"})
 _FA3_MODULES = ("flash_attn_interface", "fa3_fwd_interface")
@@ -44,13 +49,14 @@ def _cuda(device: str) -> bool:
     return str(device).startswith("cuda")
 
 
-def _hopper(device: str) -> bool:
+def _capability_major(device: str) -> int:
     import torch
 
-    return torch.cuda.get_device_capability(torch.device(device))[0] == 9
+    return torch.cuda.get_device_capability(torch.device(device))[0]
 
 
-def _fa3_module() -> Any | None:
+def fa3_module() -> Any | None:
+    """The installed FlashAttention-3 interface module, or None."""
     for name in _FA3_MODULES:
         try:
             return importlib.import_module(name)
@@ -65,7 +71,7 @@ def ensure_fa3_backend() -> tuple[bool, str]:
 
     if getattr(ad, "_CAN_USE_FLASH_ATTN_3", False):
         return True, ""
-    module = _fa3_module()
+    module = fa3_module()
     if module is None:
         return False, ("FlashAttention-3 is not installed (neither flash_attn_interface nor the "
                        "fa3_fwd wheel's fa3_fwd_interface imports)")
@@ -75,13 +81,37 @@ def ensure_fa3_backend() -> tuple[bool, str]:
     return True, ""
 
 
+def ensure_fa4_backend() -> tuple[bool, str]:
+    """Make diffusers' ``flash_4_hub`` backend run the installed flash-attn-4 wheel."""
+    try:
+        import flash_attn.cute  # noqa: F401
+    except ImportError as exc:
+        return False, f"FlashAttention-4 (the flash-attn-4 wheel, flash_attn.cute) does not import: {exc}"
+    from diffusers.models import attention_dispatch as ad
+
+    from .fa4 import fa4_attention
+
+    ad._HUB_KERNELS_REGISTRY[ad.AttentionBackendName.FLASH_4_HUB].kernel_fn = fa4_attention
+    return True, ""
+
+
+def ensure_backend(name: str) -> None:
+    """Make kernel ``name`` callable through diffusers' dispatcher (FA3 and FA4 come from wheels
+    diffusers does not look for); raises RuntimeError saying why it cannot."""
+    ensure = {"fa3": ensure_fa3_backend, "fa4": ensure_fa4_backend}.get(name)
+    if ensure is not None:
+        ok, why = ensure()
+        if not ok:
+            raise RuntimeError(why)
+
+
 def usable(name: str, device: str, dtype: Any, head_dim: int | None = None) -> tuple[bool, str]:
     """Whether kernel ``name`` runs here, and if not, why."""
     import torch
 
     if name == "sdpa":
         return True, ""
-    if head_dim is not None and name in ("cudnn", "fa3", "flash") and (head_dim % 8 or head_dim > 256):
+    if head_dim is not None and name in ("cudnn", "fa3", "fa4", "flash") and (head_dim % 8 or head_dim > 256):
         return False, f"{name} needs a head size that is a multiple of 8 and at most 256, this model's is {head_dim}"
     if not _cuda(device):
         return False, f"{name} runs on CUDA devices only, this run is on {device}"
@@ -90,9 +120,13 @@ def usable(name: str, device: str, dtype: Any, head_dim: int | None = None) -> t
     if name == "cudnn":
         return (True, "") if torch.backends.cudnn.is_available() else (False, "cuDNN is not available")
     if name == "fa3":
-        if not _hopper(device):
+        if _capability_major(device) != 9:
             return False, "FlashAttention-3 runs on Hopper GPUs (compute capability 9.x) only"
         return ensure_fa3_backend()
+    if name == "fa4":
+        if _capability_major(device) < 9:
+            return False, "FlashAttention-4 runs on Hopper and Blackwell GPUs (compute capability 9.x and up) only"
+        return ensure_fa4_backend()
     from diffusers.models import attention_dispatch as ad
 
     flag, package = {"flash": ("_CAN_USE_FLASH_ATTN", "flash-attn"),
@@ -108,7 +142,7 @@ def resolve_attention(requested: str, device: str, dtype: Any, head_dim: int | N
     if requested not in NAMES:
         raise ValueError(f"attention must be one of {', '.join(NAMES)}, got {requested!r}")
     if requested == "auto":
-        for name in ("fa3", "cudnn"):
+        for name in ("fa3", "fa4", "cudnn"):
             if usable(name, device, dtype, head_dim)[0]:
                 return AttentionChoice("auto", name)
         return AttentionChoice("auto", "sdpa")
@@ -122,10 +156,7 @@ def set_attention(model: Any, name: str) -> int:
     """Route every attention processor of ``model`` to kernel ``name``; returns how many were set."""
     from diffusers.models.attention_dispatch import AttentionBackendName
 
-    if name == "fa3":
-        ok, why = ensure_fa3_backend()
-        if not ok:
-            raise RuntimeError(why)
+    ensure_backend(name)
     backend = AttentionBackendName(BACKENDS[name])
     count = 0
     for module in model.modules():

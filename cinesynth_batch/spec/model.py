@@ -250,8 +250,8 @@ class SpeedOptions(RankOptions):
     """How a Wan transformer runs (docs/performance.md). ``attention`` and ``compile`` are exact
     (bf16 rounding aside) and not part of the content key; ``quantize`` changes the output and is."""
 
-    attention: Literal["auto", "sdpa", "cudnn", "fa3", "flash", "sageattn"] = Field(
-        "auto", description="attention kernel; auto: FlashAttention-3 > cuDNN on CUDA, SDPA elsewhere")
+    attention: Literal["auto", "sdpa", "cudnn", "fa3", "fa4", "flash", "sageattn"] = Field(
+        "auto", description="attention kernel; auto: FlashAttention-3 > FlashAttention-4 > cuDNN on CUDA, SDPA elsewhere")
     compile: Literal["auto", "on", "off"] = Field(
         "auto", description="regional torch.compile of the transformer blocks; auto: on CUDA only")
     quantize: Literal["fp8"] | None = Field(
@@ -377,7 +377,7 @@ class AnimateStage(RankOptions):
     loras: list[AnimateLora] = Field(default_factory=list)
     precision: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="base precision")
     quantize: Literal["fp8_e4m3fn"] | None = Field(None, description="runtime weight quantization")
-    attention: Literal["sdpa", "cudnn", "fa3", "sageattn", "flash"] = "sdpa"
+    attention: Literal["sdpa", "cudnn", "fa3", "fa4", "sageattn", "flash"] = "sdpa"
     rms_norm: Literal["pytorch"] = "pytorch"
     block_swap: int = Field(0, ge=0, le=40, description="transformer blocks kept in RAM, streamed in")
     cache: StepCache | None = None

@@ -10,7 +10,7 @@ params (plain JSON, defaults in ``DEFAULTS``)::
      window that condition the next),
      "loras": [{"name": str, "weight": float}],
      "precision": "bf16" | "fp16" | "fp32", "quantize": null | "fp8_e4m3fn",
-     "attention": "sdpa" | "cudnn" | "fa3" | "sageattn" | "flash", "rms_norm": "pytorch", "block_swap": 0..40,
+     "attention": "sdpa" | "cudnn" | "fa3" | "fa4" | "sageattn" | "flash", "rms_norm": "pytorch", "block_swap": 0..40,
      "cache": null | {"kind": "teacache", "threshold": float, "start_step": int, "coefficients": bool}}
 
 inputs: ``character`` (an image), ``pose`` and ``face`` (videos from the preprocessing stages, with

@@ -62,7 +62,7 @@ def _assert_lossless(name, out, ref32, stock):
     assert _rel(out, stock) <= 1e-2
 
 
-@pytest.mark.parametrize("kernel", ["cudnn", "fa3"])
+@pytest.mark.parametrize("kernel", ["cudnn", "fa3", "fa4"])
 def test_attention_kernel_is_as_exact_as_stock(setup, kernel):
     model, inputs, ref32, stock = setup
     choice = resolve_attention(kernel, "cuda", torch.bfloat16)
@@ -75,9 +75,12 @@ def test_attention_kernel_is_as_exact_as_stock(setup, kernel):
         set_attention(model, "sdpa")
 
 
-def test_regional_compile_with_auto_attention_is_as_exact_as_stock(setup):
+@pytest.mark.parametrize("kernel", ["auto", "fa4"])
+def test_regional_compile_is_as_exact_as_stock(setup, kernel):
     model, inputs, ref32, stock = setup
-    choice = resolve_attention("auto", "cuda", torch.bfloat16)
+    choice = resolve_attention(kernel, "cuda", torch.bfloat16)
+    if choice.reason:
+        pytest.skip(choice.reason)
     set_attention(model, choice.used)
     accel.compile_blocks(model)
     try:
@@ -138,7 +141,7 @@ def test_prepare_transformer_reports_what_runs_and_refuses_other_settings():
     settings = accel.SpeedSettings(attention="auto", compile="off")
     report = accel.prepare_transformer(model, settings, "cuda")
     assert report["attention"] == resolve_attention("auto", "cuda", torch.bfloat16).used
-    assert report["attention"] in ("fa3", "cudnn") and report["compile"] is False
+    assert report["attention"] in ("fa3", "fa4", "cudnn") and report["compile"] is False
     assert accel.prepare_transformer(model, settings, "cuda") is report
     with pytest.raises(RuntimeError, match="prepared with"):
         accel.prepare_transformer(model, accel.SpeedSettings(attention="sdpa"), "cuda")

@@ -2,6 +2,8 @@
 step-cache hooks (compiled with dynamo's ``eager`` backend: the same graphs and guards as on a
 GPU, without a C compiler)."""
 
+import sys
+import types
 import warnings
 
 import pytest
@@ -101,3 +103,64 @@ def test_kernels_that_need_head_sizes_in_multiples_of_8_are_not_picked_for_other
     assert attention.usable("fa3", "cuda", torch.bfloat16, head_dim=4) == (
         False, "fa3 needs a head size that is a multiple of 8 and at most 256, this model's is 4")
     assert attention.usable("cudnn", "cuda", torch.bfloat16, head_dim=300)[0] is False
+
+
+def test_fa4_falls_back_off_cuda_and_says_why_when_its_wheel_does_not_import(monkeypatch):
+    from cinesynth_batch.models import attention
+
+    choice = resolve_attention("fa4", "cpu", torch.bfloat16)
+    assert (choice.used, choice.reason) == ("sdpa", "fa4 runs on CUDA devices only, this run is on cpu; "
+                                                    "using sdpa (torch SDPA)")
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", None)       # the wheel is absent
+    ok, why = attention.ensure_fa4_backend()
+    assert not ok and why.startswith("FlashAttention-4 (the flash-attn-4 wheel, flash_attn.cute) does not import")
+    with pytest.raises(RuntimeError, match="FlashAttention-4 .* does not import"):
+        attention.set_attention(_tiny_wan(), "fa4")
+
+
+def _stand_in_flash_attn_cute():
+    """A module with flash-attn-4's calling convention ((batch, tokens, heads, dim) tensors,
+    keyword scale, an (out, lse) tuple back) computing torch SDPA: FA4 itself needs a Hopper GPU."""
+    calls = []
+
+    def flash_attn_func(q, k, v, softmax_scale=None, causal=False):
+        calls.append((tuple(q.shape), softmax_scale, causal))
+        out = torch.nn.functional.scaled_dot_product_attention(
+            *(t.transpose(1, 2) for t in (q, k, v)), scale=softmax_scale, is_causal=causal)
+        return out.transpose(1, 2), None
+
+    return types.SimpleNamespace(flash_attn_func=flash_attn_func), calls
+
+
+def test_fa4_routes_every_attention_through_the_operator_with_a_stand_in_fa4_module(monkeypatch):
+    from diffusers.models import attention_dispatch as ad
+
+    from cinesynth_batch.models import attention
+    from cinesynth_batch.models.fa4 import fa4_attention
+
+    module, calls = _stand_in_flash_attn_cute()
+    monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", module)
+    registry = ad._HUB_KERNELS_REGISTRY[ad.AttentionBackendName.FLASH_4_HUB]
+    monkeypatch.setattr(registry, "kernel_fn", None)
+    model = _tiny_wan()
+    x, t, ctx = _inputs(500.0)
+    with torch.inference_mode():
+        reference = model(x, t, ctx, return_dict=False)[0]
+        assert attention.set_attention(model, "fa4") == 6             # 3 blocks x (self, cross)
+        assert registry.kernel_fn is fa4_attention
+        out = model(x, t, ctx, return_dict=False)[0]
+    # 2 frames x 4 x 4 patches = 32 tokens; text: 5 tokens; 2 heads of 8; diffusers passes no scale
+    assert calls == [((1, 32, 2, 8), None, False)] * 6
+    assert torch.equal(out, reference)
+
+
+def test_fa4_operator_has_a_shape_only_fake_for_compile():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from cinesynth_batch.models.fa4 import fa4_attention
+
+    with FakeTensorMode():
+        q, k = torch.empty(2, 10, 4, 64, dtype=torch.bfloat16), torch.empty(2, 12, 4, 64, dtype=torch.bfloat16)
+        out = fa4_attention(q, k, torch.empty(2, 12, 4, 32, dtype=torch.bfloat16))
+    assert (tuple(out.shape), out.dtype) == ((2, 10, 4, 32), torch.bfloat16)
