@@ -78,7 +78,6 @@ from .teacache import TeaCacheConfig, WanDiffusersAdapter, apply_teacache
 from ..errors import FallbackWarning
 
 __all__ = [
-    "ATTENTION_BACKENDS",
     "AnimateFallbackWarning",
     "AnimateRuntime",
     "PRECISIONS",
@@ -96,7 +95,6 @@ __all__ = [
 
 PRECISIONS = ("bf16", "fp16", "fp32")
 QUANTIZATIONS = (None, "fp8_e4m3fn")
-ATTENTION_BACKENDS = BACKENDS
 RMS_NORMS = ("pytorch",)
 SCALED_FP8 = "fp8_e4m3fn_scaled"
 FP8_MAX = 448.0
@@ -210,9 +208,9 @@ class RuntimeSettings:
             raise StageError(f"animate: precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.quantize not in QUANTIZATIONS + (SCALED_FP8,):
             raise StageError(f"animate: quantize must be null or 'fp8_e4m3fn', got {self.quantize!r}")
-        if self.attention not in ATTENTION_BACKENDS:
+        if self.attention not in BACKENDS:
             raise StageError(
-                f"animate: attention must be one of {', '.join(ATTENTION_BACKENDS)}, got {self.attention!r}")
+                f"animate: attention must be one of {', '.join(BACKENDS)}, got {self.attention!r}")
         if isinstance(self.block_swap, bool) or not isinstance(self.block_swap, int) or not 0 <= self.block_swap <= 40:
             raise StageError(f"animate: block_swap must be an integer from 0 to 40, got {self.block_swap!r}")
         if self.rms_norm not in RMS_NORMS:
@@ -536,7 +534,7 @@ class AnimateRuntime:
         from diffusers.models.attention_dispatch import AttentionBackendName
 
         ensure_backend(attention)
-        backend = AttentionBackendName(ATTENTION_BACKENDS[attention])
+        backend = AttentionBackendName(BACKENDS[attention])
         state = self.current
         for module in self.transformer.modules():
             if not isinstance(module, AttentionModuleMixin):
@@ -584,7 +582,7 @@ class AnimateRuntime:
             "fp8_layers": state.fp8_layers,
             "fp8_bytes_saved": state.fp8_bytes_saved,
             "attention": s.attention,
-            "attention_backend": ATTENTION_BACKENDS[s.attention],
+            "attention_backend": BACKENDS[s.attention],
             "block_swap": len(state.swapped),
             "swapped_blocks": _ranges(state.swapped),
             "blocks": blocks,
