@@ -11,7 +11,7 @@ import importlib
 import shutil
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -23,6 +23,7 @@ from ..plan.expand import input_paths
 from ..plan.planner import Plan, PlannedStage, input_labels
 from ..plan.reason import explain
 from ..stages.base import StageContext, StageError
+from ..stages.effective import effective_params
 from .events import EventBus
 
 
@@ -155,7 +156,8 @@ class LocalExecutor(Executor):
                      detail={"because": failed_up})
             return
         inputs = plan.input_digests(node, known)
-        key = plan.key_for(st, inputs)
+        ran = effective_params(node.kind, st.params, self.device, self.dtype or plan.registry.dtype)
+        key = plan.key_for(st if ran == st.params else replace(st, params=ran), inputs)  # names what runs here
         assert key is not None, f"{node.id}: inputs not ready"
         if not self.force:
             entry = plan.cache.lookup(key)

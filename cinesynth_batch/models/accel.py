@@ -21,6 +21,12 @@ it to one transformer and returns a report of what was used (recorded in the ren
 
 Settings that cannot run on this machine fall back to the nearest exact alternative with a
 ``SpeedFallbackWarning`` naming the setting and the reason.
+
+Keys name what ran: the output-changing settings (``quantize``, a lossy ``attention``) are part of a
+stage's key, and ``keyed_speed(params, device, dtype)`` gives the key's params with those settings
+as ``resolve`` will decide them here (a setting that falls back leaves the key). The executor keys
+a run on that; the stage checks with ``check_keyed`` that what its transformers used is what the
+key names, and refuses to store its output otherwise.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import FallbackWarning
+from ..stages.base import StageError
 from .attention import LOSSY, NAMES as ATTENTION_NAMES, resolve_attention, set_attention
 
 COMPILE_MODES = ("auto", "on", "off")
@@ -124,6 +131,49 @@ def resolve(settings: SpeedSettings, device: str, dtype: Any,
     used = {"attention": attention.used, "attention_backend": attention.backend, "compile": compile_on,
             "quantize": quantize, "offload": offload}
     return used, reasons
+
+
+def lossy_used(used: dict[str, Any]) -> dict[str, Any]:
+    """The output-changing part of a ``resolve`` result (or a ``prepare_transformer`` report): the
+    keyed settings it runs with, absent when exact."""
+    out: dict[str, Any] = {}
+    if used.get("quantize"):
+        out["quantize"] = used["quantize"]
+    if used.get("attention") in LOSSY:
+        out["attention"] = used["attention"]
+    return out
+
+
+def keyed_speed(params: dict[str, Any], device: str, dtype: Any) -> dict[str, Any]:
+    """``params`` (a stage's keyed params) with its output-changing speed settings as this machine
+    will run them, decided by ``resolve``: a setting that falls back leaves the key, so the key
+    names what runs. Params without such a setting come back unchanged (and nothing is imported)."""
+    if not params.get("quantize") and params.get("attention") not in LOSSY:
+        return params
+    from .loaders import torch_dtype
+
+    try:
+        settings = SpeedSettings(attention=params.get("attention") or "auto", quantize=params.get("quantize"),
+                                 compile="off")
+    except ValueError:
+        return params          # the stage refuses these params itself, with its own message
+    used, _ = resolve(settings, device, torch_dtype(dtype))
+    out = {k: v for k, v in params.items() if k not in ("quantize", "attention")}
+    return {**out, **lossy_used(used)}
+
+
+def check_keyed(stage: str, keyed: dict[str, Any], reports: dict[str, Any]) -> None:
+    """Raise unless every transformer ran with the output-changing settings ``keyed`` names (the
+    key's params for this machine): a run that differs must not be stored under that key."""
+    wanted = lossy_used(keyed)
+    for name, report in reports.items():
+        if not isinstance(report, dict) or "quantize" not in report:
+            continue
+        ran = lossy_used(report)
+        if ran != wanted:
+            raise StageError(f"{stage}: {name} ran with {ran or 'exact settings'} but the key names "
+                             f"{wanted or 'exact settings'}; the output is not stored",
+                             hint="report this: the settings' fallback and the key disagree")
 
 
 def fp8_filter(module: Any, fqn: str) -> bool:

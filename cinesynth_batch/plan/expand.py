@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from ..models.attention import LOSSY
 from ..spec import model as m
 from ..spec.load import LoadedSpec
 from ..tts import espeak_revision
@@ -127,8 +128,12 @@ def _speed_runtime(stage: m.SpeedOptions) -> dict:
 
 
 def _quantize_param(stage: m.SpeedOptions) -> dict:
-    """``quantize`` changes the output: keyed, and only when set (unset keeps earlier keys)."""
-    return {"quantize": stage.quantize} if stage.quantize else {}
+    """The output-changing speed options, keyed only when set (unset keeps earlier keys):
+    ``quantize`` and a lossy ``attention`` kernel (the executor keys what actually runs)."""
+    keyed: dict = {"quantize": stage.quantize} if stage.quantize else {}
+    if stage.attention in LOSSY:
+        keyed["attention"] = stage.attention
+    return keyed
 
 
 def _cache_params(cache: m.StepCache | None) -> dict | None:

@@ -243,6 +243,35 @@ def mux_reference_audio(video: Path, reference: Path | None, out: Path, duration
 # --------------------------------------------------------------------------- run
 
 
+def effective_params(params: dict[str, Any], device: str, dtype: Any) -> dict[str, Any]:
+    """The keyed params with ``quantize`` and ``attention`` as ``resolve_runtime`` decides them on
+    this machine (the key names what runs)."""
+    if params.get("quantize") is None and params.get("attention", "sdpa") == "sdpa":
+        return params
+    from ..models.animate import RuntimeSettings, resolve_runtime
+
+    try:
+        requested = RuntimeSettings(precision=params.get("precision", "bf16"), quantize=params.get("quantize"),
+                                    attention=params.get("attention", "sdpa"))
+    except StageError:
+        return params          # run() refuses these params with its own message
+    resolved, _ = resolve_runtime(requested, device, warn=False)
+    return {**params, "quantize": resolved.quantize, "attention": resolved.attention}
+
+
+def checked_runtime(p: dict[str, Any], runtime: dict[str, Any], device: str) -> dict[str, Any]:
+    """Refuse a run whose quantization or attention differs from what its key names; returns the
+    settings that fell back (``{name: {asked, ran}}``)."""
+    keyed = effective_params(p, device, None)
+    ran = {"quantize": runtime.get("quantization"), "attention": runtime.get("attention")}
+    for name, value in ran.items():
+        if keyed.get(name) != value:
+            raise StageError(f"animate: the transformer ran with {name}={value!r} but the key names "
+                             f"{keyed.get(name)!r}; the output is not stored",
+                             hint="report this: the settings' fallback and the key disagree")
+    return {name: {"asked": p.get(name), "ran": value} for name, value in ran.items() if p.get(name) != value}
+
+
 def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageContext) -> dict[str, Any]:
     import torch
 
@@ -273,6 +302,7 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
     if transformer is None or not hasattr(transformer, "face_adapter"):
         raise StageError("animate: the animate model must be a WanAnimatePipeline (Wan2.2-Animate)")
     runtime = prepare_animate_run(pipe, settings, requests, device=pipeline_device(pipe, ctx.device))
+    fell = checked_runtime(p, runtime, ctx.device)
     pipe.scheduler = make_scheduler(pipe, p["scheduler"], p["shift"])
 
     windows = window_count(frames_wanted, p["frame_window"], p["prev_frames"])
@@ -351,5 +381,6 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
         "prev_frames": p["prev_frames"],
         "steps": p["steps"],
         "runtime": runtime,
+        **({"fell_back": fell} if fell else {}),
         **audio,
     }

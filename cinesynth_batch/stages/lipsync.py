@@ -24,6 +24,13 @@ OUTPUT_EXT = ".mp4"
 MODEL_ROLE = "lipsync"
 
 
+def effective_params(params: dict[str, Any], device: str, dtype: Any) -> dict[str, Any]:
+    """The keyed params with ``quantize`` / a lossy ``attention`` as this machine runs them."""
+    from ..models.accel import keyed_speed
+
+    return keyed_speed(params, device, dtype)
+
+
 def check_params(params: dict[str, Any]) -> dict[str, Any]:
     p = dict(params)
     if p["infer_frames"] < 4 or p["infer_frames"] % 4:
@@ -63,7 +70,10 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
              for lo in p["loras"]]
     from ..models.accel import prepared_pipeline
 
+    from .video import checked_speed
+
     pipe, speed = prepared_pipeline(ctx, MODEL_ROLE, p)
+    fell = checked_speed(p, speed, ctx, KIND)
     result = pipe.generate(
         image=avatar, speech=wave, audio_seconds=seconds, prompt=p["prompt"],
         negative_prompt=p["negative_prompt"], width=p["width"], height=p["height"], fps=p["fps"],
@@ -88,4 +98,5 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
             "height": int(frames.shape[1]), "fps": p["fps"], "segments": result.segments,
             "duration": wanted / p["fps"], "speech_seconds": round(seconds, 4),
             "cache": result.cache_stats, "generated_frames": int(result.frames.shape[0]),
-            "frame_check": math.isclose(wanted / p["fps"], seconds, abs_tol=0.5 / p["fps"]), "speed": speed}
+            "frame_check": math.isclose(wanted / p["fps"], seconds, abs_tol=0.5 / p["fps"]), "speed": speed,
+            **({"fell_back": fell} if fell else {})}

@@ -28,6 +28,11 @@ SIZE_MULTIPLE = 16
 _BASE_SCHEDULER_ATTR = "_cinesynth_base_scheduler_config"
 
 
+def effective_params(params: dict[str, Any], device: str, dtype: Any) -> dict[str, Any]:
+    """The keyed params with ``quantize`` / a lossy ``attention`` as this machine runs them."""
+    from ..models.accel import keyed_speed
+
+    return keyed_speed(params, device, dtype)
 
 
 def check_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -81,6 +86,19 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
         **speed_params(params),
     }
 
+
+
+def checked_speed(p: dict[str, Any], speed: dict[str, Any], ctx: StageContext, stage: str = KIND) -> dict:
+    """Refuse a run whose output-changing settings differ from what its key names; returns the
+    settings that fell back (``{name: {asked, ran}}``, empty when none did)."""
+    from ..models.accel import check_keyed, keyed_speed, lossy_used
+
+    keyed = keyed_speed(p, ctx.device, ctx.dtype)
+    check_keyed(stage, keyed, speed)
+    asked, kept = lossy_used(p), lossy_used(keyed)
+    ran = speed.get("transformer") or {}
+    return {name: {"asked": value, "ran": ran.get(name)} for name, value in asked.items()
+            if kept.get(name) != value}
 
 
 def fit_image(image, width: int, height: int):
@@ -170,6 +188,7 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
     from ..models.accel import prepared_pipeline
 
     pipe, speed = prepared_pipeline(ctx, MODEL_ROLE, p)
+    keyed = checked_speed(p, speed, ctx)
     if getattr(pipe, "transformer", None) is None or getattr(pipe, "transformer_2", None) is None:
         raise StageError("video: the video model must be a Wan2.2 A14B pipeline with transformer and transformer_2")
     apply_loras(pipe, requests)
@@ -217,6 +236,8 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
     write_video(frames, out, fps=p["fps"])
     meta = {"frames": int(frames.shape[0]), "width": int(frames.shape[2]), "height": int(frames.shape[1]),
             "fps": p["fps"], "speed": speed}
+    if keyed:
+        meta["fell_back"] = keyed
     if stats is not None:
         meta["cache"] = stats
     return meta
