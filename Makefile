@@ -6,7 +6,7 @@ SPEC   ?= specs/examples/short.yaml
 
 TTS_VENV ?= .venv-tts
 
-.PHONY: install tts-env demo test test-fast bench tiny clean
+.PHONY: install tts-env fonts demo test test-fast bench tiny clean
 
 # torch is pinned: torch==2.13.0 resolves to the CPU build; a looser pin pulls CUDA wheels.
 $(VENV)/.installed: pyproject.toml
@@ -30,6 +30,19 @@ $(TTS_VENV)/.installed: requirements-tts.txt
 	touch $@
 
 tts-env: $(TTS_VENV)/.installed
+
+# Burnt-in subtitles need a font with the text's glyphs, found through fontconfig: Debian's
+# fonts-noto-cjk covers Korean, Chinese and Japanese. Installed (as root, with apt-get) when no
+# font with Hangul is listed; elsewhere, install it or set [subtitles] font in cinesynth.toml.
+fonts:
+	@if ! fc-list ':charset=ac00' file 2>/dev/null | grep -q .; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends fonts-noto-cjk fontconfig >/dev/null; \
+	  else \
+	    echo "no font with Hangul glyphs: apt-get install fonts-noto-cjk fontconfig" >&2; exit 1; \
+	  fi; \
+	fi
 
 demo: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/cinesynth render $(SPEC)

@@ -1,51 +1,20 @@
 """Burn subtitles into the picture with ffmpeg's ``subtitles`` filter (libass).
 
-The font is DejaVu Sans from matplotlib's wheel (installed with mediapipe), so burning works
-offline on a fresh machine with no system fonts. DejaVu Sans covers Latin, Greek and Cyrillic;
-Hangul and Han characters need a CJK font: set ``CINESYNTH_SUBTITLE_FONT`` to a .ttf/.otf/.ttc
-file that has them.
+The font is chosen when the render is planned (``media/fonts.py``: the project's configured font,
+else a fontconfig font with every character of the text, else DejaVu Sans from matplotlib's wheel)
+and handed to the assembly as an input, so its digest is part of the key: another font re-renders.
+Before drawing, the font's character map is checked against the cues once more; a character it
+lacks stops the assembly with the scripts missing and what to install, never boxes.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from ..stages.base import StageError
-
-FONT_ENV = "CINESYNTH_SUBTITLE_FONT"
-
-
-def subtitle_font() -> Path:
-    """The font file used for burnt-in subtitles."""
-    chosen = os.environ.get(FONT_ENV)
-    if chosen:
-        p = Path(chosen).expanduser()
-        if not p.is_file():
-            raise StageError(f"assemble: {FONT_ENV}={chosen} is not a file",
-                             hint="point it at a .ttf, .otf or .ttc font")
-        return p
-    spec = importlib.util.find_spec("matplotlib")
-    if spec is not None and spec.submodule_search_locations:
-        for base in spec.submodule_search_locations:
-            p = Path(base) / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
-            if p.is_file():
-                return p
-    raise StageError("assemble: no font to burn subtitles with",
-                     hint=f"install matplotlib (it ships DejaVu Sans) or set {FONT_ENV} to a font file")
-
-
-def font_family(path: Path) -> str:
-    """The family name libass matches a font by (from the file's name table)."""
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.truetype(str(path), 12).getname()[0]
-    except OSError as exc:
-        raise StageError(f"assemble: cannot read the subtitle font {path}: {exc}") from exc
+from .fonts import FontError, font_family, missing_chars, needed_chars, no_font_error
 
 
 def _quoted(path: Path) -> str:
@@ -53,19 +22,47 @@ def _quoted(path: Path) -> str:
     return "'" + text.replace("'", "'\\\\\\''").replace(":", "\\\\:") + "'"
 
 
-def burn_filter(graph: Any, label: str, srt: Any, work: Path) -> str:
-    """Append ``subtitles`` to the video chain ending at ``label``; returns the new label."""
-    srt = Path(srt[0] if isinstance(srt, (list, tuple)) else srt)
+def _one(value: Any) -> Path:
+    return Path(value[0] if isinstance(value, (list, tuple)) else value)
+
+
+def cue_text(srt: Path) -> str:
+    """The text of an SRT file's cues (numbers and times left out)."""
+    from .subtitles import parse_srt
+
+    return "\n".join(cue.text for cue in parse_srt(srt.read_text(encoding="utf-8")))
+
+
+def check_font(font: Path, text: str) -> None:
+    """Raise ``StageError`` unless ``font`` has a glyph for every character of ``text``."""
+    try:
+        missing = missing_chars(font, needed_chars(text))
+        if missing:
+            raise no_font_error(missing, font)
+    except FontError as exc:
+        raise StageError(f"assemble: {exc.message}", hint=exc.hint) from exc
+
+
+def burn_filter(graph: Any, label: str, srt: Any, work: Path, font: Any) -> str:
+    """Append ``subtitles`` (drawn with ``font``) to the video chain ending at ``label``; returns
+    the new label."""
+    srt, font = _one(srt), _one(font)
     if not srt.is_file():
         raise StageError(f"assemble: subtitle file {srt} does not exist")
+    if not font.is_file():
+        raise StageError(f"assemble: subtitle font {font} does not exist")
+    check_font(font, cue_text(srt))
     fonts = work / "fonts"
     fonts.mkdir(exist_ok=True)
-    font = subtitle_font()
     shutil.copyfile(font, fonts / font.name)
     local = work / "subtitles.srt"
     shutil.copyfile(srt, local)
+    try:
+        family = font_family(font)
+    except FontError as exc:
+        raise StageError(f"assemble: {exc.message}", hint=exc.hint) from exc
     # libass scales styles to a 288-line script: 18 is about 1/16 of the picture's height
-    style = f"FontName={font_family(font)},Fontsize=18,Outline=1,Shadow=0,MarginV=12"
+    style = f"FontName={family},Fontsize=18,Outline=1,Shadow=0,MarginV=12"
     graph.add(f"{label}subtitles=filename={_quoted(local)}:fontsdir={_quoted(fonts)}"
               f":force_style='{style}'[vsub]")
     return "[vsub]"

@@ -272,6 +272,8 @@ def _assemble_node(graph: Graph, loaded: LoadedSpec, j: int, asm: m.Assemble,
     if srt is not None and asm.subtitles == "burn":
         inputs["subtitles"] = srt
         params["subtitles"] = "subtitles"
+        inputs["subtitle_font"] = _subtitle_font(loaded, j, lines)   # its digest keys the font
+        params["subtitle_font"] = "subtitle_font"
     graph.add(StageNode(
         id=f"assemble.{asm.name}", kind="assemble", scene=None, model_role=None,
         params=params, inputs=inputs, publish=f"{asm.name}.mp4", where=loaded.where("assemble", j)))
@@ -318,6 +320,21 @@ def _subtitles_node(graph: Graph, loaded: LoadedSpec, j: int, asm: m.Assemble, p
                 "lines": lines},
         inputs=dict(inputs), publish=f"{asm.name}.srt", where=loaded.where("assemble", j)))
     return NodeInput(node_id)
+
+
+def _subtitle_font(loaded: LoadedSpec, j: int, lines: list[dict]) -> FileInput:
+    """The font that draws every character of the subtitle lines (``media/fonts.py``)."""
+    from ..config import ProjectConfig
+    from ..errors import Problem, SpecError
+    from ..media.fonts import FontError, choose_font
+
+    configured = ProjectConfig.load(loaded.root).subtitles.font
+    try:
+        path = choose_font("\n".join(line["text"] for line in lines), configured)
+    except FontError as exc:
+        loc = ("assemble", j, "subtitles")
+        raise SpecError([Problem(exc.message, loaded.where(*loc), loaded.path_text(*loc), exc.hint)]) from exc
+    return FileInput(path=path, display=path.name)
 
 
 def scene_transition(own: m.Transition | None, default: m.Transition) -> dict | None:

@@ -12,7 +12,8 @@ Parameters (plain JSON)::
 
 Optional: ``"preset"`` (x264 preset, default ``"medium"``), ``"audio_bitrate"`` (default
 ``"192k"``), ``"true_peak"`` (loudness ceiling in dBTP, default -1.5), ``"subtitles"`` (the name
-of an input holding an SRT file to burn into the picture; see ``media/burn.py``).
+of an input holding an SRT file to burn into the picture) with ``"subtitle_font"`` (the name of
+the input holding the font file to draw it with, chosen at plan time; see ``media/burn.py``).
 
 Inputs: ``inputs[scene.visual]`` is a list of mp4 paths for a ``video`` scene (its segments in
 order; one path is taken as a one-segment list) or one image path for a ``still`` scene.
@@ -207,8 +208,10 @@ def run(params: dict, inputs: dict, out: str | Path, ctx: Any = None) -> dict:
         if params.get("subtitles"):
             from cinesynth_batch.media.burn import burn_filter
 
-            vlabel = burn_filter(graph, vlabel, _input_path(inputs, params["subtitles"], "assembly",
-                                                             "subtitles"), work)
+            if not params.get("subtitle_font"):
+                raise StageError("assemble: burning subtitles needs a font input (params 'subtitle_font')")
+            vlabel = burn_filter(graph, vlabel, _input_path(inputs, params["subtitles"], "assembly", "subtitles"),
+                                 work, _input_path(inputs, params["subtitle_font"], "assembly", "subtitle_font"))
         alabel = _audio_graph(graph, scenes, music, fps, rate, total_samples)
         alabel = _finish_audio(graph, alabel, loudnorm_filter, rate, total_samples, "aout")
         script = work / "assemble.filtergraph"

@@ -305,3 +305,18 @@ def test_still_with_percent_in_name(assets, tmp_path):
     assert result["frames"] == 8
     frame = read_frames(tmp_path / "o.mp4")[0].astype(int)
     assert np.abs(frame[H // 2, W // 2] - np.array(YELLOW)).max() <= 12
+
+
+def test_burning_needs_a_font_input_and_refuses_one_without_the_glyphs(assets, tmp_path):
+    from cinesynth_batch.media.fonts import bundled_font
+
+    srt = tmp_path / "cues.srt"
+    srt.write_text("1\n00:00:00,000 --> 00:00:01,000\n明天北京晴天。\n", encoding="utf-8")
+    inputs = {**_inputs(assets), "subs": str(srt), "font": str(bundled_font())}
+    with pytest.raises(StageError, match=r"burning subtitles needs a font input \(params 'subtitle_font'\)"):
+        assemble.run(_params(subtitles="subs"), inputs, tmp_path / "x.mp4")
+    with pytest.raises(StageError) as err:
+        assemble.run(_params(subtitles="subs", subtitle_font="font"), inputs, tmp_path / "x.mp4")
+    assert err.value.message.startswith("assemble: no font has the CJK symbols, Han characters of the subtitles")
+    assert "apt-get install fonts-noto-cjk" in err.value.hint
+    assert not (tmp_path / "x.mp4").exists()
