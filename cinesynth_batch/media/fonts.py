@@ -3,9 +3,9 @@
 Candidates, first that covers the text wins:
 
 1. the font named in the project's configuration (``cinesynth.toml``, ``[subtitles] font``);
-2. the fonts fontconfig lists with every needed character (``fc-list :charset=...``), where
-   ``fc-list`` is installed; regular sans faces first (Debian's ``fonts-noto-cjk`` gives Noto Sans
-   CJK for Korean, Chinese and Japanese);
+2. fontconfig's preferred sans-serif faces for the needed characters (``fc-match -s
+   'sans-serif:charset=...'``), where fontconfig is installed (Debian's ``fonts-noto-cjk`` gives
+   Noto Sans CJK for Korean, Chinese and Japanese);
 3. DejaVu Sans from matplotlib's wheel (Latin, Greek, Cyrillic; no Hangul, Han or kana).
 
 Coverage is read from the font's character map (fontTools, which matplotlib installs). When no
@@ -27,6 +27,7 @@ _SCRIPT_WORDS = {"HANGUL": "Hangul", "CJK": "Han", "HIRAGANA": "Hiragana", "KATA
                  "IDEOGRAPHIC": "CJK symbols", "FULLWIDTH": "CJK symbols", "HALFWIDTH": "CJK symbols",
                  "BOPOMOFO": "Bopomofo"}
 _SHOWN = 8          # missing characters quoted in a message
+_CANDIDATES = 12    # fontconfig's best matches whose character maps are read
 
 
 class FontError(Exception):
@@ -81,24 +82,20 @@ def bundled_font() -> Path | None:
 
 
 def fontconfig_fonts(chars: list[str]) -> list[Path]:
-    """Font files fontconfig lists with every one of ``chars`` (regular sans faces first); empty
-    when ``fc-list`` is not installed."""
-    fc_list = shutil.which("fc-list")
-    if fc_list is None or not chars:
+    """Font files in fontconfig's order of preference for a sans-serif face with ``chars``
+    (``fc-match -s``: faces with every character first); empty when fontconfig's tools are not
+    installed. Callers check coverage themselves."""
+    fc_match = shutil.which("fc-match")
+    if fc_match is None or not chars:
         return []
     charset = " ".join(f"{ord(ch):x}" for ch in chars)
     try:
-        listed = subprocess.run([fc_list, f":charset={charset}", "--format", "%{file}|%{family}|%{style}\n"],
+        listed = subprocess.run([fc_match, "-s", f"sans-serif:charset={charset}", "--format", "%{file}\n"],
                                 capture_output=True, text=True, timeout=30, check=False).stdout
     except (OSError, subprocess.SubprocessError):
         return []
-    ranked = []
-    for line in listed.splitlines():
-        path, _, rest = line.partition("|")
-        family, _, style = rest.partition("|")
-        if path.lower().endswith((".ttf", ".otf", ".ttc")):
-            ranked.append(("Regular" not in style, "Mono" in family, "Serif" in family, path))
-    return list(dict.fromkeys(Path(r[-1]) for r in sorted(ranked)))
+    files = [line for line in listed.splitlines() if line.lower().endswith((".ttf", ".otf", ".ttc"))]
+    return list(dict.fromkeys(Path(f) for f in files))[:_CANDIDATES]
 
 
 def choose_font(text: str, configured: Path | None = None) -> Path:
@@ -121,14 +118,14 @@ def choose_font(text: str, configured: Path | None = None) -> Path:
         if not missing:
             return bundled
         lacking = lacking or missing
-    raise no_font_error(lacking or chars, configured, searched=shutil.which("fc-list") is not None)
+    raise no_font_error(lacking or chars, configured, searched=shutil.which("fc-match") is not None)
 
 
 def no_font_error(missing: list[str], configured: Path | None, searched: bool = True) -> FontError:
     scripts = sorted({script_of(ch) for ch in missing})
     shown = " ".join(missing[:_SHOWN]) + (" ..." if len(missing) > _SHOWN else "")
     reasons = [f"the configured font {configured.name} lacks them"] if configured is not None else []
-    reasons.append("the fonts fontconfig lists lack them" if searched else "fontconfig (fc-list) is not installed")
+    reasons.append("fontconfig's fonts lack them" if searched else "fontconfig is not installed (no fc-match)")
     message = (f"no font has the {', '.join(scripts)} characters of the subtitles ({shown}): "
                f"{', '.join(reasons)}, and DejaVu Sans would draw boxes")
     package = CJK_PACKAGE if set(scripts) & _CJK_SCRIPTS else "fonts-noto"

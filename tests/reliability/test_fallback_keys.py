@@ -13,7 +13,6 @@ import yaml
 from cinesynth_batch.errors import FallbackWarning
 from cinesynth_batch.execute.render import render
 from cinesynth_batch.execute.session import Session
-from cinesynth_batch.models import accel
 from cinesynth_batch.plan.keys import content_key
 from cinesynth_batch.stages.base import StageError
 from projects import new_project
@@ -101,20 +100,15 @@ def test_exact_render_sharing_the_cache_finds_the_fallback_result(lossy_render):
     assert third.outcome.ran == [] and sorted(third.outcome.cached) == ["assemble.final", "q.video", "s.video"]
 
 
-def test_key_params_follow_the_fallback_decision_on_cpu():
-    params = {"prompt": "x", "quantize": "fp8", "attention": "sageattn"}
-    assert accel.keyed_speed(params, "cpu", "float32") == {"prompt": "x"}
-    assert accel.keyed_speed({"prompt": "x"}, "cpu", "float32") == {"prompt": "x"}
-    exact = {"prompt": "x", "attention": "fa3"}          # exact kernels are not keyed: left as they are
-    assert accel.keyed_speed(exact, "cpu", "bfloat16") is exact
+def test_animate_keys_what_resolve_runtime_decides():
+    from cinesynth_batch.stages import animate
 
-
-def test_a_run_that_differs_from_its_key_is_refused():
-    ran = {"transformer": {"quantize": None, "attention": "sdpa"}, "offload": None}
-    accel.check_keyed("video", {"prompt": "x"}, ran)
-    with pytest.raises(StageError, match=r"video: transformer ran with exact settings but the key names "
-                                         r"\{'quantize': 'fp8'\}; the output is not stored"):
-        accel.check_keyed("video", {"prompt": "x", "quantize": "fp8"}, ran)
-    sage = {"transformer": {"quantize": None, "attention": "sageattn"}}
-    with pytest.raises(StageError, match="ran with {'attention': 'sageattn'} but the key names exact settings"):
-        accel.check_keyed("lipsync", {"prompt": "x"}, sage)
+    asked = {"precision": "bf16", "quantize": "fp8_e4m3fn", "attention": "sageattn", "seed": 1}
+    assert animate.effective_params(asked, "cpu", "float32") == {**asked, "quantize": None, "attention": "sdpa"}
+    exact = {"precision": "bf16", "quantize": None, "attention": "sdpa"}
+    assert animate.effective_params(exact, "cpu", "float32") is exact
+    report = {"quantization": "fp8_e4m3fn", "attention": "sdpa"}      # a run that kept fp8 on the CPU
+    with pytest.raises(StageError, match="ran with quantize='fp8_e4m3fn' but the key names None"):
+        animate.checked_runtime(asked, report, "cpu")
+    fell = animate.checked_runtime(asked, {"quantization": None, "attention": "sdpa"}, "cpu")
+    assert fell == {"quantize": {"asked": "fp8_e4m3fn", "ran": None}, "attention": {"asked": "sageattn", "ran": "sdpa"}}

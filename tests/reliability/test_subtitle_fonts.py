@@ -4,7 +4,7 @@ The Korean line is burnt through the real assembly (ffmpeg + libass) with the fo
 chooses, and compared with the tofu outcome: the same line drawn by libass with DejaVu Sans and no
 system fonts to fall back on (an empty fontconfig configuration), which is what burning with the
 bundled font did. The refusal is checked with a configured font that lacks Hangul and a PATH that
-hides ``fc-list``."""
+hides ``fc-list`` and ``fc-match``."""
 
 import hashlib
 import os
@@ -140,7 +140,7 @@ def test_font_without_hangul_and_fc_list_hidden_fails_naming_what_to_install(tmp
     text = err.value.render()
     assert text.startswith(f"{spec}:7:23: assemble[0].subtitles: ") and "\n" not in text
     assert "no font has the Hangul characters of the subtitles (녕 러 분 세 안 여 요 하)" in text
-    assert ("the configured font Latin.ttf lacks them, fontconfig (fc-list) is not installed, "
+    assert ("the configured font Latin.ttf lacks them, fontconfig is not installed (no fc-match), "
             "and DejaVu Sans would draw boxes") in text
     assert "apt-get install fonts-noto-cjk" in text and "[subtitles] font in cinesynth.toml" in text
     cli = subprocess.run([sys.executable, "-m", "cinesynth_batch.cli", "plan", str(spec)], cwd=root,

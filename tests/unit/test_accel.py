@@ -11,6 +11,7 @@ import torch
 
 from cinesynth_batch.models import accel
 from cinesynth_batch.models.attention import resolve_attention
+from cinesynth_batch.stages.base import StageError
 
 
 def test_settings_reject_unknown_values():
@@ -164,3 +165,22 @@ def test_fa4_operator_has_a_shape_only_fake_for_compile():
         q, k = torch.empty(2, 10, 4, 64, dtype=torch.bfloat16), torch.empty(2, 12, 4, 64, dtype=torch.bfloat16)
         out = fa4_attention(q, k, torch.empty(2, 12, 4, 32, dtype=torch.bfloat16))
     assert (tuple(out.shape), out.dtype) == ((2, 10, 4, 32), torch.bfloat16)
+
+
+def test_key_params_follow_the_fallback_decision_on_cpu():
+    params = {"prompt": "x", "quantize": "fp8", "attention": "sageattn"}
+    assert accel.keyed_speed(params, "cpu", "float32") == {"prompt": "x"}
+    assert accel.keyed_speed({"prompt": "x"}, "cpu", "float32") == {"prompt": "x"}
+    exact = {"prompt": "x", "attention": "fa3"}          # exact kernels are not keyed: left as they are
+    assert accel.keyed_speed(exact, "cpu", "bfloat16") is exact
+
+
+def test_a_run_that_differs_from_its_key_is_refused():
+    ran = {"transformer": {"quantize": None, "attention": "sdpa"}, "offload": None}
+    accel.check_keyed("video", {"prompt": "x"}, ran)
+    with pytest.raises(StageError, match=r"video: transformer ran with exact settings but the key names "
+                                         r"\{'quantize': 'fp8'\}; the output is not stored"):
+        accel.check_keyed("video", {"prompt": "x", "quantize": "fp8"}, ran)
+    sage = {"transformer": {"quantize": None, "attention": "sageattn"}}
+    with pytest.raises(StageError, match="ran with {'attention': 'sageattn'} but the key names exact settings"):
+        accel.check_keyed("lipsync", {"prompt": "x"}, sage)
