@@ -22,7 +22,7 @@ import unicodedata
 from pathlib import Path
 
 CJK_PACKAGE = "fonts-noto-cjk"
-_CJK_SCRIPTS = {"Hangul", "Han", "Hiragana", "Katakana", "CJK symbols", "Bopomofo"}
+_CJK_SCRIPTS = frozenset({"Hangul", "Han", "Hiragana", "Katakana", "CJK symbols", "Bopomofo"})
 _SCRIPT_WORDS = {"HANGUL": "Hangul", "CJK": "Han", "HIRAGANA": "Hiragana", "KATAKANA": "Katakana",
                  "IDEOGRAPHIC": "CJK symbols", "FULLWIDTH": "CJK symbols", "HALFWIDTH": "CJK symbols",
                  "BOPOMOFO": "Bopomofo"}

@@ -30,3 +30,17 @@ def concrete_device(device: str) -> str:
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
+
+def checked_speed(stage: str, params: dict[str, Any], speed: dict[str, Any], device: str,
+                  dtype: Any) -> dict[str, Any]:
+    """Refuse a Wan run whose output-changing settings differ from what its key names (``speed``:
+    ``models/accel.prepared_pipeline``'s report); returns the settings that fell back, as
+    ``{name: {"asked": ..., "ran": ...}}`` (empty when none did), for the manifest."""
+    from ..models.accel import check_keyed, keyed_speed, lossy_used
+
+    keyed = keyed_speed(params, concrete_device(device), dtype)
+    check_keyed(stage, keyed, speed)
+    asked, kept = lossy_used(params), lossy_used(keyed)
+    ran = speed.get("transformer") or {}
+    return {name: {"asked": value, "ran": ran.get(name)} for name, value in asked.items()
+            if kept.get(name) != value}

@@ -69,11 +69,10 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
     loras = [PhaseLora(lo["name"], ctx.resolve_lora(lo["name"], "mov"), lo["high"], lo["low"])
              for lo in p["loras"]]
     from ..models.accel import prepared_pipeline
-
-    from .video import checked_speed
+    from .effective import checked_speed
 
     pipe, speed = prepared_pipeline(ctx, MODEL_ROLE, p)
-    fell = checked_speed(p, speed, ctx, KIND)
+    fell = checked_speed(KIND, p, speed, ctx.device, ctx.dtype)
     result = pipe.generate(
         image=avatar, speech=wave, audio_seconds=seconds, prompt=p["prompt"],
         negative_prompt=p["negative_prompt"], width=p["width"], height=p["height"], fps=p["fps"],

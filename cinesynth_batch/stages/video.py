@@ -88,19 +88,6 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 
-def checked_speed(p: dict[str, Any], speed: dict[str, Any], ctx: StageContext, stage: str = KIND) -> dict:
-    """Refuse a run whose output-changing settings differ from what its key names; returns the
-    settings that fell back (``{name: {asked, ran}}``, empty when none did)."""
-    from ..models.accel import check_keyed, keyed_speed, lossy_used
-
-    keyed = keyed_speed(p, ctx.device, ctx.dtype)
-    check_keyed(stage, keyed, speed)
-    asked, kept = lossy_used(p), lossy_used(keyed)
-    ran = speed.get("transformer") or {}
-    return {name: {"asked": value, "ran": ran.get(name)} for name, value in asked.items()
-            if kept.get(name) != value}
-
-
 def fit_image(image, width: int, height: int):
     """Scale ``image`` to cover ``width``x``height`` and center-crop it to exactly that size (RGB)."""
     from PIL import Image, ImageOps
@@ -186,9 +173,10 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
     requests = video_lora_requests(p["loras"], ctx.resolve_lora)
 
     from ..models.accel import prepared_pipeline
+    from .effective import checked_speed
 
     pipe, speed = prepared_pipeline(ctx, MODEL_ROLE, p)
-    keyed = checked_speed(p, speed, ctx)
+    fell = checked_speed(KIND, p, speed, ctx.device, ctx.dtype)
     if getattr(pipe, "transformer", None) is None or getattr(pipe, "transformer_2", None) is None:
         raise StageError("video: the video model must be a Wan2.2 A14B pipeline with transformer and transformer_2")
     apply_loras(pipe, requests)
@@ -236,8 +224,8 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
     write_video(frames, out, fps=p["fps"])
     meta = {"frames": int(frames.shape[0]), "width": int(frames.shape[2]), "height": int(frames.shape[1]),
             "fps": p["fps"], "speed": speed}
-    if keyed:
-        meta["fell_back"] = keyed
+    if fell:
+        meta["fell_back"] = fell
     if stats is not None:
         meta["cache"] = stats
     return meta
