@@ -173,7 +173,8 @@ def check_keyed(stage: str, keyed: dict[str, Any], reports: dict[str, Any]) -> N
         if ran != wanted:
             raise StageError(f"{stage}: {name} ran with {ran or 'exact settings'} but the key names "
                              f"{wanted or 'exact settings'}; the output is not stored",
-                             hint="report this: the settings' fallback and the key disagree")
+                             hint="the model runs in another dtype or on another device than the render was keyed for: "
+                             "pass --dtype/--device matching the model, or drop the setting from the spec")
 
 
 def fp8_filter(module: Any, fqn: str) -> bool:

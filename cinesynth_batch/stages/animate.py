@@ -268,7 +268,8 @@ def checked_runtime(p: dict[str, Any], runtime: dict[str, Any], device: str) -> 
         if keyed.get(name) != value:
             raise StageError(f"animate: the transformer ran with {name}={value!r} but the key names "
                              f"{keyed.get(name)!r}; the output is not stored",
-                             hint="report this: the settings' fallback and the key disagree")
+                             hint="the model runs in another dtype or on another device than the render was keyed for: "
+                             "pass --dtype/--device matching the model, or drop the setting from the spec")
     return {name: {"asked": p.get(name), "ran": value} for name, value in ran.items() if p.get(name) != value}
 
 
