@@ -11,7 +11,7 @@ import importlib
 import shutil
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -23,7 +23,6 @@ from ..plan.expand import input_paths
 from ..plan.planner import Plan, PlannedStage, input_labels
 from ..plan.reason import explain
 from ..stages.base import StageContext, StageError
-from ..stages.effective import effective_params
 from .events import EventBus
 
 
@@ -156,8 +155,12 @@ class LocalExecutor(Executor):
                      detail={"because": failed_up})
             return
         inputs = plan.input_digests(node, known)
+        from dataclasses import replace
+
+        from ..stages.effective import effective_params   # the key names what runs on this machine
+
         ran = effective_params(node.kind, st.params, self.device, self.dtype or plan.registry.dtype)
-        key = plan.key_for(st if ran == st.params else replace(st, params=ran), inputs)  # names what runs here
+        key = plan.key_for(st if ran == st.params else replace(st, params=ran), inputs)
         assert key is not None, f"{node.id}: inputs not ready"
         if not self.force:
             entry = plan.cache.lookup(key)
