@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..stages.base import StageError
-from .fonts import FontError, font_family, missing_chars, needed_chars, no_font_error
+from .fonts import FontError, font_family, glyphs_missing_error, missing_chars, needed_chars
 
 
 def _quoted(path: Path) -> str:
@@ -38,7 +38,7 @@ def check_font(font: Path, text: str) -> None:
     try:
         missing = missing_chars(font, needed_chars(text))
         if missing:
-            raise no_font_error(missing, font)
+            raise glyphs_missing_error(font, missing)
     except FontError as exc:
         raise StageError(f"assemble: {exc.message}", hint=exc.hint) from exc
 

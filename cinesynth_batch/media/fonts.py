@@ -122,16 +122,29 @@ def choose_font(text: str, configured: Path | None = None) -> Path:
 
 
 def no_font_error(missing: list[str], configured: Path | None, searched: bool = True) -> FontError:
-    scripts = sorted({script_of(ch) for ch in missing})
-    shown = " ".join(missing[:_SHOWN]) + (" ..." if len(missing) > _SHOWN else "")
+    """No candidate has ``missing``: which scripts, why each candidate failed, what to install."""
     reasons = [f"the configured font {configured.name} lacks them"] if configured is not None else []
     reasons.append("fontconfig's fonts lack them" if searched else "fontconfig is not installed (no fc-match)")
-    message = (f"no font has the {', '.join(scripts)} characters of the subtitles ({shown}): "
-               f"{', '.join(reasons)}, and DejaVu Sans would draw boxes")
-    package = CJK_PACKAGE if set(scripts) & _CJK_SCRIPTS else "fonts-noto"
-    hint = (f"install one: apt-get install {package} (and fontconfig), or set [subtitles] font in "
+    return FontError(f"no font has the {_described(missing)}: {', '.join(reasons)}, and DejaVu Sans would "
+                     "draw boxes", _install_hint(missing))
+
+
+def glyphs_missing_error(font: Path, missing: list[str]) -> FontError:
+    """``font`` lacks ``missing``: which scripts, and what to install."""
+    return FontError(f"the subtitle font {font.name} has no glyph for the {_described(missing)}",
+                     _install_hint(missing))
+
+
+def _described(missing: list[str]) -> str:
+    scripts = sorted({script_of(ch) for ch in missing})
+    shown = " ".join(missing[:_SHOWN]) + (" ..." if len(missing) > _SHOWN else "")
+    return f"{', '.join(scripts)} characters of the subtitles ({shown})"
+
+
+def _install_hint(missing: list[str]) -> str:
+    package = CJK_PACKAGE if {script_of(ch) for ch in missing} & _CJK_SCRIPTS else "fonts-noto"
+    return (f"install one: apt-get install {package} (and fontconfig), or set [subtitles] font in "
             "cinesynth.toml to a font file that has them")
-    return FontError(message, hint)
 
 
 def font_family(path: Path) -> str:

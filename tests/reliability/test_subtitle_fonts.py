@@ -154,7 +154,8 @@ def test_font_without_hangul_and_fc_list_hidden_fails_naming_what_to_install(tmp
 def test_assembly_refuses_a_font_without_the_glyphs(tmp_path):
     with pytest.raises(StageError) as err:
         assemble_still(tmp_path, "refused", bundled_font())
-    assert "no font has the Hangul characters of the subtitles" in err.value.message
+    assert err.value.message == ("assemble: the subtitle font DejaVuSans.ttf has no glyph for the Hangul "
+                                 "characters of the subtitles (녕 러 분 세 안 여 요 하)")
     assert "fonts-noto-cjk" in err.value.hint
     assert not (tmp_path / "refused.mp4").exists()
 
@@ -162,4 +163,5 @@ def test_assembly_refuses_a_font_without_the_glyphs(tmp_path):
 def test_messages_name_chinese_and_japanese_scripts():
     err = no_font_error(["中", "あ", "カ", "。"], None)
     assert "the CJK symbols, Han, Hiragana, Katakana characters" in err.message and "fonts-noto-cjk" in err.hint
-    assert "fonts-noto " in no_font_error(["ب"], None).hint + " "
+    arabic = no_font_error(["ب"], None)
+    assert "the Arabic characters" in arabic.message and "apt-get install fonts-noto (and fontconfig)" in arabic.hint

@@ -317,6 +317,7 @@ def test_burning_needs_a_font_input_and_refuses_one_without_the_glyphs(assets, t
         assemble.run(_params(subtitles="subs"), inputs, tmp_path / "x.mp4")
     with pytest.raises(StageError) as err:
         assemble.run(_params(subtitles="subs", subtitle_font="font"), inputs, tmp_path / "x.mp4")
-    assert err.value.message.startswith("assemble: no font has the CJK symbols, Han characters of the subtitles")
+    assert err.value.message == ("assemble: the subtitle font DejaVuSans.ttf has no glyph for the CJK symbols, Han "
+                                 "characters of the subtitles (。 京 北 天 明 晴)")
     assert "apt-get install fonts-noto-cjk" in err.value.hint
     assert not (tmp_path / "x.mp4").exists()
