@@ -114,7 +114,8 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, s
                 "loras": [{"name": lo.name, "high": lo.high, "low": lo.low} for lo in vid.loras],
                 **extra, **_quantize_param(vid),
             },
-            inputs=inputs, loras=tuple((lo.name, "mov") for lo in vid.loras), runtime=_speed_runtime(vid),
+            inputs=inputs, loras=tuple((lo.name, "mov") for lo in vid.loras),
+            runtime={**_speed_runtime(vid), **_chain_runtime(k, vid.segments)},
             publish=f"scenes/{sid}.mp4" if vid.segments == 1 else f"scenes/{sid}.{k}.mp4",
             where=loaded.where("scenes", index, "video"), parallel=vid.parallel))
         segments.append(NodeInput(node_id))
@@ -124,6 +125,11 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, s
 def _speed_runtime(stage: m.SpeedOptions) -> dict:
     """The exact speed options: passed to the stage, not part of the key."""
     return {"attention": stage.attention, "compile": stage.compile}
+
+
+def _chain_runtime(k: int, segments: int) -> dict:
+    """A chained clip's place (segment k of n): for progress and ``plan``, not part of the key."""
+    return {"segment": k, "segments": segments} if segments > 1 else {}
 
 
 def _quantize_param(stage: m.SpeedOptions) -> dict:
