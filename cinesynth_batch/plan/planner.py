@@ -183,15 +183,16 @@ SPEC_FIELDS = {
 
 def input_labels(node: StageNode) -> dict[str, str]:
     """Input name -> how a reason names it: the spec field, then what it is (upstream stage
-    ids or the file as written), e.g. ``audio (assets/line1.wav)`` or
-    ``intro.audio (assets/line1.wav)`` for an assembly's per-scene inputs."""
+    ids or the file as written, left out when the same), e.g. ``audio (assets/line1.wav)``, or
+    ``intro.audio (assets/line1.wav)`` and ``intro.video`` for an assembly's per-scene inputs."""
     fields = _assembly_fields(node) if node.kind in ("assemble", "subtitles") else {}
     fields = {**SPEC_FIELDS.get(node.kind, {}), **fields}
     out = {}
     for name, value in node.inputs.items():
         items = value if isinstance(value, tuple) else (value,)
         what = ", ".join(i.node if isinstance(i, NodeInput) else i.display for i in items)
-        out[name] = f"{fields.get(name, name)} ({what})"
+        field = fields.get(name, name)
+        out[name] = field if what == field else f"{field} ({what})"
     return out
 
 
