@@ -182,3 +182,54 @@ def test_subtitle_times_match_the_assembled_scenes(rendered):
     assert times.keys() == made.keys()
     for sid in made:
         assert times[sid] == pytest.approx(made[sid], abs=1e-3)
+
+
+LABELS = """\
+project: labels
+profile: tiny
+defaults: {resolution: 64x64, fps: 16, seed: 3}
+scenes:
+  - id: talk
+    image: {prompt: "a desk", steps: 1, upscale: x2}
+    audio: assets/line1.wav
+  - id: walk
+    image: {prompt: "a fox", steps: 1}
+    video: {prompt: walk, frames: 5, steps: 2, segments: 2}
+  - id: sing
+    lipsync: {avatar: assets/avatar.png, audio: assets/line1.wav, infer_frames: 16, steps: 2}
+  - id: move
+    animate: {reference_video: assets/dance.mp4, character: assets/avatar.png, mode: animate}
+assemble: {music: {file: assets/bed.wav}}
+"""
+
+
+def test_every_input_is_labelled_by_its_spec_field(tmp_path):
+    from cinesynth_batch.plan.planner import input_labels
+
+    graph = Session.open(new_project(tmp_path / "p", "labels.yaml", LABELS)).plan().graph
+    assert input_labels(graph["assemble.final"]) == {
+        "v0": "talk.image (talk.upscale)", "a0": "talk.audio (assets/line1.wav)",
+        "v1": "walk.video (walk.video.1, walk.video.2)",
+        "v2": "sing.lipsync", "a2": "sing.lipsync.audio (assets/line1.wav)",
+        "v3": "move.animate", "a3": "move.animate.reference_video (assets/dance.mp4)",
+        "music": "music (assets/bed.wav)"}
+    assert input_labels(graph["sing.lipsync"]) == {"avatar": "avatar (assets/avatar.png)",
+                                                   "audio": "audio (assets/line1.wav)"}
+    assert input_labels(graph["move.animate"])["reference"] == "reference_video (assets/dance.mp4)"
+    assert input_labels(graph["move.pose"]) == {"video": "reference_video (assets/dance.mp4)"}
+    assert input_labels(graph["walk.video.2"]) == {"prev": "prev (walk.video.1)"}
+
+
+def test_plan_counts_lipsync_segments_without_torch(tmp_path):
+    import subprocess
+    import sys
+
+    spec = new_project(tmp_path / "p", "labels.yaml", LABELS)
+    code = ("import sys; from cinesynth_batch.cli import main\n"
+            "try: main(['plan', sys.argv[1], '-f', 'json'])\n"
+            "except SystemExit as e: assert e.code in (0, None), e.code\n"
+            "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules\n")
+    out = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    stages = {s["id"]: s for s in json.loads(out.stdout)["stages"]}
+    assert stages["sing.lipsync"]["segments"] == 2
