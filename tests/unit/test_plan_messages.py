@@ -233,3 +233,19 @@ def test_plan_counts_lipsync_segments_without_torch(tmp_path):
     assert out.returncode == 0, out.stderr
     stages = {s["id"]: s for s in json.loads(out.stdout)["stages"]}
     assert stages["sing.lipsync"]["segments"] == 2
+
+
+def test_terminal_bar_names_the_segment():
+    from cinesynth_batch.execute.progress import RichProgress
+
+    bar = RichProgress(1)
+    try:
+        bar(Event("stage_started", stage="sing.lipsync", kind="lipsync", reason="new"))
+        bar(Event("stage_progress", stage="sing.lipsync", kind="lipsync", step=7, total=12,
+                  segment=2, segments=3, segment_step=3, segment_steps=4))
+        steps = bar._p.tasks[1]
+        assert (steps.description, steps.completed, steps.total) == ("  lipsync segment 2/3 steps", 3, 4)
+        bar(Event("stage_progress", stage="a.image", kind="image", step=1, total=2))
+        assert (steps.completed, steps.total) == (1, 2)
+    finally:
+        bar.close()
