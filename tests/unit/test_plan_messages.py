@@ -1,7 +1,7 @@
 """What `plan` and a render tell the user: segment counts, per-segment progress, rerun reasons
 named by spec field, and which stages an edit re-runs (subtitles ignore a new picture).
 
-One tiny render (a TTS still, a 2-segment chained video, a lip-sync) serves every test; each
+One tiny render (a TTS still, a 2-segment chained video, a lip-sync) serves the slow tests; each
 edit is made on a copy of the rendered project and only planned.
 """
 
@@ -21,8 +21,6 @@ from cinesynth_batch.execute.render import render
 from cinesynth_batch.execute.session import Session
 from cinesynth_batch.plan.show import as_json, as_mermaid, as_table
 from projects import new_project
-
-pytestmark = pytest.mark.slow
 
 SPEC = """\
 project: msgs
@@ -65,6 +63,7 @@ def runs(spec: Path) -> dict[str, str]:
 
 # --- segments in plan ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_plan_counts_segments_as_the_render_made_them(rendered, tmp_path):
     spec, result, _, _ = rendered
     made = result.outcome.meta["sing.lipsync"]["segments"]
@@ -85,6 +84,7 @@ def test_plan_counts_segments_as_the_render_made_them(rendered, tmp_path):
     assert 'n_sing_lipsync["sing.lipsync<br/>lipsync · cached · 2 segments"]' in as_mermaid(plan)
 
 
+@pytest.mark.slow
 def test_longer_speech_gives_more_segments_in_plan(rendered, tmp_path):
     spec = copy_of(rendered, tmp_path)
     wav = spec.parent / "assets/line1.wav"
@@ -100,6 +100,7 @@ def test_longer_speech_gives_more_segments_in_plan(rendered, tmp_path):
 
 # --- progress per segment -----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_progress_events_carry_the_segment(rendered):
     _, _, lines, shown = rendered
     progress = [e for e in lines if e["event"] == "stage_progress"]
@@ -122,6 +123,7 @@ def test_event_json_leaves_out_segment_fields_it_does_not_have():
 
 # --- rerun reasons name the spec field ----------------------------------------------------------
 
+@pytest.mark.slow
 def test_edited_speech_is_named_by_its_field(rendered, tmp_path):
     spec = copy_of(rendered, tmp_path)
     with open(spec.parent / "assets/line1.wav", "r+b") as f:   # one sample changed
@@ -136,6 +138,7 @@ def test_edited_speech_is_named_by_its_field(rendered, tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_edited_avatar_is_named_by_its_field(rendered, tmp_path):
     spec = copy_of(rendered, tmp_path)
     shutil.copy(spec.parent / "assets/avatar.png", spec.parent / "assets/other.png")
@@ -149,6 +152,7 @@ def test_edited_avatar_is_named_by_its_field(rendered, tmp_path):
 
 # --- subtitles follow their text and timings only -----------------------------------------------
 
+@pytest.mark.slow
 def test_new_picture_reruns_its_stages_not_the_subtitles(rendered, tmp_path):
     spec = copy_of(rendered, tmp_path)
     spec.write_text(SPEC.replace("a fox", "a wolf"))
@@ -160,6 +164,7 @@ def test_new_picture_reruns_its_stages_not_the_subtitles(rendered, tmp_path):
     assert set(runs(spec)) == {"talk.image", "assemble.final"}
 
 
+@pytest.mark.slow
 def test_new_timing_reruns_the_subtitles(rendered, tmp_path):
     spec = copy_of(rendered, tmp_path)
     spec.write_text(SPEC.replace("frames: 5", "frames: 9"))
@@ -167,6 +172,7 @@ def test_new_timing_reruns_the_subtitles(rendered, tmp_path):
     assert runs(spec)["assemble.final.srt"] == "parameters changed: scenes"
 
 
+@pytest.mark.slow
 def test_subtitle_times_match_the_assembled_scenes(rendered):
     from cinesynth_batch.stages.subtitles import scene_times
 
