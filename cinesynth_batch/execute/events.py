@@ -19,8 +19,12 @@ class Event:
     key: str | None = None
     reason: str | None = None
     seconds: float | None = None
-    step: int | None = None
+    step: int | None = None          # stage_progress: step of total, over the whole stage
     total: int | None = None
+    segment: int | None = None       # stage_progress of a stage that makes segments: segment of
+    segments: int | None = None      # segments (1-based), and the step within that segment
+    segment_step: int | None = None
+    segment_steps: int | None = None
     rank: int = 0
     detail: dict[str, Any] = field(default_factory=dict)
     time: float = field(default_factory=time.time)

@@ -1,6 +1,7 @@
 """Progress on the terminal: one bar for stages, one for the running stage's steps.
 
-On a terminal it uses rich bars; elsewhere (CI logs, pipes) it prints one line per stage.
+On a terminal it uses rich bars; elsewhere (CI logs, pipes) it prints one line per stage, and
+one per segment of a stage that makes segments ("segment 2/3").
 """
 
 from __future__ import annotations
@@ -9,6 +10,16 @@ import sys
 from typing import TextIO
 
 from .events import Event
+
+
+def segment_text(ev: Event) -> str:
+    """``segment 2/3`` for a progress event inside a segment, else ``""``."""
+    return f"segment {ev.segment}/{ev.segments}" if ev.segment and ev.segments else ""
+
+
+def segment_begins(ev: Event) -> bool:
+    """Whether a progress event is the first step of a segment."""
+    return ev.event == "stage_progress" and bool(segment_text(ev)) and ev.segment_step == 1
 
 
 class PlainProgress:
@@ -20,6 +31,8 @@ class PlainProgress:
     def __call__(self, ev: Event) -> None:
         if ev.event == "stage_started":
             self.stream.write(f"[{self.done + 1}/{self.total}] run {ev.stage}: {ev.reason}\n")
+        elif segment_begins(ev):
+            self.stream.write(f"[{self.done + 1}/{self.total}]   {ev.stage} {segment_text(ev)}\n")
         elif ev.event == "stage_finished":
             self.done += 1
             self.stream.write(f"[{self.done}/{self.total}] done {ev.stage} in {ev.seconds:.2f}s\n")
@@ -52,6 +65,8 @@ class RankProgress:
         head = f"[rank {self.rank}]"
         if ev.event == "stage_started":
             self.stream.write(f"{head} run {ev.stage}: {ev.reason}\n")
+        elif segment_begins(ev):
+            self.stream.write(f"{head}   {ev.stage} {segment_text(ev)}\n")
         elif ev.event == "stage_finished":
             self.stream.write(f"{head} done {ev.stage} in {ev.seconds:.2f}s\n")
         elif ev.event == "stage_cached" and ev.reason:
@@ -86,7 +101,12 @@ class RichProgress:
                            description=f"  {ev.kind} steps")
             self._p.console.print(f"run [bold]{ev.stage}[/]: {ev.reason}", markup=True, highlight=False)
         elif ev.event == "stage_progress" and ev.total:
-            self._p.update(self._steps, completed=ev.step, total=ev.total)
+            where = segment_text(ev)
+            if where:
+                self._p.update(self._steps, completed=ev.segment_step, total=ev.segment_steps,
+                               description=f"  {ev.kind} {where} steps")
+            else:
+                self._p.update(self._steps, completed=ev.step, total=ev.total)
         elif ev.event in ("stage_finished", "stage_failed", "stage_blocked") or (
                 ev.event == "stage_cached" and ev.reason):
             self._p.advance(self._stages)

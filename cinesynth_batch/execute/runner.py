@@ -217,8 +217,8 @@ class LocalExecutor(Executor):
                  for name, value in node.inputs.items()}
         target = scratch / f"out{module.OUTPUT_EXT}"
 
-        def progress(step: int, total: int) -> None:
-            bus.emit("stage_progress", stage=node.id, kind=node.kind, step=step, total=total)
+        def progress(step: int, total: int, **segment: int) -> None:
+            bus.emit("stage_progress", stage=node.id, kind=node.kind, step=step, total=total, **segment)
 
         models = residency if node.model_name is None else _Named(residency, node.model_name)
         ctx = StageContext(models=models, resolve_lora=plan.registry.resolve_lora,

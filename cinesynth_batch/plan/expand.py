@@ -115,7 +115,8 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, s
                 "loras": [{"name": lo.name, "high": lo.high, "low": lo.low} for lo in vid.loras],
                 **extra, **_quantize_param(vid),
             },
-            inputs=inputs, loras=tuple((lo.name, "mov") for lo in vid.loras), runtime=_speed_runtime(vid),
+            inputs=inputs, loras=tuple((lo.name, "mov") for lo in vid.loras),
+            runtime={**_speed_runtime(vid), **_chain_runtime(k, vid.segments)},
             publish=f"scenes/{sid}.mp4" if vid.segments == 1 else f"scenes/{sid}.{k}.mp4",
             where=loaded.where("scenes", index, "video"), parallel=vid.parallel))
         segments.append(NodeInput(node_id))
@@ -125,6 +126,11 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, s
 def _speed_runtime(stage: m.SpeedOptions) -> dict:
     """The exact speed options: passed to the stage, not part of the key."""
     return {"attention": stage.attention, "compile": stage.compile}
+
+
+def _chain_runtime(k: int, segments: int) -> dict:
+    """A chained clip's place (segment k of n): for progress and ``plan``, not part of the key."""
+    return {"segment": k, "segments": segments} if segments > 1 else {}
 
 
 def _quantize_param(stage: m.SpeedOptions) -> dict:
@@ -310,15 +316,23 @@ def _tts_node(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, tts:
 
 def _subtitles_node(graph: Graph, loaded: LoadedSpec, j: int, asm: m.Assemble, params: dict,
                     inputs: dict, lines: list[dict]) -> NodeInput | None:
-    """``assemble.<name>.srt``: cues from the TTS text, timed by the scenes and their speech."""
+    """``assemble.<name>.srt``: cues from the TTS text, timed by the scenes and their speech.
+
+    It takes only what decides the text and timings: the scenes' sounds, and a visual only where
+    the clip's length is not known otherwise (a chained video's is fixed by its parameters, a
+    lip-sync's by its speech, a still's by its duration or its sound): a new picture does not
+    re-time the subtitles."""
     if asm.subtitles == "none" or not lines:
         return None
+    scenes = [_subtitle_scene(graph, entry, inputs, params["fps"]) for entry in params["scenes"]]
+    used = {e[k] for e in scenes for k in ("visual", "audio") if e.get(k)}
     node_id = f"assemble.{asm.name}.srt"
     graph.add(StageNode(
         id=node_id, kind="subtitles", scene=None, model_role=None,
-        params={"fps": params["fps"], "audio_rate": params["audio_rate"], "scenes": params["scenes"],
+        params={"fps": params["fps"], "audio_rate": params["audio_rate"], "scenes": scenes,
                 "lines": lines},
-        inputs=dict(inputs), publish=f"{asm.name}.srt", where=loaded.where("assemble", j)))
+        inputs={k: v for k, v in inputs.items() if k in used}, publish=f"{asm.name}.srt",
+        where=loaded.where("assemble", j)))
     return NodeInput(node_id)
 
 
@@ -335,6 +349,47 @@ def _subtitle_font(loaded: LoadedSpec, j: int, lines: list[dict]) -> FileInput:
         loc = ("assemble", j, "subtitles")
         raise SpecError([Problem(exc.message, loaded.where(*loc), loaded.path_text(*loc), exc.hint)]) from exc
     return FileInput(path=path, display=path.name)
+
+
+def _subtitle_scene(graph: Graph, entry: dict, inputs: dict, fps: int) -> dict:
+    """An assembly's scene entry as the subtitles read it: without the visual when its length
+    is known without it (``frames`` for a chained video, ``speech_frames`` for a lip-sync whose
+    speech is the scene's audio; a still's own rule)."""
+    out = dict(entry)
+    if entry["kind"] == "still":
+        out.pop("visual")
+        return out
+    if _lipsync_of_scene_audio(graph, entry, inputs, fps):
+        out.pop("visual")
+        out["speech_frames"] = True
+        return out
+    frames = _chained_frames(graph, inputs[entry["visual"]], fps)
+    if frames is not None:
+        out.pop("visual")
+        out["frames"] = frames
+    return out
+
+
+def _lipsync_of_scene_audio(graph: Graph, entry: dict, inputs: dict, fps: int) -> bool:
+    """Whether a scene's clip is a lip-sync at ``fps`` of the very speech the scene plays."""
+    visual = inputs[entry["visual"]]
+    item = visual[0] if isinstance(visual, tuple) and len(visual) == 1 else visual
+    if not isinstance(item, NodeInput) or not entry.get("audio"):
+        return False
+    node = graph[item.node]
+    return (node.kind == "lipsync" and node.params["fps"] == fps
+            and node.inputs.get("audio") == inputs[entry["audio"]])
+
+
+def _chained_frames(graph: Graph, visual: tuple | NodeInput, fps: int) -> int | None:
+    """Frames of a clip made of video segments at ``fps`` (each after the first drops its first
+    frame, as ``assemble`` joins them); None when another stage makes it."""
+    items = visual if isinstance(visual, tuple) else (visual,)
+    nodes = [graph[i.node] for i in items if isinstance(i, NodeInput)]
+    if not nodes or len(nodes) != len(items) or any(n.kind != "video" or n.params["fps"] != fps
+                                                     for n in nodes):
+        return None
+    return sum(n.params["frames"] for n in nodes) - (len(nodes) - 1)
 
 
 def scene_transition(own: m.Transition | None, default: m.Transition) -> dict | None:

@@ -171,13 +171,57 @@ def make_plan(loaded: LoadedSpec, registry: Registry, cache: CacheStore, lock: L
     return plan
 
 
+# inputs named differently from the spec field they come from (stage kind -> input -> field)
+SPEC_FIELDS = {
+    "animate": {"reference": "reference_video"},
+    "animate_prep": {"video": "reference_video"},
+    "extract_frame": {"video": "source"},
+    "extract_audio": {"media": "source"},
+    "separate": {"audio": "source"},
+}
+
+
 def input_labels(node: StageNode) -> dict[str, str]:
-    """Input name -> what it is (upstream stage ids or the file as written)."""
+    """Input name -> how a reason names it: the spec field, then what it is (upstream stage
+    ids or the file as written, left out when the same), e.g. ``audio (assets/line1.wav)``, or
+    ``intro.audio (assets/line1.wav)`` and ``intro.video`` for an assembly's per-scene inputs."""
+    fields = _assembly_fields(node) if node.kind in ("assemble", "subtitles") else {}
+    fields = {**SPEC_FIELDS.get(node.kind, {}), **fields}
     out = {}
     for name, value in node.inputs.items():
         items = value if isinstance(value, tuple) else (value,)
-        out[name] = ", ".join(i.node if isinstance(i, NodeInput) else i.display for i in items)
+        what = ", ".join(i.node if isinstance(i, NodeInput) else i.display for i in items)
+        field = fields.get(name, name)
+        out[name] = field if what == field else f"{field} ({what})"
     return out
+
+
+def _assembly_fields(node: StageNode) -> dict[str, str]:
+    """An assembly's ``v<i>``/``a<i>`` inputs as ``<scene>.<field>``: the visual is named by the
+    stage that makes it (``image``, ``video``, ``lipsync``, ``animate``), the sound by where the
+    scene's spec gives it (``audio``, ``lipsync.audio`` or the animate reference's sound)."""
+    out = {}
+    for entry in node.params.get("scenes") or []:
+        sid = entry["id"]
+        visual = node.inputs.get(entry.get("visual"))
+        first = visual[0] if isinstance(visual, tuple) and visual else visual
+        # the subtitles drop a visual whose length they know otherwise (see expand.py)
+        kind = _made_by(first, sid) if visual is not None else (
+            "lipsync" if entry.get("speech_frames") else "video" if "frames" in entry else "image")
+        if entry.get("visual"):
+            out[entry["visual"]] = f"{sid}.{kind}"
+        if entry.get("audio"):
+            field = {"lipsync": "lipsync.audio", "animate": "animate.reference_video"}.get(kind, "audio")
+            out[entry["audio"]] = f"{sid}.{field}"
+    return out
+
+
+def _made_by(value: object, scene: str) -> str:
+    """The spec field a scene's visual comes from, read off its stage id (``<scene>.<kind>...``)."""
+    if not isinstance(value, NodeInput) or not value.node.startswith(scene + "."):
+        return "image"
+    kind = value.node[len(scene) + 1:].split(".")[0]
+    return "image" if kind == "upscale" else kind
 
 
 def _keyed_loras(node: StageNode, registry: Registry, loaded: LoadedSpec, problems: Problems):

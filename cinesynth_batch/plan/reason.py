@@ -50,7 +50,8 @@ def explain(prev: LockEntry | None, model: dict[str, Any] | None, params: dict[s
     """Compare what a stage would be built from with what the lock says it was built from.
 
     ``inputs`` maps input names to digests; a digest of None means the input is produced by
-    an upstream stage that runs first (named in ``upstream_running``).
+    an upstream stage that runs first (named in ``upstream_running``). ``labels`` says how to
+    name a changed input (its spec field and source, see ``planner.input_labels``).
     """
     reason = Reason(upstream=list(upstream_running))
     if prev is None:
@@ -60,7 +61,7 @@ def explain(prev: LockEntry | None, model: dict[str, Any] | None, params: dict[s
     reason.params = [k for k in sorted(set(prev.params) | set(params))
                      if prev.params.get(k) != params.get(k)]
     labels = labels or {}
-    reason.inputs = [f"{k} ({labels[k]})" if k in labels else k
+    reason.inputs = [labels.get(k, k)
                      for k in sorted(set(prev.inputs) | set(inputs))
                      if inputs.get(k, "") is not None and prev.inputs.get(k) != inputs.get(k)]
     reason.missing = True

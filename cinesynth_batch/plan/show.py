@@ -1,4 +1,7 @@
-"""Plan views for the CLI: table, JSON, mermaid, status."""
+"""Plan views for the CLI: table, JSON, mermaid, status.
+
+Stages that make segments say how many (``3 segments``; a chained video's stages ``segment 2/3``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .planner import Plan
+from .segments import stage_segments
 
 
 def as_json(plan: Plan) -> dict[str, Any]:
@@ -16,18 +20,32 @@ def as_json(plan: Plan) -> dict[str, Any]:
         stages.append({"id": nid, "kind": st.node.kind, "scene": st.node.scene, "key": st.key,
                        "model": model, "status": st.status,
                        "reason": str(st.reason) if st.status == "run" else None,
-                       "inputs": sorted(set(st.node.upstream()))})
+                       "inputs": sorted(set(st.node.upstream())),
+                       **_segments_json(plan, nid)})
     return {"project": plan.project, "stages": stages}
 
 
+def _segments_json(plan: Plan, nid: str) -> dict[str, Any]:
+    seg = stage_segments(plan, nid)
+    return seg.as_json() if seg is not None else {}
+
+
+def _segments_text(plan: Plan, nid: str) -> str:
+    seg = stage_segments(plan, nid)
+    return str(seg) if seg is not None else ""
+
+
 def as_table(plan: Plan) -> str:
-    rows = [("stage", "kind", "status", "key", "reason")]
+    rows = [("stage", "kind", "status", "segments", "key", "reason")]
     for nid in plan.order:
         st = plan.stages[nid]
-        rows.append((nid, st.node.kind, st.status, (st.key or "pending")[:12],
+        rows.append((nid, st.node.kind, st.status, _segments_text(plan, nid), (st.key or "pending")[:12],
                      str(st.reason) if st.status == "run" else ""))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows]
+    if not any(r[3] for r in rows[1:]):
+        rows = [r[:3] + r[4:] for r in rows]
+    n = len(rows[0]) - 1
+    widths = [max(len(r[i]) for r in rows) for i in range(n)]
+    lines = ["  ".join(r[i].ljust(widths[i]) for i in range(n)) + "  " + r[n] for r in rows]
     c = plan.counts()
     lines.append(f"{c['run']} to run, {c['cached']} cached" + (f", {c['skip']} skipped" if c["skip"] else ""))
     return "\n".join(line.rstrip() for line in lines)
@@ -40,7 +58,9 @@ def as_mermaid(plan: Plan) -> str:
     lines = ["flowchart LR"]
     for nid in plan.order:
         st = plan.stages[nid]
-        lines.append(f'  {ident(nid)}["{nid}<br/>{st.node.kind} · {st.status}"]')
+        seg = _segments_text(plan, nid)
+        lines.append(f'  {ident(nid)}["{nid}<br/>{st.node.kind} · {st.status}'
+                     + (f" · {seg}" if seg else "") + '"]')
     for nid in plan.order:
         for up in sorted(set(plan.graph[nid].upstream())):
             lines.append(f"  {ident(up)} --> {ident(nid)}")

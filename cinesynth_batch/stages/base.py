@@ -39,7 +39,7 @@ class LoraResolver(Protocol):
         ...
 
 
-def _no_progress(step: int, total: int) -> None:
+def _no_progress(step: int, total: int, **segment: int) -> None:
     return None
 
 
@@ -51,7 +51,9 @@ class StageContext:
     resolve_lora: LoraResolver
     device: str = "cpu"
     dtype: str = "float32"
-    progress: Callable[[int, int], None] = _no_progress
+    # progress(step, total): a stage that makes segments adds segment=, segments=, segment_step=,
+    # segment_steps= (keywords) to say where in which segment it is
+    progress: Callable[..., None] = _no_progress
     work_dir: Path | None = None  # scratch folder, removed after the stage
     extra: dict[str, Any] = field(default_factory=dict)
     memo: dict[str, Any] = field(default_factory=dict)  # shared by the stages of one render

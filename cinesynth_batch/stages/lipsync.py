@@ -54,7 +54,7 @@ def _open_avatar(path: Path):
 def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageContext) -> dict[str, Any]:
     from ..media.ffmpeg import ffmpeg_path_arg, run_ffmpeg
     from ..media.video_io import write_video
-    from ..models.s2v.audio_features import read_speech
+    from ..models.s2v.audio_features import read_speech, speech_frames
     from ..models.s2v.lora import PhaseLora
 
     p = check_params(params)
@@ -81,7 +81,7 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
         cache=p.get("cache"), pose_video=Path(inputs["pose_video"]) if inputs.get("pose_video") else None,
         progress=ctx.progress)
     frames = result.frames
-    wanted = max(1, round(seconds * p["fps"]))
+    wanted = speech_frames(seconds, p["fps"])
     if frames.shape[0] < wanted:
         raise StageError(f"lipsync: the model made {frames.shape[0]} frames, the speech needs {wanted}")
     frames = frames[:wanted]

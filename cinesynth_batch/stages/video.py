@@ -4,6 +4,9 @@ params: ``prompt``, ``negative_prompt``, ``frames`` (4k+1), ``steps``, ``guidanc
 expert), ``guidance_2`` (low-noise expert), ``shift``, ``boundary``, ``scheduler`` (``"unipc"`` or
 ``"euler"``), ``width``, ``height``, ``fps``, ``seed``, ``loras`` (``[{name, high, low}]``).
 
+runtime (not keyed): ``segment``, ``segments`` for a clip chained from several segments (this
+one's place, for progress events).
+
 inputs: ``"image"`` (a still) or ``"prev"`` (the previous segment's mp4: this segment starts from its
 last frame), plus optional ``"last_image"`` (first-last-frame clips). Writes one mp4.
 
@@ -86,6 +89,21 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
         **speed_params(params),
     }
 
+
+
+def segment_of(params: dict[str, Any]) -> tuple[int, int] | None:
+    """(segment, segments) of a chained clip (runtime ``segment``/``segments``), else None."""
+    segment, segments = params.get("segment"), params.get("segments")
+    if not isinstance(segment, int) or not isinstance(segments, int) or not 1 <= segment <= segments:
+        return None
+    return segment, segments
+
+
+def step_in_segment(where: tuple[int, int] | None, step: int, steps: int) -> dict[str, int]:
+    """The progress keywords for ``step`` of ``steps`` in segment ``where`` (none when unchained)."""
+    if where is None:
+        return {}
+    return {"segment": where[0], "segments": where[1], "segment_step": step, "segment_steps": steps}
 
 
 def fit_image(image, width: int, height: int):
@@ -184,9 +202,10 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
     pipe.scheduler = make_scheduler(pipe, p["scheduler"], p["shift"])
 
     total = p["steps"]
+    where = segment_of(params)
 
     def on_step_end(_pipe, i, _t, _kwargs):
-        ctx.progress(i + 1, total)
+        ctx.progress(i + 1, total, **step_in_segment(where, i + 1, total))
         return {}
 
     handle = None
@@ -196,7 +215,7 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
         config = TeaCacheConfig(rel_l1_thresh=p["cache"]["threshold"], start_step=p["cache"]["start_step"],
                                 model="wan2.2-i2v-a14b")
         handle = apply_teacache_to_pipeline(pipe, config, num_inference_steps=p["steps"])
-    ctx.progress(0, total)
+    ctx.progress(0, total, **step_in_segment(where, 0, total))
     try:
         with torch.no_grad():
             result = pipe(

@@ -97,7 +97,7 @@ def test_prompt_edit_reruns_that_video_and_assembly(clone):
     assert set(result.outcome.ran) == {"intro.video", "assemble.final"}
     reasons = {e.stage: e.reason for e in seen if e.event == "stage_started"}
     assert reasons["intro.video"] == "parameters changed: prompt"
-    assert reasons["assemble.final"] == "input changed: v0 (intro.video)"
+    assert reasons["assemble.final"] == "input changed: intro.video"
 
 
 def test_lora_low_weight_reruns_video_and_changes_frames(clone, base):

@@ -179,8 +179,8 @@ def test_speed_options_key_only_what_changes_the_output(project):
         plan = session(project, SPEC.replace("frames: 9, segments: 2", "frames: 9, segments: 2" + opts)).plan()
         keyed[label] = {n: plan.stages[n].params for n in plan.order}      # what the content keys hash
         node = plan.graph["s-red.video.1"]
-        assert node.runtime == ({"attention": "fa3", "compile": "off"} if label == "exact"
-                                else {"attention": "auto", "compile": "auto"})
+        speed = {"attention": "fa3", "compile": "off"} if label == "exact" else {"attention": "auto", "compile": "auto"}
+        assert node.runtime == {**speed, "segment": 1, "segments": 2}     # its place in the chain
     assert keyed["exact"] == keyed["default"]        # kernels and compile: same output, same keys
     changed = {n for n in keyed["fp8"] if keyed["fp8"][n] != keyed["default"][n]}
     assert changed == {"s-red.video.1", "s-red.video.2", "s-blue.video.1", "s-blue.video.2"}

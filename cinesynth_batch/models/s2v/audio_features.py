@@ -50,6 +50,9 @@ __all__ = [
     "per_frame_features",
     "num_segments_for_feature_rows",
     "num_segments",
+    "count_segments",
+    "speech_frames",
+    "speech_segments",
     "audio_embed_bucket",
     "segment_features",
 ]
@@ -59,6 +62,7 @@ W2V_FRAME_RATE = 50          # wav2vec2 output frames per second (320-sample hop
 AUDIO_FEATURE_RATE = 30      # the official intermediate feature rate (AudioEncoder.video_rate)
 MIN_SPEECH_SECONDS = 0.05    # shorter audio gives fewer than one 30 Hz feature row
 SILENCE_PEAK = 2.0 ** -16    # a peak below half a 16-bit step counts as silence
+FIRST_SEGMENT_DROP = 3       # frames segment 1 drops after decoding (see pipeline.py)
 _W2V_KERNELS = (10, 3, 3, 3, 3, 2, 2)
 _W2V_STRIDES = (5, 2, 2, 2, 2, 2, 2)
 
@@ -268,6 +272,24 @@ def num_segments(audio_seconds: float, fps: float = 16, infer_frames: int = 80) 
     t = wav2vec2_num_frames(samples)
     rows = int(t / float(W2V_FRAME_RATE) * AUDIO_FEATURE_RATE)
     return num_segments_for_feature_rows(rows, fps, infer_frames)
+
+
+def speech_frames(seconds: float, fps: float) -> int:
+    """Frames of a lip-sync clip of ``seconds`` of speech: cut to the speech, within half a frame."""
+    return max(1, round(seconds * fps))
+
+
+def count_segments(reference: int, seconds: float, fps: int, infer_frames: int) -> int:
+    """Segments the pipeline makes: the reference count, or more if its frames (less the
+    first segment's dropped ones) would not cover :func:`speech_frames`."""
+    wanted = speech_frames(seconds, fps)
+    return max(reference, math.ceil((wanted + FIRST_SEGMENT_DROP) / infer_frames))
+
+
+def speech_segments(seconds: float, fps: int, infer_frames: int) -> int:
+    """Segments a lip-sync of ``seconds`` of speech will have, known without the model (what
+    ``plan`` shows): the reference count of :func:`num_segments`, made to cover the speech."""
+    return count_segments(num_segments(seconds, fps, infer_frames), seconds, fps, infer_frames)
 
 
 def audio_embed_bucket(hidden: "torch.Tensor", fps: float = 16, infer_frames: int = 80,

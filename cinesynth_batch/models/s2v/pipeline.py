@@ -38,13 +38,13 @@ import torch
 
 from ...stages.base import StageError
 from . import components as comp
-from .audio_features import audio_embed_bucket, audio_hidden_states, load_wav2vec2
+from .audio_features import (FIRST_SEGMENT_DROP, audio_embed_bucket, audio_hidden_states, count_segments,
+                             load_wav2vec2)
 from .lora import PhaseLora, PhaseLoras
 from .transformer import WanS2VTransformer3DModel
 
 MOTION_FRAMES = 73
 LATENT_MOTION_FRAMES = (MOTION_FRAMES + 3) // 4
-FIRST_SEGMENT_DROP = 3
 NUM_TRAIN_TIMESTEPS = 1000
 SIZE_DIVISOR = 64
 DEFAULT_NEGATIVE_PROMPT = (
@@ -67,11 +67,6 @@ def generation_size(width: int, height: int) -> tuple[int, int]:
 
 def latent_frames(infer_frames: int) -> int:
     return (infer_frames + 3 + MOTION_FRAMES) // 4 - LATENT_MOTION_FRAMES
-
-
-def count_segments(reference: int, seconds: float, fps: int, infer_frames: int) -> int:
-    wanted = max(1, round(seconds * fps))
-    return max(reference, math.ceil((wanted + FIRST_SEGMENT_DROP) / infer_frames))
 
 
 class WanS2VPipeline:
@@ -257,7 +252,8 @@ class WanS2VPipeline:
                     if on_step is not None:
                         on_step(r, i, float(t), latents)
                     if progress is not None:
-                        progress(r * steps + i + 1, total)
+                        progress(r * steps + i + 1, total, segment=r + 1, segments=segments,
+                                 segment_step=i + 1, segment_steps=steps)
                 head = ref_latents if first else motion_latents
                 pixels = self.decode(torch.cat([head, latents], dim=2))[:, :, -infer_frames:]
                 if first:
