@@ -54,6 +54,7 @@ class Limits:
     template_range: int = 100_000       # items one range() may produce in a template
     prompt_chars: int = 20_000          # one prompt or spoken line
     path_chars: int = 1_024             # a path or URL written in a spec
+    name_chars: int = 128               # an id, project, output, preset or LoRA name
     frames: int = 9_601                 # frames of one clip (10 minutes at 16 fps, 4k+1)
     side: int = 4_096                   # width or height in pixels
     duration: float = 3_600.0           # seconds of one clip or audio cut

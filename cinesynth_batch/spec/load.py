@@ -9,15 +9,19 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import math
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from ..config import ConfigError, Limits, ProjectConfig, Trust
 from ..errors import Problems, SpecError, Where
 from . import model as m
+from . import trust as t
 from .presets import PresetLibrary, merge
 from .templating import Templater
 from .yamlpos import LDict, LList, load_yaml, locate, locate_key
@@ -37,6 +41,8 @@ class LoadedSpec:
     root: Path          # project root (asset paths may not leave it)
     raw: Any            # the expanded YAML tree, for positions
     sources: list[int]  # for each expanded scene, the index of the scene as written
+    config: ProjectConfig = field(default_factory=lambda: ProjectConfig(Path(".")))
+    trust: Trust = field(default_factory=Trust)   # what this spec may reach (after narrowing)
 
     @property
     def spec_dir(self) -> Path:
@@ -66,42 +72,87 @@ def find_project_root(spec_dir: Path) -> Path:
     return spec_dir
 
 
-def load_spec(path: str | Path, *, check_files: bool = True) -> LoadedSpec:
-    p = Path(path)
+def load_spec(path: str | Path, *, check_files: bool = True, config: ProjectConfig | None = None,
+              allow_paths: list[str] | None = None, allow_hosts: list[str] | None = None) -> LoadedSpec:
+    """Load and check one spec. Limits and trust come from ``cinesynth.toml`` at the project
+    root (or ``config``) plus what the operator allowed on the command line; the spec's own
+    ``allow_paths`` / ``allow_hosts`` may only narrow them."""
     display = str(path)
     problems = Problems()
-    if not p.is_file():
+    p = Path(path)
+    bad = t.path_problem(display)
+    if bad is not None:
+        problems.add(bad.message, path=_printable(display), hint=bad.hint)
+        raise SpecError(problems.items)
+    try:
+        found = p.is_file()
+        abspath = p.resolve()
+    except (OSError, ValueError) as exc:
+        problems.add(f"cannot read the spec file ({exc.__class__.__name__})", path=_printable(display))
+        raise SpecError(problems.items) from None
+    if not found:
         problems.add("spec file not found", path=display, hint="check the path")
         raise SpecError(problems.items)
-    abspath = p.resolve()
     root = find_project_root(abspath.parent)
-    raw = load_yaml(abspath, display, problems)
+    if config is None:
+        config = _read_config(root, display)
+    config = config.with_command_line(allow_paths, allow_hosts)
+    limits = config.limits
+    raw = load_yaml(abspath, display, problems, limits)
     if problems:
         raise SpecError(problems.items)
     if not isinstance(raw, LDict):
         problems.add("a spec must be a mapping with 'project' and 'scenes'", Where(display, 1, 1))
         raise SpecError(problems.items)
 
-    expanded, sources = expand(raw, abspath.parent, root, problems)
+    hints: dict[int, str] = {}
+    expanded, sources = expand(raw, abspath.parent, root, problems, limits, hints)
+    check_limits(expanded, sources, limits, problems)
     spec = validate(expanded, problems, sources)
+    trust = narrow_trust(expanded, abspath.parent, root, config.trust, problems)
+    check_output(expanded, abspath.parent, root, problems)
+    check_lora_names(expanded, sources, problems)
     if check_files:
-        check_semantics(expanded, sources, abspath.parent, root, problems)
+        check_semantics(expanded, sources, abspath.parent, root, problems, trust, hints)
     problems.raise_if_any()
     assert spec is not None
+    spec.allow_paths = [str(a) for a in trust.allow_paths]
+    spec.allow_hosts = list(trust.allow_hosts)
     return LoadedSpec(spec=spec, path=abspath, display=display, root=root, raw=expanded,
-                      sources=sources)
+                      sources=sources, config=config, trust=trust)
+
+
+def _read_config(root: Path, display: str) -> ProjectConfig:
+    try:
+        return ProjectConfig.load(root)
+    except ConfigError as exc:
+        where = exc.where or Where(display_path(root / "cinesynth.toml"), 1, 1)
+        raise SpecError([_problem(exc.message.split(": ", 1)[-1], where, exc.hint)]) from None
+
+
+def _problem(message: str, where: Where | None, hint: str | None = None, path: str = ""):
+    from ..errors import Problem
+
+    return Problem(message, where, path, hint)
+
+
+def _printable(text: str) -> str:
+    return text.encode("unicode_escape").decode("ascii")[:200]
 
 
 # --- expansion -----------------------------------------------------------------------------
 
-def expand(raw: LDict, spec_dir: Path, root: Path, problems: Problems) -> tuple[LDict, list[int]]:
+def expand(raw: LDict, spec_dir: Path, root: Path, problems: Problems, limits: Limits | None = None,
+           hints: dict[int, str] | None = None) -> tuple[LDict, list[int]]:
     """Normalise shorthands, expand matrices, merge presets, render templates.
 
     Returns the expanded tree and, for each expanded scene, the index of the scene it was
     written as (matrix scenes share one), so errors name the scene the user wrote.
     """
+    limits = limits or Limits()
+    hints = {} if hints is None else hints
     data = copy.deepcopy(raw)
-    templater = Templater()
+    templater = Templater(limits)
     variables = data.get("vars") or {}
     if not isinstance(variables, dict):
         problems.add("'vars' must be a mapping of names to values", data.where_value("vars"), "vars")
@@ -112,12 +163,14 @@ def expand(raw: LDict, spec_dir: Path, root: Path, problems: Problems) -> tuple[
         problems.add("'presets' must be a mapping of names to presets", data.where_value("presets"),
                      "presets")
         inline = {}
-    library = PresetLibrary(spec_dir, root, inline, display_path)
+    library = PresetLibrary(spec_dir, root, inline, display_path, limits)
 
     scenes = data.get("scenes")
     sources: list[int] = []
     if isinstance(scenes, list):
-        data["scenes"] = _expand_scenes(scenes, library, templater, base_ctx, problems, sources)
+        if not _within_scene_limit(scenes, data, limits, problems):
+            return data, sources
+        data["scenes"] = _expand_scenes(scenes, library, templater, base_ctx, problems, sources, hints)
     templater.render_tree(data, base_ctx, problems, "",
                           skip=frozenset({"scenes", "vars", "presets", "project"}))
     asm = data.get("assemble")
@@ -125,7 +178,66 @@ def expand(raw: LDict, spec_dir: Path, root: Path, problems: Problems) -> tuple[
         wrapped = LList([asm], loc=asm.loc)
         wrapped.item_locs.append(asm.loc)
         data["assemble"] = wrapped
+    for item in data.get("assemble") if isinstance(data.get("assemble"), LList) else []:
+        if isinstance(item, LDict) and isinstance(item.get("music"), str):
+            _shorthand(item, "music", "file")
     return data, sources
+
+
+def _shorthand(parent: LDict, key: str, inner: str) -> None:
+    """``key: value`` -> ``key: {inner: value}``, keeping the position."""
+    where = parent.where_value(key)
+    box = LDict(loc=where)
+    box.set(inner, parent[key], where, where)
+    parent[key] = box
+
+
+def _within_scene_limit(scenes: LList, data: LDict, limits: Limits, problems: Problems) -> bool:
+    """Count the scenes (and their nodes) matrices would make, before making any."""
+    total = 0
+    for index, scene in enumerate(scenes):
+        n = _combo_count(scene)
+        total += n
+        nodes = n * _node_count(scene, limits.yaml_nodes + 1)
+        where = scene.where_value("matrix") if isinstance(scene, LDict) and "matrix" in scene \
+            else scenes.where_item(index)
+        if total > limits.scenes:
+            problems.add(f"the scenes expand to {total if n < 10**12 else 'more than 10^12'} scenes, over "
+                         f"the limit of {limits.scenes} (scenes)", where, f"scenes[{index}]",
+                         hint="use fewer matrix values, or raise [limits] scenes in cinesynth.toml")
+            return False
+        if nodes > limits.yaml_nodes:
+            problems.add(f"the matrix makes {nodes} YAML nodes, over the limit of {limits.yaml_nodes} "
+                         "(yaml_nodes)", where, f"scenes[{index}]",
+                         hint="use fewer matrix values or a smaller scene")
+            return False
+    return True
+
+
+def _combo_count(scene: Any) -> int:
+    matrix = scene.get("matrix") if isinstance(scene, dict) else None
+    if not isinstance(matrix, dict) or not matrix:
+        return 1
+    n = 1
+    for vals in matrix.values():
+        if isinstance(vals, list) and vals:
+            n *= len(vals)
+            if n > 10**12:
+                return n
+    return n
+
+
+def _node_count(node: Any, stop: int) -> int:
+    """Nodes in a tree, counting stops at ``stop``."""
+    count, todo = 0, [node]
+    while todo and count < stop:
+        cur = todo.pop()
+        count += 1
+        if isinstance(cur, dict):
+            todo.extend(cur.values())
+        elif isinstance(cur, list):
+            todo.extend(cur)
+    return count
 
 
 def _box(parent: LDict, key: str) -> LDict:
@@ -135,7 +247,8 @@ def _box(parent: LDict, key: str) -> LDict:
 
 
 def _expand_scenes(scenes: LList, library: PresetLibrary, templater: Templater,
-                   base_ctx: dict[str, Any], problems: Problems, sources: list[int]) -> LList:
+                   base_ctx: dict[str, Any], problems: Problems, sources: list[int],
+                   hints: dict[int, str]) -> LList:
     out = LList(loc=getattr(scenes, "loc", None))
     for index, scene in enumerate(scenes):
         where = scenes.where_item(index) if isinstance(scenes, LList) else None
@@ -149,18 +262,27 @@ def _expand_scenes(scenes: LList, library: PresetLibrary, templater: Templater,
             s.pop("matrix", None)
             ctx = {**base_ctx, **combo, "matrix": combo, "index": len(out)}
             s = _apply_presets(s, library, f"scenes[{index}]", problems)
+            lacking = _vars_not_in(s.get("id"), combo)
+            if lacking:
+                hints[len(out)] = lacking[0]
             if isinstance(s.get("id"), str):
                 s["id"] = templater.render_tree(_box(s, "id"), ctx, problems, f"scenes[{index}]")["id"]
             ctx["scene"] = {"id": s.get("id"), "index": len(out)}
             templater.render_tree(s, ctx, problems, f"scenes[{index}]", skip=frozenset({"id"}))
             if isinstance(s.get("audio"), str):
-                a = LDict(loc=s.where_value("audio"))
-                a.set("file", s["audio"], s.where_value("audio"), s.where_value("audio"))
-                s["audio"] = a
+                _shorthand(s, "audio", "file")
             out.append(s)
             out.item_locs.append(where)
             sources.append(index)
     return out
+
+
+def _vars_not_in(template: Any, combo: dict[str, Any]) -> list[str]:
+    """Matrix variables an id template does not use (the cause of duplicate ids)."""
+    if not combo:
+        return []
+    used = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", template)) if isinstance(template, str) else set()
+    return [str(name) for name in combo if str(name) not in used]
 
 
 def _matrix_combos(scene: LDict, path: str, problems: Problems) -> list[dict[str, Any]]:
@@ -305,13 +427,163 @@ def _model_in(annotation: Any) -> Any:
 
 # --- semantic checks -----------------------------------------------------------------------
 
+FRAME_KEYS = ("frames", "infer_frames", "frame_window", "max_frames")
+SECOND_KEYS = ("duration", "start", "end", "at", "crossfade")
+TEXT_KEYS = ("prompt", "negative_prompt", "text", "instruct")
+NAME_KEYS = ("id", "project", "name", "preset")
+SKIP_KEYS = ("vars", "presets", "matrix")
+
+
+def check_limits(data: LDict, sources: list[int], limits: Limits, problems: Problems) -> None:
+    """Every number and text of the expanded spec against ``[limits]`` (cinesynth.toml)."""
+    for loc, key, value in _leaves(data, ()):
+        problem = _limit_problem(key, value, limits)
+        if problem:
+            message, name = problem
+            problems.add(f"{message}, over the limit of {getattr(limits, name)} ({name})",
+                         locate(data, loc), format_path(loc, sources),
+                         hint=f"lower it, or raise [limits] {name} in cinesynth.toml")
+
+
+def _leaves(node: Any, loc: tuple[Any, ...]):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in SKIP_KEYS and len(loc) <= 2:
+                continue
+            yield from _leaves(value, (*loc, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _leaves(value, (*loc, i))
+    else:
+        key = next((part for part in reversed(loc) if isinstance(part, str)), "")
+        yield loc, key, node
+
+
+def _limit_problem(key: str, value: Any, limits: Limits) -> tuple[str, str] | None:
+    if isinstance(value, str):
+        return _text_problem(key, value, limits)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None                                   # the model refuses inf and nan
+    bound = {"steps": "steps", "segments": "segments", "width": "side", "height": "side",
+             **{k: "frames" for k in FRAME_KEYS}, **{k: "duration" for k in SECOND_KEYS}}.get(key)
+    if bound and value > getattr(limits, bound):
+        return f"{value:g}" if isinstance(value, float) else f"{value}", bound
+    return None
+
+
+def _text_problem(key: str, value: str, limits: Limits) -> tuple[str, str] | None:
+    if key in TEXT_KEYS:
+        return (f"the text is {len(value)} characters", "prompt_chars") \
+            if len(value) > limits.prompt_chars else None
+    if key in NAME_KEYS:
+        return (f"the name is {len(value)} characters", "name_chars") \
+            if len(value) > limits.name_chars else None
+    if len(value) > limits.path_chars:
+        return f"the value is {len(value)} characters", "path_chars"
+    if key == "resolution":
+        match = m.RES_RE.match(value.strip())
+        if match and max(int(match.group(1)), int(match.group(2))) > limits.side:
+            return f"'{value}' has a side of {max(int(match.group(1)), int(match.group(2)))} pixels", "side"
+    return None
+
+
+def narrow_trust(data: LDict, spec_dir: Path, root: Path, operator: Trust, problems: Problems) -> Trust:
+    """The folders and hosts this spec may reach: the operator's, narrowed by the spec's lists.
+    An item the operator did not allow is a problem at that item."""
+    paths = list(operator.allow_paths)
+    spec_paths = data.get("allow_paths")
+    if isinstance(spec_paths, list):
+        paths = []
+        for j, item in enumerate(spec_paths):
+            if not isinstance(item, str):
+                continue
+            where, path = locate(data, ("allow_paths", j)), f"allow_paths[{j}]"
+            bad = t.path_problem(item)
+            folder = t.resolve_inside(spec_dir, item) if bad is None else None
+            if folder is None:
+                problems.add(f"'{_printable(item)}': {bad.message if bad else 'not a usable path'}",
+                             where, path, hint=bad.hint if bad else None)
+            elif not any(t.inside(folder, a) for a in (root, *operator.allow_paths)):
+                problems.add(f"'{item}' is not a folder the operator allowed; a spec may only narrow "
+                             "allow_paths", where, path,
+                             hint="ask for it in cinesynth.toml [trust] allow_paths or with --allow-path")
+            else:
+                paths.append(folder)
+    hosts = list(operator.allow_hosts)
+    spec_hosts = data.get("allow_hosts")
+    if isinstance(spec_hosts, list):
+        hosts = []
+        for j, item in enumerate(spec_hosts):
+            if not isinstance(item, str):
+                continue
+            where, path = locate(data, ("allow_hosts", j)), f"allow_hosts[{j}]"
+            host = item.strip().lower().rstrip(".")
+            if not t.HOST_RE.match(host) and not _is_ip(host):
+                problems.add(f"'{_printable(item)}' is not a host name", where, path,
+                             hint="write a bare host such as media.example.org")
+            elif not t.host_allowed(host, operator.allow_hosts):
+                listed = ", ".join(operator.allow_hosts) or "none"
+                problems.add(f"host '{host}' is not one the operator allowed ({listed}); a spec may "
+                             "only narrow allow_hosts", where, path,
+                             hint="ask for it in cinesynth.toml [trust] allow_hosts or with --allow-host")
+            else:
+                hosts.append(host)
+    return Trust(tuple(paths), tuple(hosts))
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def check_output(data: LDict, spec_dir: Path, root: Path, problems: Problems) -> None:
+    """``output:`` is a folder inside the project."""
+    out = data.get("output")
+    if not isinstance(out, str):
+        return
+    where = locate(data, ("output",))
+    bad = t.path_problem(out)
+    folder = t.resolve_inside(spec_dir, out) if bad is None else None
+    if folder is None:
+        problems.add(f"'{_printable(out)}': {bad.message if bad else 'not a usable path'}", where, "output",
+                     hint=bad.hint if bad else None)
+    elif not (root in folder.parents):
+        problems.add(f"output folder '{out}' is outside the project ({root})", where, "output",
+                     hint="write a folder inside the project, e.g. outputs/NAME")
+
+
+def check_lora_names(data: LDict, sources: list[int], problems: Problems) -> None:
+    """A LoRA ``name`` is a name inside the LoRA folders, never a path out of them."""
+    scenes = data.get("scenes") if isinstance(data.get("scenes"), list) else []
+    for i, scene in enumerate(scenes):
+        for kind in ("image", "video", "lipsync", "animate"):
+            stage = scene.get(kind) if isinstance(scene, dict) else None
+            loras = stage.get("loras") if isinstance(stage, dict) else None
+            for j, lora in enumerate(loras if isinstance(loras, list) else []):
+                name = lora.get("name") if isinstance(lora, dict) else None
+                bad = t.lora_name_problem(name) if isinstance(name, str) else None
+                if bad is not None:
+                    loc = ("scenes", i, kind, "loras", j, "name")
+                    problems.add(f"LoRA '{_printable(name)}': {bad.message}", locate(data, loc),
+                                 format_path(loc, sources), hint=bad.hint)
+
+
 def check_semantics(data: LDict, sources: list[int], spec_dir: Path, root: Path,
-                    problems: Problems) -> None:
+                    problems: Problems, trust: Trust | None = None,
+                    id_hints: dict[int, str] | None = None) -> None:
     """Checks across fields: unique ids, files that exist inside the project, references."""
     scenes = data.get("scenes") if isinstance(data.get("scenes"), list) else []
-    allow = data.get("allow_paths") if isinstance(data.get("allow_paths"), list) else []
-    allowed = [root, *[(spec_dir / a).resolve() for a in allow if isinstance(a, str)]]
-    hosts = data.get("allow_hosts", list(m.DEFAULT_ALLOW_HOSTS))
+    trust = trust or Trust()
+    id_hints = id_hints or {}
+    allowed = [root, *trust.allow_paths]
+    hosts = list(trust.allow_hosts)
 
     def check_file(value: Any, loc: tuple[Any, ...], what: str, url_ok: bool = True) -> None:
         if isinstance(value, dict):  # {file}, {frame: {source}}, {separate: {source}}, {extract: {source}}
@@ -326,15 +598,20 @@ def check_semantics(data: LDict, sources: list[int], spec_dir: Path, root: Path,
         path = format_path(loc, sources)
         where = locate(data, loc)
         if "://" in value:
-            problem = url_problem(value, hosts if isinstance(hosts, list) else [], url_ok)
+            problem = url_problem(value, hosts, url_ok)
             if problem:
-                problems.add(f"{what} '{value}': {problem[0]}", where, path, hint=problem[1])
+                problems.add(f"{what} '{_printable(value)}': {problem[0]}", where, path, hint=problem[1])
             return
-        f = (spec_dir / value).resolve()
-        if not any(_inside(f, a) for a in allowed):
+        bad = t.path_problem(value)
+        f = t.resolve_inside(spec_dir, value) if bad is None else None
+        if f is None:
+            problems.add(f"{what} '{_printable(value)}': {bad.message if bad else 'not a usable path'}",
+                         where, path, hint=bad.hint if bad else None)
+        elif not any(t.inside(f, a) for a in allowed):
             problems.add(f"{what} '{value}' is outside the project ({root})", where, path,
-                         hint="move it into the project or add its folder to allow_paths")
-        elif not f.is_file():
+                         hint="move it into the project, or ask the operator to allow its folder "
+                              "(cinesynth.toml [trust] allow_paths, --allow-path)")
+        elif not _is_file(f):
             problems.add(f"{what} '{value}' not found", where, path,
                          hint=_near_files(f) or f"paths are relative to the spec's folder "
                                                 f"{display_path(spec_dir)}")
@@ -346,10 +623,12 @@ def check_semantics(data: LDict, sources: list[int], spec_dir: Path, root: Path,
         sid = scene.get("id")
         if isinstance(sid, str):
             if sid in seen:
+                lacking = id_hints.get(i)
+                hint = f"scenes[{sources[seen[sid]]}] already uses it" + (
+                    f"; put {{{{ {lacking} }}}} in the id, e.g. id: {sid}-{{{{ {lacking} }}}}" if lacking
+                    else "; give each scene its own id")
                 problems.add(f"duplicate scene id '{sid}'", locate(data, ("scenes", i, "id")),
-                             format_path(("scenes", i, "id"), sources),
-                             hint=f"scenes[{sources[seen[sid]]}] already uses it; with a matrix, "
-                                  "put a variable in the id, e.g. id: shot-{{ color }}")
+                             format_path(("scenes", i, "id"), sources), hint=hint)
             seen.setdefault(sid, i)
         video = scene.get("video")
         if isinstance(video, dict):
@@ -399,23 +678,25 @@ def check_semantics(data: LDict, sources: list[int], spec_dir: Path, root: Path,
 
 def url_problem(url: str, hosts: list[str], url_ok: bool = True) -> tuple[str, str] | None:
     """Why a URL input is refused (message, hint), or None when it may be downloaded."""
-    from urllib.parse import urlsplit
-
     if not url_ok:
         return "a URL is not accepted here", "download the file into the project and give its path"
-    if not m.is_url(url):
-        return "only http:// and https:// URLs are downloaded", "give an http(s) URL or a file path"
     try:
-        host = (urlsplit(url.strip()).hostname or "").lower()
-    except ValueError:
-        host = ""
-    if not host:
-        return "the URL names no host", "write it as https://host/path"
-    if not any(host == h.lower() or host.endswith("." + h.lower()) for h in hosts if isinstance(h, str)):
+        host = t.check_url(url).host
+    except t.Refused as exc:
+        return exc.message, exc.hint
+    if not t.host_allowed(host, [h for h in hosts if isinstance(h, str)]):
         listed = ", ".join(str(h) for h in hosts) or "none"
         return (f"host '{host}' is not on allow_hosts ({listed})",
-                f"add '{host}' to allow_hosts if downloads from it are intended")
+                f"the operator may allow '{host}' in cinesynth.toml [trust] allow_hosts or with "
+                "--allow-host")
     return None
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -427,8 +708,11 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def _near_files(f: Path) -> str | None:
-    if not f.parent.is_dir():
+    try:
+        if not f.parent.is_dir():
+            return None
+        same_kind = [p.name for p in f.parent.iterdir() if p.suffix.lower() == f.suffix.lower()]
+    except OSError:
         return None
-    same_kind = [p.name for p in f.parent.iterdir() if p.suffix.lower() == f.suffix.lower()]
     close = difflib.get_close_matches(f.name, same_kind, n=1)
     return f"did you mean '{close[0]}'?" if close else None
