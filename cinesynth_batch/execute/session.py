@@ -94,7 +94,7 @@ def _registry(loaded: LoadedSpec, profile: str | None, problems: Problems,
     try:
         return Registry.load(name, loaded.spec_dir, loaded.root, digests)
     except ModelError as exc:
-        problems.add(_model_error_text(exc), where, at,
+        problems.add(_model_error_text(exc, name), where, at,
                      hint=exc.hint or "profile is 'tiny', 'production' or a path to a models .yaml")
         return None
     except (OSError, ValueError, TypeError, AttributeError) as exc:
@@ -103,12 +103,12 @@ def _registry(loaded: LoadedSpec, profile: str | None, problems: Problems,
         return None
 
 
-def _model_error_text(exc: ModelError) -> str:
+def _model_error_text(exc: ModelError, name: str) -> str:
     """A models-file error in one line; a YAML error names its own file:line:col."""
     cause = exc.__cause__
     mark = getattr(cause, "problem_mark", None)
     if mark is not None:
-        return (f"models file {mark.name}:{mark.line + 1}:{mark.column + 1}: YAML syntax error: "
+        return (f"models file {name}:{mark.line + 1}:{mark.column + 1}: YAML syntax error: "
                 f"{getattr(cause, 'problem', None) or cause}")
     return exc.message.splitlines()[0]
 

@@ -459,18 +459,30 @@ def _leaves(node: Any, loc: tuple[Any, ...]):
         yield loc, key, node
 
 
+NUMBER_LIMITS = {"steps": "steps", "segments": "segments", "width": "side", "height": "side",
+                 **{k: "frames" for k in FRAME_KEYS}, **{k: "duration" for k in SECOND_KEYS}}
+
+
 def _limit_problem(key: str, value: Any, limits: Limits) -> tuple[str, str] | None:
+    bound = NUMBER_LIMITS.get(key)
+    if isinstance(value, str) and bound:
+        value = _number(value)                        # YAML reads 1e9 as text; the model does not
     if isinstance(value, str):
         return _text_problem(key, value, limits)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     if isinstance(value, float) and not math.isfinite(value):
         return None                                   # the model refuses inf and nan
-    bound = {"steps": "steps", "segments": "segments", "width": "side", "height": "side",
-             **{k: "frames" for k in FRAME_KEYS}, **{k: "duration" for k in SECOND_KEYS}}.get(key)
     if bound and value > getattr(limits, bound):
         return f"{value:g}" if isinstance(value, float) else f"{value}", bound
     return None
+
+
+def _number(text: str) -> Any:
+    try:
+        return float(text) if len(text) < 64 else text
+    except ValueError:
+        return text
 
 
 def _text_problem(key: str, value: str, limits: Limits) -> tuple[str, str] | None:

@@ -84,7 +84,8 @@ class BoundedEnvironment(SandboxedEnvironment):
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
         run = __self._active()
         run.check_time()
-        __self._check_args(run, __obj, args, kwargs)
+        if __obj != __self._range:                  # range() has its own limit
+            __self._check_args(run, __obj, args, kwargs)
         result = super().call(__context, __obj, *args, **kwargs)
         run.check_size(_length(result))
         return result
