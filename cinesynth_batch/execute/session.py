@@ -131,5 +131,5 @@ def check_loras(loaded: LoadedSpec, registry: Registry, problems: Problems) -> N
                     looked = ", ".join(str(d) for d in registry.lora_search_dirs())
                     problems.add(f"LoRA '{lora.name}' not found{why}", loaded.where(*loc),
                                  loaded.path_text(*loc),
-                                 hint=f"put {lora.name}.safetensors under lora_adpts/{family}/ "
-                                      f"(searched: {looked})")
+                                 hint=f"put {lora.name}.safetensors under lora_adpts/{family}/; "
+                                      f"searched: {looked}")

@@ -262,9 +262,9 @@ def _expand_scenes(scenes: LList, library: PresetLibrary, templater: Templater,
             s.pop("matrix", None)
             ctx = {**base_ctx, **combo, "matrix": combo, "index": len(out)}
             s = _apply_presets(s, library, f"scenes[{index}]", problems)
-            lacking = _vars_not_in(s.get("id"), combo)
+            lacking = _vars_not_in(s.get("id"), scene.get("matrix"))
             if lacking:
-                hints[len(out)] = lacking[0]
+                hints[len(out)] = f"put {{{{ {lacking[0]} }}}} in the id, e.g. id: {s.get('id')}-{{{{ {lacking[0]} }}}}"
             if isinstance(s.get("id"), str):
                 s["id"] = templater.render_tree(_box(s, "id"), ctx, problems, f"scenes[{index}]")["id"]
             ctx["scene"] = {"id": s.get("id"), "index": len(out)}
@@ -277,12 +277,15 @@ def _expand_scenes(scenes: LList, library: PresetLibrary, templater: Templater,
     return out
 
 
-def _vars_not_in(template: Any, combo: dict[str, Any]) -> list[str]:
-    """Matrix variables an id template does not use (the cause of duplicate ids)."""
-    if not combo:
+def _vars_not_in(template: Any, matrix: Any) -> list[str]:
+    """Matrix variables an id template does not use (the cause of duplicate ids), those with
+    several values first."""
+    if not isinstance(matrix, dict) or not isinstance(template, str):
         return []
-    used = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", template)) if isinstance(template, str) else set()
-    return [str(name) for name in combo if str(name) not in used]
+    used = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", template))
+    lacking = [name for name in matrix if str(name) not in used]
+    return [str(n) for n in sorted(lacking, key=lambda n: not (isinstance(matrix[n], list) and
+                                                               len(matrix[n]) > 1))]
 
 
 def _matrix_combos(scene: LDict, path: str, problems: Problems) -> list[dict[str, Any]]:
@@ -635,10 +638,8 @@ def check_semantics(data: LDict, sources: list[int], spec_dir: Path, root: Path,
         sid = scene.get("id")
         if isinstance(sid, str):
             if sid in seen:
-                lacking = id_hints.get(i)
-                hint = f"scenes[{sources[seen[sid]]}] already uses it" + (
-                    f"; put {{{{ {lacking} }}}} in the id, e.g. id: {sid}-{{{{ {lacking} }}}}" if lacking
-                    else "; give each scene its own id")
+                hint = f"scenes[{sources[seen[sid]]}] already uses it; " + (
+                    id_hints.get(i) or "give each scene its own id")
                 problems.add(f"duplicate scene id '{sid}'", locate(data, ("scenes", i, "id")),
                              format_path(("scenes", i, "id"), sources), hint=hint)
             seen.setdefault(sid, i)

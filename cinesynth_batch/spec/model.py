@@ -454,6 +454,9 @@ class Scene(Strict):
     @model_validator(mode="after")
     def _has_visual(self) -> "Scene":
         motion = [k for k in ("video", "lipsync", "animate") if getattr(self, k) is not None]
+        if self.image is None and not motion and self.audio is not None:
+            raise ValueError("a scene needs a picture: 'audio' alone is not a scene (add an 'image' "
+                             "for a still, or lay the sound under another scene or as assemble.music)")
         if self.image is None and not motion:
             raise ValueError("a scene needs an 'image', 'video', 'lipsync' or 'animate' stage")
         if len(motion) > 1:

@@ -144,7 +144,7 @@ def decode_text(data: bytes, display: str, problems: Problems) -> str | None:
         line = before.count(b"\n") + 1
         col = len(before[before.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1
         problems.add(f"byte 0x{data[exc.start]:02x} is not UTF-8", Where(display, line, col),
-                     hint="save the file as UTF-8 (it looks like Latin-1 or another legacy encoding)")
+                     hint="save the file as UTF-8; it looks like Latin-1 or another legacy encoding")
         return None
 
 
