@@ -126,8 +126,40 @@ def _read_config(root: Path, display: str) -> ProjectConfig:
     try:
         return ProjectConfig.load(root)
     except ConfigError as exc:
-        where = exc.where or Where(display_path(root / "cinesynth.toml"), 1, 1)
-        raise SpecError([_problem(exc.message.split(": ", 1)[-1], where, exc.hint)]) from None
+        file = root / "cinesynth.toml"
+        message, line, col = _toml_position(exc.message.split(": ", 1)[-1], file)
+        raise SpecError([_problem(message, exc.where or Where(display_path(file), line, col), exc.hint)]) \
+            from None
+
+
+def _toml_position(message: str, file: Path) -> tuple[str, int, int]:
+    """tomllib writes the place into its message: ``... (at line 2, column 5)`` or ``(at end of
+    document)``."""
+    found = re.search(r" \(at line (\d+), column (\d+)\)$", message)
+    if found:
+        return message[:found.start()], int(found.group(1)), int(found.group(2))
+    if message.endswith(" (at end of document)"):
+        try:
+            text = file.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            text = ""
+        return message.removesuffix(" (at end of document)") + " at the end of the file", \
+            text.count("\n") + 1, 1
+    return (message, *_toml_key_position(message, file))
+
+
+def _toml_key_position(message: str, file: Path) -> tuple[int, int]:
+    """The line of the first key the message names (``key = ...``), else 1:1."""
+    try:
+        lines = file.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return 1, 1
+    for word in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", message):
+        for n, text in enumerate(lines, 1):
+            found = re.match(rf"\s*({re.escape(word)})\s*=", text)
+            if found:
+                return n, found.start(1) + 1
+    return 1, 1
 
 
 def _problem(message: str, where: Where | None, hint: str | None = None, path: str = ""):

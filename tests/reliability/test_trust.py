@@ -143,3 +143,27 @@ def test_a_spec_cannot_reach_a_local_service_but_the_operator_can_allow_it(root:
         assert server.requests["/clip.mp4"] >= 1
     finally:
         server.close()
+
+
+def test_a_broken_cinesynth_toml_is_a_located_error(root: Path, monkeypatch):
+    monkeypatch.chdir(root)
+    spec_with(root, url_spec("https://youtube.com/watch?v=x"))
+    (root / "cinesynth.toml").write_text('[trust]\nallow_hosts = ["a",\n')
+    lines = problems(Path("s.yaml"))
+    assert len(lines) == 1 and lines[0].startswith("cinesynth.toml:3:1: "), lines
+    (root / "cinesynth.toml").write_text('[trust]\nallow_hosts = "example.org"\n')
+    assert problems(Path("s.yaml")) == [
+        "cinesynth.toml:2:1: allow_hosts must be a list of strings"]
+    (root / "cinesynth.toml").write_text('[limits]\nframes = 81\nsteps = -1\n')
+    assert problems(Path("s.yaml")) == ["cinesynth.toml:3:1: [limits] steps must be a positive whole number"]
+
+
+@pytest.mark.parametrize("url", ["http://youtube.com@127.0.0.1/x", "http://127.0.0.1:1\\@youtube.com/",
+                                 "file:///etc/passwd", "http://youtube.com/a b", "HTTP://youtube.com/x"])
+def test_the_download_stage_refuses_what_the_plan_would_not_have_built(url: str):
+    from cinesynth_batch.stages.base import StageError
+    from cinesynth_batch.stages.download import _checked
+
+    with pytest.raises(StageError, match="download: refused URL"):
+        _checked(url)
+    assert _checked("https://www.youtube.com/watch?v=x") == "https://www.youtube.com/watch?v=x"
