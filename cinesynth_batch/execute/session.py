@@ -34,12 +34,12 @@ class Session:
     @classmethod
     def open(cls, spec_path: str | Path, profile: str | None = None, warn=None,
              allow_paths: list[str] | None = None, allow_hosts: list[str] | None = None) -> "Session":
-        loaded, registry_for = check_spec(spec_path, profile, allow_paths, allow_hosts)
+        loaded, registry = check_spec(spec_path, profile, allow_paths, allow_hosts)
         cache_root = Path(os.environ["CINESYNTH_CACHE"]) if os.environ.get("CINESYNTH_CACHE") \
             else loaded.spec_dir / ".cinesynth" / "cache"
         cache = CacheStore(cache_root, warn=warn)
         digests = DigestState.open(cache.state_path)
-        registry = registry_for(digests)
+        registry.digests = digests
         out = loaded.spec.output
         output_dir = (loaded.spec_dir / out).resolve() if out else loaded.root / "outputs" / loaded.spec.project
         return cls(loaded, cache, digests, registry, output_dir / "render.lock", output_dir)
@@ -58,19 +58,16 @@ class Session:
 def check_spec(spec_path: str | Path, profile: str | None = None, allow_paths: list[str] | None = None,
                allow_hosts: list[str] | None = None):
     """Everything knowable before running: the spec, its models file and its LoRA names.
-    Returns the loaded spec and a function that builds the registry with a digest state;
-    raises one ``SpecError`` holding every problem."""
+    Returns the loaded spec and its model registry; raises one ``SpecError`` holding every
+    problem."""
     loaded = load_spec(spec_path, allow_paths=allow_paths, allow_hosts=allow_hosts)
     problems = Problems()
     registry = _registry(loaded, profile, problems, None)
     if registry is not None:
         check_loras(loaded, registry, problems)
     problems.raise_if_any()
-
-    def registry_for(digests: DigestState) -> Registry:
-        return Registry.load(profile or loaded.spec.profile, loaded.spec_dir, loaded.root, digests)
-
-    return loaded, registry_for
+    assert registry is not None
+    return loaded, registry
 
 
 def _registry(loaded: LoadedSpec, profile: str | None, problems: Problems,

@@ -67,6 +67,7 @@ class Registry:
         self.digests = digests or DigestState()
         self.home = home or cinesynth_home()
         self._identity: dict[str, dict[str, Any]] = {}
+        self._memo: dict[str, str] = {}     # the tiny builders' digest, read once per registry
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -108,6 +109,11 @@ class Registry:
 
     # -- tiny models -----------------------------------------------------------------------------
     def tiny_revision(self) -> str:
+        if "tiny_revision" not in self._memo:
+            self._memo["tiny_revision"] = self._tiny_revision()
+        return self._memo["tiny_revision"]
+
+    def _tiny_revision(self) -> str:
         h = hashlib.sha256()
         here = Path(__file__).resolve().parent
         for name in TINY_SOURCES:
