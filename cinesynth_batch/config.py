@@ -48,6 +48,7 @@ class Limits:
     spec_bytes: int = 4 << 20           # a spec or preset file
     yaml_nodes: int = 200_000           # nodes after alias expansion
     yaml_depth: int = 64                # nesting of mappings and lists
+    expanded_nodes: int = 1_000_000     # nodes of all scenes after matrix and preset expansion
     scenes: int = 5_000                 # scenes after matrix expansion
     template_chars: int = 100_000       # output of one template
     template_seconds: float = 2.0       # run time of one template

@@ -106,7 +106,10 @@ def load_spec(path: str | Path, *, check_files: bool = True, config: ProjectConf
         raise SpecError(problems.items)
 
     hints: dict[int, str] = {}
-    expanded, sources = expand(raw, abspath.parent, root, problems, limits, hints)
+    try:
+        expanded, sources = expand(raw, abspath.parent, root, problems, limits, hints)
+    except Runaway:
+        raise SpecError(problems.items) from None
     check_limits(expanded, sources, limits, problems)
     spec = validate(expanded, problems, sources)
     trust = narrow_trust(expanded, abspath.parent, root, config.trust, problems)
@@ -200,9 +203,9 @@ def expand(raw: LDict, spec_dir: Path, root: Path, problems: Problems, limits: L
     scenes = data.get("scenes")
     sources: list[int] = []
     if isinstance(scenes, list):
-        if not _within_scene_limit(scenes, data, limits, problems):
-            return data, sources
-        data["scenes"] = _expand_scenes(scenes, library, templater, base_ctx, problems, sources, hints)
+        _within_scene_limit(scenes, limits, problems)
+        data["scenes"] = _expand_scenes(scenes, library, templater, base_ctx, problems, sources, hints,
+                                        limits.expanded_nodes)
     templater.render_tree(data, base_ctx, problems, "",
                           skip=frozenset({"scenes", "vars", "presets", "project"}))
     asm = data.get("assemble")
@@ -224,26 +227,25 @@ def _shorthand(parent: LDict, key: str, inner: str) -> None:
     parent[key] = box
 
 
-def _within_scene_limit(scenes: LList, data: LDict, limits: Limits, problems: Problems) -> bool:
-    """Count the scenes (and their nodes) matrices would make, before making any."""
+class Runaway(Exception):
+    """Expansion stopped at a limit (the problem is already recorded): nothing after it is
+    checked, so the limit is the one message."""
+
+
+def _within_scene_limit(scenes: LList, limits: Limits, problems: Problems) -> None:
+    """Count the scenes matrices would make, before making any; ``Runaway`` past the limit."""
     total = 0
     for index, scene in enumerate(scenes):
         n = _combo_count(scene)
         total += n
-        nodes = n * _node_count(scene, limits.yaml_nodes + 1)
-        where = scene.where_value("matrix") if isinstance(scene, LDict) and "matrix" in scene \
-            else scenes.where_item(index)
         if total > limits.scenes:
-            problems.add(f"the scenes expand to {total if n < 10**12 else 'more than 10^12'} scenes, over "
-                         f"the limit of {limits.scenes} (scenes)", where, f"scenes[{index}]",
+            where = scene.where_value("matrix") if isinstance(scene, LDict) and "matrix" in scene \
+                else scenes.where_item(index)
+            shown = total if n < 10**12 else "more than 10^12"
+            problems.add(f"the scenes expand to {shown} scenes, over the limit of {limits.scenes} (scenes)",
+                         where, f"scenes[{index}]",
                          hint="use fewer matrix values, or raise [limits] scenes in cinesynth.toml")
-            return False
-        if nodes > limits.yaml_nodes:
-            problems.add(f"the matrix makes {nodes} YAML nodes, over the limit of {limits.yaml_nodes} "
-                         "(yaml_nodes)", where, f"scenes[{index}]",
-                         hint="use fewer matrix values or a smaller scene")
-            return False
-    return True
+            raise Runaway()
 
 
 def _combo_count(scene: Any) -> int:
@@ -280,8 +282,9 @@ def _box(parent: LDict, key: str) -> LDict:
 
 def _expand_scenes(scenes: LList, library: PresetLibrary, templater: Templater,
                    base_ctx: dict[str, Any], problems: Problems, sources: list[int],
-                   hints: dict[int, str]) -> LList:
+                   hints: dict[int, str], max_nodes: int) -> LList:
     out = LList(loc=getattr(scenes, "loc", None))
+    made = 0                                           # nodes of the scenes made so far
     for index, scene in enumerate(scenes):
         where = scenes.where_item(index) if isinstance(scenes, LList) else None
         if not isinstance(scene, LDict):
@@ -289,24 +292,40 @@ def _expand_scenes(scenes: LList, library: PresetLibrary, templater: Templater,
             out.item_locs.append(where)
             sources.append(index)
             continue
-        for combo in _matrix_combos(scene, f"scenes[{index}]", problems):
-            s = copy.deepcopy(scene)
-            s.pop("matrix", None)
-            ctx = {**base_ctx, **combo, "matrix": combo, "index": len(out)}
-            s = _apply_presets(s, library, f"scenes[{index}]", problems)
-            lacking = _vars_not_in(s.get("id"), scene.get("matrix"))
-            if lacking:
-                hints[len(out)] = f"put {{{{ {lacking[0]} }}}} in the id, e.g. id: {s.get('id')}-{{{{ {lacking[0]} }}}}"
-            if isinstance(s.get("id"), str):
-                s["id"] = templater.render_tree(_box(s, "id"), ctx, problems, f"scenes[{index}]")["id"]
-            ctx["scene"] = {"id": s.get("id"), "index": len(out)}
-            templater.render_tree(s, ctx, problems, f"scenes[{index}]", skip=frozenset({"id"}))
-            if isinstance(s.get("audio"), str):
-                _shorthand(s, "audio", "file")
+        combos = _matrix_combos(scene, f"scenes[{index}]", problems)
+        for k, combo in enumerate(combos):
+            s = _make_scene(scene, combo, index, len(out), library, templater, base_ctx, problems, hints)
+            size = _node_count(s, max_nodes + 1)
+            made += size * (len(combos) if k == 0 else 0)   # every combination is about as big
+            if made > max_nodes:
+                problems.add(f"the scenes, with their presets, make more than {max_nodes} YAML nodes "
+                             "(expanded_nodes)", where, f"scenes[{index}]",
+                             hint="use fewer scenes or smaller presets, or raise [limits] expanded_nodes")
+                raise Runaway()
             out.append(s)
             out.item_locs.append(where)
             sources.append(index)
     return out
+
+
+def _make_scene(scene: LDict, combo: dict[str, Any], index: int, position: int, library: PresetLibrary,
+                templater: Templater, base_ctx: dict[str, Any], problems: Problems,
+                hints: dict[int, str]) -> LDict:
+    """One scene as written, for one matrix combination: presets merged, templates rendered."""
+    s = copy.deepcopy(scene)
+    s.pop("matrix", None)
+    ctx = {**base_ctx, **combo, "matrix": combo, "index": position}
+    s = _apply_presets(s, library, f"scenes[{index}]", problems)
+    lacking = _vars_not_in(s.get("id"), scene.get("matrix"))
+    if lacking:
+        hints[position] = f"put {{{{ {lacking[0]} }}}} in the id, e.g. id: {s.get('id')}-{{{{ {lacking[0]} }}}}"
+    if isinstance(s.get("id"), str):
+        s["id"] = templater.render_tree(_box(s, "id"), ctx, problems, f"scenes[{index}]")["id"]
+    ctx["scene"] = {"id": s.get("id"), "index": position}
+    templater.render_tree(s, ctx, problems, f"scenes[{index}]", skip=frozenset({"id"}))
+    if isinstance(s.get("audio"), str):
+        _shorthand(s, "audio", "file")
+    return s
 
 
 def _vars_not_in(template: Any, matrix: Any) -> list[str]:

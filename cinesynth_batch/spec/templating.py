@@ -9,11 +9,13 @@ from __future__ import annotations
 import difflib
 import functools
 import math
+import re
 import sys
 import time
 from typing import Any, Iterator
 
 import jinja2
+from jinja2.compiler import CodeGenerator, optimizeconst
 from jinja2.sandbox import SandboxedEnvironment
 
 from ..errors import Problems
@@ -47,12 +49,28 @@ def _length(value: Any) -> int:
     return len(value) if isinstance(value, (str, bytes, list, tuple)) else 0
 
 
+class _BoundedCodeGenerator(CodeGenerator):
+    """Compiles ``a ~ b`` to a join whose size is checked before it is made."""
+
+    @optimizeconst
+    def visit_Concat(self, node: Any, frame: Any) -> None:
+        self.write("environment.bounded_join((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
+DIGITS = re.compile(r"\d+")
+
+
 class BoundedEnvironment(SandboxedEnvironment):
     """The jinja2 sandbox with bounds on size and time: ``*``, ``**`` and ``+`` on big values,
     ``range``, calls and filters are checked before they run; a tracer stops a render that
     runs past its time."""
 
-    intercepted_binops = frozenset({"*", "**", "+"})
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+    code_generator_class = _BoundedCodeGenerator
 
     def __init__(self, limits: Any):
         super().__init__(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
@@ -75,6 +93,11 @@ class BoundedEnvironment(SandboxedEnvironment):
                     run.check_size(_length(seq) * max(n, 0), "a repeated value")
         elif operator == "+":
             run.check_size(_length(left) + _length(right), "a joined value")
+        elif operator == "%" and isinstance(left, str):
+            self._check_format(run, left)
+            items = right if isinstance(right, (tuple, list)) else (right,)
+            run.check_size(len(left) + sum(len(str(i)) for i in items[:64]) * max(1, len(items) // 64),
+                           "a formatted value")
         elif operator == "**" and isinstance(left, int) and isinstance(right, (int, float)):
             if abs(left) > 1 and right > 0 and right * math.log10(abs(left)) > run.limits.template_chars:
                 raise TemplateLimit(f"{left} ** {right} has more digits than the limit of "
@@ -101,9 +124,35 @@ class BoundedEnvironment(SandboxedEnvironment):
             values = [owner, *values]
         if name in ("replace", "do_replace") and len(values) >= 3:
             run.check_size(_length(values[0]) * max(1, _length(values[2])), "the replaced text")
+        if name in ("format", "format_map", "do_format") and values and isinstance(values[0], str):
+            self._check_format(run, values[0])
+        if name in ("join", "do_join", "sync_do_join") and values and isinstance(values[0], (list, tuple)):
+            sep = _length(values[1]) if len(values) > 1 else 0
+            run.check_size(sum(len(str(v)) + sep for v in values[0]), "the joined text")
         if name == "expandtabs" and values:
             run.check_size(_length(values[0]) * max([8, *(v for v in values[1:] if isinstance(v, int))]),
                            "the expanded text")
+
+    def wrap_str_format(self, value: Any) -> Any:
+        """``text.format`` is wrapped by the sandbox when it is looked up: check its widths then."""
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None:
+            self._check_format(self._active(), value.__self__)
+        return wrapped
+
+    def bounded_join(self, parts: tuple) -> str:
+        """``a ~ b ~ ...``: the size is checked before the text is made."""
+        run = self._active()
+        texts = [str(p) for p in parts]
+        run.check_size(sum(len(t) for t in texts), "a joined value")
+        return "".join(texts)
+
+    @staticmethod
+    def _check_format(run: _Run, text: str) -> None:
+        """Widths and precisions written in a format string (``%0999999999d``, ``{:>99999999}``)."""
+        for digits in DIGITS.findall(text):
+            if len(digits) > 6 or int(digits) > run.limits.template_chars:
+                run.check_size(int(digits[:30]), "a width in a format string")
 
     def _bounded_filter(self, fn: Any) -> Any:
         env = self

@@ -94,6 +94,14 @@ def alias_bomb() -> str:
     return "\n".join(lines) + "\nscenes:\n  - id: one\n    image: {prompt: cat}\n"
 
 
+def preset_bomb() -> str:
+    """A preset of 20,000 nodes (under yaml_nodes) used by 2,500 matrix scenes."""
+    body = "[" + ",".join(["1"] * 20_000) + "]"
+    values = ", ".join(str(i) for i in range(50))
+    return (f"project: p\npresets:\n  big: {{image: {{prompt: cat}}, vars_in_preset: {body}}}\nscenes:\n"
+            f"  - id: s-{{{{ a }}}}-{{{{ b }}}}\n    preset: big\n    matrix: {{a: [{values}], b: [{values}]}}\n")
+
+
 def matrix_bomb() -> str:
     keys = "".join(f"      k{i}: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]\n" for i in range(12))
     return "project: p\nscenes:\n  - id: s\n    matrix:\n" + keys + "    image: {prompt: cat}\n"
@@ -106,6 +114,7 @@ ROWS = {
     "recursive_alias": ("project: p\nvars: &v {self: *v}\nscenes: [{id: one, image: {prompt: cat}}]\n",
                         "nests deeper than 64 levels", "yaml_depth", ("validate",)),
     "matrix_explosion": (matrix_bomb(), "over the limit of 5000", "scenes", ("validate",)),
+    "preset_explosion": (preset_bomb(), "make more than 1000000 YAML nodes", "expanded_nodes", ("validate",)),
     "template_repeat": (scene("image: {prompt: \"{{ 'x' * 10**11 }}\"}"),
                         "template a repeated value would be 100000000000 long", "template_chars",
                         ("validate", "render")),
@@ -119,6 +128,11 @@ ROWS = {
     "template_center": (scene('image: {prompt: "{{ \'x\' | center(10**9) }}"}'),
                         "a number given to a function would be 1000000000 long", "template_chars",
                         ("validate",)),
+    "template_concat": ("vars: {p: " + "x" * 30_000 + "}\n" + scene('image: {prompt: "{{ p ~ p ~ p ~ p }}"}'),
+                        "a joined value would be 120000 long", "template_chars", ("validate",)),
+    "template_format_width": (scene("image: {prompt: \"{{ '%0999999999d' % 1 }}\"}"),
+                              "a width in a format string would be 999999999 long", "template_chars",
+                              ("validate",)),
     "huge_prompt_file": (scene("image: {prompt: \"" + "x" * (50 << 20) + "\"}"),
                          "bytes, over the limit of 4194304", "spec_bytes", ("validate",)),
     "long_prompt": (scene("image: {prompt: \"" + "x" * 30_000 + "\"}"),
@@ -203,9 +217,11 @@ ROWS = {
                       None, ("validate",)),
 }
 CLASSES = {
-    "resource exhaustion (defect 3)": ["alias_bomb", "recursive_alias", "matrix_explosion", "template_repeat",
+    "resource exhaustion (defect 3)": ["alias_bomb", "recursive_alias", "matrix_explosion", "preset_explosion",
+                                       "template_repeat",
                                        "template_nested_range", "template_huge_range", "template_power",
-                                       "template_center", "huge_prompt_file", "long_prompt"],
+                                       "template_center", "template_concat", "template_format_width",
+                                       "huge_prompt_file", "long_prompt"],
     "unbounded numbers (defect 4)": ["huge_frames", "huge_width", "huge_resolution", "duration_inf",
                                      "duration_nan", "duration_huge", "frame_at_inf", "huge_segments",
                                      "huge_steps", "huge_integer"],
@@ -324,8 +340,11 @@ def test_hostile_counts(outcomes, record_property):
     runs = sum(len(o.runs) for o in outcomes.values())
     renders = sum(1 for o in outcomes.values() for c, _ in o.runs if c == "render")
     refused = sum(1 for o in outcomes.values() for _, r in o.runs if r.code == 2 and "Traceback" not in r.err)
+    slowest = max((r.seconds, n, c) for n, o in outcomes.items() for c, r in o.runs)
     print(f"\nhostile specs: {len(ROWS)} inputs, {runs} CLI runs ({renders} render), {refused} refused "
-          f"with exit 2; per class: {per_class}")
+          f"with exit 2; per class: {per_class}; slowest run {slowest[0]:.1f} s ({slowest[1]} {slowest[2]})")
+    for name, o in outcomes.items():
+        print(f"  {name}: " + ", ".join(f"{c} {r.seconds:.1f} s" for c, r in o.runs))
     record_property("hostile_inputs", len(ROWS))
     record_property("hostile_runs", runs)
     assert refused == runs
