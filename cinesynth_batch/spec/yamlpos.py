@@ -167,6 +167,7 @@ def load_yaml_text(text: str, display: str, problems: Problems, limits: Any = No
         node = loader.get_single_node()
         if node is None:
             return None
+        _measure(loader, node, budget, 0, {})
         return _convert(loader, node, budget, problems, 0)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -187,6 +188,37 @@ def load_yaml_text(text: str, display: str, problems: Problems, limits: Any = No
         return None
     finally:
         loader.dispose()
+
+
+def _measure(loader: Any, node: yaml.Node, budget: _Budget, depth: int,
+             memo: dict[int, tuple[int, int]]) -> tuple[int, int]:
+    """(nodes, height) of ``node`` once aliases are expanded, computed once per distinct node,
+    so a bomb is refused before anything is built; a cycle exceeds the depth."""
+    known = memo.get(id(node))
+    if known is None:
+        if depth > budget.max_depth:
+            raise _TooBig(f"the YAML nests deeper than {budget.max_depth} levels (yaml_depth)",
+                          "flatten it (a recursive alias nests without end)", _where(budget.file, node))
+        if isinstance(node, yaml.MappingNode):
+            loader.flatten_mapping(node)
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        size, height = 1, 0
+        for child in children:
+            n, h = _measure(loader, child, budget, depth + 1, memo)
+            size, height = size + n, max(height, h + 1)
+            if size > budget.max_nodes:
+                raise _TooBig(f"the YAML expands to more than {budget.max_nodes} nodes (yaml_nodes)",
+                              "aliases (*name) count each time they are used; use fewer",
+                              _where(budget.file, child))
+        known = memo[id(node)] = (size, height)
+    if depth + known[1] > budget.max_depth:
+        raise _TooBig(f"the YAML nests deeper than {budget.max_depth} levels (yaml_depth)",
+                      "flatten it", _where(budget.file, node))
+    return known
 
 
 def _count(node: yaml.Node, budget: _Budget, depth: int) -> None:
