@@ -12,7 +12,7 @@ from pathlib import Path
 from ..cache.digest import DigestState
 from ..cache.lock import Lock
 from ..cache.store import CacheStore
-from ..errors import ModelError, Problems, SpecError
+from ..errors import ModelError, Problems
 from ..models.registry import Registry
 from ..plan.planner import Plan, make_plan
 from ..plan.sources import refuse_downloads

@@ -763,14 +763,6 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
-
-
 def _near_files(f: Path) -> str | None:
     try:
         if not f.parent.is_dir():

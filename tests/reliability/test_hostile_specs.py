@@ -1,7 +1,7 @@
 """Hostile specs through the real CLI: each refused with exit 2, one located line per problem,
 no traceback, within a memory and time limit, and nothing written outside the work folder.
 
-One row per defect found and the class of input it stands for. Every row runs
+One row per kind of hostile input, grouped by the class of failure it stands for. Every row runs
 ``python -m cinesynth_batch.cli validate`` in a subprocess (the rows marked ``render`` run
 ``render`` too) under ``RLIMIT_AS`` and a timeout.
 """
@@ -109,7 +109,7 @@ def matrix_bomb() -> str:
 
 # name -> (spec text or bytes, expected text in the first problem, limit name or None, commands)
 ROWS = {
-    # defect 3: a small spec exhausts memory or time
+    # a small spec that would exhaust memory or time
     "alias_bomb": (alias_bomb(), "expands to more than 200000 nodes", "yaml_nodes", ("validate", "render")),
     "recursive_alias": ("project: p\nvars: &v {self: *v}\nscenes: [{id: one, image: {prompt: cat}}]\n",
                         "nests deeper than 64 levels", "yaml_depth", ("validate",)),
@@ -137,7 +137,7 @@ ROWS = {
                          "bytes, over the limit of 4194304", "spec_bytes", ("validate",)),
     "long_prompt": (scene("image: {prompt: \"" + "x" * 30_000 + "\"}"),
                     "the text is 30000 characters", "prompt_chars", ("validate",)),
-    # defect 4: no upper bounds
+    # numbers without an upper bound
     "huge_frames": (scene("image: {prompt: cat}\nvideo: {prompt: walk, frames: 100000001}"),
                     "100000001, over the limit of 9601", "frames", ("validate", "render")),
     "huge_width": (scene("image: {prompt: cat, width: 1048576}"), "1048576, over the limit of 4096",
@@ -159,7 +159,7 @@ ROWS = {
                    ("validate",)),
     "huge_integer": (scene("image: {prompt: cat, steps: " + "9" * 5000 + "}"), "cannot read this value",
                      None, ("validate",)),
-    # defect 5: tracebacks on bad input
+    # undecodable text and unusable paths
     "latin1_file": (BASE.replace("a cat", "un café").encode("latin-1"), "byte 0xe9 is not UTF-8", None,
                     ("validate", "render")),
     "utf16_file": (BASE.encode("utf-16"), "the file is UTF-16, not UTF-8", None, ("validate",)),
@@ -179,7 +179,7 @@ ROWS = {
                           "the name is 300 characters", "name_chars", ("validate",)),
     "long_output": (BASE + "output: outputs/" + "o" * 300 + "\n", "a path component is longer than 255",
                     None, ("validate",)),
-    # defect 6: the project boundary
+    # the project boundary
     "output_escape": (BASE + "output: ../escape_out\n", "output folder '../escape_out' is outside the project",
                       None, ("validate", "render")),
     "output_absolute": (BASE + "output: /tmp\n", "output folder '/tmp' is outside the project", None,
@@ -205,7 +205,7 @@ ROWS = {
                  "only http:// and https:// URLs are downloaded", None, ("validate",)),
     "ftp_url": (scene("image: {prompt: cat}\naudio: 'ftp://youtube.com/a.wav'"),
                 "only http:// and https:// URLs are downloaded", None, ("validate",)),
-    # defect 9: validate reports what plan and render would find
+    # validate reports what plan and render would find
     "unknown_lora": ("profile: production\n" + scene("image: {prompt: cat, loras: [{name: nope}]}"),
                      "LoRA 'nope' not found", None, ("validate",)),
     "missing_models_file": ("profile: models/missing.yaml\n" + BASE, "models file 'models/missing.yaml' not found",
@@ -217,22 +217,22 @@ ROWS = {
                       None, ("validate",)),
 }
 CLASSES = {
-    "resource exhaustion (defect 3)": ["alias_bomb", "recursive_alias", "matrix_explosion", "preset_explosion",
+    "resource exhaustion": ["alias_bomb", "recursive_alias", "matrix_explosion", "preset_explosion",
                                        "template_repeat",
                                        "template_nested_range", "template_huge_range", "template_power",
                                        "template_center", "template_concat", "template_format_width",
                                        "huge_prompt_file", "long_prompt"],
-    "unbounded numbers (defect 4)": ["huge_frames", "huge_width", "huge_resolution", "duration_inf",
+    "unbounded numbers": ["huge_frames", "huge_width", "huge_resolution", "duration_inf",
                                      "duration_nan", "duration_huge", "frame_at_inf", "huge_segments",
                                      "huge_steps", "huge_integer"],
-    "decode and path errors (defect 5)": ["latin1_file", "utf16_file", "control_char", "nul_byte_raw",
+    "decode and path errors": ["latin1_file", "utf16_file", "control_char", "nul_byte_raw",
                                           "nul_in_path", "long_path", "long_preset_name", "preset_path_name",
                                           "long_project_name", "long_output"],
-    "project boundary (defect 6)": ["output_escape", "output_absolute", "lora_dotdot", "lora_absolute",
+    "project boundary": ["output_escape", "output_absolute", "lora_dotdot", "lora_absolute",
                                     "lora_backslash", "allow_paths_root", "asset_outside",
                                     "allow_hosts_widening", "url_userinfo", "url_backslash", "file_url",
                                     "ftp_url"],
-    "validate knows what render knows (defect 9)": ["unknown_lora", "missing_models_file",
+    "validate knows what render knows": ["unknown_lora", "missing_models_file",
                                                     "broken_models_file", "models_file_outside",
                                                     "missing_asset"],
 }
