@@ -78,51 +78,56 @@ def load_spec(path: str | Path, *, check_files: bool = True, config: ProjectConf
     root (or ``config``) plus what the operator allowed on the command line; the spec's own
     ``allow_paths`` / ``allow_hosts`` may only narrow them."""
     display = str(path)
+    abspath = _spec_file(path, display)
+    spec_dir = abspath.parent
+    root = find_project_root(spec_dir)
+    config = (config or _read_config(root, display)).with_command_line(allow_paths, allow_hosts)
+    raw = _read_tree(abspath, display, config.limits)
     problems = Problems()
-    p = Path(path)
-    bad = t.path_problem(display)
-    if bad is not None:
-        problems.add(bad.message, path=_printable(display), hint=bad.hint)
-        raise SpecError(problems.items)
-    try:
-        found = p.is_file()
-        abspath = p.resolve()
-    except (OSError, ValueError) as exc:
-        problems.add(f"cannot read the spec file ({exc.__class__.__name__})", path=_printable(display))
-        raise SpecError(problems.items) from None
-    if not found:
-        problems.add("spec file not found", path=display, hint="check the path")
-        raise SpecError(problems.items)
-    root = find_project_root(abspath.parent)
-    if config is None:
-        config = _read_config(root, display)
-    config = config.with_command_line(allow_paths, allow_hosts)
-    limits = config.limits
-    raw = load_yaml(abspath, display, problems, limits)
-    if problems:
-        raise SpecError(problems.items)
-    if not isinstance(raw, LDict):
-        problems.add("a spec must be a mapping with 'project' and 'scenes'", Where(display, 1, 1))
-        raise SpecError(problems.items)
-
     hints: dict[int, str] = {}
     try:
-        expanded, sources = expand(raw, abspath.parent, root, problems, limits, hints)
+        expanded, sources = expand(raw, spec_dir, root, problems, config.limits, hints)
     except Runaway:
         raise SpecError(problems.items) from None
-    check_limits(expanded, sources, limits, problems)
+    check_limits(expanded, sources, config.limits, problems)
     spec = validate(expanded, problems, sources)
-    trust = narrow_trust(expanded, abspath.parent, root, config.trust, problems)
-    check_output(expanded, abspath.parent, root, problems)
+    trust = narrow_trust(expanded, spec_dir, root, config.trust, problems)
+    check_output(expanded, spec_dir, root, problems)
     check_lora_names(expanded, sources, problems)
     if check_files:
-        check_semantics(expanded, sources, abspath.parent, root, problems, trust, hints)
+        check_semantics(expanded, sources, spec_dir, root, problems, trust, hints)
     problems.raise_if_any()
     assert spec is not None
-    spec.allow_paths = [str(a) for a in trust.allow_paths]
-    spec.allow_hosts = list(trust.allow_hosts)
+    spec.allow_paths = [str(a) for a in trust.allow_paths]      # what the spec may reach, after
+    spec.allow_hosts = list(trust.allow_hosts)                    # narrowing (read by the planner)
     return LoadedSpec(spec=spec, path=abspath, display=display, root=root, raw=expanded,
                       sources=sources, config=config, trust=trust)
+
+
+def _spec_file(path: str | Path, display: str) -> Path:
+    """The spec's absolute path, or a ``SpecError`` saying why it cannot be read."""
+    bad = t.path_problem(display)
+    if bad is not None:
+        raise SpecError([_problem(bad.message, None, bad.hint, _printable(display))])
+    try:
+        found = Path(path).is_file()
+        abspath = Path(path).resolve()
+    except (OSError, ValueError) as exc:
+        raise SpecError([_problem(f"cannot read the spec file ({type(exc).__name__})", None,
+                                  path=_printable(display))]) from None
+    if not found:
+        raise SpecError([_problem("spec file not found", None, "check the path", display)])
+    return abspath
+
+
+def _read_tree(abspath: Path, display: str, limits: Limits) -> LDict:
+    """The spec file as a positioned YAML mapping, or a ``SpecError``."""
+    problems = Problems()
+    raw = load_yaml(abspath, display, problems, limits)
+    if not problems and not isinstance(raw, LDict):
+        problems.add("a spec must be a mapping with 'project' and 'scenes'", Where(display, 1, 1))
+    problems.raise_if_any()
+    return raw
 
 
 def _read_config(root: Path, display: str) -> ProjectConfig:
