@@ -625,7 +625,10 @@ def check_output(data: LDict, spec_dir: Path, root: Path, problems: Problems) ->
     if folder is None:
         problems.add(f"'{_printable(out)}': {bad.message if bad else 'not a usable path'}", where, "output",
                      hint=bad.hint if bad else None)
-    elif not (root in folder.parents):
+    elif folder == root:
+        problems.add(f"output folder '{out}' is the project root itself", where, "output",
+                     hint="write a folder inside the project, e.g. outputs/NAME")
+    elif root not in folder.parents:
         problems.add(f"output folder '{out}' is outside the project ({root})", where, "output",
                      hint="write a folder inside the project, e.g. outputs/NAME")
 

@@ -167,3 +167,19 @@ def test_the_download_stage_refuses_what_the_plan_would_not_have_built(url: str)
     with pytest.raises(StageError, match="download: refused URL"):
         _checked(url)
     assert _checked("https://www.youtube.com/watch?v=x") == "https://www.youtube.com/watch?v=x"
+
+
+def test_output_stays_inside_the_project(root: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(root)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (root / "linked").symlink_to(outside)
+    text = "project: t\noutput: {out}\nscenes: [{{id: one, image: {{prompt: cat}}}}]\n"
+    for out, expected in [("../escape", "output folder '../escape' is outside the project"),
+                          (str(outside), f"output folder '{outside}' is outside the project"),
+                          ("linked/x", "output folder 'linked/x' is outside the project"),
+                          (".", "output folder '.' is the project root itself")]:
+        spec_with(root, text.format(out=out))
+        assert problems(Path("s.yaml"))[0].startswith(f"s.yaml:2:9: output: {expected}"), out
+    spec_with(root, text.format(out="renders/t"))
+    assert load_spec(Path("s.yaml")).spec.output == "renders/t"
