@@ -363,3 +363,15 @@ def test_cli_validate_reports_unknown_lora_and_missing_models_file(project, monk
                                "(put nope.safetensors under lora_adpts/img/")
     assert lines[1] == ("b.yaml:2:10: profile: models file 'models/none.yaml' not found (profile is 'tiny', "
                         "'production' or a path to a models .yaml)")
+
+
+def test_every_limit_is_documented_with_its_default():
+    from dataclasses import fields
+
+    from cinesynth_batch.config import Limits
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "spec.md").read_text()
+    table = docs.split("## Limits", 1)[1].split("\n## ", 1)[0]
+    for f in fields(Limits):
+        assert f"| `{f.name}` | `{f.default}`" in table or f"| `{f.name}` | `{f.default}` (" in table, f.name
+    assert "## Project configuration" in docs
