@@ -1,7 +1,10 @@
-"""Load a spec file: YAML -> matrix -> presets -> templates -> pydantic -> file checks.
+"""Load a spec file: YAML -> matrix -> presets -> templates -> limits -> pydantic -> trust
+-> file checks.
 
 Every step adds to one list of problems; ``load_spec`` raises a single ``SpecError`` holding
-all of them, each with ``file:line:col``.
+all of them, each with ``file:line:col``. Limits and trust come from the project's
+``cinesynth.toml`` (``config.py``) and the command line, never from the spec (``checks.py``,
+``trust.py``); a step that would run away (a matrix past ``scenes``) stops the load at once.
 """
 
 from __future__ import annotations
@@ -9,7 +12,6 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -23,8 +25,9 @@ from ..errors import Problems, SpecError, Where
 from . import model as m
 from . import trust as t
 from .presets import PresetLibrary, merge
+from .checks import check_limits, check_lora_names, check_output, narrow_trust
 from .templating import Templater
-from .yamlpos import LDict, LList, load_yaml, locate, locate_key
+from .yamlpos import LDict, LList, format_path, load_yaml, locate, locate_key
 
 STAGE_KEYS = ("image", "video", "lipsync", "animate", "audio")
 SOURCE_KEYS = ("frame", "separate", "extract")   # mappings whose `source` is a file or URL
@@ -108,13 +111,13 @@ def _spec_file(path: str | Path, display: str) -> Path:
     """The spec's absolute path, or a ``SpecError`` saying why it cannot be read."""
     bad = t.path_problem(display)
     if bad is not None:
-        raise SpecError([_problem(bad.message, None, bad.hint, _printable(display))])
+        raise SpecError([_problem(bad.message, None, bad.hint, t.printable(display))])
     try:
         found = Path(path).is_file()
         abspath = Path(path).resolve()
     except (OSError, ValueError) as exc:
         raise SpecError([_problem(f"cannot read the spec file ({type(exc).__name__})", None,
-                                  path=_printable(display))]) from None
+                                  path=t.printable(display))]) from None
     if not found:
         raise SpecError([_problem("spec file not found", None, "check the path", display)])
     return abspath
@@ -174,10 +177,6 @@ def _problem(message: str, where: Where | None, hint: str | None = None, path: s
     from ..errors import Problem
 
     return Problem(message, where, path, hint)
-
-
-def _printable(text: str) -> str:
-    return text.encode("unicode_escape").decode("ascii")[:200]
 
 
 # --- expansion -----------------------------------------------------------------------------
@@ -391,20 +390,6 @@ def validate(data: LDict, problems: Problems, sources: list[int]) -> m.Spec | No
         return None
 
 
-def format_path(loc: tuple[Any, ...], sources: list[int] | None = None) -> str:
-    """``('scenes', 3, 'video')`` -> ``scenes[1].video`` (the index the user wrote)."""
-    if sources and len(loc) > 1 and loc[0] == "scenes" and isinstance(loc[1], int) \
-            and loc[1] < len(sources):
-        loc = ("scenes", sources[loc[1]], *loc[2:])
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
 def _problem_from_pydantic(err: dict[str, Any], data: LDict, sources: list[int]):
     from ..errors import Problem
 
@@ -486,169 +471,6 @@ def _model_in(annotation: Any) -> Any:
 
 # --- semantic checks -----------------------------------------------------------------------
 
-FRAME_KEYS = ("frames", "infer_frames", "frame_window", "max_frames")
-SECOND_KEYS = ("duration", "start", "end", "at", "crossfade")
-TEXT_KEYS = ("prompt", "negative_prompt", "text", "instruct")
-NAME_KEYS = ("id", "project", "name", "preset")
-SKIP_KEYS = ("vars", "presets", "matrix")
-
-
-def check_limits(data: LDict, sources: list[int], limits: Limits, problems: Problems) -> None:
-    """Every number and text of the expanded spec against ``[limits]`` (cinesynth.toml)."""
-    for loc, key, value in _leaves(data, ()):
-        problem = _limit_problem(key, value, limits)
-        if problem:
-            message, name = problem
-            problems.add(f"{message}, over the limit of {getattr(limits, name)} ({name})",
-                         locate(data, loc), format_path(loc, sources),
-                         hint=f"lower it, or raise [limits] {name} in cinesynth.toml")
-
-
-def _leaves(node: Any, loc: tuple[Any, ...]):
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in SKIP_KEYS and len(loc) <= 2:
-                continue
-            yield from _leaves(value, (*loc, key))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from _leaves(value, (*loc, i))
-    else:
-        key = next((part for part in reversed(loc) if isinstance(part, str)), "")
-        yield loc, key, node
-
-
-NUMBER_LIMITS = {"steps": "steps", "segments": "segments", "width": "side", "height": "side",
-                 **{k: "frames" for k in FRAME_KEYS}, **{k: "duration" for k in SECOND_KEYS}}
-
-
-def _limit_problem(key: str, value: Any, limits: Limits) -> tuple[str, str] | None:
-    bound = NUMBER_LIMITS.get(key)
-    if isinstance(value, str) and bound:
-        value = _number(value)                        # YAML reads 1e9 as text; the model does not
-    if isinstance(value, str):
-        return _text_problem(key, value, limits)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return None                                   # the model refuses inf and nan
-    if bound and value > getattr(limits, bound):
-        return f"{value:g}" if isinstance(value, float) else f"{value}", bound
-    return None
-
-
-def _number(text: str) -> Any:
-    try:
-        return float(text) if len(text) < 64 else text
-    except ValueError:
-        return text
-
-
-def _text_problem(key: str, value: str, limits: Limits) -> tuple[str, str] | None:
-    if key in TEXT_KEYS:
-        return (f"the text is {len(value)} characters", "prompt_chars") \
-            if len(value) > limits.prompt_chars else None
-    if key in NAME_KEYS:
-        return (f"the name is {len(value)} characters", "name_chars") \
-            if len(value) > limits.name_chars else None
-    if len(value) > limits.path_chars:
-        return f"the value is {len(value)} characters", "path_chars"
-    if key == "resolution":
-        match = m.RES_RE.match(value.strip())
-        if match and max(int(match.group(1)), int(match.group(2))) > limits.side:
-            return f"'{value}' has a side of {max(int(match.group(1)), int(match.group(2)))} pixels", "side"
-    return None
-
-
-def narrow_trust(data: LDict, spec_dir: Path, root: Path, operator: Trust, problems: Problems) -> Trust:
-    """The folders and hosts this spec may reach: the operator's, narrowed by the spec's lists.
-    An item the operator did not allow is a problem at that item."""
-    paths = list(operator.allow_paths)
-    spec_paths = data.get("allow_paths")
-    if isinstance(spec_paths, list):
-        paths = []
-        for j, item in enumerate(spec_paths):
-            if not isinstance(item, str):
-                continue
-            where, path = locate(data, ("allow_paths", j)), f"allow_paths[{j}]"
-            bad = t.path_problem(item)
-            folder = t.resolve_inside(spec_dir, item) if bad is None else None
-            if folder is None:
-                problems.add(f"'{_printable(item)}': {bad.message if bad else 'not a usable path'}",
-                             where, path, hint=bad.hint if bad else None)
-            elif not any(t.inside(folder, a) for a in (root, *operator.allow_paths)):
-                problems.add(f"'{item}' is not a folder the operator allowed; a spec may only narrow "
-                             "allow_paths", where, path,
-                             hint="ask for it in cinesynth.toml [trust] allow_paths or with --allow-path")
-            else:
-                paths.append(folder)
-    hosts = list(operator.allow_hosts)
-    spec_hosts = data.get("allow_hosts")
-    if isinstance(spec_hosts, list):
-        hosts = []
-        for j, item in enumerate(spec_hosts):
-            if not isinstance(item, str):
-                continue
-            where, path = locate(data, ("allow_hosts", j)), f"allow_hosts[{j}]"
-            host = item.strip().lower().rstrip(".")
-            if not t.HOST_RE.match(host) and not _is_ip(host):
-                problems.add(f"'{_printable(item)}' is not a host name", where, path,
-                             hint="write a bare host such as media.example.org")
-            elif not t.host_allowed(host, operator.allow_hosts):
-                listed = ", ".join(operator.allow_hosts) or "none"
-                problems.add(f"host '{host}' is not one the operator allowed ({listed}); a spec may "
-                             "only narrow allow_hosts", where, path,
-                             hint="ask for it in cinesynth.toml [trust] allow_hosts or with --allow-host")
-            else:
-                hosts.append(host)
-    return Trust(tuple(paths), tuple(hosts))
-
-
-def _is_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
-
-
-def check_output(data: LDict, spec_dir: Path, root: Path, problems: Problems) -> None:
-    """``output:`` is a folder inside the project."""
-    out = data.get("output")
-    if not isinstance(out, str):
-        return
-    where = locate(data, ("output",))
-    bad = t.path_problem(out)
-    folder = t.resolve_inside(spec_dir, out) if bad is None else None
-    if folder is None:
-        problems.add(f"'{_printable(out)}': {bad.message if bad else 'not a usable path'}", where, "output",
-                     hint=bad.hint if bad else None)
-    elif folder == root:
-        problems.add(f"output folder '{out}' is the project root itself", where, "output",
-                     hint="write a folder inside the project, e.g. outputs/NAME")
-    elif root not in folder.parents:
-        problems.add(f"output folder '{out}' is outside the project ({root})", where, "output",
-                     hint="write a folder inside the project, e.g. outputs/NAME")
-
-
-def check_lora_names(data: LDict, sources: list[int], problems: Problems) -> None:
-    """A LoRA ``name`` is a name inside the LoRA folders, never a path out of them."""
-    scenes = data.get("scenes") if isinstance(data.get("scenes"), list) else []
-    for i, scene in enumerate(scenes):
-        for kind in ("image", "video", "lipsync", "animate"):
-            stage = scene.get(kind) if isinstance(scene, dict) else None
-            loras = stage.get("loras") if isinstance(stage, dict) else None
-            for j, lora in enumerate(loras if isinstance(loras, list) else []):
-                name = lora.get("name") if isinstance(lora, dict) else None
-                bad = t.lora_name_problem(name) if isinstance(name, str) else None
-                if bad is not None:
-                    loc = ("scenes", i, kind, "loras", j, "name")
-                    problems.add(f"LoRA '{_printable(name)}': {bad.message}", locate(data, loc),
-                                 format_path(loc, sources), hint=bad.hint)
-
-
 def check_semantics(data: LDict, sources: list[int], spec_dir: Path, root: Path,
                     problems: Problems, trust: Trust | None = None,
                     id_hints: dict[int, str] | None = None) -> None:
@@ -674,12 +496,12 @@ def check_semantics(data: LDict, sources: list[int], spec_dir: Path, root: Path,
         if "://" in value:
             problem = url_problem(value, hosts, url_ok)
             if problem:
-                problems.add(f"{what} '{_printable(value)}': {problem[0]}", where, path, hint=problem[1])
+                problems.add(f"{what} '{t.printable(value)}': {problem[0]}", where, path, hint=problem[1])
             return
         bad = t.path_problem(value)
         f = t.resolve_inside(spec_dir, value) if bad is None else None
         if f is None:
-            problems.add(f"{what} '{_printable(value)}': {bad.message if bad else 'not a usable path'}",
+            problems.add(f"{what} '{t.printable(value)}': {bad.message if bad else 'not a usable path'}",
                          where, path, hint=bad.hint if bad else None)
         elif not any(t.inside(f, a) for a in allowed):
             problems.add(f"{what} '{value}' is outside the project ({root})", where, path,

@@ -58,7 +58,7 @@ def check_url(url: str) -> CheckedUrl:
     host = (parts.hostname or "").lower().rstrip(".")
     if not host:
         raise Refused("the URL names no host", "write it as https://host/path")
-    if not _valid_host(host):
+    if not valid_host(host):
         raise Refused(f"'{host}' is not a host name or IP address", "write it as https://host/path")
     netloc = f"[{host}]" if ":" in host else host
     if port is not None:
@@ -67,7 +67,8 @@ def check_url(url: str) -> CheckedUrl:
     return CheckedUrl(rebuilt, host)
 
 
-def _valid_host(host: str) -> bool:
+def valid_host(host: str) -> bool:
+    """A host name (letters, digits, '-', dots) or an IP address."""
     try:
         ipaddress.ip_address(host)
         return True
@@ -119,3 +120,8 @@ def lora_name_problem(name: str) -> Refused | None:
         return Refused("a LoRA name may not hold '..', '.' or empty parts",
                        "put the file under lora_adpts/ and write its name")
     return None
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped, cut to 200 characters (for messages)."""
+    return text.encode("unicode_escape").decode("ascii")[:200]

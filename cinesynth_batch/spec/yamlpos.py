@@ -304,3 +304,17 @@ def locate_key(root: Any, path: list[Any]) -> Where | None:
     if isinstance(cur, LDict):
         return cur.where_key(key)
     return locate(root, path)
+
+
+def format_path(loc: tuple[Any, ...], sources: list[int] | None = None) -> str:
+    """``('scenes', 3, 'video')`` -> ``scenes[1].video`` (the index the user wrote)."""
+    if sources and len(loc) > 1 and loc[0] == "scenes" and isinstance(loc[1], int) \
+            and loc[1] < len(sources):
+        loc = ("scenes", sources[loc[1]], *loc[2:])
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
