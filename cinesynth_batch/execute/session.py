@@ -1,6 +1,7 @@
 """Everything one command needs about one spec: the loaded spec, its cache, lock, models.
 
-Building a session imports no torch, so ``validate``, ``plan`` and ``status`` stay fast.
+Building a session imports no torch, so ``validate``, ``plan`` and ``status`` stay fast;
+``validate`` (``check_spec``) does not import the planner either.
 """
 
 from __future__ import annotations
@@ -8,16 +9,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..cache.digest import DigestState
-from ..cache.lock import Lock
 from ..cache.store import CacheStore
 from ..errors import ModelError, Problems
 from ..models.registry import Registry
-from ..plan.planner import Plan, make_plan
-from ..plan.sources import refuse_downloads
 from ..spec import trust as t
 from ..spec.load import LoadedSpec, load_spec
+
+if TYPE_CHECKING:
+    from ..cache.lock import Lock
+    from ..plan.planner import Plan
 
 LORA_FAMILY = {"image": "img", "video": "mov", "lipsync": "mov", "animate": "mov"}
 
@@ -45,9 +48,14 @@ class Session:
         return cls(loaded, cache, digests, registry, output_dir / "render.lock", output_dir)
 
     def lock(self) -> Lock:
+        from ..cache.lock import Lock
+
         return Lock.read(self.lock_path)
 
     def plan(self, offline: bool = False, **options) -> Plan:
+        from ..plan.planner import make_plan
+        from ..plan.sources import refuse_downloads
+
         plan = make_plan(self.loaded, self.registry, self.cache, self.lock(), self.digests, **options)
         self.digests.save()
         if offline:
