@@ -99,6 +99,8 @@ def specs(draw) -> bytes:
     tree = copy.deepcopy(draw(st.sampled_from(BASES)))
     for _ in range(draw(st.integers(0, 4))):
         paths = _paths(tree)
+        if len(paths) < 2:                # everything dropped: nothing left to mutate
+            break
         path = draw(st.sampled_from(paths[1:]))
         parent, key = _get(tree, path[:-1]), path[-1]
         action = draw(st.sampled_from(["replace", "replace", "drop", "add", "share"]))
