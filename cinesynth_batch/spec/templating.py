@@ -1,7 +1,9 @@
 """Jinja2 in string values, rendered in a sandbox with strict undefined variables.
 
 Templates are rendered after YAML parsing, value by value, so every error keeps the line
-and column of the string it came from.
+and column of the string it came from. Each render is bounded by ``[limits]`` of
+``cinesynth.toml``: what a template builds (``template_chars``), the items its ranges make
+(``template_range``) and its run time (``template_seconds``); a refusal names the limit.
 """
 
 from __future__ import annotations
