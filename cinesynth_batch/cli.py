@@ -36,29 +36,48 @@ def _guard(fn: Callable[[], Any]) -> Any:
         raise typer.Exit(130)
 
 
+ALLOW_PATH_HELP = ("a folder outside the project that inputs may come from (repeatable; adds to "
+                   "cinesynth.toml [trust] allow_paths)")
+ALLOW_HOST_HELP = ("a host URL inputs may be downloaded from (repeatable; adds to cinesynth.toml "
+                   "[trust] allow_hosts)")
+
+
+def _allow_path_option() -> Any:
+    return typer.Option(None, "--allow-path", help=ALLOW_PATH_HELP)
+
+
+def _allow_host_option() -> Any:
+    return typer.Option(None, "--allow-host", help=ALLOW_HOST_HELP)
+
+
 @app.command()
-def validate(specs: List[Path] = typer.Argument(..., help="spec files")) -> None:
-    """Check specs: every problem at once, with file:line:col and a fix."""
-    from .errors import SpecError
-    from .spec.load import load_spec
+def validate(specs: List[Path] = typer.Argument(..., help="spec files"),
+             profile: Optional[str] = typer.Option(None, help="override the spec's profile"),
+             allow_path: Optional[List[str]] = _allow_path_option(),
+             allow_host: Optional[List[str]] = _allow_host_option()) -> None:
+    """Check specs: every problem knowable before running (the spec, its files, its models file
+    and LoRA names), at once, with file:line:col and a fix."""
+    from .execute.session import check_spec
 
     failed = 0
     for spec in specs:
         try:
-            loaded = load_spec(spec)
-        except SpecError as exc:
+            loaded, _ = check_spec(spec, profile, allow_path, allow_host)
+        except CinesynthError as exc:
             _err(exc.render())
-            failed += 1
+            failed = max(failed, exc.exit_code)
             continue
         typer.echo(f"{spec}: ok ({len(loaded.spec.scenes)} scenes)")
     if failed:
-        raise typer.Exit(2)
+        raise typer.Exit(failed)
 
 
-def _open_plan(spec: Path, profile: Optional[str], **options):
+def _open_plan(spec: Path, profile: Optional[str], allow_path: Optional[List[str]] = None,
+               allow_host: Optional[List[str]] = None, **options):
     from .execute.session import Session
 
-    session = Session.open(spec, profile=profile, warn=_err)
+    session = Session.open(spec, profile=profile, warn=_err, allow_paths=allow_path,
+                           allow_hosts=allow_host)
     return session, session.plan(**options)
 
 
@@ -69,12 +88,15 @@ def plan(spec: Path,
          only: Optional[List[str]] = typer.Option(None, help="stage id, scene id or kind"),
          until: Optional[str] = typer.Option(None, help="stop after this stage kind"),
          force: bool = typer.Option(False, help="plan as if nothing were cached"),
-         offline: bool = typer.Option(False, help="fail if a URL input is not downloaded yet")) -> None:
+         offline: bool = typer.Option(False, help="fail if a URL input is not downloaded yet"),
+         allow_path: Optional[List[str]] = _allow_path_option(),
+         allow_host: Optional[List[str]] = _allow_host_option()) -> None:
     """Show the stage DAG: each stage's key, whether it is cached, and why it would run."""
     from .plan.show import as_json, as_mermaid, as_table
 
     def go():
-        _, p = _open_plan(spec, profile, force=force, only=only, until=until, offline=offline)
+        _, p = _open_plan(spec, profile, allow_path, allow_host, force=force, only=only, until=until,
+                          offline=offline)
         if format == "json":
             typer.echo(json.dumps(as_json(p), indent=2))
         elif format == "mermaid":
@@ -89,12 +111,14 @@ def plan(spec: Path,
 
 @app.command()
 def status(spec: Path, profile: Optional[str] = typer.Option(None),
-           offline: bool = typer.Option(False, help="fail if a URL input is not downloaded yet")) -> None:
+           offline: bool = typer.Option(False, help="fail if a URL input is not downloaded yet"),
+           allow_path: Optional[List[str]] = _allow_path_option(),
+           allow_host: Optional[List[str]] = _allow_host_option()) -> None:
     """What is cached, what would run and why, and which outputs exist."""
     from .plan.show import as_status
 
     def go():
-        session, p = _open_plan(spec, profile, offline=offline)
+        session, p = _open_plan(spec, profile, allow_path, allow_host, offline=offline)
         typer.echo(as_status(p, session.output_dir))
 
     _guard(go)
@@ -118,7 +142,9 @@ def render(spec: Path,
                                                       "stages split over ranks (GPUs) | auto"),
            nproc: Optional[str] = typer.Option(None, help="ranks to start with torchrun: N or auto "
                                                           "(one per GPU)"),
-           offline: bool = typer.Option(False, help="download nothing: URL inputs must be cached")) -> None:
+           offline: bool = typer.Option(False, help="download nothing: URL inputs must be cached"),
+           allow_path: Optional[List[str]] = _allow_path_option(),
+           allow_host: Optional[List[str]] = _allow_host_option()) -> None:
     """Render a spec: run what is not cached, then write outputs, render.lock and the report."""
     from .execute.render import render as do_render
     from .models.residency import parse_size
@@ -134,13 +160,15 @@ def render(spec: Path,
             return _launch(spec, par.parse_nproc(nproc), options, device, events, _forwarded_render_args(
                 only=only, until=until, force=force, keep_going=keep_going, profile=profile,
                 device=device, dtype=dtype, vram_budget=vram_budget, reseed=reseed,
-                progress=progress, parallel=parallel, offline=offline))
+                progress=progress, parallel=parallel, offline=offline, allow_path=allow_path,
+                allow_host=allow_host))
         if distributed.in_torchrun():
             result = distributed.run_rank(spec, options=options, profile=profile, only=only,
                                           until=until, force=force, keep_going=keep_going,
                                           dry_run=dry_run, reseed=reseed, events=events,
                                           device=device, dtype=dtype, budget=budget,
-                                          progress=progress, warn=_err, offline=offline)
+                                          progress=progress, warn=_err, offline=offline,
+                                          allow_paths=allow_path, allow_hosts=allow_host)
             if result is None:
                 return
         else:
@@ -149,7 +177,7 @@ def render(spec: Path,
             result = do_render(spec, profile=profile, only=only, until=until, force=force,
                                keep_going=keep_going, dry_run=dry_run, reseed=reseed, events=events,
                                device=device, dtype=dtype, budget=budget, progress=progress, warn=_err,
-                               offline=offline)
+                               offline=offline, allow_paths=allow_path, allow_hosts=allow_host)
         if dry_run:
             for st in result.plan.to_run():
                 typer.echo(f"would run {st.id}: {st.reason}")
@@ -196,7 +224,8 @@ def _launch(spec: Path, nproc: int, options: Any, device: str, events: Optional[
     from .execute.launch import launch
     from .spec.load import load_spec
 
-    load_spec(spec)                                  # spec errors: exit 2 before any rank starts
+    load_spec(spec, allow_paths=_flag_values(args, "--allow-path"),   # spec errors: exit 2
+              allow_hosts=_flag_values(args, "--allow-host"))         # before any rank starts
     if options.mode == "sp":
         par.refuse_sp(par.Topology(nproc, _device_kind(device)), None)
     code, message = launch(nproc, [str(spec), *args], events)
@@ -204,6 +233,10 @@ def _launch(spec: Path, nproc: int, options: Any, device: str, events: Optional[
         _err(message)
     if code:
         raise typer.Exit(code)
+
+
+def _flag_values(args: list[str], flag: str) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args[:-1]) if a == flag]
 
 
 def _plain_fallback_warnings() -> None:

@@ -48,12 +48,14 @@ class Limits:
     spec_bytes: int = 4 << 20           # a spec or preset file
     yaml_nodes: int = 200_000           # nodes after alias expansion
     yaml_depth: int = 64                # nesting of mappings and lists
+    expanded_nodes: int = 1_000_000     # nodes of all scenes after matrix and preset expansion
     scenes: int = 5_000                 # scenes after matrix expansion
     template_chars: int = 100_000       # output of one template
     template_seconds: float = 2.0       # run time of one template
     template_range: int = 100_000       # items one range() may produce in a template
     prompt_chars: int = 20_000          # one prompt or spoken line
     path_chars: int = 1_024             # a path or URL written in a spec
+    name_chars: int = 128               # an id, project, output, preset or LoRA name
     frames: int = 9_601                 # frames of one clip (10 minutes at 16 fps, 4k+1)
     side: int = 4_096                   # width or height in pixels
     duration: float = 3_600.0           # seconds of one clip or audio cut

@@ -10,6 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters written as escapes, so one
+    problem is always one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 @dataclass(frozen=True)
 class Where:
     """A place in a source file (1-based line and column)."""
@@ -35,7 +43,7 @@ class Problem:
         head = f"{self.where}: " if self.where else ""
         at = f"{self.path}: " if self.path else ""
         tail = f" ({self.hint})" if self.hint else ""
-        return f"{head}{at}{self.message}{tail}"
+        return one_line(f"{head}{at}{self.message}{tail}")
 
 
 class CinesynthError(Exception):

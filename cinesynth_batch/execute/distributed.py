@@ -408,14 +408,16 @@ class RankSetup:
 
 
 def serve_rank(spec: str | Path, *, profile: str | None, force: bool, events: Path | None,
-               setup: RankSetup, progress: bool = True, warn=None) -> None:
+               setup: RankSetup, progress: bool = True, warn=None, allow_paths: list[str] | None = None,
+               allow_hosts: list[str] | None = None) -> None:
     """A rank other than 0: wait for rank 0's plan, then run the stages it hands out."""
     from .session import Session
 
     announced = setup.channel.wait("plan")
     if announced.get("abort"):
         return
-    session = Session.open(spec, profile=profile, warn=warn)
+    session = Session.open(spec, profile=profile, warn=warn, allow_paths=allow_paths,
+                           allow_hosts=allow_hosts)
     plan = session.plan()           # the seeds rank 0 drew are in the lock by now
     sinks: list[Callable[[Event], None]] = []
     closers = []
@@ -439,7 +441,8 @@ def run_rank(spec: str | Path, *, options: Options, profile: str | None = None,
              only: list[str] | None = None, until: str | None = None, force: bool = False,
              keep_going: bool = False, dry_run: bool = False, reseed: bool = False,
              events: Path | None = None, device: str = "auto", dtype: str | None = None,
-             budget: int | None = None, progress: bool = True, warn=None, offline: bool = False):
+             budget: int | None = None, progress: bool = True, warn=None, offline: bool = False,
+             allow_paths: list[str] | None = None, allow_hosts: list[str] | None = None):
     """This process's part of a torchrun launch: rank 0 renders (and returns the result),
     the other ranks serve tasks (and return None)."""
     from .render import render
@@ -448,13 +451,13 @@ def run_rank(spec: str | Path, *, options: Options, profile: str | None = None,
     try:
         if setup.rank != 0:
             serve_rank(spec, profile=profile, force=force, events=events, setup=setup,
-                       progress=progress, warn=warn)
+                       progress=progress, warn=warn, allow_paths=allow_paths, allow_hosts=allow_hosts)
             return None
         try:
             return render(spec, profile=profile, only=only, until=until, force=force,
                           keep_going=keep_going, dry_run=dry_run, reseed=reseed, events=events,
-                          progress=False, warn=warn, offline=offline,
-                          executor=None if dry_run else DistributedExecutor(
+                          progress=False, warn=warn, offline=offline, allow_paths=allow_paths,
+                          allow_hosts=allow_hosts, executor=None if dry_run else DistributedExecutor(
                               setup, options=options, keep_going=keep_going, force=force,
                               progress=progress))
         finally:

@@ -33,9 +33,11 @@ def render(spec_path: str | Path, *, profile: str | None = None, only: list[str]
            device: str = "auto", dtype: str | None = None, budget: int | None = None,
            progress: bool = True, sinks: list[Callable[[Event], None]] | None = None,
            executor: Executor | None = None, warn: Callable[[str], None] | None = None,
-           offline: bool = False) -> RenderResult:
+           offline: bool = False, allow_paths: list[str] | None = None,
+           allow_hosts: list[str] | None = None) -> RenderResult:
     started = time.time()
-    session = Session.open(spec_path, profile=profile, warn=warn)
+    session = Session.open(spec_path, profile=profile, warn=warn, allow_paths=allow_paths,
+                           allow_hosts=allow_hosts)
     plan = session.plan(force=force, only=only, until=until, reseed=reseed, offline=offline)
     all_sinks: list[Callable[[Event], None]] = list(sinks or [])
     closers = []

@@ -1,6 +1,7 @@
 """Everything one command needs about one spec: the loaded spec, its cache, lock, models.
 
-Building a session imports no torch, so ``validate``, ``plan`` and ``status`` stay fast.
+Building a session imports no torch, so ``validate``, ``plan`` and ``status`` stay fast;
+``validate`` (``check_spec``) does not import the planner either.
 """
 
 from __future__ import annotations
@@ -8,14 +9,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..cache.digest import DigestState
-from ..cache.lock import Lock
 from ..cache.store import CacheStore
+from ..errors import ModelError, Problems
 from ..models.registry import Registry
-from ..plan.planner import Plan, make_plan
-from ..plan.sources import refuse_downloads
+from ..spec import trust as t
 from ..spec.load import LoadedSpec, load_spec
+
+if TYPE_CHECKING:
+    from ..cache.lock import Lock
+    from ..plan.planner import Plan
+
+LORA_FAMILY = {"image": "img", "video": "mov", "lipsync": "mov", "animate": "mov"}
 
 
 @dataclass
@@ -28,23 +35,106 @@ class Session:
     output_dir: Path
 
     @classmethod
-    def open(cls, spec_path: str | Path, profile: str | None = None, warn=None) -> "Session":
-        loaded = load_spec(spec_path)
+    def open(cls, spec_path: str | Path, profile: str | None = None, warn=None,
+             allow_paths: list[str] | None = None, allow_hosts: list[str] | None = None) -> "Session":
+        loaded, registry = check_spec(spec_path, profile, allow_paths, allow_hosts)
         cache_root = Path(os.environ["CINESYNTH_CACHE"]) if os.environ.get("CINESYNTH_CACHE") \
             else loaded.spec_dir / ".cinesynth" / "cache"
         cache = CacheStore(cache_root, warn=warn)
         digests = DigestState.open(cache.state_path)
-        registry = Registry.load(profile or loaded.spec.profile, loaded.spec_dir, loaded.root, digests)
+        registry.digests = digests
         out = loaded.spec.output
         output_dir = (loaded.spec_dir / out).resolve() if out else loaded.root / "outputs" / loaded.spec.project
         return cls(loaded, cache, digests, registry, output_dir / "render.lock", output_dir)
 
     def lock(self) -> Lock:
+        from ..cache.lock import Lock
+
         return Lock.read(self.lock_path)
 
     def plan(self, offline: bool = False, **options) -> Plan:
+        from ..plan.planner import make_plan
+        from ..plan.sources import refuse_downloads
+
         plan = make_plan(self.loaded, self.registry, self.cache, self.lock(), self.digests, **options)
         self.digests.save()
         if offline:
             refuse_downloads(plan)
         return plan
+
+
+def check_spec(spec_path: str | Path, profile: str | None = None, allow_paths: list[str] | None = None,
+               allow_hosts: list[str] | None = None):
+    """Everything knowable before running: the spec, its models file and its LoRA names.
+    Returns the loaded spec and its model registry; raises one ``SpecError`` holding every
+    problem."""
+    loaded = load_spec(spec_path, allow_paths=allow_paths, allow_hosts=allow_hosts)
+    problems = Problems()
+    registry = _registry(loaded, profile, problems, None)
+    if registry is not None:
+        check_loras(loaded, registry, problems)
+    problems.raise_if_any()
+    assert registry is not None
+    return loaded, registry
+
+
+def _registry(loaded: LoadedSpec, profile: str | None, problems: Problems,
+              digests: DigestState | None) -> Registry | None:
+    """The model registry, or None with a problem at ``profile:`` (a missing, unreadable or
+    out-of-bounds models file)."""
+    name = profile or loaded.spec.profile
+    where = loaded.where("profile") if profile is None and "profile" in loaded.raw else None
+    at = "profile" if where else ("--profile" if profile else "profile")
+    if name not in ("tiny", "production"):
+        bad = t.path_problem(name)
+        file = t.resolve_inside(loaded.spec_dir, name) if bad is None else None
+        if file is None:
+            problems.add(f"models file '{name!r}': {bad.message if bad else 'not a usable path'}",
+                         where, at, hint=bad.hint if bad else None)
+            return None
+        if not any(t.inside(file, a) for a in (loaded.root, *loaded.trust.allow_paths)):
+            problems.add(f"models file '{name}' is outside the project ({loaded.root})", where, at,
+                         hint="put the models file in the project, or ask the operator to allow its folder")
+            return None
+    try:
+        return Registry.load(name, loaded.spec_dir, loaded.root, digests)
+    except ModelError as exc:
+        problems.add(_model_error_text(exc, name), where, at,
+                     hint=exc.hint or "profile is 'tiny', 'production' or a path to a models .yaml")
+        return None
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        problems.add(f"models file '{name}' is not usable ({type(exc).__name__}: {exc})", where, at,
+                     hint="see docs/spec.md, 'Models files'")
+        return None
+
+
+def _model_error_text(exc: ModelError, name: str) -> str:
+    """A models-file error in one line; a YAML error names its own file:line:col."""
+    cause = exc.__cause__
+    mark = getattr(cause, "problem_mark", None)
+    if mark is not None:
+        return (f"models file {name}:{mark.line + 1}:{mark.column + 1}: YAML syntax error: "
+                f"{getattr(cause, 'problem', None) or cause}")
+    return exc.message.splitlines()[0]
+
+
+def check_loras(loaded: LoadedSpec, registry: Registry, problems: Problems) -> None:
+    """Every LoRA name resolves to a file in the LoRA folders (a tiny profile whose models are
+    not built yet is checked when they are)."""
+    for i, scene in enumerate(loaded.spec.scenes):
+        for kind, family in LORA_FAMILY.items():
+            stage = getattr(scene, kind, None)
+            for j, lora in enumerate(getattr(stage, "loras", None) or []):
+                try:
+                    found = registry.find_lora(lora.name, family) is not None or (
+                        registry.uses_tiny() and not registry.tiny_built())
+                    why = ""
+                except (OSError, ValueError) as exc:
+                    found, why = False, f" ({type(exc).__name__})"
+                if not found:
+                    loc = ("scenes", i, kind, "loras", j, "name")
+                    looked = ", ".join(str(d) for d in registry.lora_search_dirs())
+                    problems.add(f"LoRA '{lora.name}' not found{why}", loaded.where(*loc),
+                                 loaded.path_text(*loc),
+                                 hint=f"put {lora.name}.safetensors under lora_adpts/{family}/; "
+                                      f"searched: {looked}")

@@ -67,6 +67,7 @@ class Registry:
         self.digests = digests or DigestState()
         self.home = home or cinesynth_home()
         self._identity: dict[str, dict[str, Any]] = {}
+        self._memo: dict[str, str] = {}     # the tiny builders' digest, read once per registry
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -108,6 +109,11 @@ class Registry:
 
     # -- tiny models -----------------------------------------------------------------------------
     def tiny_revision(self) -> str:
+        if "tiny_revision" not in self._memo:
+            self._memo["tiny_revision"] = self._tiny_revision()
+        return self._memo["tiny_revision"]
+
+    def _tiny_revision(self) -> str:
         h = hashlib.sha256()
         here = Path(__file__).resolve().parent
         for name in TINY_SOURCES:
@@ -208,13 +214,20 @@ class Registry:
         return unique
 
     def find_lora(self, name: str, family: str) -> Path | None:
-        if name.endswith(".safetensors"):
-            p = Path(name) if Path(name).is_absolute() else self.spec_dir / name
-            return p if p.is_file() else None
+        """The file of LoRA ``name``: ``NAME.safetensors`` (or ``NAME`` when it already ends so)
+        in a LoRA folder or its ``family`` subfolder. A name never leaves the LoRA folders: an
+        absolute path, ``..``, a backslash or a link out of the folder finds nothing."""
+        if not _plain_lora_name(name):
+            return None
+        file = name if name.endswith(".safetensors") else f"{name}.safetensors"
         for d in self.lora_search_dirs():
-            for cand in (d / f"{name}.safetensors", d / family / f"{name}.safetensors"):
-                if cand.is_file():
-                    return cand
+            try:
+                folder = d.resolve()
+                for cand in (folder / file, folder / family / file):
+                    if cand.is_file() and folder in cand.resolve().parents:
+                        return cand
+            except (OSError, ValueError):
+                continue
         return None
 
     def lora_identity(self, name: str, family: str) -> str | None:
@@ -237,6 +250,16 @@ class Registry:
             looked = ", ".join(str(d) for d in self.lora_search_dirs())
             raise ModelError(f"LoRA '{name}' not found", hint=f"looked for {name}.safetensors in {looked}")
         return p
+
+
+def _plain_lora_name(name: str) -> bool:
+    """A relative name of plain parts: no absolute path, drive, ``~``, ``..``, ``.``, empty
+    part, backslash or control character (the spec loader explains each refusal)."""
+    if not name or "\\" in name or name.startswith(("/", "~")) or (len(name) > 1 and name[1] == ":"):
+        return False
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return False
+    return all(part not in ("", ".", "..") and len(part.encode()) <= 255 for part in name.split("/"))
 
 
 def _read_profile(file: Path) -> dict[str, Any]:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from ..errors import CinesynthError
+from ..errors import CinesynthError, Problem, SpecError
 from ..spec import model as m
 from ..spec.load import LoadedSpec
+from ..spec.trust import Refused, check_url, host_allowed
 from .graph import FileInput, Graph, NodeInput, StageNode
 
 DOWNLOAD_FORMAT = "bestvideo*[height<=?{h}]+bestaudio/best[height<=?{h}]"
@@ -48,8 +49,22 @@ def source_input(graph: Graph, loaded: LoadedSpec, value: Any, loc: tuple) -> Fi
             return _extract_node(graph, loaded, value.extract, loc)
         raise AssertionError(f"audio source {value.source()} at {loc} is planned by plan/expand.py")
     if m.is_url(value):
-        return _download_node(graph, loaded, value.strip(), loc)
+        return _download_node(graph, loaded, _checked_url(loaded, value, loc), loc)
     return FileInput(path=(loaded.spec_dir / value).resolve(), display=value)
+
+
+def _checked_url(loaded: LoadedSpec, value: str, loc: tuple) -> str:
+    """The URL rebuilt from the parts that were checked against the operator's hosts: what
+    yt-dlp is given. A URL the loader let through is refused here only if the rules changed."""
+    try:
+        checked = check_url(value)
+    except Refused as exc:
+        raise SpecError([Problem(f"{exc.message}", loaded.where(*loc), loaded.path_text(*loc), exc.hint)]) \
+            from None
+    if not host_allowed(checked.host, loaded.trust.allow_hosts):
+        raise SpecError([Problem(f"host '{checked.host}' is not on allow_hosts",
+                                 loaded.where(*loc), loaded.path_text(*loc))])
+    return checked.url
 
 
 def _scene_id(loaded: LoadedSpec, loc: tuple) -> str | None:

@@ -1,7 +1,10 @@
-"""Load a spec file: YAML -> matrix -> presets -> templates -> pydantic -> file checks.
+"""Load a spec file: YAML -> matrix -> presets -> templates -> limits -> pydantic -> trust
+-> file checks.
 
 Every step adds to one list of problems; ``load_spec`` raises a single ``SpecError`` holding
-all of them, each with ``file:line:col``.
+all of them, each with ``file:line:col``. Limits and trust come from the project's
+``cinesynth.toml`` (``config.py``) and the command line, never from the spec (``checks.py``,
+``trust.py``); a step that would run away (a matrix past ``scenes``) stops the load at once.
 """
 
 from __future__ import annotations
@@ -10,17 +13,21 @@ import copy
 import difflib
 import itertools
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from ..config import ConfigError, Limits, ProjectConfig, Trust
 from ..errors import Problems, SpecError, Where
 from . import model as m
+from . import trust as t
 from .presets import PresetLibrary, merge
+from .checks import check_limits, check_lora_names, check_output, narrow_trust
 from .templating import Templater
-from .yamlpos import LDict, LList, load_yaml, locate, locate_key
+from .yamlpos import LDict, LList, format_path, load_yaml, locate, locate_key
 
 STAGE_KEYS = ("image", "video", "lipsync", "animate", "audio")
 SOURCE_KEYS = ("frame", "separate", "extract")   # mappings whose `source` is a file or URL
@@ -37,6 +44,8 @@ class LoadedSpec:
     root: Path          # project root (asset paths may not leave it)
     raw: Any            # the expanded YAML tree, for positions
     sources: list[int]  # for each expanded scene, the index of the scene as written
+    config: ProjectConfig = field(default_factory=lambda: ProjectConfig(Path(".")))
+    trust: Trust = field(default_factory=Trust)   # what this spec may reach (after narrowing)
 
     @property
     def spec_dir(self) -> Path:
@@ -66,42 +75,123 @@ def find_project_root(spec_dir: Path) -> Path:
     return spec_dir
 
 
-def load_spec(path: str | Path, *, check_files: bool = True) -> LoadedSpec:
-    p = Path(path)
+def load_spec(path: str | Path, *, check_files: bool = True, config: ProjectConfig | None = None,
+              allow_paths: list[str] | None = None, allow_hosts: list[str] | None = None) -> LoadedSpec:
+    """Load and check one spec. Limits and trust come from ``cinesynth.toml`` at the project
+    root (or ``config``) plus what the operator allowed on the command line; the spec's own
+    ``allow_paths`` / ``allow_hosts`` may only narrow them."""
     display = str(path)
+    abspath = _spec_file(path, display)
+    spec_dir = abspath.parent
+    root = find_project_root(spec_dir)
+    config = (config or _read_config(root, display)).with_command_line(allow_paths, allow_hosts)
+    raw = _read_tree(abspath, display, config.limits)
     problems = Problems()
-    if not p.is_file():
-        problems.add("spec file not found", path=display, hint="check the path")
-        raise SpecError(problems.items)
-    abspath = p.resolve()
-    root = find_project_root(abspath.parent)
-    raw = load_yaml(abspath, display, problems)
-    if problems:
-        raise SpecError(problems.items)
-    if not isinstance(raw, LDict):
-        problems.add("a spec must be a mapping with 'project' and 'scenes'", Where(display, 1, 1))
-        raise SpecError(problems.items)
-
-    expanded, sources = expand(raw, abspath.parent, root, problems)
+    hints: dict[int, str] = {}
+    try:
+        expanded, sources = expand(raw, spec_dir, root, problems, config.limits, hints)
+    except Runaway:
+        raise SpecError(problems.items) from None
+    check_limits(expanded, sources, config.limits, problems)
     spec = validate(expanded, problems, sources)
+    trust = narrow_trust(expanded, spec_dir, root, config.trust, problems)
+    check_output(expanded, spec_dir, root, problems)
+    check_lora_names(expanded, sources, problems)
     if check_files:
-        check_semantics(expanded, sources, abspath.parent, root, problems)
+        check_semantics(expanded, sources, spec_dir, root, problems, trust, hints)
     problems.raise_if_any()
     assert spec is not None
+    spec.allow_paths = [str(a) for a in trust.allow_paths]      # what the spec may reach, after
+    spec.allow_hosts = list(trust.allow_hosts)                    # narrowing (read by the planner)
     return LoadedSpec(spec=spec, path=abspath, display=display, root=root, raw=expanded,
-                      sources=sources)
+                      sources=sources, config=config, trust=trust)
+
+
+def _spec_file(path: str | Path, display: str) -> Path:
+    """The spec's absolute path, or a ``SpecError`` saying why it cannot be read."""
+    bad = t.path_problem(display)
+    if bad is not None:
+        raise SpecError([_problem(bad.message, None, bad.hint, t.printable(display))])
+    try:
+        found = Path(path).is_file()
+        abspath = Path(path).resolve()
+    except (OSError, ValueError) as exc:
+        raise SpecError([_problem(f"cannot read the spec file ({type(exc).__name__})", None,
+                                  path=t.printable(display))]) from None
+    if not found:
+        raise SpecError([_problem("spec file not found", None, "check the path", display)])
+    return abspath
+
+
+def _read_tree(abspath: Path, display: str, limits: Limits) -> LDict:
+    """The spec file as a positioned YAML mapping, or a ``SpecError``."""
+    problems = Problems()
+    raw = load_yaml(abspath, display, problems, limits)
+    if not problems and not isinstance(raw, LDict):
+        problems.add("a spec must be a mapping with 'project' and 'scenes'", Where(display, 1, 1))
+    problems.raise_if_any()
+    return raw
+
+
+def _read_config(root: Path, display: str) -> ProjectConfig:
+    try:
+        return ProjectConfig.load(root)
+    except ConfigError as exc:
+        file = root / "cinesynth.toml"
+        message, line, col = _toml_position(exc.message.split(": ", 1)[-1], file)
+        raise SpecError([_problem(message, exc.where or Where(display_path(file), line, col), exc.hint)]) \
+            from None
+
+
+def _toml_position(message: str, file: Path) -> tuple[str, int, int]:
+    """tomllib writes the place into its message: ``... (at line 2, column 5)`` or ``(at end of
+    document)``."""
+    found = re.search(r" \(at line (\d+), column (\d+)\)$", message)
+    if found:
+        return message[:found.start()], int(found.group(1)), int(found.group(2))
+    if message.endswith(" (at end of document)"):
+        try:
+            text = file.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            text = ""
+        return message.removesuffix(" (at end of document)") + " at the end of the file", \
+            text.count("\n") + 1, 1
+    return (message, *_toml_key_position(message, file))
+
+
+def _toml_key_position(message: str, file: Path) -> tuple[int, int]:
+    """The line of the first key the message names (``key = ...``), else 1:1."""
+    try:
+        lines = file.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return 1, 1
+    for word in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", message):
+        for n, text in enumerate(lines, 1):
+            found = re.match(rf"\s*({re.escape(word)})\s*=", text)
+            if found:
+                return n, found.start(1) + 1
+    return 1, 1
+
+
+def _problem(message: str, where: Where | None, hint: str | None = None, path: str = ""):
+    from ..errors import Problem
+
+    return Problem(message, where, path, hint)
 
 
 # --- expansion -----------------------------------------------------------------------------
 
-def expand(raw: LDict, spec_dir: Path, root: Path, problems: Problems) -> tuple[LDict, list[int]]:
+def expand(raw: LDict, spec_dir: Path, root: Path, problems: Problems, limits: Limits | None = None,
+           hints: dict[int, str] | None = None) -> tuple[LDict, list[int]]:
     """Normalise shorthands, expand matrices, merge presets, render templates.
 
     Returns the expanded tree and, for each expanded scene, the index of the scene it was
     written as (matrix scenes share one), so errors name the scene the user wrote.
     """
+    limits = limits or Limits()
+    hints = {} if hints is None else hints
     data = copy.deepcopy(raw)
-    templater = Templater()
+    templater = Templater(limits)
     variables = data.get("vars") or {}
     if not isinstance(variables, dict):
         problems.add("'vars' must be a mapping of names to values", data.where_value("vars"), "vars")
@@ -112,12 +202,14 @@ def expand(raw: LDict, spec_dir: Path, root: Path, problems: Problems) -> tuple[
         problems.add("'presets' must be a mapping of names to presets", data.where_value("presets"),
                      "presets")
         inline = {}
-    library = PresetLibrary(spec_dir, root, inline, display_path)
+    library = PresetLibrary(spec_dir, root, inline, display_path, limits)
 
     scenes = data.get("scenes")
     sources: list[int] = []
     if isinstance(scenes, list):
-        data["scenes"] = _expand_scenes(scenes, library, templater, base_ctx, problems, sources)
+        _within_scene_limit(scenes, limits, problems)
+        data["scenes"] = _expand_scenes(scenes, library, templater, base_ctx, problems, sources, hints,
+                                        limits.expanded_nodes)
     templater.render_tree(data, base_ctx, problems, "",
                           skip=frozenset({"scenes", "vars", "presets", "project"}))
     asm = data.get("assemble")
@@ -125,7 +217,65 @@ def expand(raw: LDict, spec_dir: Path, root: Path, problems: Problems) -> tuple[
         wrapped = LList([asm], loc=asm.loc)
         wrapped.item_locs.append(asm.loc)
         data["assemble"] = wrapped
+    for item in data.get("assemble") if isinstance(data.get("assemble"), LList) else []:
+        if isinstance(item, LDict) and isinstance(item.get("music"), str):
+            _shorthand(item, "music", "file")
     return data, sources
+
+
+def _shorthand(parent: LDict, key: str, inner: str) -> None:
+    """``key: value`` -> ``key: {inner: value}``, keeping the position."""
+    where = parent.where_value(key)
+    box = LDict(loc=where)
+    box.set(inner, parent[key], where, where)
+    parent[key] = box
+
+
+class Runaway(Exception):
+    """Expansion stopped at a limit (the problem is already recorded): nothing after it is
+    checked, so the limit is the one message."""
+
+
+def _within_scene_limit(scenes: LList, limits: Limits, problems: Problems) -> None:
+    """Count the scenes matrices would make, before making any; ``Runaway`` past the limit."""
+    total = 0
+    for index, scene in enumerate(scenes):
+        n = _combo_count(scene)
+        total += n
+        if total > limits.scenes:
+            where = scene.where_value("matrix") if isinstance(scene, LDict) and "matrix" in scene \
+                else scenes.where_item(index)
+            shown = total if n < 10**12 else "more than 10^12"
+            problems.add(f"the scenes expand to {shown} scenes, over the limit of {limits.scenes} (scenes)",
+                         where, f"scenes[{index}]",
+                         hint="use fewer matrix values, or raise [limits] scenes in cinesynth.toml")
+            raise Runaway()
+
+
+def _combo_count(scene: Any) -> int:
+    matrix = scene.get("matrix") if isinstance(scene, dict) else None
+    if not isinstance(matrix, dict) or not matrix:
+        return 1
+    n = 1
+    for vals in matrix.values():
+        if isinstance(vals, list) and vals:
+            n *= len(vals)
+            if n > 10**12:
+                return n
+    return n
+
+
+def _node_count(node: Any, stop: int) -> int:
+    """Nodes in a tree, counting stops at ``stop``."""
+    count, todo = 0, [node]
+    while todo and count < stop:
+        cur = todo.pop()
+        count += 1
+        if isinstance(cur, dict):
+            todo.extend(cur.values())
+        elif isinstance(cur, list):
+            todo.extend(cur)
+    return count
 
 
 def _box(parent: LDict, key: str) -> LDict:
@@ -135,8 +285,10 @@ def _box(parent: LDict, key: str) -> LDict:
 
 
 def _expand_scenes(scenes: LList, library: PresetLibrary, templater: Templater,
-                   base_ctx: dict[str, Any], problems: Problems, sources: list[int]) -> LList:
+                   base_ctx: dict[str, Any], problems: Problems, sources: list[int],
+                   hints: dict[int, str], max_nodes: int) -> LList:
     out = LList(loc=getattr(scenes, "loc", None))
+    made = 0                                           # nodes of the scenes made so far
     for index, scene in enumerate(scenes):
         where = scenes.where_item(index) if isinstance(scenes, LList) else None
         if not isinstance(scene, LDict):
@@ -144,23 +296,51 @@ def _expand_scenes(scenes: LList, library: PresetLibrary, templater: Templater,
             out.item_locs.append(where)
             sources.append(index)
             continue
-        for combo in _matrix_combos(scene, f"scenes[{index}]", problems):
-            s = copy.deepcopy(scene)
-            s.pop("matrix", None)
-            ctx = {**base_ctx, **combo, "matrix": combo, "index": len(out)}
-            s = _apply_presets(s, library, f"scenes[{index}]", problems)
-            if isinstance(s.get("id"), str):
-                s["id"] = templater.render_tree(_box(s, "id"), ctx, problems, f"scenes[{index}]")["id"]
-            ctx["scene"] = {"id": s.get("id"), "index": len(out)}
-            templater.render_tree(s, ctx, problems, f"scenes[{index}]", skip=frozenset({"id"}))
-            if isinstance(s.get("audio"), str):
-                a = LDict(loc=s.where_value("audio"))
-                a.set("file", s["audio"], s.where_value("audio"), s.where_value("audio"))
-                s["audio"] = a
+        combos = _matrix_combos(scene, f"scenes[{index}]", problems)
+        for k, combo in enumerate(combos):
+            s = _make_scene(scene, combo, index, len(out), library, templater, base_ctx, problems, hints)
+            size = _node_count(s, max_nodes + 1)
+            made += size * (len(combos) if k == 0 else 0)   # every combination is about as big
+            if made > max_nodes:
+                problems.add(f"the scenes, with their presets, make more than {max_nodes} YAML nodes "
+                             "(expanded_nodes)", where, f"scenes[{index}]",
+                             hint="use fewer scenes or smaller presets, or raise [limits] expanded_nodes")
+                raise Runaway()
             out.append(s)
             out.item_locs.append(where)
             sources.append(index)
     return out
+
+
+def _make_scene(scene: LDict, combo: dict[str, Any], index: int, position: int, library: PresetLibrary,
+                templater: Templater, base_ctx: dict[str, Any], problems: Problems,
+                hints: dict[int, str]) -> LDict:
+    """One scene as written, for one matrix combination: presets merged, templates rendered."""
+    s = copy.deepcopy(scene)
+    s.pop("matrix", None)
+    ctx = {**base_ctx, **combo, "matrix": combo, "index": position}
+    s = _apply_presets(s, library, f"scenes[{index}]", problems)
+    lacking = _vars_not_in(s.get("id"), scene.get("matrix"))
+    if lacking:
+        hints[position] = f"put {{{{ {lacking[0]} }}}} in the id, e.g. id: {s.get('id')}-{{{{ {lacking[0]} }}}}"
+    if isinstance(s.get("id"), str):
+        s["id"] = templater.render_tree(_box(s, "id"), ctx, problems, f"scenes[{index}]")["id"]
+    ctx["scene"] = {"id": s.get("id"), "index": position}
+    templater.render_tree(s, ctx, problems, f"scenes[{index}]", skip=frozenset({"id"}))
+    if isinstance(s.get("audio"), str):
+        _shorthand(s, "audio", "file")
+    return s
+
+
+def _vars_not_in(template: Any, matrix: Any) -> list[str]:
+    """Matrix variables an id template does not use (the cause of duplicate ids), those with
+    several values first."""
+    if not isinstance(matrix, dict) or not isinstance(template, str):
+        return []
+    used = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", template))
+    lacking = [name for name in matrix if str(name) not in used]
+    return [str(n) for n in sorted(lacking, key=lambda n: not (isinstance(matrix[n], list) and
+                                                               len(matrix[n]) > 1))]
 
 
 def _matrix_combos(scene: LDict, path: str, problems: Problems) -> list[dict[str, Any]]:
@@ -208,20 +388,6 @@ def validate(data: LDict, problems: Problems, sources: list[int]) -> m.Spec | No
         for err in exc.errors(include_url=False):
             problems.items.append(_problem_from_pydantic(err, data, sources))
         return None
-
-
-def format_path(loc: tuple[Any, ...], sources: list[int] | None = None) -> str:
-    """``('scenes', 3, 'video')`` -> ``scenes[1].video`` (the index the user wrote)."""
-    if sources and len(loc) > 1 and loc[0] == "scenes" and isinstance(loc[1], int) \
-            and loc[1] < len(sources):
-        loc = ("scenes", sources[loc[1]], *loc[2:])
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
 
 
 def _problem_from_pydantic(err: dict[str, Any], data: LDict, sources: list[int]):
@@ -306,12 +472,14 @@ def _model_in(annotation: Any) -> Any:
 # --- semantic checks -----------------------------------------------------------------------
 
 def check_semantics(data: LDict, sources: list[int], spec_dir: Path, root: Path,
-                    problems: Problems) -> None:
+                    problems: Problems, trust: Trust | None = None,
+                    id_hints: dict[int, str] | None = None) -> None:
     """Checks across fields: unique ids, files that exist inside the project, references."""
     scenes = data.get("scenes") if isinstance(data.get("scenes"), list) else []
-    allow = data.get("allow_paths") if isinstance(data.get("allow_paths"), list) else []
-    allowed = [root, *[(spec_dir / a).resolve() for a in allow if isinstance(a, str)]]
-    hosts = data.get("allow_hosts", list(m.DEFAULT_ALLOW_HOSTS))
+    trust = trust or Trust()
+    id_hints = id_hints or {}
+    allowed = [root, *trust.allow_paths]
+    hosts = list(trust.allow_hosts)
 
     def check_file(value: Any, loc: tuple[Any, ...], what: str, url_ok: bool = True) -> None:
         if isinstance(value, dict):  # {file}, {frame: {source}}, {separate: {source}}, {extract: {source}}
@@ -326,15 +494,20 @@ def check_semantics(data: LDict, sources: list[int], spec_dir: Path, root: Path,
         path = format_path(loc, sources)
         where = locate(data, loc)
         if "://" in value:
-            problem = url_problem(value, hosts if isinstance(hosts, list) else [], url_ok)
+            problem = url_problem(value, hosts, url_ok)
             if problem:
-                problems.add(f"{what} '{value}': {problem[0]}", where, path, hint=problem[1])
+                problems.add(f"{what} '{t.printable(value)}': {problem[0]}", where, path, hint=problem[1])
             return
-        f = (spec_dir / value).resolve()
-        if not any(_inside(f, a) for a in allowed):
+        bad = t.path_problem(value)
+        f = t.resolve_inside(spec_dir, value) if bad is None else None
+        if f is None:
+            problems.add(f"{what} '{t.printable(value)}': {bad.message if bad else 'not a usable path'}",
+                         where, path, hint=bad.hint if bad else None)
+        elif not any(t.inside(f, a) for a in allowed):
             problems.add(f"{what} '{value}' is outside the project ({root})", where, path,
-                         hint="move it into the project or add its folder to allow_paths")
-        elif not f.is_file():
+                         hint="move it into the project, or ask the operator to allow its folder "
+                              "(cinesynth.toml [trust] allow_paths, --allow-path)")
+        elif not _is_file(f):
             problems.add(f"{what} '{value}' not found", where, path,
                          hint=_near_files(f) or f"paths are relative to the spec's folder "
                                                 f"{display_path(spec_dir)}")
@@ -346,10 +519,10 @@ def check_semantics(data: LDict, sources: list[int], spec_dir: Path, root: Path,
         sid = scene.get("id")
         if isinstance(sid, str):
             if sid in seen:
+                hint = f"scenes[{sources[seen[sid]]}] already uses it; " + (
+                    id_hints.get(i) or "give each scene its own id")
                 problems.add(f"duplicate scene id '{sid}'", locate(data, ("scenes", i, "id")),
-                             format_path(("scenes", i, "id"), sources),
-                             hint=f"scenes[{sources[seen[sid]]}] already uses it; with a matrix, "
-                                  "put a variable in the id, e.g. id: shot-{{ color }}")
+                             format_path(("scenes", i, "id"), sources), hint=hint)
             seen.setdefault(sid, i)
         video = scene.get("video")
         if isinstance(video, dict):
@@ -399,36 +572,33 @@ def check_semantics(data: LDict, sources: list[int], spec_dir: Path, root: Path,
 
 def url_problem(url: str, hosts: list[str], url_ok: bool = True) -> tuple[str, str] | None:
     """Why a URL input is refused (message, hint), or None when it may be downloaded."""
-    from urllib.parse import urlsplit
-
     if not url_ok:
         return "a URL is not accepted here", "download the file into the project and give its path"
-    if not m.is_url(url):
-        return "only http:// and https:// URLs are downloaded", "give an http(s) URL or a file path"
     try:
-        host = (urlsplit(url.strip()).hostname or "").lower()
-    except ValueError:
-        host = ""
-    if not host:
-        return "the URL names no host", "write it as https://host/path"
-    if not any(host == h.lower() or host.endswith("." + h.lower()) for h in hosts if isinstance(h, str)):
+        host = t.check_url(url).host
+    except t.Refused as exc:
+        return exc.message, exc.hint
+    if not t.host_allowed(host, [h for h in hosts if isinstance(h, str)]):
         listed = ", ".join(str(h) for h in hosts) or "none"
         return (f"host '{host}' is not on allow_hosts ({listed})",
-                f"add '{host}' to allow_hosts if downloads from it are intended")
+                f"the operator may allow '{host}' in cinesynth.toml [trust] allow_hosts or with "
+                "--allow-host")
     return None
 
 
-def _inside(path: Path, folder: Path) -> bool:
+def _is_file(path: Path) -> bool:
     try:
-        path.relative_to(folder.resolve())
-        return True
-    except ValueError:
+        return path.is_file()
+    except (OSError, ValueError):
         return False
 
 
 def _near_files(f: Path) -> str | None:
-    if not f.parent.is_dir():
+    try:
+        if not f.parent.is_dir():
+            return None
+        same_kind = [p.name for p in f.parent.iterdir() if p.suffix.lower() == f.suffix.lower()]
+    except OSError:
         return None
-    same_kind = [p.name for p in f.parent.iterdir() if p.suffix.lower() == f.suffix.lower()]
     close = difflib.get_close_matches(f.name, same_kind, n=1)
     return f"did you mean '{close[0]}'?" if close else None

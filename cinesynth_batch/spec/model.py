@@ -7,6 +7,7 @@ expert switch at boundary 0.9).
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, ClassVar, Literal, Union
 
@@ -17,7 +18,7 @@ RES_RE = re.compile(r"^(\d+)x(\d+)$")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
 
 def parse_resolution(value: str) -> tuple[int, int]:
@@ -100,7 +101,7 @@ class FrameFrom(Strict):
     def _at(cls, v: Any) -> Any:
         if v in ("first", "last"):
             return v
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0:
             return float(v)
         raise ValueError(f"{v!r} is not a frame position (use first, last or seconds >= 0)")
 
@@ -201,7 +202,7 @@ class ImageStage(Strict):
     preset: str | None = Field(None, description="preset applied under this stage's values")
     prompt: str = Field(min_length=1)
     negative_prompt: str | None = None
-    steps: int = Field(4, ge=1, le=100)
+    steps: int = Field(4, ge=1)
     guidance: float = Field(1.0, ge=0.0, le=30.0)
     width: int | None = Field(None, description="defaults to the scene resolution's width")
     height: int | None = Field(None, description="defaults to the scene resolution's height")
@@ -274,14 +275,14 @@ class VideoStage(SpeedOptions):
     negative_prompt: str | None = None
     resolution: str | None = Field(None, description="WIDTHxHEIGHT; default: the scene's")
     frames: int = Field(81, description="frames per segment; must be 4k+1")
-    steps: int = Field(40, ge=1, le=200)
+    steps: int = Field(40, ge=1)
     guidance: float = Field(5.0, ge=0.0, le=30.0, description="CFG of the high-noise expert")
     guidance_2: float | None = Field(None, ge=0.0, le=30.0,
                                      description="CFG of the low-noise expert; default: guidance")
     shift: float = Field(5.0, gt=0.0, le=50.0)
     boundary: float = Field(0.9, ge=0.0, le=1.0, description="expert switch, as a fraction of timesteps")
     scheduler: Literal["unipc", "euler"] = "unipc"
-    segments: int = Field(1, ge=1, le=64, description="chained clips, each starting from the last frame")
+    segments: int = Field(1, ge=1, description="chained clips, each starting from the last frame")
     seed: int | None = None
     loras: list[VideoLora] = Field(default_factory=list)
     cache: StepCache | None = Field(None, description="TeaCache step caching; off by default")
@@ -309,7 +310,7 @@ class LipsyncStage(SpeedOptions):
     prompt: str = ""
     negative_prompt: str | None = Field(None, description="default: the model's own negative prompt")
     resolution: str | None = Field(None, description="WIDTHxHEIGHT; 480x832 is the fast choice")
-    steps: int = Field(25, ge=1, le=200, description="UniPC steps (the seed's 40 -> 25)")
+    steps: int = Field(25, ge=1, description="UniPC steps (the seed's 40 -> 25)")
     infer_frames: int = Field(80, description="frames per segment, a multiple of 4 (~5 s at 16 fps)")
     guidance: float = Field(5.5, ge=0.0, le=30.0)
     shift: float = Field(3.0, gt=0.0, le=50.0)
@@ -366,7 +367,7 @@ class AnimateStage(RankOptions):
     prompt: str = ""
     negative_prompt: str | None = None
     resolution: str | None = None
-    steps: int = Field(20, ge=1, le=200)
+    steps: int = Field(20, ge=1)
     guidance: float = Field(1.0, ge=0.0, le=30.0)
     shift: float = Field(5.0, gt=0.0, le=50.0)
     scheduler: Literal["euler", "unipc"] = "unipc"
@@ -453,6 +454,9 @@ class Scene(Strict):
     @model_validator(mode="after")
     def _has_visual(self) -> "Scene":
         motion = [k for k in ("video", "lipsync", "animate") if getattr(self, k) is not None]
+        if self.image is None and not motion and self.audio is not None:
+            raise ValueError("a scene needs a picture: 'audio' alone is not a scene (add an 'image' "
+                             "for a still, or lay the sound under another scene or as assemble.music)")
         if self.image is None and not motion:
             raise ValueError("a scene needs an 'image', 'video', 'lipsync' or 'animate' stage")
         if len(motion) > 1:

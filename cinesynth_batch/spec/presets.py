@@ -20,6 +20,7 @@ Merge rules:
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 from ..errors import Problems, Where
 from .yamlpos import LDict, load_yaml
 
+PRESET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 PACKAGE_PRESETS = Path(__file__).resolve().parent.parent / "presets"
 
 
@@ -58,6 +60,7 @@ class PresetLibrary:
     project_root: Path
     inline: dict[str, Any]
     display: Any  # callable Path -> str
+    limits: Any = None  # config.Limits
     _cache: dict[str, tuple[Any, str]] = field(default_factory=dict)
 
     def search_path(self) -> list[Path]:
@@ -81,12 +84,12 @@ class PresetLibrary:
         if name in self.inline:
             self._cache[name] = (self.inline[name], "spec")
             return self._cache[name]
-        if "/" in name or "\\" in name or name.startswith("."):
+        if not PRESET_NAME_RE.match(name):
             return None
         for d in self.search_path():
             f = d / f"{name}.yaml"
             if f.is_file():
-                data = load_yaml(f, self.display(f), problems)
+                data = load_yaml(f, self.display(f), problems, self.limits)
                 self._cache[name] = (data, self.display(f))
                 return self._cache[name]
         return None
@@ -96,6 +99,15 @@ class PresetLibrary:
         """The fully extended mapping of preset ``name``, or None (with a problem added)."""
         if not isinstance(name, str):
             problems.add(f"{name!r} is not a preset name", where, path, hint="write preset: NAME")
+            return None
+        longest = getattr(self.limits, "name_chars", 128)
+        if len(name) > longest:
+            problems.add(f"preset name is {len(name)} characters, over the limit of {longest} (name_chars)",
+                         where, path, hint="use a shorter preset name")
+            return None
+        if name not in self.inline and not PRESET_NAME_RE.match(name):
+            problems.add(f"{name!r} is not a preset name", where, path,
+                         hint="a preset name is letters, digits, '-', '_' and '.', not a path")
             return None
         if name in chain:
             cycle = " -> ".join(chain + (name,))

@@ -49,9 +49,29 @@ def _where(params: dict[str, Any]) -> str:
                      for u in uses) or "the spec"
 
 
+def _checked(url: str) -> str:
+    """The URL exactly as the plan rebuilt it from checked parts; anything two URL parsers could
+    read differently (userinfo, backslashes, other schemes, spaces) is refused here too."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise StageError(f"download: refused URL {url!r} ({exc})") from None
+    plain = all(c.isprintable() and not c.isspace() for c in url) and "\\" not in url
+    if parts.scheme not in ("http", "https") or "@" in parts.netloc or not parts.hostname or not plain \
+            or urlunsplit(parts) != url:
+        raise StageError(f"download: refused URL {url!r}",
+                         hint="only plain http(s) URLs, without user@ or backslashes, are downloaded")
+    return url
+
+
 def _fetch(url: str, fmt: str, folder: Path, progress) -> Path:
     import imageio_ffmpeg
     import yt_dlp
+
+    url = _checked(url)
 
     folder.mkdir(parents=True, exist_ok=True)
 

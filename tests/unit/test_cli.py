@@ -93,3 +93,23 @@ def test_missing_production_model_is_clear_error(project, monkeypatch):
            "cache and HF_HUB_OFFLINE is set" in result.output
     assert "huggingface-cli download black-forest-labs/FLUX.2-klein-9B" in result.output
     assert "Traceback" not in result.output
+
+
+def test_allow_host_and_allow_path_widen_validate_plan_and_status(project, tmp_path_factory, monkeypatch):
+    shared = tmp_path_factory.mktemp("shared")
+    (shared / "line.wav").write_bytes(b"RIFF")
+    p = project / "s.yaml"
+    p.write_text(textwrap.dedent(SPEC) + f"    audio: {shared / 'line.wav'}\n"
+                 "  - id: b\n    image: {prompt: dog}\n"
+                 "    audio: {extract: {source: 'https://media.example.org/a.mp4'}}\n")
+    monkeypatch.chdir(project)
+    runner = CliRunner()
+    refused = runner.invoke(app, ["validate", "s.yaml"])
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    assert [ln.split(": ", 2)[1] for ln in refused.output.splitlines()] == [
+        "scenes[0].audio.file", "scenes[1].audio.extract.source"]
+    allowed = ["--allow-path", str(shared), "--allow-host", "media.example.org"]
+    assert runner.invoke(app, ["validate", "s.yaml", *allowed]).output == "s.yaml: ok (2 scenes)\n"
+    for command in (["plan", "s.yaml", "-f", "json"], ["status", "s.yaml"]):
+        assert runner.invoke(app, command).exit_code == 2
+        assert runner.invoke(app, [*command, *allowed]).exit_code == 0

@@ -105,12 +105,11 @@ def test_only_and_until_select_upstream(project):
 
 def test_missing_lora_is_a_spec_error_with_line(project, monkeypatch):
     monkeypatch.chdir(project)
-    s = session(project, SPEC.replace("profile", "x").replace(
-        "video: {prompt: walk, frames: 9, segments: 2}",
-        "video: {prompt: walk, frames: 9, loras: [{name: nope/none, high: 1, low: 0.5}]}")
-        .replace("project: p", "project: p\nprofile: production"))
-    with pytest.raises(SpecError) as exc:
-        s.plan()
+    with pytest.raises(SpecError) as exc:      # known before planning: the session refuses it
+        session(project, SPEC.replace("profile", "x").replace(
+            "video: {prompt: walk, frames: 9, segments: 2}",
+            "video: {prompt: walk, frames: 9, loras: [{name: nope/none, high: 1, low: 0.5}]}")
+            .replace("project: p", "project: p\nprofile: production"))
     text = exc.value.render()
     assert "spec.yaml:10:53: scenes[0].video.loras[0].name: LoRA 'nope/none' not found" in text
 
@@ -164,12 +163,12 @@ def test_package_and_project_presets(project, monkeypatch):
 def test_lora_path_may_not_leave_the_project(project, tmp_path_factory):
     outside = tmp_path_factory.mktemp("elsewhere") / "x.safetensors"
     outside.write_bytes(b"\0")
-    s = session(project, SPEC.replace(
-        "video: {prompt: walk, frames: 9, segments: 2}",
-        f"video: {{prompt: walk, frames: 9, loras: [{{name: '{outside}', high: 1, low: 1}}]}}"))
-    with pytest.raises(SpecError) as exc:
-        s.plan()
-    assert f"LoRA file '{outside}' is outside the project" in exc.value.render()
+    with pytest.raises(SpecError) as exc:      # a LoRA name is a name, never a path
+        session(project, SPEC.replace(
+            "video: {prompt: walk, frames: 9, segments: 2}",
+            f"video: {{prompt: walk, frames: 9, loras: [{{name: '{outside}', high: 1, low: 1}}]}}"))
+    assert (f"scenes[0].video.loras[0].name: LoRA '{outside}': a LoRA name is a name inside the "
+            "LoRA folders, not an absolute path") in exc.value.render()
 
 
 def test_speed_options_key_only_what_changes_the_output(project):

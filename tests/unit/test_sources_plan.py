@@ -92,9 +92,13 @@ def test_host_not_allowed_is_an_error_with_position(project):
     lines = problems(project, text)
     assert lines == ["spec.yaml:7:24: scenes[0].animate.reference_video: reference video "
                      "'https://example.org/v.mp4': host 'example.org' is not on allow_hosts "
-                     "(youtube.com, youtu.be) (add 'example.org' to allow_hosts if downloads from it "
-                     "are intended)"]
-    assert session(project, "allow_hosts: [example.org, youtube.com]\n" + textwrap.dedent(text)).plan()
+                     "(youtube.com, youtu.be) (the operator may allow 'example.org' in cinesynth.toml "
+                     "[trust] allow_hosts or with --allow-host)"]
+    widened = "allow_hosts: [example.org, youtube.com]\n" + textwrap.dedent(text)
+    assert problems(project, widened)[0].startswith(
+        "spec.yaml:1:15: allow_hosts[0]: host 'example.org' is not one the operator allowed")
+    (project / "cinesynth.toml").write_text('[trust]\nallow_hosts = ["example.org", "youtube.com"]\n')
+    assert session(project, widened).plan()
 
 
 @pytest.mark.parametrize("old,new,expected", [

@@ -282,3 +282,96 @@ def test_error_inside_preset_file_points_at_preset(project, monkeypatch):
     monkeypatch.chdir(project)
     lines = errors_of(Path("spec.yaml"))
     assert lines == ["presets/slow.yaml:2:11: scenes[0].video.frames: 82 is not 4k+1 (try 81)"]
+
+
+def test_duplicate_id_hint_names_the_matrix_variable_the_id_lacks(project, monkeypatch):
+    write(project, """
+        project: demo
+        scenes:
+          - id: shot-{{ size }}
+            matrix: {size: [s], color: [red, blue]}
+            image: {prompt: "a {{ color }} cat"}
+        """)
+    monkeypatch.chdir(project)
+    assert errors_of(Path("spec.yaml")) == [
+        "spec.yaml:3:9: scenes[0].id: duplicate scene id 'shot-s' (scenes[0] already uses it; put "
+        "{{ color }} in the id, e.g. id: shot-{{ size }}-{{ color }})"]
+
+
+def test_audio_only_scene_is_refused_as_docs_spec_md_says(project, monkeypatch):
+    (project / "line.wav").write_bytes(b"")
+    write(project, """
+        project: demo
+        scenes:
+          - id: talk
+            audio: line.wav
+        """)
+    monkeypatch.chdir(project)
+    assert errors_of(Path("spec.yaml")) == [
+        "spec.yaml:3:5: scenes[0]: a scene needs a picture: 'audio' alone is not a scene (add an 'image' "
+        "for a still, or lay the sound under another scene or as assemble.music)"]
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "spec.md").read_text()
+    assert "`audio` alone is not a scene" in docs
+
+
+def test_music_shorthand_is_a_file(project, monkeypatch):
+    (project / "bed.wav").write_bytes(b"")
+    write(project, BASE + "assemble:\n  music: bed.wav\n")
+    monkeypatch.chdir(project)
+    music = load_spec(Path("spec.yaml")).spec.assemble[0].music
+    assert music.file == "bed.wav" and music.gain_db == -18.0
+    write(project, BASE + "assemble:\n  music: nope.wav\n")
+    assert errors_of(Path("spec.yaml")) == [
+        "spec.yaml:7:10: assemble[0].music.file: music file 'nope.wav' not found (did you mean 'bed.wav'?)"]
+
+
+@pytest.mark.parametrize("data,expected", [
+    ("project: demo\nscenes: [{id: one, image: {prompt: café}}]\n".encode("latin-1"),
+     "spec.yaml:2:39: byte 0xe9 is not UTF-8 (save the file as UTF-8; it looks like Latin-1"),
+    ("project: demo\n".encode("utf-16"), "spec.yaml:1:1: the file is UTF-16, not UTF-8 (save it as UTF-8)"),
+    (b"project: demo\nscenes: [{id: one, image: {prompt: \x01}}]\n",
+     "spec.yaml:2:36: control character 0x01 is not allowed in YAML"),
+])
+def test_undecodable_spec_is_a_located_error(project, monkeypatch, data, expected):
+    (project / "spec.yaml").write_bytes(data)
+    monkeypatch.chdir(project)
+    lines = errors_of(Path("spec.yaml"))
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
+
+
+def test_limits_are_read_from_cinesynth_toml(project, monkeypatch):
+    write(project, BASE.replace('"a cat"', '"a cat", steps: 150, width: 4112'))
+    monkeypatch.chdir(project)
+    assert errors_of(Path("spec.yaml")) == [
+        "spec.yaml:5:49: scenes[0].image.width: 4112, over the limit of 4096 (side) (lower it, or raise "
+        "[limits] side in cinesynth.toml)"]
+    (project / "cinesynth.toml").write_text("[limits]\nside = 8192\nsteps = 100\n")
+    assert errors_of(Path("spec.yaml")) == [
+        "spec.yaml:5:37: scenes[0].image.steps: 150, over the limit of 100 (steps) (lower it, or raise "
+        "[limits] steps in cinesynth.toml)"]
+
+
+def test_cli_validate_reports_unknown_lora_and_missing_models_file(project, monkeypatch):
+    write(project, BASE.replace("project: demo", "project: demo\nprofile: production")
+          .replace('"a cat"', '"a cat", loras: [{name: nope}]'))
+    write(project, BASE.replace("project: demo", "project: demo\nprofile: models/none.yaml"), "b.yaml")
+    monkeypatch.chdir(project)
+    result = CliRunner().invoke(app, ["validate", "spec.yaml", "b.yaml"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("spec.yaml:6:45: scenes[0].image.loras[0].name: LoRA 'nope' not found "
+                               "(put nope.safetensors under lora_adpts/img/")
+    assert lines[1] == ("b.yaml:2:10: profile: models file 'models/none.yaml' not found (profile is 'tiny', "
+                        "'production' or a path to a models .yaml)")
+
+
+def test_every_limit_is_documented_with_its_default():
+    from dataclasses import fields
+
+    from cinesynth_batch.config import Limits
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "spec.md").read_text()
+    table = docs.split("## Limits", 1)[1].split("\n## ", 1)[0]
+    for f in fields(Limits):
+        assert f"| `{f.name}` | `{f.default}`" in table or f"| `{f.name}` | `{f.default}` (" in table, f.name
+    assert "## Project configuration" in docs
