@@ -223,6 +223,9 @@ class CacheStore:
                 return True
             return young is not None and _mtime_ns(path) >= young
 
+        for tmp in (self.root / "keys").glob("*/.*.tmp"):     # key writes cut by a kill
+            if not pinned(tmp):
+                _unlink(tmp)
         entries = self._key_entries()
         referenced = {data["digest"] for _, _, data in entries}
         stats = {"objects_removed": 0, "keys_removed": 0, "bytes_freed": 0}

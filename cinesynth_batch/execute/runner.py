@@ -243,11 +243,12 @@ class LocalExecutor(Executor):
         return target, meta
 
     def _artifact(self, plan: Plan, node_id: str, out: Outcome, bus: EventBus, residency: Any) -> Path:
-        """A verified input artifact; a damaged one is dropped and its stage re-made now."""
+        """A verified input artifact (hashed: it is read in full anyway); a damaged one is
+        dropped and its stage re-made now."""
         entry = out.entries.get(node_id)
         if entry is None:
             raise RenderError(f"input {node_id} has no artifact")
-        path = plan.cache.verified_path(entry)
+        path = plan.cache.verified_path(entry, full=True)
         if path is not None:
             return path
         st = plan.stages[node_id]
