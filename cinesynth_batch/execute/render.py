@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from ..errors import RenderError
 from ..plan.planner import Plan
+from ..plan.reason import Reason
 from .events import Event, EventBus, JsonLinesSink
 from .progress import make_progress
 from .publish import DamagedOnPublish
@@ -47,15 +48,20 @@ def render(spec_path: str | Path, *, profile: str | None = None, only: list[str]
     try:
         # a local render makes an object found damaged while publishing again, in one more pass
         passes = 2 if executor is None else 1
+        damaged: list[str] = []
         for attempt in range(1, passes + 1):
             with session.cache.guard():
                 plan = session.plan(force=force, only=only, until=until, reseed=reseed, offline=offline)
+            for nid in damaged:
+                if plan.stages[nid].status == "run":
+                    plan.stages[nid].reason = Reason(damaged=True)
             run_with = executor or LocalExecutor(device=device, dtype=dtype, budget=budget,
                                                  keep_going=keep_going, force=force)
-            result, _ = _run(session, plan, started, run_with, False, events, sinks, progress,
-                             last=attempt == passes)
+            result, error = _run(session, plan, started, run_with, False, events, sinks, progress,
+                                 last=attempt == passes)
             if result is not None:
                 return result
+            damaged = error.stages
     finally:
         session.cache.release_lease()
     raise AssertionError("unreachable: the last pass returns or raises")  # pragma: no cover
