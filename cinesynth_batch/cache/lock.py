@@ -18,6 +18,10 @@ from .files import write_atomic
 
 LOCK_SCHEMA = 1
 
+# libyaml's safe loader and dumper when present (the same documents, parsed ~10x faster)
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 
 @dataclass
 class LockEntry:
@@ -46,7 +50,7 @@ class Lock:
         if not path.is_file():
             return cls()
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.load(path.read_text(), Loader=_Loader) or {}
         except (OSError, yaml.YAMLError):
             return cls()
         if not isinstance(data, dict) or data.get("schema") != LOCK_SCHEMA:
@@ -82,5 +86,5 @@ class Lock:
         }
 
     def write(self, path: Path) -> None:
-        text = yaml.safe_dump(self.to_dict(), sort_keys=True, allow_unicode=True, width=100)
+        text = yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=True, allow_unicode=True, width=100)
         write_atomic(path, text)
