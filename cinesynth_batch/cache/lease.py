@@ -28,6 +28,7 @@ from typing import Iterator
 from .files import write_atomic
 
 _HOST = socket.gethostname().replace("_", "-")
+STALE_TMP_NS = 60_000_000_000     # a lease still being taken is younger than this
 
 
 @dataclass
@@ -133,6 +134,10 @@ def live_leases(cache_root: Path) -> LiveLeases:
     live = LiveLeases()
     if not folder.is_dir():
         return live
+    for hidden in folder.glob(".*.lock.tmp"):          # a render killed while taking its lease
+        if time.time_ns() - _mtime_ns(hidden) > STALE_TMP_NS and not _held(hidden):
+            _unlink(hidden.with_name(hidden.name[1:-len(".lock.tmp")] + ".json"))
+            _unlink(hidden)
     for lock in folder.glob("*.lock"):
         data_path = lock.with_suffix(".json")
         if not _held(lock):
