@@ -118,7 +118,8 @@ def test_killed_render_leaves_a_clean_store_and_resumes_exactly(trials, clean, i
     in_flight = set(stages_with(trial.events, "stage_started")) - finished
     assert trial.killed, f"{trial.name}: the render ended before the kill"
     assert not any(e["event"] == "render_finished" for e in trial.events)
-    assert not (trial.root / FINAL).exists()           # killed before publishing
+    if (trial.root / FINAL).exists():                  # killed while publishing: never a partial file
+        assert trial.name == "stage_finished-assemble.final" and sha(trial.root / FINAL) == clean
     committed = _committed(cache, trial.events) if cache.exists() else set()
     assert finished <= committed <= finished | in_flight, trial.name
     assert len(in_flight) <= 1
