@@ -241,11 +241,10 @@ def carry_over(manifest: dict[str, Any], previous: dict[str, Any], nothing_ran: 
     if not nothing_ran or not isinstance(loads, dict) or not loads:
         return
     earlier = previous.get("earlier_render")
+    when = earlier.get("rendered_at") if isinstance(earlier, dict) else previous.get("rendered_at")
     manifest["model_loads"] = loads
     manifest["model_swaps"] = previous.get("model_swaps") or {}
-    manifest["earlier_render"] = {
-        "rendered_at": earlier.get("rendered_at") if isinstance(earlier, dict) else previous.get("rendered_at"),
-        "carried": ["model_loads", "model_swaps"]}
+    manifest["earlier_render"] = {"rendered_at": when, "carried": ["model_loads", "model_swaps"]}
 
 
 def _media_facts(meta: dict[str, Any]) -> dict[str, Any]:

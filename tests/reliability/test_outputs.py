@@ -75,7 +75,8 @@ def test_crafted_manifest_deletes_nothing_outside(rendered, copy, tmp_path):
     assert edited.exists()
     lines = [line for line in result.output.splitlines() if line.startswith("manifest.json lists")]
     assert len(lines) == 4, result.output
-    assert any(str(victims["victim_abs"]) in line and "not inside the output folder" in line for line in lines)
+    assert any(str(victims["victim_abs"]) in line and "not inside the output folder" in line
+               for line in lines)
     assert any(rel_escape in line and "not inside the output folder" in line for line in lines)
     assert any("scenes/link.png" in line and "not a regular file" in line for line in lines)
     assert any("scenes/edited.png" in line and "bytes are not the ones" in line for line in lines)

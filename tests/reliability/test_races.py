@@ -77,7 +77,8 @@ def test_gc_in_a_loop_beside_a_render(single, tmp_path):
     cache = root / ".cinesynth/cache"
     _garbage(cache, 40)
     stop = tmp_path / "stop"
-    gc = subprocess.Popen([sys.executable, "-c", GC_LOOP, str(stop)], env={**ENV, "CINESYNTH_CACHE": str(cache)},
+    gc = subprocess.Popen([sys.executable, "-c", GC_LOOP, str(stop)],
+                          env={**ENV, "CINESYNTH_CACHE": str(cache)},
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     warnings: list[str] = []
     try:
@@ -110,7 +111,8 @@ def test_two_renders_of_one_spec_run_each_stage_once(single, tmp_path):
     for evs in (one, two):                                        # each render saw every stage done
         done = set(stages_with(evs, "stage_finished")) | set(stages_with(evs, "stage_cached"))
         assert done == STAGES
-    waited = [e for e in one + two if e["event"] == "stage_cached" and e.get("reason") == "made by another render"]
+    waited = [e for e in one + two
+              if e["event"] == "stage_cached" and e.get("reason") == "made by another render"]
     assert waited, "neither render took a stage from the other"
     assert sha(root / FINAL) == single
     check_store(root / ".cinesynth/cache")
