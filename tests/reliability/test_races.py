@@ -93,6 +93,7 @@ def test_gc_in_a_loop_beside_a_render(single, tmp_path):
     assert result.summary == "6 run, 0 cached"
     passes = int(gc_out.strip().splitlines()[-1].split()[1])
     assert passes >= 5, gc_out
+    print(f"gc passes beside the render: {passes}")
     started = stages_with(events(root / "render.jsonl"), "stage_started")
     assert sorted(started) == sorted(STAGES)
     assert sha(root / FINAL) == single
