@@ -19,6 +19,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="CineSynth: render AI video from declarative YAML specs.")
 models_app = typer.Typer(no_args_is_help=True, help="Model profiles and the tiny models.")
 app.add_typer(models_app, name="models")
+cache_app = typer.Typer(no_args_is_help=True, help="The content-addressed cache.")
+app.add_typer(cache_app, name="cache")
 
 
 def _err(text: str) -> None:
@@ -260,26 +262,53 @@ def _plain_fallback_warnings() -> None:
 @app.command()
 def gc(spec: Optional[Path] = typer.Argument(None, help="a spec whose cache to clean"),
        max_size: Optional[str] = typer.Option(None, help="shrink the cache to this size, e.g. 20GiB")) -> None:
-    """Delete unreferenced cache objects; with --max-size, the oldest entries too."""
-    from .cache.store import CacheStore
+    """Delete unreferenced cache objects; with --max-size, the oldest entries too.
+    What a running render uses is kept."""
     from .models.residency import parse_size
 
     def go():
-        keep: set[str] = set()
-        if spec is not None:
-            from .execute.session import Session
-
-            session = Session.open(spec, warn=_err)
-            store = session.cache
-            keep = {e.output.get("digest") for e in session.lock().stages.values()}
-        elif os.environ.get("CINESYNTH_CACHE"):
-            store = CacheStore(Path(os.environ["CINESYNTH_CACHE"]), warn=_err)
-        else:
-            raise CinesynthError("which cache?", hint="name a spec, or set CINESYNTH_CACHE")
+        store, keep = _store_of(spec)
         before = store.size()
         stats = store.gc(parse_size(max_size) if max_size else None, keep=keep)
         typer.echo(f"removed {stats['objects_removed']} objects and {stats['keys_removed']} keys, "
                    f"freed {stats['bytes_freed']} bytes ({before} -> {store.size()})")
+
+    _guard(go)
+
+
+def _store_of(spec: Optional[Path]):
+    """The cache of ``spec`` (and the digests its lock names), or $CINESYNTH_CACHE's."""
+    from .cache.store import CacheStore
+
+    if spec is not None:
+        from .execute.session import Session
+
+        session = Session.open(spec, warn=_err)
+        return session.cache, {e.output.get("digest") for e in session.lock().stages.values()}
+    if os.environ.get("CINESYNTH_CACHE"):
+        return CacheStore(Path(os.environ["CINESYNTH_CACHE"]), warn=_err), set()
+    raise CinesynthError("which cache?", hint="name a spec, or set CINESYNTH_CACHE")
+
+
+@cache_app.command("verify")
+def cache_verify(spec: Optional[Path] = typer.Argument(None, help="a spec whose cache to check"),
+                 repair: bool = typer.Option(False, help="drop damaged objects and keys that "
+                                                         "lead nowhere")) -> None:
+    """Hash every object against its name and check every key's object (like git fsck).
+    Exits 1 when damage is found and --repair is not given."""
+
+    def go():
+        store, _ = _store_of(spec)
+        stats = store.verify(repair=repair)
+        typer.echo(f"{stats['verified']} objects verified, {stats['damaged']} damaged, "
+                   f"{stats['dangling']} dangling keys")
+        if stats["damaged"] or stats["dangling"]:
+            if repair:
+                typer.echo("repaired: damaged objects and their keys dropped; "
+                           "their stages run again on the next render")
+            else:
+                raise CinesynthError("the cache holds damaged objects or dangling keys",
+                                     hint="run 'cinesynth cache verify --repair'")
 
     _guard(go)
 

@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .files import write_atomic
+
 CHUNK = 1 << 20
 
 
@@ -60,8 +62,5 @@ class DigestState:
     def save(self) -> None:
         if not self._dirty or self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self._table, separators=(",", ":")))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(self._table, separators=(",", ":")))
         self._dirty = False

@@ -8,14 +8,19 @@ are read back from it, which is what makes a render repeatable.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .files import write_atomic
+
 LOCK_SCHEMA = 1
+
+# libyaml's safe loader and dumper when present (the same documents, parsed ~10x faster)
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 @dataclass
@@ -45,7 +50,7 @@ class Lock:
         if not path.is_file():
             return cls()
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.load(path.read_text(), Loader=_Loader) or {}
         except (OSError, yaml.YAMLError):
             return cls()
         if not isinstance(data, dict) or data.get("schema") != LOCK_SCHEMA:
@@ -81,8 +86,5 @@ class Lock:
         }
 
     def write(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = yaml.safe_dump(self.to_dict(), sort_keys=True, allow_unicode=True, width=100)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        text = yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=True, allow_unicode=True, width=100)
+        write_atomic(path, text)

@@ -31,7 +31,7 @@ from .events import Event, EventBus, JsonLinesSink
 from .parallel import (Options, SplitFacts, Topology, split_facts, stage_degrees,
                        topology_from_env)
 from .progress import RankProgress
-from .runner import Executor, LocalExecutor, Outcome, _describe, _lock_entry
+from .runner import Executor, LocalExecutor, Outcome, _describe, _lock_entry, recheck_cached
 from .schedule import Schedule
 
 POLL = 0.01            # seconds between the coordinator's looks at the store
@@ -296,6 +296,7 @@ class DistributedExecutor(Executor):
         setup = self.rank_setup
         out = Outcome()
         plan.cache.clean_stale_tmp()
+        recheck_cached(plan)
         executor = setup.local_executor(force=self.force, keep_going=self.keep_going)
         to_run = plan.to_run()
         degrees = {}

@@ -1,39 +1,218 @@
-"""After a render: copy artifacts to the output folder, write render.lock, manifest, report."""
+"""After a render: copy artifacts to the output folder, write render.lock, manifest, report.
+
+Nothing is written or deleted outside the output folder: published paths come from the plan
+and are checked again here; a path read from an earlier ``manifest.json`` is only removed when
+it is a regular file inside the folder whose bytes are the ones that manifest says were
+published (anything else is left alone, with a warning). Every object is hashed while it is
+copied out of the cache; a damaged one is dropped and never reaches an output.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import shutil
+import stat
 import time
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable
 
+from ..cache.digest import CHUNK, sha256_file
+from ..cache.files import open_fresh, temp_beside, write_atomic
 from ..cache.lock import Lock
+from ..cache.store import Entry
+from ..errors import RenderError
 from ..plan.planner import Plan
 from .runner import Outcome
 
+Warn = Callable[[str], None]
+
+
+class DamagedOnPublish(RenderError):
+    """Objects that failed their digest while being published (dropped from the cache)."""
+
+    def __init__(self, stages: list[str]):
+        super().__init__(f"cached artifact of {', '.join(stages)} was damaged",
+                         hint="render again: the stage runs again")
+        self.stages = stages
+
+
+class UnsafeOutputPath(RenderError):
+    """A published path that would leave the output folder."""
+
 
 def publish(plan: Plan, outcome: Outcome, output_dir: Path, lock_path: Path,
-            started: float, events: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+            started: float, events: list[dict[str, Any]] | None = None,
+            warn: Warn | None = None) -> dict[str, Any]:
     """Write outputs, ``render.lock``, ``manifest.json`` and ``report.html``; return the manifest."""
+    warn = warn or plan.cache.warn
     output_dir.mkdir(parents=True, exist_ok=True)
     previous = _read_manifest(output_dir / "manifest.json")
+    published = _place_all(plan, outcome, output_dir, warn)
+    _remove_stale(plan, previous, published, output_dir, warn)
+    _write_lock(plan, outcome, published, lock_path)
+    plan.digests.save()
+
+    rows = [_stage_row(plan, outcome, nid) for nid in plan.order]
+    manifest = {
+        "project": plan.project,
+        "spec": plan.loaded.display,
+        "profile": plan.registry.name,
+        "rendered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(time.time() - started, 3),
+        "summary": outcome.summary(),
+        "model_loads": outcome.model_loads,
+        "model_swaps": outcome.model_swaps,
+        "stages": rows,
+        "files": published,
+    }
+    carry_over(manifest, previous, nothing_ran=not outcome.ran and not outcome.failed)
+    write_atomic(output_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=False))
+    from ..report.html import render_report
+
+    write_atomic(output_dir / "report.html", render_report(manifest))
+    return manifest
+
+
+# -- outputs -----------------------------------------------------------------------------------
+
+def _place_all(plan: Plan, outcome: Outcome, output_dir: Path, warn: Warn) -> dict[str, dict[str, Any]]:
     published: dict[str, dict[str, Any]] = {}
+    damaged: list[str] = []
     for nid in plan.order:
         node = plan.graph[nid]
         entry = outcome.entries.get(nid)
         if entry is None or node.publish is None:
             continue
-        dest = output_dir / node.publish
-        _place(plan, entry.digest, plan.cache.object_path(entry.digest, entry.ext), dest)
+        if not _place(plan, entry, output_dir, node.publish, warn):
+            damaged.append(nid)
+            continue
         published[node.publish] = {"stage": nid, "kind": node.kind, "scene": node.scene,
                                    "digest": entry.digest, "size": entry.size, **_media_facts(entry.meta)}
-    for old, info in previous.get("files", {}).items():
-        gone = isinstance(info, dict) and info.get("stage") not in plan.graph.nodes
-        if old not in published and gone and (output_dir / old).is_file():
-            (output_dir / old).unlink()
+    if damaged:
+        raise DamagedOnPublish(damaged)
+    return published
 
+
+def _place(plan: Plan, entry: Entry, output_dir: Path, rel: str, warn: Warn) -> bool:
+    """Copy the entry's object to ``output_dir/rel``, hashing as it copies. False (and the
+    object dropped) when its bytes are not its digest."""
+    dest = _dest(output_dir, rel, warn)
+    if _holds(plan, dest, entry.digest):
+        return True
+    source = plan.cache.object_path(entry.digest, entry.ext)
+    tmp = temp_beside(dest)
+    try:
+        digest = _copy_hashing(source, tmp)
+        if digest != entry.digest:
+            plan.cache.drop_damaged(entry)
+            return False
+        os.replace(tmp, dest)                     # replaces a link at dest, never follows it
+    finally:
+        _unlink(tmp)
+    plan.digests.digest(dest)
+    return True
+
+
+def _dest(output_dir: Path, rel: str, warn: Warn) -> Path:
+    """``output_dir/rel`` with real folders (not links) between them, made as needed."""
+    parts = _relative_parts(rel)
+    if parts is None:
+        raise UnsafeOutputPath(f"output path '{rel}' leaves the output folder")
+    folder = output_dir
+    for name in parts[:-1]:
+        folder = folder / name
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            warn(f"'{folder}' is not a folder (a link or a file); replacing it with a folder")
+            folder.unlink()
+        folder.mkdir(exist_ok=True)
+    return folder / parts[-1]
+
+
+def _holds(plan: Plan, dest: Path, digest: str) -> bool:
+    """Whether ``dest`` is a regular file (not a link) that already has these bytes."""
+    try:
+        if not stat.S_ISREG(os.lstat(dest).st_mode):
+            return False
+        return plan.digests.digest(dest) == digest
+    except OSError:
+        return False
+
+
+def _copy_hashing(source: Path, tmp: Path) -> str:
+    h = hashlib.sha256()
+    fd = open_fresh(tmp)
+    with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
+        while chunk := src.read(CHUNK):
+            h.update(chunk)
+            dst.write(chunk)
+    return h.hexdigest()
+
+
+# -- files of earlier renders ------------------------------------------------------------------
+
+def _remove_stale(plan: Plan, previous: dict[str, Any], published: dict[str, Any],
+                  output_dir: Path, warn: Warn) -> None:
+    """Delete files an earlier render published for stages that are gone from the spec."""
+    files = previous.get("files")
+    if not isinstance(files, dict):
+        return
+    for old, info in files.items():
+        if old in published:
+            continue
+        stage = info.get("stage") if isinstance(info, dict) else None
+        if isinstance(stage, str) and stage in plan.graph.nodes:
+            continue
+        path, problem = published_before(output_dir, old, info)
+        if problem:
+            warn(f"manifest.json lists '{_show(old)}' as an earlier output, but {problem}; leaving it alone")
+        elif path is not None:
+            path.unlink()
+
+
+def published_before(output_dir: Path, rel: Any, info: Any) -> tuple[Path | None, str | None]:
+    """The file an earlier manifest names, if it is safe to remove: (path, None); (None, None)
+    when it is already gone; (None, why) when the entry is not to be trusted."""
+    parts = _relative_parts(rel)
+    if parts is None:
+        return None, "the path is not inside the output folder"
+    path = output_dir.joinpath(*parts)
+    root = os.path.realpath(output_dir)
+    if os.path.commonpath([root, os.path.realpath(path.parent)]) != root:
+        return None, "its folder leads outside the output folder"
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"it cannot be read ({exc.strerror})"
+    if not stat.S_ISREG(st.st_mode):
+        return None, "it is not a regular file (a link or a folder)"
+    digest = info.get("digest") if isinstance(info, dict) else None
+    if not isinstance(digest, str) or sha256_file(path) != digest:
+        return None, "its bytes are not the ones the manifest says were published"
+    return path, None
+
+
+def _relative_parts(rel: Any) -> list[str] | None:
+    """The parts of a relative path that stays inside its folder, or None."""
+    if not isinstance(rel, str) or not rel or "\0" in rel or "\\" in rel:
+        return None
+    p = PurePosixPath(rel)
+    if p.is_absolute() or any(part in ("..", "") for part in p.parts) or p.parts == (".",):
+        return None
+    parts = [part for part in p.parts if part != "."]
+    return parts or None
+
+
+def _show(rel: Any) -> str:
+    text = str(rel)
+    return (text[:120] + "…") if len(text) > 120 else text
+
+
+# -- lock and manifest -------------------------------------------------------------------------
+
+def _write_lock(plan: Plan, outcome: Outcome, published: dict[str, Any], lock_path: Path) -> None:
     lock = plan.lock
     new_lock = Lock(project=plan.project, profile=plan.registry.name, seeds=dict(plan.seeds))
     for nid in plan.graph.nodes:
@@ -45,41 +224,27 @@ def publish(plan: Plan, outcome: Outcome, output_dir: Path, lock_path: Path,
         if plan.graph[info["stage"]].kind == "assemble":
             new_lock.outputs[rel] = {"stage": info["stage"], "digest": info["digest"]}
     new_lock.write(lock_path)
-    plan.digests.save()
-
-    manifest = {
-        "project": plan.project,
-        "spec": plan.loaded.display,
-        "profile": plan.registry.name,
-        "rendered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "seconds": round(time.time() - started, 3),
-        "summary": outcome.summary(),
-        "model_loads": outcome.model_loads,
-        "model_swaps": outcome.model_swaps,
-        "stages": [_stage_row(plan, outcome, nid) for nid in plan.order],
-        "files": published,
-    }
-    tmp = output_dir / f".manifest.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False))
-    os.replace(tmp, output_dir / "manifest.json")
-    from ..report.html import write_report
-
-    write_report(output_dir / "report.html", manifest)
-    return manifest
 
 
-def _place(plan: Plan, digest: str, source: Path, dest: Path) -> None:
-    if dest.is_file():
-        try:
-            if plan.digests.digest(dest) == digest:
-                return
-        except OSError:
-            pass
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, dest)
-    plan.digests.digest(dest)
+def carry_over(manifest: dict[str, Any], previous: dict[str, Any], nothing_ran: bool) -> None:
+    """Keep what earlier renders measured, marked as theirs: a cached stage keeps the seconds
+    it took when it last ran (same key); a render that ran nothing keeps the model loads of
+    the last render that did."""
+    before = {r.get("id"): r for r in previous.get("stages", []) if isinstance(r, dict)}
+    for row in manifest["stages"]:
+        old = before.get(row["id"])
+        if row["status"] == "cached" and old and old.get("key") == row["key"] \
+                and isinstance(old.get("seconds"), (int, float)):
+            row["seconds"] = old["seconds"]
+            row["seconds_from"] = "earlier render"
+    loads = previous.get("model_loads")
+    if not nothing_ran or not isinstance(loads, dict) or not loads:
+        return
+    earlier = previous.get("earlier_render")
+    when = earlier.get("rendered_at") if isinstance(earlier, dict) else previous.get("rendered_at")
+    manifest["model_loads"] = loads
+    manifest["model_swaps"] = previous.get("model_swaps") or {}
+    manifest["earlier_render"] = {"rendered_at": when, "carried": ["model_loads", "model_swaps"]}
 
 
 def _media_facts(meta: dict[str, Any]) -> dict[str, Any]:
@@ -118,6 +283,14 @@ def _stage_row(plan: Plan, outcome: Outcome, nid: str) -> dict[str, Any]:
 
 def _read_manifest(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _unlink(p: Path) -> None:
+    try:
+        p.unlink()
+    except FileNotFoundError:
+        pass

@@ -9,8 +9,10 @@ from typing import Any, Callable
 
 from ..errors import RenderError
 from ..plan.planner import Plan
+from ..plan.reason import Reason
 from .events import Event, EventBus, JsonLinesSink
 from .progress import make_progress
+from .publish import DamagedOnPublish
 from .runner import DryRunExecutor, Executor, LocalExecutor, Outcome
 from .session import Session
 
@@ -35,10 +37,43 @@ def render(spec_path: str | Path, *, profile: str | None = None, only: list[str]
            executor: Executor | None = None, warn: Callable[[str], None] | None = None,
            offline: bool = False, allow_paths: list[str] | None = None,
            allow_hosts: list[str] | None = None) -> RenderResult:
+    """Plan, execute, publish. The render holds a lease on the cache from before it looks
+    anything up until its outputs are written, so ``gc`` leaves what it uses alone."""
     started = time.time()
     session = Session.open(spec_path, profile=profile, warn=warn, allow_paths=allow_paths,
                            allow_hosts=allow_hosts)
-    plan = session.plan(force=force, only=only, until=until, reseed=reseed, offline=offline)
+    if dry_run:
+        plan = session.plan(force=force, only=only, until=until, reseed=reseed, offline=offline)
+        return _run(session, plan, started, executor or DryRunExecutor(), True, events, sinks,
+                    progress, last=True)[0]
+    session.cache.take_lease()
+    try:
+        # a local render makes an object found damaged while publishing again, in one more pass
+        passes = 2 if executor is None else 1
+        damaged: list[str] = []
+        attempt = 1
+        while True:
+            with session.cache.guard():
+                plan = session.plan(force=force, only=only, until=until, reseed=reseed, offline=offline)
+            for nid in damaged:
+                if plan.stages[nid].status == "run":
+                    plan.stages[nid].reason = Reason(damaged=True)
+            run_with = executor or LocalExecutor(device=device, dtype=dtype, budget=budget,
+                                                 keep_going=keep_going, force=force)
+            result, error = _run(session, plan, started, run_with, False, events, sinks, progress,
+                                 last=attempt >= passes)
+            if result is not None:
+                return result
+            damaged, attempt = error.stages, attempt + 1
+    finally:
+        session.cache.release_lease()
+
+
+def _run(session: Session, plan: Plan, started: float, executor: Executor, dry_run: bool,
+         events: Path | None, sinks: list[Callable[[Event], None]] | None, progress: bool,
+         last: bool):
+    """One pass: execute and publish. Returns (result, None), or (None, error) when an object
+    turned out damaged while being published and another pass can make it again."""
     all_sinks: list[Callable[[Event], None]] = list(sinks or [])
     closers = []
     if events is not None:
@@ -50,12 +85,6 @@ def render(spec_path: str | Path, *, profile: str | None = None, only: list[str]
         all_sinks.append(display)
         closers.append(display.close)
     bus = EventBus(all_sinks)
-    if executor is None:
-        if dry_run:
-            executor = DryRunExecutor()
-        else:
-            executor = LocalExecutor(device=device, dtype=dtype, budget=budget,
-                                     keep_going=keep_going, force=force)
     bus.emit("render_started", detail={"project": plan.project, "spec": session.loaded.display,
                                        "stages": len(plan.order), "to_run": len(plan.to_run())})
     manifest = None
@@ -64,7 +93,12 @@ def render(spec_path: str | Path, *, profile: str | None = None, only: list[str]
     try:
         outcome = executor.execute(plan, bus)
         if not outcome.dry_run:
-            manifest = publish_outputs(session, plan, outcome, started)
+            try:
+                manifest = publish_outputs(session, plan, outcome, started)
+            except DamagedOnPublish as exc:
+                if last:
+                    raise
+                return None, exc
         bus.emit("render_finished", seconds=round(time.time() - started, 4),
                  detail={"summary": outcome.summary(), "model_loads": outcome.model_loads})
     finally:
@@ -77,7 +111,7 @@ def render(spec_path: str | Path, *, profile: str | None = None, only: list[str]
                           hint="fix the cause and render again: finished stages stay cached")
         err.result = result  # type: ignore[attr-defined]
         raise err
-    return result
+    return result, None
 
 
 def keep_seeds(session: Session, plan: Plan) -> None:
@@ -92,4 +126,4 @@ def keep_seeds(session: Session, plan: Plan) -> None:
 def publish_outputs(session: Session, plan: Plan, outcome: Outcome, started: float):
     from .publish import publish
 
-    return publish(plan, outcome, session.output_dir, session.lock_path, started)
+    return publish(plan, outcome, session.output_dir, session.lock_path, started, warn=session.cache.warn)

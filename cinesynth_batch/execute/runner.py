@@ -16,12 +16,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ..cache.keylock import key_lock
 from ..cache.lock import LockEntry
 from ..cache.store import Entry
 from ..errors import CinesynthError, ModelError, RenderError
 from ..plan.expand import input_paths
 from ..plan.planner import Plan, PlannedStage, input_labels
-from ..plan.reason import explain
+from ..plan.reason import Reason, explain
 from ..stages.base import StageContext, StageError
 from .events import EventBus
 
@@ -95,6 +96,7 @@ class LocalExecutor(Executor):
         out = Outcome()
         self._memo = {}
         plan.cache.clean_stale_tmp()
+        recheck_cached(plan)
         residency = None
         if plan.to_run():
             self.preflight(plan)
@@ -162,16 +164,32 @@ class LocalExecutor(Executor):
         ran = effective_params(node.kind, st.params, self.device, self.dtype or plan.registry.dtype)
         key = plan.key_for(st if ran == st.params else replace(st, params=ran), inputs)
         assert key is not None, f"{node.id}: inputs not ready"
-        if not self.force:
-            entry = plan.cache.lookup(key)
-            if entry is not None:
-                known[node.id] = entry.digest
-                out.entries[node.id] = entry
-                out.cached.append(node.id)
-                out.lock[node.id] = _lock_entry(st, key, inputs, entry)
-                bus.emit("stage_cached", stage=node.id, kind=node.kind, scene=node.scene, key=key,
-                         reason="upstream re-ran with identical output")
+        why = "upstream re-ran with identical output" if st.reason.upstream else "made by another render"
+        if not self.force and self._adopt(plan, st, key, inputs, known, out, bus, why):
+            return
+        with key_lock(plan.cache.root, key):   # a second render of this key waits for the first
+            if not self.force and self._adopt(plan, st, key, inputs, known, out, bus,
+                                              "made by another render"):
                 return
+            self._run(plan, st, key, inputs, known, out, bus, residency)
+
+    def _adopt(self, plan: Plan, st: PlannedStage, key: str, inputs: dict[str, Any],
+               known: dict[str, str], out: Outcome, bus: EventBus, why: str) -> bool:
+        """Count the stage as cached if ``key`` is in the store now."""
+        entry = plan.cache.lookup(key)
+        if entry is None:
+            return False
+        node = st.node
+        known[node.id] = entry.digest
+        out.entries[node.id] = entry
+        out.cached.append(node.id)
+        out.lock[node.id] = _lock_entry(st, key, inputs, entry)
+        bus.emit("stage_cached", stage=node.id, kind=node.kind, scene=node.scene, key=key, reason=why)
+        return True
+
+    def _run(self, plan: Plan, st: PlannedStage, key: str, inputs: dict[str, Any],
+             known: dict[str, str], out: Outcome, bus: EventBus, residency: Any) -> None:
+        node = st.node
         if st.reason.upstream:  # inputs exist now: say which of them changed
             st.reason = explain(plan.lock.stages.get(node.id), st.model, st.params, inputs, [],
                                 input_labels(node))
@@ -230,18 +248,20 @@ class LocalExecutor(Executor):
         return target, meta
 
     def _artifact(self, plan: Plan, node_id: str, out: Outcome, bus: EventBus, residency: Any) -> Path:
-        """A verified input artifact; a damaged one is dropped and its stage re-made now."""
+        """A verified input artifact (hashed: it is read in full anyway); a damaged one is
+        dropped and its stage re-made now."""
         entry = out.entries.get(node_id)
         if entry is None:
             raise RenderError(f"input {node_id} has no artifact")
-        path = plan.cache.verified_path(entry)
+        path = plan.cache.verified_path(entry, full=True)
         if path is not None:
             return path
         st = plan.stages[node_id]
         bus.emit("stage_started", stage=node_id, kind=st.node.kind, scene=st.node.scene,
                  key=entry.key, reason="cached artifact was damaged")
         started = time.perf_counter()
-        fresh = self._produce(plan, st, entry.key, out, bus, residency)
+        with key_lock(plan.cache.root, entry.key):
+            fresh = self._produce(plan, st, entry.key, out, bus, residency)
         out.entries[node_id] = fresh
         if node_id in out.cached:
             out.cached.remove(node_id)
@@ -273,6 +293,28 @@ class _Named:
     @property
     def budget(self) -> Any:
         return self.residency.budget
+
+
+def recheck_cached(plan: Plan) -> list[str]:
+    """Check the object of every stage the plan found cached (cheaply: see ``CacheStore.check``)
+    before anything reads or publishes it. A damaged or vanished one is dropped (with a
+    warning) and its stage runs again. Returns those stages."""
+    redo = []
+    for nid in plan.order:
+        st = plan.stages[nid]
+        if st.status != "cached" or st.entry is None:
+            continue
+        state = plan.cache.check(st.entry)
+        if state == "ok":
+            continue
+        if state == "damaged":
+            plan.cache.drop_damaged(st.entry)
+        else:
+            plan.cache.drop_missing(st.entry)
+        st.status, st.entry = "run", None
+        st.reason = Reason(damaged=state == "damaged", missing=state == "missing")
+        redo.append(nid)
+    return redo
 
 
 def pick_device() -> str:

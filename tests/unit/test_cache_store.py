@@ -96,3 +96,130 @@ def test_lock_roundtrip_is_stable(tmp_path):
     back.write(path)
     assert path.read_bytes() == first
     assert list(json.loads(json.dumps(back.to_dict()))["stages"]) == ["a.image", "b.image"]
+
+
+def _flip(path: Path, at: int = 0, keep_stamp: bool = False) -> None:
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    with open(path, "r+b") as f:
+        f.write(data)
+    if keep_stamp:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_commit_records_the_object_stamp_and_check_trusts_it(tmp_path):
+    store = CacheStore(tmp_path)
+    entry = store.commit("c" * 64, produce(store, b"0123456789"), ".bin", "n", "image", {})
+    obj = store.object_path(entry.digest, ".bin")
+    st = obj.stat()
+    assert entry.stamp == (st.st_size, st.st_mtime_ns, st.st_ino)
+    assert store.lookup("c" * 64).stamp == entry.stamp
+    _flip(obj, keep_stamp=True)              # same size, mtime and inode: the cheap check trusts it
+    assert store.check(entry) == "ok"
+    assert store.check(entry, full=True) == "damaged"
+    _flip(obj, at=3)                         # a write moves mtime: hashed, found damaged
+    assert store.check(entry) == "damaged"
+    obj.unlink()
+    assert store.check(entry) == "missing"
+
+
+def test_commit_replaces_a_damaged_copy_of_the_same_object(tmp_path):
+    store = CacheStore(tmp_path)
+    entry = store.commit("d" * 64, produce(store, b"same bytes"), ".bin", "n", "image", {})
+    obj = store.object_path(entry.digest, ".bin")
+    _flip(obj)
+    again = store.commit("e" * 64, produce(store, b"same bytes"), ".bin", "n", "image", {})
+    assert again.digest == entry.digest and obj.read_bytes() == b"same bytes"
+
+
+def test_verify_counts_and_repair(tmp_path):
+    store = CacheStore(tmp_path)
+    good = store.commit("1" * 64, produce(store, b"good"), ".bin", "a", "image", {})
+    bad = store.commit("2" * 64, produce(store, b"will be damaged"), ".bin", "b", "image", {})
+    gone = store.commit("3" * 64, produce(store, b"will vanish"), ".bin", "c", "image", {})
+    _flip(store.object_path(bad.digest, ".bin"))
+    store.object_path(gone.digest, ".bin").unlink()
+    assert store.verify() == {"verified": 2, "damaged": 1, "dangling": 1}
+    assert store.key_path("2" * 64).exists()           # without repair nothing changes
+    assert store.verify(repair=True) == {"verified": 2, "damaged": 1, "dangling": 1}
+    assert not store.key_path("2" * 64).exists() and not store.key_path("3" * 64).exists()
+    assert not store.object_path(bad.digest, ".bin").exists()
+    assert store.verify() == {"verified": 1, "damaged": 0, "dangling": 0}
+    assert store.lookup("1" * 64) == good
+
+
+def test_gc_keeps_what_a_live_lease_names_and_what_is_younger(tmp_path):
+    render_side = CacheStore(tmp_path)
+    old = render_side.commit("1" * 64, produce(render_side, b"a" * 1000), ".bin", "n1", "image", {})
+    for p in (render_side.key_path("1" * 64), render_side.object_path(old.digest, ".bin")):
+        os.utime(p, (1, 1))
+    render_side.take_lease()
+    assert render_side.lookup("1" * 64) == old           # the lookup names it in the lease
+    young = render_side.scratch() / "out.bin"
+    young.write_bytes(b"y" * 1000)
+    loose = render_side.object_path("f" * 64, ".bin")   # an object not yet behind a key
+    loose.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(young, loose)
+    gc_side = CacheStore(tmp_path)
+    stats = gc_side.gc(max_size=1)
+    assert stats == {"objects_removed": 0, "keys_removed": 0, "bytes_freed": 0}
+    assert gc_side.lookup("1" * 64) == old and loose.exists()
+    render_side.release_lease()
+    assert not list((tmp_path / "leases").iterdir())
+    stats = gc_side.gc(max_size=1)
+    assert stats["keys_removed"] == 1 and stats["objects_removed"] == 2
+    assert gc_side.lookup("1" * 64) is None and not loose.exists()
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from cinesynth_batch.cache.store import CacheStore
+from cinesynth_batch.cache.keylock import key_lock
+store = CacheStore(Path(sys.argv[1]))
+store.take_lease()
+assert store.lookup(sys.argv[2]) is not None
+with key_lock(store.root, sys.argv[2]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def _holder(tmp_path, key):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path), key], stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_killed_renders_lease_and_key_lock_are_ignored(tmp_path):
+    import signal
+    import threading
+
+    from cinesynth_batch.cache.keylock import key_lock, remove_unheld
+
+    store = CacheStore(tmp_path)
+    store.commit("4" * 64, produce(store, b"x" * 100), ".bin", "n", "image", {})
+    proc = _holder(tmp_path, "4" * 64)
+    assert store.gc(max_size=1)["keys_removed"] == 0          # live lease: kept
+    assert remove_unheld(tmp_path) == 0                        # held lock file stays
+    got = threading.Event()
+
+    def take():
+        with key_lock(tmp_path, "4" * 64):
+            got.set()
+
+    t = threading.Thread(target=take)
+    t.start()
+    assert not got.wait(0.5)                                   # waits for the holder
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert got.wait(10)                                        # the kernel released its lock
+    t.join()
+    assert store.gc(max_size=1)["keys_removed"] == 1           # its lease no longer counts
+    assert not list((tmp_path / "leases").glob("*"))
+    assert not list((tmp_path / "locks").glob("*/*.lock"))     # gc removed the unheld lock file

@@ -1,0 +1,137 @@
+"""A flipped byte in any cached object never reaches an output.
+
+Each cached object is damaged in turn; the next render finds it before it is read or
+published, says so, runs that stage again (reason "cached artifact was damaged") and
+publishes the same bytes as a clean render. ``cinesynth cache verify`` finds the damage and
+``--repair`` removes it. Damage that keeps the object's size, mtime and inode (so the cheap
+stat check cannot see it) is still caught where the object is read: by the hash of an input
+before a stage reads it, and by the hash publishing computes while it copies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cinesynth_batch.cli import app
+from cinesynth_batch.execute.render import render
+from store_checks import FINAL, STAGES, check_store, events, make_project, sha, stages_with
+
+pytestmark = pytest.mark.slow
+
+DAMAGED = "cached artifact was damaged"
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    spec = make_project(tmp_path_factory.mktemp("clean") / "p")
+    render(spec, progress=False)
+    lock = yaml.safe_load((spec.parent / "outputs/k/render.lock").read_text())
+    return spec.parent, sha(spec.parent / FINAL), lock["stages"]
+
+
+@pytest.fixture
+def copy(clean, tmp_path):
+    """A copy of the rendered project whose key entries carry the copied objects' stat stamps
+    (as if committed there), so that only damage decides what gets hashed."""
+    root, _, _ = clean
+    dst = tmp_path / "p"
+    shutil.copytree(root, dst)
+    cache = dst / ".cinesynth/cache"
+    for kp in (cache / "keys").glob("*/*.json"):
+        entry = json.loads(kp.read_text())
+        st = (cache / "objects" / entry["digest"][:2] / f"{entry['digest']}{entry['ext']}").stat()
+        entry["stamp"] = [st.st_size, st.st_mtime_ns, st.st_ino]
+        kp.write_text(json.dumps(entry))
+    return dst
+
+
+def object_of(root: Path, lock_stages: dict, stage: str) -> Path:
+    out = lock_stages[stage]["output"]
+    return root / ".cinesynth/cache/objects" / out["digest"][:2] / f"{out['digest']}{out['ext']}"
+
+
+def flip(path: Path, keep_stamp: bool = False) -> None:
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    with open(path, "r+b") as f:           # in place: same inode and size
+        f.write(data)
+    if keep_stamp:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def verify(root: Path, *extra: str):
+    return CliRunner().invoke(app, ["cache", "verify", str(root / "k.yaml"), *extra])
+
+
+def rerender(root: Path):
+    warnings: list[str] = []
+    shutil.rmtree(root / "outputs")
+    result = render(root / "k.yaml", progress=False, events=root / "again.jsonl", warn=warnings.append)
+    return result, events(root / "again.jsonl"), warnings
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_flipped_byte_in_each_object_is_caught_and_remade(clean, copy, stage):
+    _, final, lock_stages = clean
+    flip(object_of(copy, lock_stages, stage))
+    found = verify(copy)
+    assert found.exit_code == 1, found.output
+    assert "6 objects verified, 1 damaged, 0 dangling keys" in found.output
+
+    result, evs, warnings = rerender(copy)
+    started = [e for e in evs if e["event"] == "stage_started"]
+    assert [(e["stage"], e["reason"]) for e in started] == [(stage, DAMAGED)]
+    assert set(result.outcome.ran) == {stage}
+    assert any("damaged" in w and stage in w for w in warnings), warnings
+    assert sha(copy / FINAL) == final
+    manifest = json.loads((copy / "outputs/k/manifest.json").read_text())
+    assert [r["reason"] for r in manifest["stages"] if r["id"] == stage] == [DAMAGED]
+    for rel, info in manifest["files"].items():
+        assert sha(copy / "outputs/k" / rel) == info["digest"]
+    assert verify(copy).exit_code == 0
+    check_store(copy / ".cinesynth/cache")
+
+
+def test_verify_repair_drops_the_damage_and_the_stage_runs_again(clean, copy):
+    _, final, lock_stages = clean
+    flip(object_of(copy, lock_stages, "b.video"))
+    object_of(copy, lock_stages, "a.extract_audio").unlink()        # a key left dangling
+    repaired = verify(copy, "--repair")
+    assert repaired.exit_code == 0, repaired.output
+    assert "5 objects verified, 1 damaged, 1 dangling keys" in repaired.output
+    again = verify(copy)
+    assert again.exit_code == 0 and "4 objects verified, 0 damaged, 0 dangling keys" in again.output
+    result, evs, _ = rerender(copy)
+    assert set(stages_with(evs, "stage_started")) == {"b.video", "a.extract_audio"}
+    assert sha(copy / FINAL) == final
+
+
+def test_damage_the_stat_check_cannot_see_is_caught_while_publishing(clean, copy):
+    _, final, lock_stages = clean
+    flip(object_of(copy, lock_stages, "assemble.final"), keep_stamp=True)
+    result, evs, warnings = rerender(copy)
+    started = [(e["stage"], e["reason"]) for e in evs if e["event"] == "stage_started"]
+    assert started == [("assemble.final", DAMAGED)]
+    assert any("damaged" in w and "assemble.final" in w for w in warnings), warnings
+    assert sha(copy / FINAL) == final
+
+
+def test_damaged_input_is_caught_before_a_stage_reads_it(clean, copy):
+    _, final, lock_stages = clean
+    flip(object_of(copy, lock_stages, "a.image_frame"), keep_stamp=True)
+    key = lock_stages["a.video"]["key"]
+    (copy / ".cinesynth/cache/keys" / key[:2] / f"{key}.json").unlink()   # a.video must run
+    result, evs, warnings = rerender(copy)
+    started = [(e["stage"], e["reason"]) for e in evs if e["event"] == "stage_started"]
+    assert [s for s, _ in started] == ["a.video", "a.image_frame"], started   # found as a.video read it
+    assert started[1][1] == DAMAGED
+    assert any("damaged" in w and "a.image_frame" in w for w in warnings), warnings
+    assert sha(copy / FINAL) == final
