@@ -419,7 +419,7 @@ def serve_rank(spec: str | Path, *, profile: str | None, force: bool, events: Pa
         return
     session = Session.open(spec, profile=profile, warn=warn, allow_paths=allow_paths,
                            allow_hosts=allow_hosts)
-    plan = session.plan()           # the seeds rank 0 drew are in the lock by now
+    plan = session.plan(device=setup.device, dtype=setup.dtype)   # rank 0's seeds are in the lock
     sinks: list[Callable[[Event], None]] = []
     closers = []
     if events is not None:

@@ -43,7 +43,8 @@ def render(spec_path: str | Path, *, profile: str | None = None, only: list[str]
     session = Session.open(spec_path, profile=profile, warn=warn, allow_paths=allow_paths,
                            allow_hosts=allow_hosts)
     if dry_run:
-        plan = session.plan(force=force, only=only, until=until, reseed=reseed, offline=offline)
+        plan = session.plan(force=force, only=only, until=until, reseed=reseed, offline=offline,
+                                   device=device, dtype=dtype)
         return _run(session, plan, started, executor or DryRunExecutor(), True, events, sinks,
                     progress, last=True)[0]
     session.cache.take_lease()
@@ -54,7 +55,8 @@ def render(spec_path: str | Path, *, profile: str | None = None, only: list[str]
         attempt = 1
         while True:
             with session.cache.guard():
-                plan = session.plan(force=force, only=only, until=until, reseed=reseed, offline=offline)
+                plan = session.plan(force=force, only=only, until=until, reseed=reseed, offline=offline,
+                                   device=device, dtype=dtype)
             for nid in damaged:
                 if plan.stages[nid].status == "run":
                     plan.stages[nid].reason = Reason(damaged=True)

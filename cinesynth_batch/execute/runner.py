@@ -157,12 +157,7 @@ class LocalExecutor(Executor):
                      detail={"because": failed_up})
             return
         inputs = plan.input_digests(node, known)
-        from dataclasses import replace
-
-        from ..stages.effective import effective_params   # the key names what runs on this machine
-
-        ran = effective_params(node.kind, st.params, self.device, self.dtype or plan.registry.dtype)
-        key = plan.key_for(st if ran == st.params else replace(st, params=ran), inputs)
+        key = plan.key_for(st, inputs)     # keyed as this machine runs it (Plan.effective)
         assert key is not None, f"{node.id}: inputs not ready"
         why = "upstream re-ran with identical output" if st.reason.upstream else "made by another render"
         if not self.force and self._adopt(plan, st, key, inputs, known, out, bus, why):

@@ -52,11 +52,21 @@ class Session:
 
         return Lock.read(self.lock_path)
 
-    def plan(self, offline: bool = False, **options) -> Plan:
+    def plan(self, offline: bool = False, device: str = "auto", dtype: str | None = None,
+             **options) -> Plan:
+        """The plan, its keys naming what ``device`` will run (a lossy setting this machine
+        cannot honour is keyed as its fallback, see ``stages/effective.py``)."""
         from ..plan.planner import make_plan
         from ..plan.sources import refuse_downloads
+        from ..stages.effective import effective_params
 
-        plan = make_plan(self.loaded, self.registry, self.cache, self.lock(), self.digests, **options)
+        run_dtype = dtype or self.registry.dtype
+
+        def effective(kind: str, params: dict) -> dict:
+            return effective_params(kind, params, device, run_dtype)
+
+        plan = make_plan(self.loaded, self.registry, self.cache, self.lock(), self.digests,
+                         effective=effective, **options)
         self.digests.save()
         if offline:
             refuse_downloads(plan)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..cache.digest import DigestState
 from ..cache.lock import Lock
@@ -54,6 +54,8 @@ class Plan:
     digests: DigestState
     selected: set[str] = field(default_factory=set)
     seeds: dict[str, int] = field(default_factory=dict)   # seeds of `seed: -1` stages
+    # (kind, params) -> params as this machine will run them: a key names what runs
+    effective: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None
 
     @property
     def project(self) -> str:
@@ -87,7 +89,8 @@ class Plan:
     def key_for(self, stage: PlannedStage, inputs: dict[str, Any]) -> str | None:
         if any(v is None for v in inputs.values()):
             return None
-        return content_key(stage.node.kind, stage.model, stage.params, inputs)
+        params = self.effective(stage.node.kind, stage.params) if self.effective else stage.params
+        return content_key(stage.node.kind, stage.model, params, inputs)
 
 
 def select(graph: Graph, only: list[str] | None, until: str | None) -> set[str]:
@@ -128,7 +131,8 @@ def _unknown_selector(pattern: str, graph: Graph, kind: bool = False):
 
 def make_plan(loaded: LoadedSpec, registry: Registry, cache: CacheStore, lock: Lock,
               digests: DigestState, *, force: bool = False, only: list[str] | None = None,
-              until: str | None = None, reseed: bool = False) -> Plan:
+              until: str | None = None, reseed: bool = False,
+              effective: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None) -> Plan:
     seeds: dict[str, int] = {}
 
     def seed_for(node_id: str) -> int:
@@ -142,7 +146,7 @@ def make_plan(loaded: LoadedSpec, registry: Registry, cache: CacheStore, lock: L
     problems = Problems()
     stages: dict[str, PlannedStage] = {}
     known: dict[str, str] = {}
-    plan = Plan(loaded, graph, stages, order, registry, cache, lock, digests, selected, seeds)
+    plan = Plan(loaded, graph, stages, order, registry, cache, lock, digests, selected, seeds, effective)
     for nid in order:
         node = graph[nid]
         model = registry.identity(node.model_role, node.model_name) if node.model_role else None

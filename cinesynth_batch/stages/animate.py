@@ -243,11 +243,14 @@ def mux_reference_audio(video: Path, reference: Path | None, out: Path, duration
 # --------------------------------------------------------------------------- run
 
 
+def may_fall_back(params: dict[str, Any]) -> bool:
+    """Whether ``quantize`` or ``attention`` asks for more than the plain bf16 SDPA run."""
+    return params.get("quantize") is not None or params.get("attention", "sdpa") != "sdpa"
+
+
 def effective_params(params: dict[str, Any], device: str, dtype: Any) -> dict[str, Any]:
     """The keyed params with ``quantize`` and ``attention`` as ``resolve_runtime`` decides them on
     this machine (the key names what runs)."""
-    if params.get("quantize") is None and params.get("attention", "sdpa") == "sdpa":
-        return params
     from ..models.animate import RuntimeSettings, resolve_runtime
 
     try:

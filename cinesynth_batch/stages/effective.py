@@ -1,6 +1,7 @@
 """What a stage will actually run with on this machine, for its key.
 
 A stage whose output-changing settings can fall back (``quantize``, a lossy ``attention``) exposes
+``may_fall_back(params) -> bool`` (cheap, imports nothing heavy) and
 ``effective_params(params, device, dtype) -> params``: its keyed params with those settings as the
 very code that takes the fallback decides them here. The executor keys a run on the result, so a
 CPU render of a ``quantize: fp8`` stage is stored under the key of what it computed, never under
@@ -17,9 +18,16 @@ def effective_params(kind: str, params: dict[str, Any], device: str, dtype: Any)
     """``params`` as this machine will run them (the same dict when nothing can fall back)."""
     module = importlib.import_module(f"cinesynth_batch.stages.{kind}")
     resolve = getattr(module, "effective_params", None)
-    if resolve is None:
-        return params
+    if resolve is None or not module.may_fall_back(params):
+        return params          # nothing to decide: no torch import (plan and status stay light)
     return resolve(params, concrete_device(device), dtype)
+
+
+def lossy_speed(params: dict[str, Any]) -> bool:
+    """Whether a Wan stage asks for an output-changing speed setting (one that can fall back)."""
+    from ..models.attention import LOSSY
+
+    return bool(params.get("quantize")) or params.get("attention") in LOSSY
 
 
 def concrete_device(device: str) -> str:

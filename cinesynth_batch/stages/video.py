@@ -31,6 +31,12 @@ SIZE_MULTIPLE = 16
 _BASE_SCHEDULER_ATTR = "_cinesynth_base_scheduler_config"
 
 
+def may_fall_back(params: dict[str, Any]) -> bool:
+    from .effective import lossy_speed
+
+    return lossy_speed(params)
+
+
 def effective_params(params: dict[str, Any], device: str, dtype: Any) -> dict[str, Any]:
     """The keyed params with ``quantize`` / a lossy ``attention`` as this machine runs them."""
     from ..models.accel import keyed_speed

@@ -15,6 +15,7 @@ from cinesynth_batch.execute.render import render
 from cinesynth_batch.execute.session import Session
 from cinesynth_batch.plan.keys import content_key
 from cinesynth_batch.stages.base import StageError
+from cinesynth_batch.stages.effective import effective_params
 from projects import new_project
 
 SPEC = """\
@@ -32,9 +33,11 @@ EXACT = SPEC.format(q="", s="")
 
 
 def requested_keys(spec) -> dict:
-    """The keys the plan computes from the requested params: what a GPU render looks up."""
-    plan = Session.open(spec).plan()
-    return {n: (plan.stages[n].key, plan.stages[n]) for n in ("q.video", "s.video")}
+    """The keys of the requested params (what a GPU render looks up), and the stages as this
+    machine's plan keys them."""
+    plan = Session.open(spec).plan(device="cpu")
+    return {n: (content_key("video", st.model, st.params, st.inputs), st)
+            for n, st in ((n, plan.stages[n]) for n in ("q.video", "s.video"))}
 
 
 def stage_row(manifest: dict, nid: str) -> dict:
@@ -62,10 +65,10 @@ def test_cpu_fallback_is_stored_under_the_key_of_what_ran(lossy_render):
     assert fell == {"quantize", "attention"}
     for nid, setting, value in (("q.video", "quantize", "fp8"), ("s.video", "attention", "sageattn")):
         gpu_key, st = asked[nid]
-        assert st.params[setting] == value                    # the request is keyed ...
-        assert gpu_key == content_key("video", st.model, st.params, st.inputs)
+        assert st.params[setting] == value                    # the request is what the stage gets ...
         ran_params = {k: v for k, v in st.params.items() if k != setting}
         assert lock["stages"][nid]["key"] == content_key("video", st.model, ran_params, st.inputs)
+        assert st.key == lock["stages"][nid]["key"]           # the plan already keys what will run
         assert lock["stages"][nid]["key"] != gpu_key          # ... and the run is keyed as what ran
         assert result.plan.cache.lookup(gpu_key) is None      # nothing a GPU render would take for fp8
         assert not result.plan.cache.key_path(gpu_key).exists()
@@ -106,9 +109,21 @@ def test_animate_keys_what_resolve_runtime_decides():
     asked = {"precision": "bf16", "quantize": "fp8_e4m3fn", "attention": "sageattn", "seed": 1}
     assert animate.effective_params(asked, "cpu", "float32") == {**asked, "quantize": None, "attention": "sdpa"}
     exact = {"precision": "bf16", "quantize": None, "attention": "sdpa"}
-    assert animate.effective_params(exact, "cpu", "float32") is exact
+    assert not animate.may_fall_back(exact) and animate.may_fall_back(asked)
+    assert effective_params("animate", exact, "cpu", "float32") is exact
     report = {"quantization": "fp8_e4m3fn", "attention": "sdpa"}      # a run that kept fp8 on the CPU
     with pytest.raises(StageError, match="ran with quantize='fp8_e4m3fn' but the key names None"):
         animate.checked_runtime(asked, report, "cpu")
     fell = animate.checked_runtime(asked, {"quantization": None, "attention": "sdpa"}, "cpu")
     assert fell == {"quantize": {"asked": "fp8_e4m3fn", "ran": None}, "attention": {"asked": "sageattn", "ran": "sdpa"}}
+
+
+@pytest.mark.slow
+def test_plan_on_a_falling_back_machine_shows_the_fallback_result_cached(lossy_render):
+    """``plan`` keys what this machine will run, so it does not promise a run that the render
+    then finds cached."""
+    _, spec, *_ = lossy_render
+    spec.write_text(LOSSY)
+    plan = Session.open(spec).plan(device="cpu")
+    assert {n: plan.stages[n].status for n in ("q.video", "s.video", "assemble.final")} == {
+        "q.video": "cached", "s.video": "cached", "assemble.final": "cached"}
