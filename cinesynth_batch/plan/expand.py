@@ -338,11 +338,10 @@ def _subtitles_node(graph: Graph, loaded: LoadedSpec, j: int, asm: m.Assemble, p
 
 def _subtitle_font(loaded: LoadedSpec, j: int, lines: list[dict]) -> FileInput:
     """The font that draws every character of the subtitle lines (``media/fonts.py``)."""
-    from ..config import ProjectConfig
     from ..errors import Problem, SpecError
     from ..media.fonts import FontError, choose_font
 
-    configured = ProjectConfig.load(loaded.root).subtitles.font
+    configured = loaded.config.subtitles.font
     try:
         path = choose_font("\n".join(line["text"] for line in lines), configured)
     except FontError as exc:

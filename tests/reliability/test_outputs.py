@@ -118,6 +118,9 @@ def test_a_render_that_runs_nothing_keeps_the_last_loads_and_timings(rendered, c
     for row in again["stages"]:
         assert row["status"] == "cached"
         assert row["seconds"] == ran[row["id"]] and row["seconds_from"] == "earlier render"
+    report = (copy / OUT / "report.html").read_text()
+    assert f"from the render of {first['rendered_at']}; nothing ran in this one" in report
+    assert report.count("(earlier render)") == len(again["stages"])
 
 
 @pytest.mark.parametrize("rel", ["/etc/passwd", "../x", "a/../../x", "scenes/../../x", "..", "", ".",
