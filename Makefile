@@ -47,7 +47,7 @@ fonts:
 demo: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/cinesynth render $(SPEC)
 
-test: install tts-env
+test: install tts-env fonts
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 test-fast: install
