@@ -86,6 +86,16 @@ class RenderError(CinesynthError):
     exit_code = 1
 
 
+class StageError(Exception):
+    """A stage failed for a reason the user can act on (bad input file, missing model, ...).
+    Raised by stages and by the model and media code they call."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
 class FallbackWarning(RuntimeWarning):
     """A requested runtime setting cannot be used on this machine; a stated alternative is used
     (and recorded in the manifest)."""

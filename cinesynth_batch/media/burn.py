@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..stages.base import StageError
+from ..errors import StageError
 from .fonts import FontError, font_family, glyphs_missing_error, missing_chars, needed_chars
 
 

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import FallbackWarning
-from ..stages.base import StageError
+from ..errors import StageError
 from .attention import LOSSY, NAMES as ATTENTION_NAMES, resolve_attention, set_attention
 
 COMPILE_MODES = ("auto", "on", "off")

@@ -72,7 +72,7 @@ import torch
 from diffusers.hooks.group_offloading import GroupOffloadingHook
 from diffusers.hooks.hooks import ModelHook
 
-from ..stages.base import StageError
+from ..errors import StageError
 from .attention import BACKENDS, ensure_backend, usable
 from .teacache import TeaCacheConfig, WanDiffusersAdapter, apply_teacache
 from ..errors import FallbackWarning

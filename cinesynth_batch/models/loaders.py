@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..stages.base import StageError
+from ..errors import StageError
 
 PIPELINE_KINDS = ("flux2-klein", "wan-i2v")
 KINDS = PIPELINE_KINDS + ("rrdbnet-x2", "wan-s2v", "wan-animate", "qwen3-tts", "demucs")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from ..stages.base import StageError
+from ..errors import StageError
 
 HIGH = "transformer"
 LOW = "transformer_2"

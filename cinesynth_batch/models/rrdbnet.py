@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cinesynth_batch.stages.base import StageError
+from cinesynth_batch.errors import StageError
 
 from .loaders import torch_dtype
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from ..stages.base import StageError
+from ..errors import StageError
 
 MODEL_CLASSES = ("demucs.htdemucs.HTDemucs", "demucs.hdemucs.HDemucs", "demucs.demucs.Demucs")
 DEFAULT_BAG = "htdemucs"

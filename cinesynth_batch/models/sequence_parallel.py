@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from ..stages.base import StageError
+from ..errors import StageError
 
 TRANSFORMER_ATTRS = ("transformer", "transformer_2")
 

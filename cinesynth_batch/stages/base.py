@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from ..errors import StageError  # noqa: F401  (stages raise it; it lives with the other errors)
+
 
 class ModelProvider(Protocol):
     """Hands out loaded pipelines/networks by profile role, under a memory budget."""
@@ -57,12 +59,3 @@ class StageContext:
     work_dir: Path | None = None  # scratch folder, removed after the stage
     extra: dict[str, Any] = field(default_factory=dict)
     memo: dict[str, Any] = field(default_factory=dict)  # shared by the stages of one render
-
-
-class StageError(Exception):
-    """A stage failed for a reason the user can act on (bad input file, missing model, ...)."""
-
-    def __init__(self, message: str, hint: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.hint = hint

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
-from ..stages.base import StageError
+from ..errors import StageError
 
 WORKER = Path(__file__).resolve().parent / "qwen_worker.py"
 REPO = Path(__file__).resolve().parents[2]

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...stages.base import StageError
+from ...errors import StageError
 
 PREFIXES = ("diffusion_model.", "transformer.", "base_model.model.", "model.")
 SEED_LORA_FILE = "lora_weights.safetensors"

@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ...stages.base import StageError
+from ...errors import StageError
 from . import components as comp
 from .audio_features import (FIRST_SEGMENT_DROP, audio_embed_bucket, audio_hidden_states, count_segments,
                              load_wav2vec2)
