@@ -149,7 +149,7 @@ def render(spec: Path,
            allow_host: Optional[List[str]] = _allow_host_option()) -> None:
     """Render a spec: run what is not cached, then write outputs, render.lock and the report."""
     from .execute.render import render as do_render
-    from .models.residency import parse_size
+    from .catalog.residency import parse_size
 
     _plain_fallback_warnings()
 
@@ -264,7 +264,7 @@ def gc(spec: Optional[Path] = typer.Argument(None, help="a spec whose cache to c
        max_size: Optional[str] = typer.Option(None, help="shrink the cache to this size, e.g. 20GiB")) -> None:
     """Delete unreferenced cache objects; with --max-size, the oldest entries too.
     What a running render uses is kept."""
-    from .models.residency import parse_size
+    from .catalog.residency import parse_size
 
     def go():
         store, keep = _store_of(spec)
@@ -324,7 +324,7 @@ def schema() -> None:
 @models_app.command("list")
 def models_list(profile: str = typer.Option("tiny", help="tiny | production | models file")) -> None:
     """The models of a profile: where they are and whether they are available."""
-    from .models.registry import Registry, describe
+    from .catalog.registry import Registry, describe
 
     def go():
         reg = Registry.load(profile, Path.cwd(), Path.cwd())
@@ -339,7 +339,7 @@ def models_list(profile: str = typer.Option("tiny", help="tiny | production | mo
 @models_app.command("build-tiny")
 def models_build_tiny() -> None:
     """Build the tiny random-weight models (deterministic) used by the tiny profile."""
-    from .models.registry import Registry
+    from .catalog.registry import Registry
 
     def go():
         reg = Registry.load("tiny", Path.cwd(), Path.cwd())

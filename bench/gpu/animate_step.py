@@ -4,7 +4,7 @@
 Speed does not depend on weight values, so random weights give true timings (the error column
 is indicative only: random weights are not distributed like trained ones). Rows, all in one process:
 
-* ``bf16``: the renderer's runtime placement (``models/animate.py``) with precision bf16;
+* ``bf16``: the renderer's runtime placement (``runtime/animate.py``) with precision bf16;
 * ``fp8_e4m3fn``: the same with ``quantize: fp8_e4m3fn`` (weights stored as fp8, upcast per layer);
 * ``fp8_e4m3fn + block_swap 20``: the preset's placement (blocks 0-19 streamed from pinned RAM);
 * ``bf16 + block_swap 20``: the swap alone;
@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from cinesynth_batch.models.animate import (  # noqa: E402
+from cinesynth_batch.runtime.animate import (  # noqa: E402
     AnimateRuntime,
     RuntimeSettings,
     fp8_targets,
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     if args.tiny:
-        from cinesynth_batch.models.tiny_animate import tiny_transformer_config
+        from cinesynth_batch.catalog.tiny.animate import tiny_transformer_config
 
         config, device = tiny_transformer_config(), torch.device("cpu")
         height, width, frames = args.height or 64, args.width or 64, args.frames or 17

@@ -27,7 +27,7 @@ import argparse
 import torch
 
 from _common import SIZES, TEXT_LEN, build, matmul_peak, rel_l2, save, table, timed, wan_flops, wan_tokens
-from cinesynth_batch.models.attention import set_attention
+from cinesynth_batch.runtime.attention import set_attention
 
 LAYERS = 40
 

@@ -23,9 +23,9 @@ import time
 import torch
 
 from _common import A14B_EXPERT, build, gib, save, table
-from cinesynth_batch.models.accel import SpeedSettings, prepare_transformer, quantize_fp8, compile_blocks
-from cinesynth_batch.models.teacache import TeaCacheConfig, apply_teacache_to_pipeline
-from cinesynth_batch.models.tiny_parts import t5_tokenizer
+from cinesynth_batch.runtime.accel import SpeedSettings, prepare_transformer, quantize_fp8, compile_blocks
+from cinesynth_batch.runtime.teacache import TeaCacheConfig, apply_teacache_to_pipeline
+from cinesynth_batch.catalog.tiny.parts import t5_tokenizer
 from wan_step import uncompile
 
 H, W, F, STEPS = 480, 832, 81, 14

@@ -145,7 +145,7 @@ def main() -> None:
     ap.add_argument("--fa4-configs", default="", help="comma-separated flash-attn-4 configurations to force")
     ap.add_argument("--no-matmul", action="store_true", help="attention rows only")
     args = ap.parse_args()
-    from cinesynth_batch.models.attention import fa3_module
+    from cinesynth_batch.runtime.attention import fa3_module
 
     peak = matmul_peak()
     module = fa3_module()

@@ -19,8 +19,8 @@ import sys
 import torch
 
 from _common import build, gib, save, table, timed
-from cinesynth_batch.models.accel import compile_blocks
-from cinesynth_batch.models.attention import resolve_attention, set_attention
+from cinesynth_batch.runtime.accel import compile_blocks
+from cinesynth_batch.runtime.attention import resolve_attention, set_attention
 from wan_step import uncompile
 
 #: diffusers ``Flux2Transformer2DModel`` arguments of FLUX.2-klein-9B.

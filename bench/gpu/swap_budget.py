@@ -1,12 +1,12 @@
 """Model swapping and small-VRAM runs of a full-size Wan2.2 A14B expert (random bf16 weights).
 
-1. Swap: the expert (28.6 GB) host->device and back through ``models/swap.py`` (pinned host
+1. Swap: the expert (28.6 GB) host->device and back through ``runtime/swap.py`` (pinned host
    copies), against the copy floor measured in the same run (one pinned buffer of the same size,
    one ``copy_``), and against plain ``model.to()`` from pageable RAM.
-2. Residency: 8 scenes alternating two experts through ``models/residency.py``: with a budget
+2. Residency: 8 scenes alternating two experts through ``catalog/residency.py``: with a budget
    that holds both, and with one that holds one (the other waits in pinned RAM).
 3. Budget: the 720p CFG step with the expert's blocks offloaded (block-level group offloading
-   with a prefetch stream, ``models/accel.py``) against the same step fully resident, with the
+   with a prefetch stream, ``runtime/accel.py``) against the same step fully resident, with the
    peak memory of each.
 
     python bench/gpu/swap_budget.py [swap,residency,budget]   # $OUT/swap_budget.json when OUT is set
@@ -22,10 +22,10 @@ from types import SimpleNamespace
 import torch
 
 from _common import A14B_EXPERT, SIZES, build, gib, save, table, timed, wan_inputs
-from cinesynth_batch.models.accel import compile_blocks, offload_blocks
-from cinesynth_batch.models.attention import set_attention
-from cinesynth_batch.models.residency import Residency
-from cinesynth_batch.models.swap import HostCopy
+from cinesynth_batch.runtime.accel import compile_blocks, offload_blocks
+from cinesynth_batch.runtime.attention import set_attention
+from cinesynth_batch.catalog.residency import Residency
+from cinesynth_batch.runtime.swap import HostCopy
 from wan_step import cfg_sequential
 
 

@@ -5,8 +5,8 @@ A CFG step is the conditional and the unconditional forward combined as ``u + g 
 Rows (``--sizes 480p,720p``):
 
 * ``stock``: diffusers 0.42.1 as shipped (``native`` attention = torch SDPA, eager), two forwards;
-* ``cudnn`` / ``fa3`` / ``fa4``: the attention kernel alone (``models/attention.py``);
-* ``fa3+compile`` / ``fa4+compile``: plus regional ``torch.compile`` of the 40 blocks (``models/accel.py``);
+* ``cudnn`` / ``fa3`` / ``fa4``: the attention kernel alone (``runtime/attention.py``);
+* ``fa3+compile`` / ``fa4+compile``: plus regional ``torch.compile`` of the 40 blocks (``runtime/accel.py``);
 * ``fa3+compile+batch``: plus the conditional and unconditional passes as one batch of 2;
 * ``fa3+compile+batch+fused``: plus fused QKV / KV projections;
 * ``fp8`` (lossy): the Linear layers of the blocks in float8 with per-row scales (torchao), on top
@@ -29,8 +29,8 @@ import torch
 
 from _common import (A14B_EXPERT, SIZES, build, gib, matmul_peak, rel_l2, save, table, timed, wan_flops,
                      wan_inputs, wan_tokens)
-from cinesynth_batch.models.accel import compile_blocks, quantize_fp8, uncompile_blocks
-from cinesynth_batch.models.attention import resolve_attention, set_attention
+from cinesynth_batch.runtime.accel import compile_blocks, quantize_fp8, uncompile_blocks
+from cinesynth_batch.runtime.attention import resolve_attention, set_attention
 
 GUIDANCE = 5.0
 

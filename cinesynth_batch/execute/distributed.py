@@ -249,7 +249,7 @@ class Worker:
         if degree not in self._residency:
             loader = None
             if degree > 1:
-                from ..models.sequence_parallel import split_loader
+                from ..catalog.loaders import split_loader
 
                 loader = split_loader(self.meshes[degree], degree)
             self._residency[degree] = self.executor.make_residency(self.plan, loader=loader)

@@ -3,7 +3,7 @@ which are split over a group of ranks (sequence parallel), decided and checked b
 runs.
 
 Imports no torch: the launcher and the coordinator decide with plain numbers. The GPU code
-that applies a split lives in ``models/sequence_parallel.py``.
+that applies a split lives in ``runtime/sequence_parallel.py``.
 
 Groups are fixed blocks of consecutive ranks: with 8 ranks and degree 4, ranks 0-3 and 4-7.
 """

@@ -125,7 +125,7 @@ class LocalExecutor(Executor):
 
     # -- helpers -------------------------------------------------------------------------------
     def make_residency(self, plan: Plan, loader: Any = None):
-        from ..models.residency import Residency
+        from ..catalog.residency import Residency
 
         if self.device == "auto":
             self.device = pick_device()

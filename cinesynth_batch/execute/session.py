@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from ..cache.digest import DigestState
 from ..cache.store import CacheStore
 from ..errors import ModelError, Problems
-from ..models.registry import Registry
+from ..catalog.registry import Registry
 from ..spec import trust as t
 from ..spec.load import LoadedSpec, load_spec
 

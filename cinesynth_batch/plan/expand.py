@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from ..models.attention import LOSSY
+from ..runtime.attention import LOSSY
 from ..spec import model as m
 from ..spec.load import LoadedSpec
 from ..tts import espeak_revision

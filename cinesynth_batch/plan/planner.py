@@ -17,7 +17,7 @@ from ..cache.digest import DigestState
 from ..cache.lock import Lock
 from ..cache.store import CacheStore, Entry
 from ..errors import Problems, SpecError
-from ..models.registry import Registry
+from ..catalog.registry import Registry
 from ..spec.load import LoadedSpec
 from .expand import build_graph
 from .graph import FileInput, Graph, NodeInput, StageNode

@@ -24,7 +24,7 @@ conditioned on the last ``prev_frames`` generated frames of the previous one (th
 the pose video's frame count. The reference's first audio stream is muxed in (copied when it is
 AAC, else encoded to AAC), cut to the video's length; a reference without audio gives a video-only
 file and the result says so. Runtime settings that this machine cannot honour fall back with one
-warning each (see ``models/animate.py``); the result's ``runtime`` records what was used.
+warning each (see ``runtime/animate.py``); the result's ``runtime`` records what was used.
 """
 
 from __future__ import annotations
@@ -251,7 +251,7 @@ def may_fall_back(params: dict[str, Any]) -> bool:
 def effective_params(params: dict[str, Any], device: str, dtype: Any) -> dict[str, Any]:
     """The keyed params with ``quantize`` and ``attention`` as ``resolve_runtime`` decides them on
     this machine (the key names what runs)."""
-    from ..models.animate import RuntimeSettings, resolve_runtime
+    from ..runtime.animate import RuntimeSettings, resolve_runtime
 
     try:
         requested = RuntimeSettings(precision=params.get("precision", "bf16"), quantize=params.get("quantize"),
@@ -280,7 +280,7 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
     import torch
 
     from ..media.video_io import write_video
-    from ..models.animate import (
+    from ..runtime.animate import (
         RuntimeSettings,
         animate_lora_requests,
         apply_animate_teacache,

@@ -25,7 +25,7 @@ def effective_params(kind: str, params: dict[str, Any], device: str, dtype: Any)
 
 def lossy_speed(params: dict[str, Any]) -> bool:
     """Whether a Wan stage asks for an output-changing speed setting (one that can fall back)."""
-    from ..models.attention import LOSSY
+    from ..runtime.attention import LOSSY
 
     return bool(params.get("quantize")) or params.get("attention") in LOSSY
 
@@ -42,9 +42,9 @@ def concrete_device(device: str) -> str:
 def checked_speed(stage: str, params: dict[str, Any], speed: dict[str, Any], device: str,
                   dtype: Any) -> dict[str, Any]:
     """Refuse a Wan run whose output-changing settings differ from what its key names (``speed``:
-    ``models/accel.prepared_pipeline``'s report); returns the settings that fell back, as
+    ``runtime/accel.prepared_pipeline``'s report); returns the settings that fell back, as
     ``{name: {"asked": ..., "ran": ...}}`` (empty when none did), for the manifest."""
-    from ..models.accel import check_keyed, keyed_speed, lossy_used
+    from ..runtime.accel import check_keyed, keyed_speed, lossy_used
 
     keyed = keyed_speed(params, concrete_device(device), dtype)
     check_keyed(stage, keyed, speed)

@@ -53,7 +53,7 @@ def check_params(params: dict[str, Any], multiple: int = 16) -> dict[str, Any]:
 def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageContext) -> dict[str, Any]:
     import torch
 
-    from ..models.lora import apply_loras, image_lora_requests
+    from ..runtime.lora import apply_loras, image_lora_requests
 
     p = check_params(params)
     requests = image_lora_requests(p["loras"], ctx.resolve_lora)

@@ -32,7 +32,7 @@ def may_fall_back(params: dict[str, Any]) -> bool:
 
 def effective_params(params: dict[str, Any], device: str, dtype: Any) -> dict[str, Any]:
     """The keyed params with ``quantize`` / a lossy ``attention`` as this machine runs them."""
-    from ..models.accel import keyed_speed
+    from ..runtime.accel import keyed_speed
 
     return keyed_speed(params, device, dtype)
 
@@ -74,7 +74,7 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
                          hint="give a readable speech file (wav, mp3, m4a, flac) with sound in it") from exc
     loras = [PhaseLora(lo["name"], ctx.resolve_lora(lo["name"], "mov"), lo["high"], lo["low"])
              for lo in p["loras"]]
-    from ..models.accel import prepared_pipeline
+    from ..runtime.accel import prepared_pipeline
     from .effective import checked_speed
 
     pipe, speed = prepared_pipeline(ctx, MODEL_ROLE, p)

@@ -39,7 +39,7 @@ def may_fall_back(params: dict[str, Any]) -> bool:
 
 def effective_params(params: dict[str, Any], device: str, dtype: Any) -> dict[str, Any]:
     """The keyed params with ``quantize`` / a lossy ``attention`` as this machine runs them."""
-    from ..models.accel import keyed_speed
+    from ..runtime.accel import keyed_speed
 
     return keyed_speed(params, device, dtype)
 
@@ -190,13 +190,13 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
     import torch
 
     from ..media.video_io import write_video
-    from ..models.lora import apply_loras, video_lora_requests
+    from ..runtime.lora import apply_loras, video_lora_requests
 
     p = check_params(params)
     first, last = start_images(inputs, p["width"], p["height"])
     requests = video_lora_requests(p["loras"], ctx.resolve_lora)
 
-    from ..models.accel import prepared_pipeline
+    from ..runtime.accel import prepared_pipeline
     from .effective import checked_speed
 
     pipe, speed = prepared_pipeline(ctx, MODEL_ROLE, p)
@@ -216,7 +216,7 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
 
     handle = None
     if p["cache"] and p["cache"].get("kind") == "teacache":
-        from ..models.teacache import TeaCacheConfig, apply_teacache_to_pipeline
+        from ..runtime.teacache import TeaCacheConfig, apply_teacache_to_pipeline
 
         config = TeaCacheConfig(rel_l1_thresh=p["cache"]["threshold"], start_step=p["cache"]["start_step"],
                                 model="wan2.2-i2v-a14b")

@@ -13,8 +13,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cinesynth_batch.models import accel  # noqa: E402
-from cinesynth_batch.models.attention import resolve_attention, set_attention  # noqa: E402
+from cinesynth_batch.runtime import accel  # noqa: E402
+from cinesynth_batch.runtime.attention import resolve_attention, set_attention  # noqa: E402
 
 FP8_FORWARD_REL_ERROR_BOUND = 0.015    # fp8 (per-row) forward vs fp32: 8.2e-3 measured; docs/performance.md
 
@@ -148,7 +148,7 @@ def test_prepare_transformer_reports_what_runs_and_refuses_other_settings():
 
 
 def test_host_copy_round_trip_on_cuda_pins_once_and_keeps_values():
-    from cinesynth_batch.models.swap import HostCopy
+    from cinesynth_batch.runtime.swap import HostCopy
 
     with torch.device("cuda"):
         model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.GELU(), torch.nn.Linear(512, 256))
@@ -175,7 +175,7 @@ def test_residency_swaps_through_pinned_memory_on_cuda():
     from types import SimpleNamespace
     from pathlib import Path
 
-    from cinesynth_batch.models.residency import Residency
+    from cinesynth_batch.catalog.residency import Residency
 
     class Two:
         specs = {r: SimpleNamespace(kind="x", label=r) for r in "ab"}

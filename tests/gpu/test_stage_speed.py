@@ -10,10 +10,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cinesynth_batch.models.accel import prepared_pipeline  # noqa: E402
-from cinesynth_batch.models.attention import resolve_attention  # noqa: E402
-from cinesynth_batch.models.loaders import load_model, model_nbytes  # noqa: E402
-from cinesynth_batch.models.tiny import _write_wan_i2v  # noqa: E402
+from cinesynth_batch.runtime.accel import prepared_pipeline  # noqa: E402
+from cinesynth_batch.runtime.attention import resolve_attention  # noqa: E402
+from cinesynth_batch.catalog.loaders import load_model  # noqa: E402
+from cinesynth_batch.runtime.swap import model_nbytes  # noqa: E402
+from cinesynth_batch.catalog.tiny.build import _write_wan_i2v  # noqa: E402
 
 
 class _Models:
@@ -35,7 +36,7 @@ class _Models:
 def _clip(pipe, cache=None, steps=4):
     from PIL import Image
 
-    from cinesynth_batch.models.teacache import TeaCacheConfig, apply_teacache_to_pipeline
+    from cinesynth_batch.runtime.teacache import TeaCacheConfig, apply_teacache_to_pipeline
 
     handle = None
     if cache is not None:

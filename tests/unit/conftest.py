@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cinesynth_batch.models.loaders import load_model
-from cinesynth_batch.models.tiny import build_tiny
+from cinesynth_batch.catalog.loaders import load_model
+from cinesynth_batch.catalog.tiny.build import build_tiny
 from cinesynth_batch.stages.base import StageContext
 
 KINDS = {"image": ("flux2-klein", "flux2-klein"), "video": ("wan-i2v", "wan2.2-i2v"),

@@ -9,8 +9,8 @@ import warnings
 import pytest
 import torch
 
-from cinesynth_batch.models import accel
-from cinesynth_batch.models.attention import resolve_attention
+from cinesynth_batch.runtime import accel
+from cinesynth_batch.runtime.attention import resolve_attention
 from cinesynth_batch.stages.base import StageError
 
 
@@ -64,7 +64,7 @@ def _loop(model, steps=(900.0, 880.0, 860.0, 840.0)):
 
 
 def test_compiled_blocks_compose_with_teacache_hooks_and_uncompile():
-    from cinesynth_batch.models.teacache import TeaCacheConfig, apply_teacache
+    from cinesynth_batch.runtime.teacache import TeaCacheConfig, apply_teacache
 
     model = _tiny_wan()
     config = TeaCacheConfig(rel_l1_thresh=0.5, start_step=1, use_coefficients=False, num_steps=4)
@@ -99,7 +99,7 @@ def test_prepare_transformer_on_cpu_records_what_runs():
 
 
 def test_kernels_that_need_head_sizes_in_multiples_of_8_are_not_picked_for_others():
-    from cinesynth_batch.models import attention
+    from cinesynth_batch.runtime import attention
 
     assert attention.usable("fa3", "cuda", torch.bfloat16, head_dim=4) == (
         False, "fa3 needs a head size that is a multiple of 8 and at most 256, this model's is 4")
@@ -107,7 +107,7 @@ def test_kernels_that_need_head_sizes_in_multiples_of_8_are_not_picked_for_other
 
 
 def test_fa4_falls_back_off_cuda_and_says_why_when_its_wheel_does_not_import(monkeypatch):
-    from cinesynth_batch.models import attention
+    from cinesynth_batch.runtime import attention
 
     choice = resolve_attention("fa4", "cpu", torch.bfloat16)
     assert (choice.used, choice.reason) == ("sdpa", "fa4 runs on CUDA devices only, this run is on cpu; "
@@ -136,8 +136,8 @@ def _stand_in_flash_attn_cute():
 def test_fa4_routes_every_attention_through_the_operator_with_a_stand_in_fa4_module(monkeypatch):
     from diffusers.models import attention_dispatch as ad
 
-    from cinesynth_batch.models import attention
-    from cinesynth_batch.models.fa4 import fa4_attention
+    from cinesynth_batch.runtime import attention
+    from cinesynth_batch.runtime.fa4 import fa4_attention
 
     module, calls = _stand_in_flash_attn_cute()
     monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
@@ -159,7 +159,7 @@ def test_fa4_routes_every_attention_through_the_operator_with_a_stand_in_fa4_mod
 def test_fa4_operator_has_a_shape_only_fake_for_compile():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from cinesynth_batch.models.fa4 import fa4_attention
+    from cinesynth_batch.runtime.fa4 import fa4_attention
 
     with FakeTensorMode():
         q, k = torch.empty(2, 10, 4, 64, dtype=torch.bfloat16), torch.empty(2, 12, 4, 64, dtype=torch.bfloat16)

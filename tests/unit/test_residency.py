@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from cinesynth_batch.models.registry import Registry
-from cinesynth_batch.models.residency import Residency, parse_size
+from cinesynth_batch.catalog.registry import Registry
+from cinesynth_batch.catalog.residency import Residency, parse_size
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_host_budget_keeps_most_recent_models_only(registry):
 def test_host_copy_round_trip_keeps_values_and_detects_changed_tensors():
     import torch
 
-    from cinesynth_batch.models.swap import HostCopy
+    from cinesynth_batch.runtime.swap import HostCopy
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -18,7 +18,7 @@ from cinesynth_batch.errors import ModelError  # noqa: E402
 from cinesynth_batch.media.audio import write_tone  # noqa: E402
 from cinesynth_batch.models.s2v import audio_features as af  # noqa: E402
 from cinesynth_batch.models.s2v import components as comp  # noqa: E402
-from cinesynth_batch.models.s2v.tiny_components import (  # noqa: E402
+from cinesynth_batch.catalog.tiny.s2v import (  # noqa: E402
     TINY_T5_DIM,
     TINY_W2V_DIM,
     TINY_W2V_LAYERS,

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from cinesynth_batch.models.loaders import load_model
+from cinesynth_batch.catalog.loaders import load_model
 from cinesynth_batch.models.s2v.audio_features import num_segments
 from cinesynth_batch.models.s2v.lora import PhaseLora
 from cinesynth_batch.models.s2v.pipeline import count_segments

@@ -16,8 +16,8 @@ SCRIPT = textwrap.dedent('''
     import json, sys
     import torch
     import torch.distributed as dist
-    from cinesynth_batch.models.s2v.transformer import (S2V_14B_MOTION_FRAMES,
-                                                        WanS2VTransformer3DModel, tiny_s2v_config)
+    from cinesynth_batch.catalog.tiny.s2v import tiny_s2v_config
+    from cinesynth_batch.models.s2v.transformer import S2V_14B_MOTION_FRAMES, WanS2VTransformer3DModel
 
     torch.set_flush_denormal(True)
     dist.init_process_group("gloo")

@@ -20,8 +20,8 @@ from cinesynth_batch.models.s2v.transformer import (  # noqa: E402
     S2V_14B_MOTION_FRAMES,
     WanS2VTransformer3DModel,
     describe_inputs,
-    tiny_s2v_config,
 )
+from cinesynth_batch.catalog.tiny.s2v import tiny_s2v_config  # noqa: E402
 
 torch.set_flush_denormal(True)
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from cinesynth_batch.media.audio import probe_audio, read_audio, write_tone
 from cinesynth_batch.media.video_io import probe, read_frames
-from cinesynth_batch.models.loaders import load_model
+from cinesynth_batch.catalog.loaders import load_model
 from cinesynth_batch.models.separation import load_demucs
 from cinesynth_batch.plan.sources import download_format, ytdlp_major
 from cinesynth_batch.stages import download, extract_audio, extract_frame, separate

@@ -1,5 +1,5 @@
 """The animate (Change Character) stage on a tiny random WanAnimatePipeline, loaded from disk
-through ``models.animate.load_animate_pipeline``; plus the runtime placement (fp8, block swap)
+through ``catalog.loaders.load_animate_pipeline``; plus the runtime placement (fp8, block swap)
 exercised on the CPU directly."""
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from PIL import Image
 from cinesynth_batch.media.audio import read_audio, write_tone
 from cinesynth_batch.media.ffmpeg import ffmpeg_path_arg, run_ffmpeg
 from cinesynth_batch.media.video_io import probe, read_frames, write_video
-from cinesynth_batch.models import animate as am
-from cinesynth_batch.models.tiny import tree_digest
-from cinesynth_batch.models.tiny_animate import build_tiny_animate, write_tiny_animate_lora
+from cinesynth_batch.catalog.loaders import load_animate_pipeline
+from cinesynth_batch.runtime import animate as am
+from cinesynth_batch.catalog.tiny.build import tree_digest
+from cinesynth_batch.catalog.tiny.animate import build_tiny_animate, write_tiny_animate_lora
 from cinesynth_batch.stages import animate as stage
 from cinesynth_batch.stages.base import StageContext, StageError
 
@@ -44,7 +45,7 @@ class Provider:
     def get(self, role: str):
         assert role == "animate"
         if self.pipe is None:
-            self.pipe = am.load_animate_pipeline(self.folder, device="cpu", dtype="float32")
+            self.pipe = load_animate_pipeline(self.folder, device="cpu", dtype="float32")
         return self.pipe
 
 
@@ -325,7 +326,7 @@ def _forward(transformer, dtype=torch.float32):
 
 def test_fp8_and_block_swap_placement_is_undone_exactly(model_dir, lora_root):
     """The GPU placements, driven on the CPU through ``AnimateRuntime.apply`` (no capability checks)."""
-    pipe = am.load_animate_pipeline(model_dir)
+    pipe = load_animate_pipeline(model_dir)
     tr = pipe.transformer
     base = _forward(tr)
     runtime = am.AnimateRuntime.of(pipe)
@@ -365,9 +366,9 @@ def test_fp8_and_block_swap_placement_is_undone_exactly(model_dir, lora_root):
 def test_teacache_skip_replays_blocks_and_face_adapters(model_dir):
     """Two identical calls: the second is skipped and must give the first's output back. With the
     plain Wan adapter the face adapters would run again on a skipped step and add twice."""
-    from cinesynth_batch.models.teacache import TeaCacheConfig, WanDiffusersAdapter, apply_teacache
+    from cinesynth_batch.runtime.teacache import TeaCacheConfig, WanDiffusersAdapter, apply_teacache
 
-    tr = am.load_animate_pipeline(model_dir).transformer
+    tr = load_animate_pipeline(model_dir).transformer
     config = TeaCacheConfig(rel_l1_thresh=1.0, start_step=1, use_coefficients=False)
     for adapter, close in ((am.WanAnimateTeaCacheAdapter(), True), (WanDiffusersAdapter(), False)):
         handle = apply_teacache(tr, config, adapter=adapter)
@@ -386,7 +387,7 @@ def test_teacache_skip_replays_blocks_and_face_adapters(model_dir):
 def test_teacache_adapter_refuses_a_trailing_face_adapter():
     from diffusers import WanAnimateTransformer3DModel
 
-    from cinesynth_batch.models.tiny_animate import tiny_transformer_config
+    from cinesynth_batch.catalog.tiny.animate import tiny_transformer_config
 
     cfg = {**tiny_transformer_config(), "num_layers": 3}
     model = WanAnimateTransformer3DModel(**cfg)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from cinesynth_batch.models.teacache import (
+from cinesynth_batch.runtime.teacache import (
     COEFFICIENTS,
     TeaCacheConfig,
     WanDiffusersAdapter,

@@ -16,8 +16,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest
 import torch
 
-from cinesynth_batch.models import tiny
-from cinesynth_batch.models.loaders import load_model, model_nbytes, move_model
+from cinesynth_batch.catalog.tiny import build as tiny
+from cinesynth_batch.catalog.loaders import load_model
+from cinesynth_batch.runtime.swap import model_nbytes, move_model
 from cinesynth_batch.stages.base import StageError
 
 torch.set_flush_denormal(True)
@@ -120,7 +121,7 @@ def test_concurrent_builders_produce_one_complete_copy(tiny_root, tmp_path):
         import os, sys, time
         from pathlib import Path
         sys.path.insert(0, {str(REPO)!r})
-        from cinesynth_batch.models.tiny import build_tiny
+        from cinesynth_batch.catalog.tiny.build import build_tiny
         from diffusers import Flux2KleinPipeline, WanImageToVideoPipeline
         Path({str(ready)!r}).touch()
         while not os.path.exists({str(go)!r}):

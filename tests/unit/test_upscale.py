@@ -16,10 +16,10 @@ from torch.nn import functional as F
 from cinesynth_batch.models.rrdbnet import (
     RRDBNet,
     Upscaler,
-    build_tiny_rrdbnet,
     infer_rrdbnet_config,
     load_rrdbnet,
 )
+from cinesynth_batch.catalog.tiny.rrdbnet import build_tiny_rrdbnet
 from cinesynth_batch.stages import upscale as upscale_stage
 from cinesynth_batch.stages.base import StageContext, StageError
 

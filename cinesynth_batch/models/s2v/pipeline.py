@@ -276,7 +276,7 @@ class WanS2VPipeline:
     def _cache(self, cache: dict[str, Any] | None, steps: int):
         if not cache or cache.get("kind") != "teacache":
             return None
-        from ..teacache import TeaCacheConfig, apply_teacache
+        from ...runtime.teacache import TeaCacheConfig, apply_teacache
         from .teacache_adapter import S2VTeaCacheAdapter
 
         config = TeaCacheConfig(rel_l1_thresh=cache["threshold"], start_step=cache["start_step"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..teacache import TeaCacheAdapter
+from ...runtime.teacache import TeaCacheAdapter
 
 
 class S2VTeaCacheAdapter(TeaCacheAdapter):

@@ -25,7 +25,6 @@ See :func:`describe_inputs` for the exact tensors a pipeline passes.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Sequence
 
 import torch
@@ -54,7 +53,6 @@ __all__ = [
     "S2V_14B_CONFIG",
     "S2V_14B_MOTION_FRAMES",
     "OFFICIAL_CONFIG_KEYS",
-    "tiny_s2v_config",
     "describe_inputs",
 ]
 
@@ -137,19 +135,6 @@ S2V_14B_CONFIG: dict[str, Any] = {
     "eps": 1e-6,
     "num_audio_layers": 25,
 }
-
-
-def tiny_s2v_config() -> dict[str, Any]:
-    """A tiny S2V transformer with the 14B model's structure (FramePack, AdaIN audio injection,
-    zero-timestep reference/motion tokens, pose conditioning), for the tiny profile and tests.
-
-    Text width 16 matches the tiny UMT5 of the tiny Wan profile; latent and pose-condition
-    channels are 16 (VAE latents); audio features are 2 layers of width 8.
-    """
-    small = {"audio_dim": 8, "audio_inject_layers": [0, 1], "zero_init": False, "dim": 24,
-             "ffn_dim": 32, "freq_dim": 32, "text_dim": 16, "num_heads": 2, "num_layers": 2,
-             "num_audio_layers": 2}
-    return {**copy.deepcopy(S2V_14B_CONFIG), **small}
 
 
 def describe_inputs(config: dict[str, Any] | None = None) -> str:

@@ -1,8 +1,8 @@
-"""Wan2.2-Animate on diffusers ``WanAnimatePipeline``: loading, per-run runtime settings, TeaCache.
+"""Wan2.2-Animate on diffusers ``WanAnimatePipeline``: per-run runtime settings, TeaCache.
 
 Loading
 -------
-``load_animate_pipeline(path, device, dtype)`` reads a ``WanAnimatePipeline`` folder through
+``catalog.loaders.load_animate_pipeline(path, device, dtype)`` reads a ``WanAnimatePipeline`` folder through
 ``from_pretrained`` (weights in ``dtype``). The text encoder, image encoder and VAE go to ``device``.
 The transformer's weights stay where they were loaded (host RAM): they are its *rest copy*, which
 no run modifies. Each run places a working copy on the device with the settings it asks for.
@@ -23,7 +23,7 @@ Runtime settings (``RuntimeSettings``)
 ``attention``
     ``sdpa`` (diffusers backend ``native``: torch SDPA, which picks its flash/cuDNN/efficient kernel),
     ``cudnn`` / ``fa3`` / ``fa4`` (cuDNN attention, FlashAttention-3 on Hopper, FlashAttention-4 on
-    Hopper and Blackwell: see ``models/attention.py``),
+    Hopper and Blackwell: see ``runtime/attention.py``),
     ``sageattn`` (``sage``: SageAttention, needs the ``sageattention`` package at the version diffusers
     requires, a CUDA device and bf16/fp16 compute) or ``flash`` (``flash``: the ``flash-attn``
     package, CUDA, bf16/fp16). Set on this transformer's attention processors only; diffusers'
@@ -51,7 +51,7 @@ chose reaches the next. The returned report says what was actually used.
 
 TeaCache
 --------
-``WanAnimateTeaCacheAdapter`` lets ``models.teacache.apply_teacache`` cache
+``WanAnimateTeaCacheAdapter`` lets ``runtime.teacache.apply_teacache`` cache
 ``WanAnimateTransformer3DModel``: the region is the block loop *and* the face adapters called between
 blocks (their output is added to the hidden states, so a skipped step hands back zero). Coefficients:
 no fit exists for Wan2.2-Animate; ``TEACACHE_MODEL`` borrows the Wan2.1 I2V-14B-720P set
@@ -87,7 +87,6 @@ __all__ = [
     "WanAnimateTeaCacheAdapter",
     "animate_lora_requests",
     "apply_animate_teacache",
-    "load_animate_pipeline",
     "prepare_animate_run",
     "release_animate_runtime",
     "resolve_runtime",
@@ -106,7 +105,7 @@ TEACACHE_COEFFICIENTS_NOTE = (
 )
 
 _RUNTIME_ATTR = "_cinesynth_animate_runtime"
-_DEVICE_ATTR = "_cinesynth_animate_device"
+DEVICE_ATTR = "_cinesynth_animate_device"
 _CAST_HOOK = "layerwise_casting"      # the name diffusers looks up for a model's compute dtype
 _GROUP_HOOK = "group_offloading"      # the name diffusers looks up for a model's onload device
 
@@ -119,43 +118,9 @@ def _torch_dtype(precision: str):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
 
 
-# --------------------------------------------------------------------------- loading
-
-
-def load_animate_pipeline(path: Path, device: str = "cpu", dtype: str = "float32") -> Any:
-    """Load a ``WanAnimatePipeline`` folder. The transformer keeps its loaded weights in host RAM
-    (its rest copy); the other components move to ``device``."""
-    from .loaders import _check_pipeline_folder, quiet_libraries, torch_dtype
-
-    path = Path(path)
-    td = torch_dtype(dtype)
-    _check_pipeline_folder("wan-animate", path)
-    quiet_libraries()
-    from diffusers import WanAnimatePipeline, WanAnimateTransformer3DModel
-    try:
-        pipe = WanAnimatePipeline.from_pretrained(str(path), dtype=td, local_files_only=True)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-        raise StageError(
-            f"cannot load 'wan-animate' pipeline from {path}: {type(exc).__name__}: {exc}",
-            hint="use a WanAnimatePipeline folder (Wan-AI/Wan2.2-Animate-14B-Diffusers layout) with every "
-            "component listed in model_index.json",
-        ) from exc
-    if not isinstance(getattr(pipe, "transformer", None), WanAnimateTransformer3DModel):
-        raise StageError(f"{path} is not a Wan2.2-Animate folder: "
-                         "its transformer is not a WanAnimateTransformer3DModel")
-    pipe.set_progress_bar_config(disable=True)
-    dev = torch.device(device)
-    for name in ("text_encoder", "image_encoder", "vae"):
-        module = getattr(pipe, name, None)
-        if isinstance(module, torch.nn.Module):
-            module.to(dev)
-    setattr(pipe, _DEVICE_ATTR, str(dev))
-    return pipe
-
-
 def pipeline_device(pipe: Any, fallback: str = "cpu") -> str:
     """The device the pipeline computes on (where the loader put its encoders and VAE)."""
-    dev = getattr(pipe, _DEVICE_ATTR, None)
+    dev = getattr(pipe, DEVICE_ATTR, None)
     if dev is not None:
         return dev
     for name in ("vae", "text_encoder"):

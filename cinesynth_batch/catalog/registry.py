@@ -4,8 +4,12 @@ This module imports no torch. A profile is a YAML file (``tiny``, ``production``
 package; a project can name its own models file). Each role names a loader ``kind`` and one
 source:
 
-* ``tiny: NAME``  — built locally by ``models/tiny.py`` under ``$CINESYNTH_HOME/models``;
-  identity is the builder's code digest (the build is deterministic).
+* ``tiny: NAME``  — built locally by ``catalog/tiny/build.py`` under ``$CINESYNTH_HOME/models``;
+  identity is ``TINY_REVISION`` (the build is deterministic). The revision names what the builders
+  make, not where their code lives: ``TINY_SOURCES_DIGEST`` records the builders' sources the
+  revision was last checked against, and ``tests/unit/test_tiny_revision.py`` fails when they
+  change, asking for a new revision when the built models change and a new recorded digest when
+  only the code moved.
 * ``path: DIR|FILE`` — a local folder or file; identity hashes names, sizes and small files
   (folders) or the whole file.
 * ``id: ORG/NAME`` — a Hugging Face repository, read from the local hub cache; identity is
@@ -26,8 +30,15 @@ from ..cache.digest import DigestState, sha256_bytes
 from ..errors import ModelError
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
-TINY_SOURCES = ("tiny.py", "rrdbnet.py", "tiny_animate.py", "s2v/tiny_components.py",
-                "s2v/transformer.py", "../tts/qwen_tiny.py", "tiny_demucs.py", "separation.py")
+#: What the tiny builders make. Give it a new value whenever a builder's output changes.
+TINY_REVISION = "tiny-a514991e4bbdf9b8"
+#: The package files the tiny models are built from (relative to the package).
+TINY_SOURCES = ("catalog/tiny/build.py", "catalog/tiny/rrdbnet.py", "catalog/tiny/animate.py",
+                "catalog/tiny/s2v.py", "catalog/tiny/demucs.py", "catalog/tiny/parts.py",
+                "models/rrdbnet.py", "models/s2v/transformer.py", "models/s2v/components.py",
+                "models/separation.py", "tts/qwen_tiny.py")
+#: ``tiny_sources_digest()`` of the sources ``TINY_REVISION`` was checked against.
+TINY_SOURCES_DIGEST = "b0ecf644d7fe7323a4ac5be9476579429a6060194f597c49af037497aa98ff60"
 SMALL_FILE = 1 << 20
 
 
@@ -67,7 +78,6 @@ class Registry:
         self.digests = digests or DigestState()
         self.home = home or cinesynth_home()
         self._identity: dict[str, dict[str, Any]] = {}
-        self._memo: dict[str, str] = {}     # the tiny builders' digest, read once per registry
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -109,19 +119,7 @@ class Registry:
 
     # -- tiny models -----------------------------------------------------------------------------
     def tiny_revision(self) -> str:
-        if "tiny_revision" not in self._memo:
-            self._memo["tiny_revision"] = self._tiny_revision()
-        return self._memo["tiny_revision"]
-
-    def _tiny_revision(self) -> str:
-        h = hashlib.sha256()
-        here = Path(__file__).resolve().parent
-        for name in TINY_SOURCES:
-            p = here / name
-            if p.is_file():
-                h.update(name.encode())
-                h.update(p.read_bytes())
-        return "tiny-" + h.hexdigest()[:16]
+        return TINY_REVISION
 
     def tiny_root(self) -> Path:
         return self.home / "models" / self.tiny_revision()
@@ -133,7 +131,7 @@ class Registry:
         """Build the tiny models if they are not there yet (imports torch)."""
         root = self.tiny_root()
         if not self.tiny_built():
-            from .tiny import build_tiny
+            from .tiny.build import build_tiny
 
             build_tiny(root)
         return root
@@ -329,3 +327,12 @@ def describe(registry: Registry) -> list[dict[str, Any]]:
         rows.append({"role": role, "kind": s.kind, "model": s.label, "revision": ident["revision"],
                      "location": where, "available": ok})
     return rows
+
+
+def tiny_sources_digest() -> str:
+    """sha256 of the tiny builders' sources (``TINY_SOURCES``: names and bytes)."""
+    package = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for name in TINY_SOURCES:
+        h.update(name.encode() + b"\0" + (package / name).read_bytes())
+    return h.hexdigest()

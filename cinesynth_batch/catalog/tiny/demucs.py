@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .tiny_parts import seeded
+from .parts import seeded
 
 TINY_DEMUCS = "htdemucs"
 TINY_SIG = "tiny0001"
@@ -15,7 +15,7 @@ def build_tiny_demucs(dst: Path) -> None:
     import torch
     from demucs.htdemucs import HTDemucs
 
-    from .separation import save_demucs
+    from ...models.separation import save_demucs
 
     with seeded(5001):
         model = HTDemucs(sources=["drums", "bass", "other", "vocals"], audio_channels=2, channels=4,

@@ -32,11 +32,11 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from ..procs import pid_alive
+from ...procs import pid_alive
 from .rrdbnet import build_tiny_rrdbnet
-from .tiny_animate import build_tiny_animate, write_tiny_animate_lora
-from .tiny_demucs import TINY_DEMUCS, build_tiny_demucs
-from .tiny_parts import seeded, t5_tokenizer, tiny_umt5
+from .animate import build_tiny_animate, write_tiny_animate_lora
+from .demucs import TINY_DEMUCS, build_tiny_demucs
+from .parts import seeded, t5_tokenizer, tiny_umt5
 
 FLUX2_KLEIN = "flux2-klein"
 WAN_I2V = "wan2.2-i2v"
@@ -54,7 +54,7 @@ LORA_MOV_CAMERA = "lora_adpts/mov/tiny/camera.safetensors"
 MANIFEST = "tiny.json"
 TINY_FORMAT = 1
 
-# Component -> loader kind (see models/loaders.py).
+# Component -> loader kind (see catalog/loaders.py).
 KINDS = {
     FLUX2_KLEIN: "flux2-klein",
     WAN_I2V: "wan-i2v",
@@ -422,8 +422,8 @@ def _write_wan_s2v(dst: Path) -> None:
     the UMT5 ``.pth`` + tokenizer and a wav2vec2 folder, all tiny and random."""
     import torch
 
-    from .s2v.tiny_components import TINY_T5_DIM, TINY_W2V_DIM, TINY_W2V_LAYERS, build_tiny_s2v_components
-    from .s2v.transformer import WanS2VTransformer3DModel, tiny_s2v_config
+    from ...models.s2v.transformer import WanS2VTransformer3DModel
+    from .s2v import TINY_T5_DIM, TINY_W2V_DIM, TINY_W2V_LAYERS, build_tiny_s2v_components, tiny_s2v_config
 
     config = {**tiny_s2v_config(), "text_dim": TINY_T5_DIM, "audio_dim": TINY_W2V_DIM,
               "num_audio_layers": TINY_W2V_LAYERS + 1}
@@ -448,7 +448,7 @@ def build_tiny(root: Path) -> dict[str, Path]:
     """
     import torch
 
-    from .loaders import quiet_libraries
+    from ...runtime.dtypes import quiet_libraries
 
     quiet_libraries()
     root = Path(root)

@@ -3,7 +3,7 @@
 ``SpeedSettings`` is what a stage asks for; ``prepare_transformer(model, settings, device)`` applies
 it to one transformer and returns a report of what was used (recorded in the render manifest).
 
-``attention``  see ``models/attention.py`` (``auto``: FA3 > cuDNN on CUDA, SDPA elsewhere).
+``attention``  see ``runtime/attention.py`` (``auto``: FA3 > cuDNN on CUDA, SDPA elsewhere).
 ``compile``    ``auto`` / ``on`` / ``off``: regional ``torch.compile`` of the repeated transformer
                blocks' forwards (``fullgraph=True``; hooks such as TeaCache or offloading wrap
                the compiled forward and stay eager). Each distinct input shape compiles once per process
@@ -150,7 +150,7 @@ def keyed_speed(params: dict[str, Any], device: str, dtype: Any) -> dict[str, An
     names what runs. Params without such a setting come back unchanged (and nothing is imported)."""
     if not params.get("quantize") and params.get("attention") not in LOSSY:
         return params
-    from .loaders import torch_dtype
+    from .dtypes import torch_dtype
 
     try:
         settings = SpeedSettings(attention=params.get("attention") or "auto", quantize=params.get("quantize"),
@@ -308,7 +308,7 @@ def settings_from_params(params: dict[str, Any]) -> SpeedSettings:
 def prepared_pipeline(ctx: Any, role: str, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The stage's pipeline with ``params``' speed options applied (reloaded when an earlier stage of
     this render prepared it otherwise), and the report for the manifest."""
-    from .loaders import model_nbytes
+    from .swap import model_nbytes
 
     settings = settings_from_params(params)
     pipe = ctx.models.get(role)

@@ -11,7 +11,7 @@ Names a spec or profile may use (``attention:``):
              ``fa3_fwd`` wheel (``fa3_fwd_interface``), which is handed to diffusers' backend.
 ``fa4``      FlashAttention-4 (Hopper and Blackwell; the ``flash-attn-4`` wheel, ``flash_attn.cute``)
              through diffusers ``flash_4_hub``, whose kernel is set to the installed wheel wrapped
-             as a torch operator (``models/fa4.py``); nothing is downloaded.
+             as a torch operator (``runtime/fa4.py``); nothing is downloaded.
 ``flash``    diffusers ``flash`` (flash-attn 2).
 ``sageattn`` diffusers ``sage`` (SageAttention, 8-bit Q·K: lossy).
 

@@ -23,14 +23,16 @@ so two builds give byte-identical files (about 1.3 MB in all).
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
 import os
 import string
 from pathlib import Path
+from typing import Any
 
-from .components import (
+from ...models.s2v.components import (
     T5_FILE,
     T5_TOKENIZER_DIR,
     VAE_FILE,
@@ -41,6 +43,7 @@ from .components import (
     umt5_state_dict_to_official,
     wan21_vae_state_dict_to_official,
 )
+from ...models.s2v.transformer import S2V_14B_CONFIG
 
 __all__ = [
     "TINY_VAE_ARCH",
@@ -234,3 +237,16 @@ def build_tiny_s2v_components(folder: str | Path) -> Path:
     _save_tokenizer(folder / T5_TOKENIZER_DIR)
     _save_wav2vec2(folder / WAV2VEC2_DIR)
     return folder
+
+
+def tiny_s2v_config() -> dict[str, Any]:
+    """A tiny S2V transformer with the 14B model's structure (FramePack, AdaIN audio injection,
+    zero-timestep reference/motion tokens, pose conditioning), for the tiny profile and tests.
+
+    Text width 16 matches the tiny UMT5 of the tiny Wan profile; latent and pose-condition
+    channels are 16 (VAE latents); audio features are 2 layers of width 8.
+    """
+    small = {"audio_dim": 8, "audio_inject_layers": [0, 1], "zero_init": False, "dim": 24,
+             "ffn_dim": 32, "freq_dim": 32, "text_dim": 16, "num_heads": 2, "num_layers": 2,
+             "num_audio_layers": 2}
+    return {**copy.deepcopy(S2V_14B_CONFIG), **small}

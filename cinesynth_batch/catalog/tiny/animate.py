@@ -11,7 +11,7 @@ latent channels, x8 spatial and x4 temporal compression like the real one), ``te
 
 Every weight is drawn from a fixed seed, so two builds give byte-identical folders (about 0.5 MB).
 ``dst`` must not exist; callers that need atomic placement build into a temporary sibling and
-rename it (``models/tiny.py`` does).
+rename it (``catalog/tiny/build.py`` does).
 
 ``write_tiny_animate_lora(path)`` writes a LoRA for that transformer in the original Wan key layout
 (``diffusion_model.blocks.N.self_attn.q.lora_A.weight``), the layout of the LoRAs the Change
@@ -21,7 +21,7 @@ Character preset uses.
 from __future__ import annotations
 
 from pathlib import Path
-from .tiny_parts import seeded, t5_tokenizer, tiny_umt5
+from .parts import seeded, t5_tokenizer, tiny_umt5
 
 TINY_HEADS = 2
 TINY_HEAD_DIM = 12
@@ -140,7 +140,7 @@ def _image_processor():
 
 def build_tiny_animate(dst: Path) -> Path:
     """Write a tiny random ``WanAnimatePipeline`` folder at ``dst`` (which must not exist)."""
-    from .loaders import quiet_libraries
+    from ...runtime.dtypes import quiet_libraries
 
     quiet_libraries()
     import torch

@@ -7,6 +7,9 @@ Moving back is a pointer swap: inference does not write weights, so the pinned c
 model; a tensor that changed on the device since it arrived (its storage or its version counter
 differ, e.g. a LoRA was fused into it) is copied back first. The first move to the host pins
 every tensor once (``pinned_bytes`` says how much).
+
+``model_nbytes`` counts what a pipeline, module or wrapper holds; ``move_model`` moves it plainly;
+``swap_model`` moves it between pinned host RAM and a device through its ``HostCopy``.
 """
 
 from __future__ import annotations
@@ -79,3 +82,66 @@ class HostCopy:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         self.on_device = True
+
+
+def _modules(obj: Any) -> Iterator[Any]:
+    import torch
+
+    if isinstance(obj, torch.nn.Module):
+        yield obj
+        return
+    components = getattr(obj, "components", None)
+    if isinstance(components, dict):
+        for value in components.values():
+            if isinstance(value, torch.nn.Module):
+                yield value
+        return
+    for attr in ("net", "model", "module"):
+        value = getattr(obj, attr, None)
+        if isinstance(value, torch.nn.Module):
+            yield value
+            return
+
+
+def model_nbytes(obj: Any) -> int:
+    """Bytes held by the parameters and buffers of every torch module of ``obj`` (counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for module in _modules(obj):
+        for t in list(module.parameters()) + list(module.buffers()):
+            key = t.data_ptr() if t.device.type != "meta" else id(t)
+            if key in seen:
+                continue
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    return total
+
+
+def move_model(obj: Any, device: str) -> Any:
+    """Move a pipeline, module or wrapper to ``device``; returns the object."""
+    import torch
+
+    if isinstance(obj, torch.nn.Module) or hasattr(obj, "components"):
+        moved = obj.to(device)
+        return obj if moved is None else moved
+    if hasattr(obj, "to"):
+        moved = obj.to(device)
+        return obj if moved is None else moved
+    for module in _modules(obj):
+        module.to(device)
+    return obj
+
+
+_HOST_COPY_ATTR = "_cinesynth_host_copy"
+
+
+def swap_model(obj: Any, where: str) -> None:
+    """Move ``obj``'s modules to pinned host RAM (``"host"``) or to a device, at copy speed."""
+    copy = getattr(obj, _HOST_COPY_ATTR, None)
+    if copy is None:
+        copy = HostCopy(list(_modules(obj)))
+        setattr(obj, _HOST_COPY_ATTR, copy)
+    if where == "host":
+        copy.to_host()
+    else:
+        copy.to_device(where)

@@ -12,8 +12,7 @@ diffusers' context parallelism does not run on the CPU.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import StageError
 
@@ -48,13 +47,3 @@ def enable_split(pipe: Any, mesh: Any, degree: int, kind: str = "") -> Any:
                 hint="use parallel: dp for this stage")
         model.enable_parallelism(config=context_parallel_config(mesh, degree))
     return pipe
-
-
-def split_loader(mesh: Any, degree: int) -> Callable[[str, Path, str, str], Any]:
-    """A residency loader that loads a model as usual, then splits it ``degree`` ways."""
-    from .loaders import load_model
-
-    def load(kind: str, path: Path, device: str, dtype: str) -> Any:
-        return enable_split(load_model(kind, path, device, dtype), mesh, degree, kind)
-
-    return load

@@ -1,11 +1,11 @@
 """Which models are loaded, under a memory budget (VRAM on a GPU, RAM on the CPU).
 
-``Residency.get(role)`` returns a loaded model, loading it through ``models/loaders.py`` on
+``Residency.get(role)`` returns a loaded model, loading it through ``catalog/loaders.py`` on
 first use. When the next model would not fit the budget, the least recently used ones leave the
 device first (a policy close to ComfyUI's: free what is needed, keep the rest).
 
 On a GPU a model that leaves the device is kept in pinned host RAM while ``host_budget`` allows
-(``models/swap.py``), so using it again costs a host-to-device copy, not a read from disk. Loads
+(``runtime/swap.py``), so using it again costs a host-to-device copy, not a read from disk. Loads
 (disk reads), swaps (copies back to the device) and evictions are counted per model so a render
 can report them.
 """
@@ -86,11 +86,12 @@ class Residency:
 
     def __post_init__(self) -> None:
         if self.loader is None or self.sizer is None or self.mover is None:
-            from . import loaders
+            from ..runtime.swap import model_nbytes, swap_model
+            from .loaders import load_model
 
-            self.loader = self.loader or loaders.load_model
-            self.sizer = self.sizer or loaders.model_nbytes
-            self.mover = self.mover or loaders.swap_model
+            self.loader = self.loader or load_model
+            self.sizer = self.sizer or model_nbytes
+            self.mover = self.mover or swap_model
         if self.budget is None:
             self.budget = default_budget(self.device)
         if self.host_budget is None:

@@ -5,42 +5,25 @@ Kinds:
 * ``"flux2-klein"``: a ``Flux2KleinPipeline`` folder.
 * ``"wan-i2v"``: a ``WanImageToVideoPipeline`` folder (Wan2.2 A14B: ``transformer`` + ``transformer_2``).
 * ``"rrdbnet-x2"``: a Real-ESRGAN x2 checkpoint file (see ``models/rrdbnet.py``).
+* ``"wan-s2v"``: the official Wan2.2-S2V-14B layout (see ``models/s2v/``).
+* ``"wan-animate"``: a ``WanAnimatePipeline`` folder (its transformer stays in host RAM: see
+  ``runtime/animate.py``).
+* ``"qwen3-tts"``: a worker process in its own environment; ``"demucs"``: an HTDemucs package.
+
+``split_loader`` loads a model as usual and splits it over ranks (``runtime/sequence_parallel.py``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 from ..errors import StageError
+from ..runtime.dtypes import quiet_libraries, torch_dtype
+from ..runtime.swap import move_model
 
 PIPELINE_KINDS = ("flux2-klein", "wan-i2v")
 KINDS = PIPELINE_KINDS + ("rrdbnet-x2", "wan-s2v", "wan-animate", "qwen3-tts", "demucs")
-
-
-def torch_dtype(dtype: Any):
-    """``"float32"``/``"fp32"``/``"bfloat16"``/``"bf16"``/``"float16"``/``"fp16"`` or a torch dtype."""
-    import torch
-
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "float": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-        "half": torch.float16,
-    }
-    try:
-        return names[str(dtype).lower()]
-    except KeyError:
-        raise StageError(
-            f"unknown dtype {dtype!r}",
-            hint="use one of: float32, bfloat16, float16",
-        ) from None
 
 
 def _check_pipeline_folder(kind: str, path: Path) -> None:
@@ -56,18 +39,6 @@ def _check_pipeline_folder(kind: str, path: Path) -> None:
             hint=f"a {kind!r} model must be a folder written by save_pretrained / downloaded with "
             "`huggingface-cli download <repo> --local-dir <folder>`",
         )
-
-
-def quiet_libraries() -> None:
-    """The renderer shows its own progress: no loading/saving bars from the libraries, and no
-    notice that torchvision is absent (its PIL image processors are used on purpose)."""
-    import diffusers.utils.logging as dlog
-    import transformers.utils.logging as tlog
-
-    dlog.disable_progress_bar()
-    dlog.set_verbosity_error()
-    tlog.disable_progress_bar()
-    tlog.set_verbosity_error()
 
 
 def _pipeline_class(kind: str):
@@ -86,20 +57,18 @@ def load_model(kind: str, path: Path, device: str = "cpu", dtype: str = "float32
 
         return QwenWorker.start(path, device, dtype)
     if kind == "rrdbnet-x2":
-        from .rrdbnet import load_rrdbnet
+        from ..models.rrdbnet import load_rrdbnet
 
         return load_rrdbnet(path, device, dtype)
     if kind == "demucs":
-        from .separation import load_demucs
+        from ..models.separation import load_demucs
 
         return load_demucs(path, device)
     if kind == "wan-animate":
-        from .animate import load_animate_pipeline
-
         quiet_libraries()
         return load_animate_pipeline(path, device, dtype)
     if kind == "wan-s2v":
-        from .s2v.pipeline import WanS2VPipeline
+        from ..models.s2v.pipeline import WanS2VPipeline
 
         quiet_libraries()
         return WanS2VPipeline.from_folder(path, device=device, dtype=torch_dtype(dtype))
@@ -127,66 +96,44 @@ def load_model(kind: str, path: Path, device: str = "cpu", dtype: str = "float32
     return move_model(pipe, device)
 
 
-def _modules(obj: Any) -> Iterator[Any]:
+def load_animate_pipeline(path: Path, device: str = "cpu", dtype: str = "float32") -> Any:
+    """Load a ``WanAnimatePipeline`` folder. The transformer keeps its loaded weights in host RAM
+    (its rest copy); the other components move to ``device``."""
     import torch
 
-    if isinstance(obj, torch.nn.Module):
-        yield obj
-        return
-    components = getattr(obj, "components", None)
-    if isinstance(components, dict):
-        for value in components.values():
-            if isinstance(value, torch.nn.Module):
-                yield value
-        return
-    for attr in ("net", "model", "module"):
-        value = getattr(obj, attr, None)
-        if isinstance(value, torch.nn.Module):
-            yield value
-            return
+    from ..runtime.animate import DEVICE_ATTR
+
+    path = Path(path)
+    td = torch_dtype(dtype)
+    _check_pipeline_folder("wan-animate", path)
+    quiet_libraries()
+    from diffusers import WanAnimatePipeline, WanAnimateTransformer3DModel
+    try:
+        pipe = WanAnimatePipeline.from_pretrained(str(path), dtype=td, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise StageError(
+            f"cannot load 'wan-animate' pipeline from {path}: {type(exc).__name__}: {exc}",
+            hint="use a WanAnimatePipeline folder (Wan-AI/Wan2.2-Animate-14B-Diffusers layout) with every "
+            "component listed in model_index.json",
+        ) from exc
+    if not isinstance(getattr(pipe, "transformer", None), WanAnimateTransformer3DModel):
+        raise StageError(f"{path} is not a Wan2.2-Animate folder: "
+                         "its transformer is not a WanAnimateTransformer3DModel")
+    pipe.set_progress_bar_config(disable=True)
+    dev = torch.device(device)
+    for name in ("text_encoder", "image_encoder", "vae"):
+        module = getattr(pipe, name, None)
+        if isinstance(module, torch.nn.Module):
+            module.to(dev)
+    setattr(pipe, DEVICE_ATTR, str(dev))
+    return pipe
 
 
-def model_nbytes(obj: Any) -> int:
-    """Bytes held by the parameters and buffers of every torch module of ``obj`` (counted once)."""
-    seen: set[int] = set()
-    total = 0
-    for module in _modules(obj):
-        for t in list(module.parameters()) + list(module.buffers()):
-            key = t.data_ptr() if t.device.type != "meta" else id(t)
-            if key in seen:
-                continue
-            seen.add(key)
-            total += t.numel() * t.element_size()
-    return total
+def split_loader(mesh: Any, degree: int) -> Callable[[str, Path, str, str], Any]:
+    """A residency loader that loads a model as usual, then splits it ``degree`` ways."""
+    from ..runtime.sequence_parallel import enable_split
 
+    def load(kind: str, path: Path, device: str, dtype: str) -> Any:
+        return enable_split(load_model(kind, path, device, dtype), mesh, degree, kind)
 
-def move_model(obj: Any, device: str) -> Any:
-    """Move a pipeline, module or wrapper to ``device``; returns the object."""
-    import torch
-
-    if isinstance(obj, torch.nn.Module) or hasattr(obj, "components"):
-        moved = obj.to(device)
-        return obj if moved is None else moved
-    if hasattr(obj, "to"):
-        moved = obj.to(device)
-        return obj if moved is None else moved
-    for module in _modules(obj):
-        module.to(device)
-    return obj
-
-
-_HOST_COPY_ATTR = "_cinesynth_host_copy"
-
-
-def swap_model(obj: Any, where: str) -> None:
-    """Move ``obj``'s modules to pinned host RAM (``"host"``) or to a device, at copy speed."""
-    from .swap import HostCopy
-
-    copy = getattr(obj, _HOST_COPY_ATTR, None)
-    if copy is None:
-        copy = HostCopy(list(_modules(obj)))
-        setattr(obj, _HOST_COPY_ATTR, copy)
-    if where == "host":
-        copy.to_host()
-    else:
-        copy.to_device(where)
+    return load
