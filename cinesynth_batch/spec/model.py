@@ -16,7 +16,7 @@ from .rules import parse_resolution  # noqa: F401  (the planner reads sizes thro
 from .rules import (
     AnimateAttention, AnimateMode, AnimateQuantize, BlockSwap, Boundary, CacheKind, CacheStartStep,
     CacheThreshold, Compile, End, FramePosition, Frames, Fps, Guidance, LoraWeight, Precision, PrevFrames,
-    Resolution, RmsNorm, Scheduler, SegmentFrames, Shift, Size, SpecSeed, Start, Steps, Stem, TtsBackend,
+    PreprocessBackend, Resolution, RmsNorm, Scheduler, SegmentFrames, Shift, Size, SpecSeed, Start, Steps, Stem, TtsBackend,
     WanAttention, WanQuantize, end_after_start, no_prescaled, prev_below_window,
 )
 
@@ -270,7 +270,7 @@ class AnimateLora(Strict):
 class Preprocess(Strict):
     """How the reference video becomes pose, face, mask and background videos."""
 
-    backend: Literal["mediapipe", "onnx"] = Field(
+    backend: PreprocessBackend = Field(
         "mediapipe", description="mediapipe (embedded models) or the official YOLO + ViTPose ONNX files")
     detector: str | None = Field(None, description="YOLO person detector .onnx (backend onnx)")
     pose_model: str | None = Field(None, description="ViTPose whole-body .onnx (backend onnx)")

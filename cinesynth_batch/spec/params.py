@@ -12,7 +12,7 @@ left to the stage.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, TypeVar
+from typing import Annotated, Any, Mapping, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -20,8 +20,8 @@ from ..errors import StageError
 from .errortext import describe
 from .model import AnimateLora, ImageLora, StepCache, VideoLora
 from .rules import (
-    AnimateAttention, AnimateMode, AnimateRunQuantize, BlockSwap, Boundary, Compile, End, FramePosition, Frames,
-    Fps, Guidance, Overlap, Precision, PrevFrames, RmsNorm, Scheduler, Seed, SegmentFrames, Shift, Size, Start,
+    AnimateAttention, AnimateMode, AnimateRunQuantize, BlockSwap, Boundary, Compile, End, EvenSide, Fraction,
+    FramePosition, Frames, Fps, Guidance, Overlap, Precision, PreprocessBackend, PrepOutput, PrevFrames, RmsNorm, Scheduler, Seed, SegmentFrames, Shift, Size, Start,
     Steps, Stem, TtsBackend, WanAttention, WanQuantize, end_after_start, prev_below_window,
 )
 from .yamlpos import format_path
@@ -155,6 +155,28 @@ class AnimateParams(StageParams):
     def _prev_below_window(self) -> "AnimateParams":
         prev_below_window(self.prev_frames, self.frame_window)
         return self
+
+
+class AnimatePrepParams(StageParams):
+    """One conditioning video of Wan2.2-Animate from the reference (``stages/animate_prep.py``);
+    unset values take these defaults."""
+
+    output: PrepOutput
+    fps: Fps = 16
+    max_frames: Frames = 601
+    width: EvenSide
+    height: EvenSide
+    backend: PreprocessBackend = "mediapipe"
+    detector: str | None = None
+    pose_model: str | None = None
+    min_detected: Fraction = Field(0.5, description="the fraction of frames that must show a person")
+    face_size: EvenSide = 512
+    mask_dilate: int = Field(7, ge=1, description="square kernel side")
+    mask_iterations: int = Field(3, ge=0)
+    mask_grid: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [1, 1], min_length=2, max_length=2, description="cells across and down")
+    hands: bool = True
+    mask_model: str = Field("pose", description="mediapipe: pose or selfie (the backend checks it)")
 
 
 class UpscaleParams(StageParams):

@@ -58,7 +58,15 @@ def check_resolution(v: str | None) -> str | None:
     return v.strip()
 
 
+def even_side(v: int) -> int:
+    """A side of an H.264 (yuv420p) video: even."""
+    if v < 2 or v % 2:
+        raise ValueError(f"{v} is not even (H.264 needs even sides: try {max(2, v + 1)})")
+    return v
+
+
 Size = Annotated[int, AfterValidator(multiple_of_16)]
+EvenSide = Annotated[int, AfterValidator(even_side)]
 Resolution = Annotated[str, AfterValidator(check_resolution)]
 
 # --- frame counts ------------------------------------------------------------------------------
@@ -124,6 +132,7 @@ CacheStartStep = Annotated[int, Field(ge=0)]
 Start = Annotated[float, Field(ge=0.0)]
 End = Annotated[float, Field(gt=0.0)]
 Overlap = Annotated[float, Field(ge=0.0, le=0.9)]
+Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
 
 
 def end_after_start(start: float, end: float | None) -> None:
@@ -159,6 +168,8 @@ Precision = Literal["bf16", "fp16", "fp32"]
 RmsNorm = Literal["pytorch"]
 PrevFrames = Literal[1, 5]
 CacheKind = Literal["teacache", "none"]
+PreprocessBackend = Literal["mediapipe", "onnx"]
+PrepOutput = Literal["pose", "face", "mask", "background"]
 Stem = Literal["vocals", "accompaniment"]
 TtsBackend = Literal["espeak", "qwen3-tts"]
 

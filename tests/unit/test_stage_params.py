@@ -12,7 +12,7 @@ from cinesynth_batch.cli import app
 from cinesynth_batch.errors import SpecError, StageError
 from cinesynth_batch.spec.load import load_spec
 from cinesynth_batch.stages import (
-    animate, extract_audio, extract_frame, image, lipsync, separate, subtitles, tts, upscale, video,
+    animate, animate_prep, extract_audio, extract_frame, image, lipsync, separate, subtitles, tts, upscale, video,
 )
 
 IMAGE = {"prompt": "a cat", "negative_prompt": None, "steps": 4, "guidance": 1.0, "width": 64, "height": 64,
@@ -27,6 +27,8 @@ ANIMATE = {"mode": "animate", "prompt": "", "negative_prompt": None, "width": 64
            "steps": 2, "guidance": 1.0, "shift": 5.0, "scheduler": "unipc", "seed": 3, "frame_window": 17,
            "prev_frames": 1, "loras": [], "precision": "bf16", "quantize": None, "attention": "sdpa",
            "rms_norm": "pytorch", "cache": None, "block_swap": 0}
+PREP = {"output": "pose", "fps": 16, "max_frames": 601, "width": 64, "height": 64, "backend": "mediapipe",
+        "detector": None, "pose_model": None}
 TTS = {"text": "hello", "language": "en", "backend": "espeak", "voice": None, "instruct": None, "engine": "x",
        "scene_id": "one", "field": "audio.tts"}
 SUBTITLES = {"fps": 16, "audio_rate": 48000, "scenes": [], "lines": [{"scene": "one", "audio": "a0", "text": "hi"}]}
@@ -109,6 +111,15 @@ CASES = {
         "animate: {reference_video: d.mp4, character: c.png, cache: {threshold: 3.0}}",
         "spec.yaml:5:76: scenes[0].animate.cache.threshold", "animate: cache.threshold",
         "3.0: input should be less than or equal to 2", None),
+    "animate_prep_max_frames": (
+        animate_prep, PREP, {"max_frames": 8},
+        "animate: {reference_video: d.mp4, character: c.png, max_frames: 8}",
+        "spec.yaml:5:69: scenes[0].animate.max_frames", "animate_prep: max_frames", "8 is not 4k+1", "try 9"),
+    "animate_prep_backend": (
+        animate_prep, PREP, {"backend": "openpose"},
+        "animate: {reference_video: d.mp4, character: c.png, preprocess: {backend: openpose}}",
+        "spec.yaml:5:79: scenes[0].animate.preprocess.backend", "animate_prep: backend",
+        "'openpose': input should be 'mediapipe' or 'onnx'", None),
     "extract_audio_range": (
         extract_audio, {"start": 0.0, "end": 1.5}, {"start": 2.0, "end": 1.0},
         "image: {prompt: cat}\naudio: {extract: {source: clip.mp4, start: 2.0, end: 1.0}}",
@@ -181,6 +192,10 @@ GOOD = {
                           {"attention": "sageattn"}),
     "animate_cache": ("animate: {reference_video: d.mp4, character: c.png, cache: {threshold: 2.0}}",
                       {"cache": {"kind": "teacache", "threshold": 2.0}}),
+    "animate_prep_max_frames": ("animate: {reference_video: d.mp4, character: c.png, max_frames: 9}",
+                                {"max_frames": 9}),
+    "animate_prep_backend": ("animate: {reference_video: d.mp4, character: c.png, preprocess: {backend: mediapipe}}",
+                             {"backend": "mediapipe"}),
     "extract_audio_range": ("image: {prompt: cat}\naudio: {extract: {source: clip.mp4, start: 1.0, end: 2.0}}",
                             {"start": 1.0, "end": 2.0}),
     "extract_audio_start": ("image: {prompt: cat}\naudio: {extract: {source: clip.mp4, start: 0}}", {"start": 0}),
@@ -279,6 +294,10 @@ def test_stage_only_rules_name_the_stage():
     """Rules of values the planner sets (not written in a spec) read the same way."""
     assert stage_problem(upscale, {"scale": 2, "tile": -1, "tile_pad": 0}) == (
         "upscale: tile: -1: input should be greater than or equal to 0", None)
+    assert stage_problem(animate_prep, {**PREP, "width": 255}) == (
+        "animate_prep: width: 255 is not even", "H.264 needs even sides: try 256")
+    assert stage_problem(animate_prep, {**PREP, "mask_grid": [0, 1]}) == (
+        "animate_prep: mask_grid[0]: 0: input should be greater than or equal to 1", None)
     assert stage_problem(separate, {"stem": "vocals", "overlap": 0.95}) == (
         "separate: overlap: 0.95: input should be less than or equal to 0.9", None)
     assert stage_problem(subtitles, {**SUBTITLES, "fps": 0}) == (
