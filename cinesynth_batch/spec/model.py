@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 from .rules import parse_resolution  # noqa: F401  (the planner reads sizes through the spec model)
 from .rules import (
     AnimateAttention, AnimateMode, AnimateQuantize, BlockSwap, Boundary, CacheKind, CacheStartStep,
-    CacheThreshold, Compile, End, FramePosition, Frames, Fps, Guidance, LoraWeight, Precision, PrevFrames,
+    CacheThreshold, Compile, Crf, DuckDb, End, FramePosition, Frames, Fps, Guidance, Loudness, LoraWeight, MusicGain, Precision, PrevFrames,
     PreprocessBackend, Resolution, RmsNorm, Scheduler, SegmentFrames, Shift, Size, SpecSeed, Start, Steps, Stem, TtsBackend,
     WanAttention, WanQuantize, end_after_start, no_prescaled, prev_below_window,
 )
@@ -399,9 +399,9 @@ class Defaults(Strict):
 
 class Music(Strict):
     file: str
-    gain_db: float = Field(-18.0, ge=-60.0, le=12.0)
+    gain_db: MusicGain = Field(-18.0)
     duck_under_speech: bool = Field(False, description="lower the music while scene audio plays")
-    duck_db: float = Field(12.0, gt=0.0, le=40.0, description="how far the music is lowered under speech")
+    duck_db: DuckDb = Field(12.0, description="how far the music is lowered under speech")
 
 
 class Assemble(Strict):
@@ -409,8 +409,8 @@ class Assemble(Strict):
     scenes: list[str] | None = Field(None, description="scene order; default: all scenes as written")
     audio: bool = Field(True, description="mux each scene's audio")
     music: Music | None = None
-    loudness: float | None = Field(None, ge=-70.0, le=-5.0, description="target integrated LUFS")
-    crf: int = Field(18, ge=0, le=51)
+    loudness: Loudness | None = Field(None, description="target integrated LUFS")
+    crf: Crf = Field(18)
     transition: Transition = Field("cut", description="between scenes: cut or {crossfade: seconds}")
     subtitles: Literal["none", "srt", "burn"] = Field(
         "srt", description="from TTS text: srt writes <name>.srt beside the video, burn also draws them in")

@@ -20,8 +20,8 @@ from ..errors import StageError
 from .errortext import describe
 from .model import AnimateLora, ImageLora, StepCache, VideoLora
 from .rules import (
-    AnimateAttention, AnimateMode, AnimateRunQuantize, BlockSwap, Boundary, Compile, End, EvenSide, Fraction,
-    FramePosition, Frames, Fps, Guidance, Overlap, Precision, PreprocessBackend, PrepOutput, PrevFrames, RmsNorm, Scheduler, Seed, SegmentFrames, Shift, Size, Start,
+    AnimateAttention, AnimateMode, AnimateRunQuantize, BlockSwap, Boundary, Compile, Crf, DuckDb, End, EvenSide,
+    Fraction, FramePosition, Frames, Fps, Guidance, Loudness, MusicGain, Overlap, Precision, PreprocessBackend, PrepOutput, PrevFrames, RmsNorm, Scheduler, Seed, SegmentFrames, Shift, Size, Start,
     Steps, Stem, TtsBackend, WanAttention, WanQuantize, end_after_start, prev_below_window,
 )
 from .yamlpos import format_path
@@ -177,6 +177,24 @@ class AnimatePrepParams(StageParams):
         default_factory=lambda: [1, 1], min_length=2, max_length=2, description="cells across and down")
     hands: bool = True
     mask_model: str = Field("pose", description="mediapipe: pose or selfie (the backend checks it)")
+
+
+class MusicParams(StageParams):
+    input: str = "music"
+    gain_db: MusicGain | None = None
+    duck_db: DuckDb | None = None
+
+
+class AssembleParams(StageParams):
+    """The final video (``stages/assemble.py``). Its ``fps`` may be any positive rate (the
+    stage reads it as a fraction); its scenes are checked as the stage lays them out."""
+
+    width: EvenSide
+    height: EvenSide
+    audio_rate: int = Field(48000, ge=1)
+    crf: Crf = 18
+    loudness: Loudness | None = None
+    music: MusicParams | None = None
 
 
 class UpscaleParams(StageParams):

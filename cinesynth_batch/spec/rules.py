@@ -133,6 +133,10 @@ Start = Annotated[float, Field(ge=0.0)]
 End = Annotated[float, Field(gt=0.0)]
 Overlap = Annotated[float, Field(ge=0.0, le=0.9)]
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
+Crf = Annotated[int, Field(ge=0, le=51)]
+Loudness = Annotated[float, Field(ge=-70.0, le=-5.0)]      # integrated LUFS
+MusicGain = Annotated[float, Field(ge=-60.0, le=12.0)]
+DuckDb = Annotated[float, Field(gt=0.0, le=40.0)]
 
 
 def end_after_start(start: float, end: float | None) -> None:

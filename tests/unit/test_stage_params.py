@@ -12,7 +12,7 @@ from cinesynth_batch.cli import app
 from cinesynth_batch.errors import SpecError, StageError
 from cinesynth_batch.spec.load import load_spec
 from cinesynth_batch.stages import (
-    animate, animate_prep, extract_audio, extract_frame, image, lipsync, separate, subtitles, tts, upscale, video,
+    animate, animate_prep, assemble, extract_audio, extract_frame, image, lipsync, separate, subtitles, tts, upscale, video,
 )
 
 IMAGE = {"prompt": "a cat", "negative_prompt": None, "steps": 4, "guidance": 1.0, "width": 64, "height": 64,
@@ -234,6 +234,37 @@ def test_validate_command_exits_2_with_the_rule(project, monkeypatch):
     with pytest.raises(StageError) as err:
         video.check_params({**VIDEO, "frames": 6})
     assert (err.value.message, err.value.hint) == ("video: frames: 6 is not 4k+1", "try 5")
+
+
+ASSEMBLE = {"fps": 16, "width": 64, "height": 64, "audio_rate": 48000, "scenes": [], "music": None,
+            "loudness": None, "crf": 18}
+
+
+@pytest.mark.parametrize("key, bad, good, spec_at, rule", [
+    ("crf", 52, 51, "spec.yaml:6:30", "52: input should be less than or equal to 51"),
+    ("loudness", -4.0, -5.0, "spec.yaml:6:35", "-4.0: input should be less than or equal to -5"),
+])
+def test_assemble_reports_the_spec_rule(project, monkeypatch, key, bad, good, spec_at, rule):
+    monkeypatch.chdir(project)
+    spec = HEAD + "    image: {prompt: cat}\nassemble: {name: final, %s: %s}\n"
+    (project / "spec.yaml").write_text(spec % (key, bad))
+    with pytest.raises(SpecError) as err:
+        load_spec(Path("spec.yaml"), check_files=False)
+    (p,) = err.value.problems
+    assert (f"{p.where}: {p.path}", p.message, p.hint) == (f"{spec_at}: assemble[0].{key}", rule, None)
+    assert stage_problem(assemble, {**ASSEMBLE, key: bad}) == (f"assemble: {key}: {rule}", None)
+    (project / "spec.yaml").write_text(spec % (key, good))
+    assert getattr(load_spec(Path("spec.yaml"), check_files=False).spec.assemble[0], key) == good
+    assert assemble.check_params({**ASSEMBLE, key: good})[key] == good
+
+
+def test_assemble_music_and_size_rules():
+    assert stage_problem(assemble, {**ASSEMBLE, "music": {"input": "music", "gain_db": 13.0}}) == (
+        "assemble: music.gain_db: 13.0: input should be less than or equal to 12", None)
+    assert stage_problem(assemble, {**ASSEMBLE, "width": 33}) == (
+        "assemble: width: 33 is not even", "H.264 needs even sides: try 34")
+    assert assemble.check_params({**ASSEMBLE, "crf": None, "audio_rate": None}) == {
+        "width": 64, "height": 64, "audio_rate": 48000, "crf": 18, "loudness": None, "music": None}
 
 
 def test_resolution_and_sizes_share_the_multiple_of_16_rule(project, monkeypatch):
