@@ -14,10 +14,10 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 
 from .rules import parse_resolution  # noqa: F401  (the planner reads sizes through the spec model)
 from .rules import (
-    AnimateAttention, AnimateMode, AnimateQuantize, BlockSwap, Boundary, CacheKind, CacheStartStep,
-    CacheThreshold, Compile, Crf, DuckDb, End, FramePosition, Frames, Fps, Guidance, Loudness, LoraWeight, MusicGain, Precision, PrevFrames,
-    PreprocessBackend, Resolution, RmsNorm, Scheduler, SegmentFrames, Shift, Size, SpecSeed, Start, Steps, Stem, TtsBackend,
-    WanAttention, WanQuantize, end_after_start, no_prescaled, prev_below_window,
+    AnimateAttention, AnimateMode, AnimateQuantize, BlockSwap, Boundary, CacheKind, CacheStartStep, CacheThreshold,
+    Compile, Crf, DuckDb, End, FramePosition, Frames, Fps, Guidance, Loudness, LoraWeight, MusicGain, Precision,
+    PrevFrames, PreprocessBackend, Resolution, RmsNorm, Scheduler, SegmentFrames, Shift, Size, SpecSeed, Start,
+    Steps, Stem, TtsBackend, WanAttention, WanQuantize, end_after_start, no_prescaled, prev_below_window,
 )
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")

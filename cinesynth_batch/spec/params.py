@@ -21,8 +21,9 @@ from .errortext import describe
 from .model import AnimateLora, ImageLora, StepCache, VideoLora
 from .rules import (
     AnimateAttention, AnimateMode, AnimateRunQuantize, BlockSwap, Boundary, Compile, Crf, DuckDb, End, EvenSide,
-    Fraction, FramePosition, Frames, Fps, Guidance, Loudness, MusicGain, Overlap, Precision, PreprocessBackend, PrepOutput, PrevFrames, RmsNorm, Scheduler, Seed, SegmentFrames, Shift, Size, Start,
-    Steps, Stem, TtsBackend, WanAttention, WanQuantize, end_after_start, prev_below_window,
+    Fraction, FramePosition, Frames, Fps, Guidance, Loudness, MusicGain, Overlap, Precision, PreprocessBackend,
+    PrepOutput, PrevFrames, RmsNorm, Scheduler, Seed, SegmentFrames, Shift, Size, Start, Steps, Stem, TtsBackend,
+    WanAttention, WanQuantize, end_after_start, prev_below_window,
 )
 from .yamlpos import format_path
 

@@ -12,7 +12,8 @@ from cinesynth_batch.cli import app
 from cinesynth_batch.errors import SpecError, StageError
 from cinesynth_batch.spec.load import load_spec
 from cinesynth_batch.stages import (
-    animate, animate_prep, assemble, extract_audio, extract_frame, image, lipsync, separate, subtitles, tts, upscale, video,
+    animate, animate_prep, assemble, extract_audio, extract_frame, image, lipsync, separate, subtitles, tts, upscale,
+    video,
 )
 
 IMAGE = {"prompt": "a cat", "negative_prompt": None, "steps": 4, "guidance": 1.0, "width": 64, "height": 64,
