@@ -14,6 +14,7 @@ from typing import Callable
 from ..runtime.attention import LOSSY
 from ..spec import model as m
 from ..spec.load import LoadedSpec
+from ..spec.params import UpscaleParams
 from ..tts import espeak_revision
 from .graph import FileInput, Graph, NodeInput, StageNode
 from .sources import source_input
@@ -21,8 +22,6 @@ from .sources import source_input
 SeedSource = Callable[[str], int]
 
 AUDIO_RATE = 48000
-UPSCALE_TILE = 512
-UPSCALE_TILE_PAD = 10
 
 
 def build_graph(loaded: LoadedSpec, seed_for: SeedSource) -> Graph:
@@ -74,7 +73,7 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, s
             up_id = f"{sid}.upscale"
             graph.add(StageNode(
                 id=up_id, kind="upscale", scene=sid, model_role="upscale",
-                params={"scale": 2, "tile": UPSCALE_TILE, "tile_pad": UPSCALE_TILE_PAD},
+                params=UpscaleParams().model_dump(),   # x2, the tiles at their defaults
                 inputs={"image": still}, publish=f"scenes/{sid}_x2.png",
                 where=loaded.where("scenes", index, "image", "upscale")))
             still = NodeInput(up_id)

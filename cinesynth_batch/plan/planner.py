@@ -19,6 +19,7 @@ from ..cache.store import CacheStore, Entry
 from ..errors import Problems, SpecError
 from ..catalog.registry import Registry
 from ..spec.load import LoadedSpec
+from ..spec.rules import SEED_LIMIT
 from .expand import build_graph
 from .graph import FileInput, Graph, NodeInput, StageNode
 from .keys import content_key
@@ -137,7 +138,7 @@ def make_plan(loaded: LoadedSpec, registry: Registry, cache: CacheStore, lock: L
 
     def seed_for(node_id: str) -> int:
         locked = None if reseed else lock.seed_for(node_id)
-        seeds[node_id] = locked if locked is not None else secrets.randbelow(2**32)
+        seeds[node_id] = locked if locked is not None else secrets.randbelow(SEED_LIMIT)
         return seeds[node_id]
 
     graph = build_graph(loaded, seed_for)

@@ -15,11 +15,11 @@ from typing import Any
 from ..errors import CinesynthError, Problem, SpecError
 from ..spec import model as m
 from ..spec.load import LoadedSpec
+from ..spec.params import SEPARATE_OVERLAP
 from ..spec.trust import Refused, check_url, host_allowed
 from .graph import FileInput, Graph, NodeInput, StageNode
 
 DOWNLOAD_FORMAT = "bestvideo*[height<=?{h}]+bestaudio/best[height<=?{h}]"
-SEPARATE_OVERLAP = 0.25
 
 
 def ytdlp_major() -> str:

@@ -12,8 +12,8 @@ from typing import Any
 
 from ..config import Limits, Trust
 from ..errors import Problems
-from . import model as m
 from . import trust as t
+from .rules import RES_RE
 from .yamlpos import LDict, format_path, locate
 
 FRAME_KEYS = ("frames", "infer_frames", "frame_window", "max_frames")
@@ -84,7 +84,7 @@ def _text_problem(key: str, value: str, limits: Limits) -> tuple[str, str] | Non
     if len(value) > limits.path_chars:
         return f"the value is {len(value)} characters", "path_chars"
     if key == "resolution":
-        match = m.RES_RE.match(value.strip())
+        match = RES_RE.match(value.strip())
         if match and max(int(match.group(1)), int(match.group(2))) > limits.side:
             return f"'{value}' has a side of {max(int(match.group(1)), int(match.group(2)))} pixels", "side"
     return None

@@ -26,6 +26,7 @@ from . import model as m
 from . import trust as t
 from .presets import PresetLibrary, merge
 from .checks import check_limits, check_lora_names, check_output, narrow_trust
+from .errortext import describe
 from .templating import Templater
 from .yamlpos import LDict, LList, format_path, load_yaml, locate, locate_key
 
@@ -393,57 +394,16 @@ def validate(data: LDict, problems: Problems, sources: list[int]) -> m.Spec | No
 def _problem_from_pydantic(err: dict[str, Any], data: LDict, sources: list[int]):
     from ..errors import Problem
 
-    loc = tuple(part for part in err["loc"] if part not in (m.PLAIN_TAG, m.MAPPING_TAG))
-    kind = err["type"]
-    value = err.get("input")
-    path = format_path(loc, sources)
-    if kind == "extra_forbidden":
+    said = describe(err)
+    loc = said.loc
+    if err["type"] == "extra_forbidden":
         key = loc[-1]
         fields = _fields_at(loc[:-1])
         close = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'?" if close else (
             "allowed here: " + ", ".join(fields) if fields else None)
-        return Problem(f"unknown key '{key}'", locate_key(data, list(loc)), format_path(loc[:-1], sources),
-                       hint)
-    where = locate(data, loc)
-    if kind == "missing":
-        return Problem(f"missing required key '{loc[-1]}'", where, format_path(loc[:-1], sources),
-                       hint=f"add '{loc[-1]}:'")
-    msg = err["msg"]
-    if kind in ("value_error", "assertion_error"):
-        text = msg.split(", ", 1)[1] if msg.startswith(("Value error, ", "Assertion failed, ")) else msg
-        main, _, hint = text.partition(" (")
-        return Problem(main, where, path, hint.rstrip(")") if hint else None)
-    shown = _show(value)
-    return Problem(f"{shown}: {_lower(msg)}", where, path, _type_hint(kind, loc))
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _lower(msg: str) -> str:
-    return msg[:1].lower() + msg[1:]
-
-
-def _type_hint(kind: str, loc: tuple[Any, ...]) -> str | None:
-    return {
-        "int_parsing": "write a whole number",
-        "int_from_float": "write a whole number",
-        "float_parsing": "write a number",
-        "bool_parsing": "write true or false",
-        "string_type": "write text (quote it if YAML reads it as something else)",
-        "list_type": "write a list: [a, b] or one '- item' per line",
-        "dict_type": "write a mapping: key: value",
-        "model_type": "write a mapping: key: value",
-        "literal_error": None,
-        "too_short": "add at least one item",
-    }.get(kind)
+        return Problem(said.message, locate_key(data, list(loc)), format_path(said.at, sources), hint)
+    return Problem(said.message, locate(data, loc), format_path(said.at, sources), said.hint)
 
 
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:

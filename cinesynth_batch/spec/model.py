@@ -7,49 +7,24 @@ expert switch at boundary 0.9).
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
+from .rules import parse_resolution  # noqa: F401  (the planner reads sizes through the spec model)
+from .rules import (
+    AnimateAttention, AnimateMode, AnimateQuantize, BlockSwap, Boundary, CacheKind, CacheStartStep, CacheThreshold,
+    Compile, Crf, DuckDb, End, FramePosition, Frames, Fps, Guidance, Loudness, LoraWeight, MusicGain, Precision,
+    PrevFrames, PreprocessBackend, Resolution, RmsNorm, Scheduler, SegmentFrames, Shift, Size, SpecSeed, Start,
+    Steps, Stem, TtsBackend, WanAttention, WanQuantize, end_after_start, no_prescaled, prev_below_window,
+)
+
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-RES_RE = re.compile(r"^(\d+)x(\d+)$")
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
-
-
-def parse_resolution(value: str) -> tuple[int, int]:
-    """``"720x1280"`` -> ``(720, 1280)`` (width, height)."""
-    m = RES_RE.match(value.strip())
-    if not m:
-        raise ValueError(f"'{value}' is not a resolution (write WIDTHxHEIGHT, e.g. 720x1280)")
-    w, h = int(m.group(1)), int(m.group(2))
-    if w < 16 or h < 16 or w > 8192 or h > 8192:
-        raise ValueError(f"'{value}' is out of range (each side 16..8192)")
-    if w % 16 or h % 16:
-        fix = f"{_round16(w)}x{_round16(h)}"
-        raise ValueError(f"'{value}' is not a multiple of 16 on each side (try {fix})")
-    return w, h
-
-
-def _round16(v: int) -> int:
-    return max(16, int(round(v / 16.0)) * 16)
-
-
-def _check_resolution(v: str | None) -> str | None:
-    if v is None:
-        return v
-    parse_resolution(v)
-    return v.strip()
-
-
-def _check_seed(v: int | None) -> int | None:
-    if v is not None and (v < -1 or v >= 2**32):
-        raise ValueError(f"{v} is not a seed (use 0..4294967295, or -1 to draw one)")
-    return v
 
 
 Parallel = Literal["auto", "dp", "sp"] | int
@@ -93,17 +68,8 @@ class FrameFrom(Strict):
     """One frame of a video, as an image."""
 
     source: str = Field(description="video file or URL")
-    at: Any = Field("first", description="'first', 'last' or a time in seconds (the frame shown "
-                                         "at that time)", json_schema_extra={"type": ["string", "number"]})
-
-    @field_validator("at", mode="before")
-    @classmethod
-    def _at(cls, v: Any) -> Any:
-        if v in ("first", "last"):
-            return v
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0:
-            return float(v)
-        raise ValueError(f"{v!r} is not a frame position (use first, last or seconds >= 0)")
+    at: FramePosition = Field("first", description="'first', 'last' or a time in seconds (the frame shown "
+                                                   "at that time)", json_schema_extra={"type": ["string", "number"]})
 
 
 class ImageSource(Strict):
@@ -116,7 +82,7 @@ class SeparateFrom(Strict):
     """Vocals or accompaniment of a song (demucs)."""
 
     source: str = Field(description="audio or video file, or URL")
-    stem: Literal["vocals", "accompaniment"] = Field(
+    stem: Stem = Field(
         "vocals", description="vocals, or everything but the vocals")
 
 
@@ -124,20 +90,16 @@ class ExtractFrom(Strict):
     """The sound of a file, optionally a time range of it."""
 
     source: str = Field(description="video or audio file, or URL")
-    start: float = Field(0.0, ge=0.0, description="seconds")
-    end: float | None = Field(None, gt=0.0, description="seconds; default: the end")
+    start: Start = Field(0.0, description="seconds")
+    end: End | None = Field(None, description="seconds; default: the end")
 
     @model_validator(mode="after")
     def _range(self) -> "ExtractFrom":
-        if self.end is not None and self.end <= self.start:
-            raise ValueError(f"end {self.end} is not after start {self.start} (make end > start)")
+        end_after_start(self.start, self.end)
         return self
 
 
 # --- audio sources: a path or URL, or a mapping with exactly one source key -------------------
-
-TTS_BACKENDS = ("espeak", "qwen3-tts")
-
 
 class TtsSource(Strict):
     """Speech synthesised from text (stage ``<scene>.tts``)."""
@@ -145,13 +107,11 @@ class TtsSource(Strict):
     text: str = Field(description="the line to speak (an empty line fails the tts stage)")
     language: str = Field(description="espeak: an eSpeak code (ko, en, zh/cmn, ja, ...); "
                                       "qwen3-tts: ko, en, zh, ja, de, fr, ru, pt, es, it or the model's names")
-    backend: Literal["espeak", "qwen3-tts"] = Field("espeak", description="espeak (embedded) or qwen3-tts")
+    backend: TtsBackend = Field("espeak", description="espeak (embedded) or qwen3-tts")
     voice: str | None = Field(None, description="espeak: a variant (f1..f5, m1..m7, ...); "
                                                 "qwen3-tts: a CustomVoice speaker (vivian, ryan, sohee, ...)")
     instruct: str | None = Field(None, description="qwen3-tts: how to say it (ignored by espeak)")
-    seed: int | None = Field(None, description="qwen3-tts samples: the seed (default: the scene's)")
-
-    _seed = field_validator("seed")(_check_seed)
+    seed: SpecSeed | None = Field(None, description="qwen3-tts samples: the seed (default: the scene's)")
 
 
 class AudioSource(Strict):
@@ -187,13 +147,13 @@ AudioRef = plain_or(str, AudioSource)
 
 class ImageLora(Strict):
     name: str = Field(description="LoRA name under lora_adpts/img/, or a .safetensors path")
-    weight: float = Field(1.0, ge=-4.0, le=4.0, description="adapter weight")
+    weight: LoraWeight = Field(1.0, description="adapter weight")
 
 
 class VideoLora(Strict):
     name: str = Field(description="LoRA name under lora_adpts/mov/, or a .safetensors path")
-    high: float = Field(1.0, ge=-4.0, le=4.0, description="weight on the high-noise expert (early steps)")
-    low: float = Field(1.0, ge=-4.0, le=4.0, description="weight on the low-noise expert (late steps)")
+    high: LoraWeight = Field(1.0, description="weight on the high-noise expert (early steps)")
+    low: LoraWeight = Field(1.0, description="weight on the low-noise expert (late steps)")
 
 
 class ImageStage(Strict):
@@ -202,15 +162,13 @@ class ImageStage(Strict):
     preset: str | None = Field(None, description="preset applied under this stage's values")
     prompt: str = Field(min_length=1)
     negative_prompt: str | None = None
-    steps: int = Field(4, ge=1)
-    guidance: float = Field(1.0, ge=0.0, le=30.0)
-    width: int | None = Field(None, description="defaults to the scene resolution's width")
-    height: int | None = Field(None, description="defaults to the scene resolution's height")
-    seed: int | None = Field(None, description="-1 draws a seed at plan time (written to render.lock)")
+    steps: Steps = Field(4)
+    guidance: Guidance = Field(1.0)
+    width: Size | None = Field(None, description="defaults to the scene resolution's width")
+    height: Size | None = Field(None, description="defaults to the scene resolution's height")
+    seed: SpecSeed | None = Field(None, description="-1 draws a seed at plan time (written to render.lock)")
     loras: list[ImageLora] = Field(default_factory=list)
     upscale: Literal["x2", False] = Field(False, description="'x2' runs Real-ESRGAN x2 after the image")
-
-    _seed = field_validator("seed")(_check_seed)
 
     @field_validator("upscale", mode="before")
     @classmethod
@@ -221,20 +179,13 @@ class ImageStage(Strict):
             return False
         raise ValueError(f"{v!r} is not an upscale factor (use x2, or false for none)")
 
-    @field_validator("width", "height")
-    @classmethod
-    def _multiple_of_16(cls, v: int | None) -> int | None:
-        if v is not None and (v < 16 or v % 16):
-            raise ValueError(f"{v} is not a multiple of 16 (try {_round16(v)})")
-        return v
-
 
 class StepCache(Strict):
     """Step caching: reuse the transformer's residual while the input barely changes."""
 
-    kind: Literal["teacache", "none"] = "teacache"
-    threshold: float = Field(0.15, ge=0.0, le=2.0, description="TeaCache rel_l1_thresh (0.3 blurs)")
-    start_step: int = Field(1, ge=0, description="the first steps always compute")
+    kind: CacheKind = "teacache"
+    threshold: CacheThreshold = Field(0.15, description="TeaCache rel_l1_thresh (0.3 blurs)")
+    start_step: CacheStartStep = Field(1, description="the first steps always compute")
     coefficients: bool = Field(True, description="rescale the distance with the model's published "
                                                  "polynomial, where one exists")
 
@@ -251,11 +202,11 @@ class SpeedOptions(RankOptions):
     """How a Wan transformer runs (docs/performance.md). ``attention`` and ``compile`` are exact
     (bf16 rounding aside) and not part of the content key; ``quantize`` changes the output and is."""
 
-    attention: Literal["auto", "sdpa", "cudnn", "fa3", "fa4", "flash", "sageattn"] = Field(
+    attention: WanAttention = Field(
         "auto", description="attention kernel; auto: FlashAttention-3 > FlashAttention-4 > cuDNN on CUDA, SDPA elsewhere")
-    compile: Literal["auto", "on", "off"] = Field(
+    compile: Compile = Field(
         "auto", description="regional torch.compile of the transformer blocks; auto: on CUDA only")
-    quantize: Literal["fp8"] | None = Field(
+    quantize: WanQuantize | None = Field(
         None, description="fp8: the blocks' matrix products in float8 with per-row scales (lossy, faster)")
 
     @field_validator("compile", mode="before")
@@ -273,30 +224,18 @@ class VideoStage(SpeedOptions):
     last_image: ImageRef | None = Field(None, description="end image for first-last-frame clips")
     prompt: str = ""
     negative_prompt: str | None = None
-    resolution: str | None = Field(None, description="WIDTHxHEIGHT; default: the scene's")
-    frames: int = Field(81, description="frames per segment; must be 4k+1")
-    steps: int = Field(40, ge=1)
-    guidance: float = Field(5.0, ge=0.0, le=30.0, description="CFG of the high-noise expert")
-    guidance_2: float | None = Field(None, ge=0.0, le=30.0,
-                                     description="CFG of the low-noise expert; default: guidance")
-    shift: float = Field(5.0, gt=0.0, le=50.0)
-    boundary: float = Field(0.9, ge=0.0, le=1.0, description="expert switch, as a fraction of timesteps")
-    scheduler: Literal["unipc", "euler"] = "unipc"
+    resolution: Resolution | None = Field(None, description="WIDTHxHEIGHT; default: the scene's")
+    frames: Frames = Field(81, description="frames per segment; must be 4k+1")
+    steps: Steps = Field(40)
+    guidance: Guidance = Field(5.0, description="CFG of the high-noise expert")
+    guidance_2: Guidance | None = Field(None, description="CFG of the low-noise expert; default: guidance")
+    shift: Shift = Field(5.0)
+    boundary: Boundary = Field(0.9, description="expert switch, as a fraction of timesteps")
+    scheduler: Scheduler = "unipc"
     segments: int = Field(1, ge=1, description="chained clips, each starting from the last frame")
-    seed: int | None = None
+    seed: SpecSeed | None = None
     loras: list[VideoLora] = Field(default_factory=list)
     cache: StepCache | None = Field(None, description="TeaCache step caching; off by default")
-
-    _seed = field_validator("seed")(_check_seed)
-    _res = field_validator("resolution")(_check_resolution)
-
-    @field_validator("frames")
-    @classmethod
-    def _four_k_plus_one(cls, v: int) -> int:
-        if v < 5 or (v - 1) % 4:
-            fix = max(5, 4 * round((v - 1) / 4) + 1)
-            raise ValueError(f"{v} is not 4k+1 (try {fix})")
-        return v
 
 
 class LipsyncStage(SpeedOptions):
@@ -309,39 +248,29 @@ class LipsyncStage(SpeedOptions):
                                         "source key (file, tts, separate, extract)")
     prompt: str = ""
     negative_prompt: str | None = Field(None, description="default: the model's own negative prompt")
-    resolution: str | None = Field(None, description="WIDTHxHEIGHT; 480x832 is the fast choice")
-    steps: int = Field(25, ge=1, description="UniPC steps (the seed's 40 -> 25)")
-    infer_frames: int = Field(80, description="frames per segment, a multiple of 4 (~5 s at 16 fps)")
-    guidance: float = Field(5.5, ge=0.0, le=30.0)
-    shift: float = Field(3.0, gt=0.0, le=50.0)
-    boundary: float = Field(0.9, ge=0.0, le=1.0,
-                            description="where LoRA weights switch from high to low, as a fraction of timesteps")
-    scheduler: Literal["unipc", "euler"] = "unipc"
-    seed: int | None = None
+    resolution: Resolution | None = Field(None, description="WIDTHxHEIGHT; 480x832 is the fast choice")
+    steps: Steps = Field(25, description="UniPC steps (the seed's 40 -> 25)")
+    infer_frames: SegmentFrames = Field(80, description="frames per segment, a multiple of 4 (~5 s at 16 fps)")
+    guidance: Guidance = Field(5.5)
+    shift: Shift = Field(3.0)
+    boundary: Boundary = Field(0.9, description="where LoRA weights switch from high to low, as a fraction of "
+                                                "timesteps")
+    scheduler: Scheduler = "unipc"
+    seed: SpecSeed | None = None
     pose_video: str | None = Field(None, description="optional driving pose video")
     loras: list[VideoLora] = Field(default_factory=list)
     cache: StepCache | None = Field(None, description="off by default (quality first)")
 
-    _seed = field_validator("seed")(_check_seed)
-    _res = field_validator("resolution")(_check_resolution)
-
-    @field_validator("infer_frames")
-    @classmethod
-    def _multiple_of_4(cls, v: int) -> int:
-        if v < 4 or v % 4:
-            raise ValueError(f"{v} is not a multiple of 4 (try {max(4, 4 * round(v / 4))})")
-        return v
-
 
 class AnimateLora(Strict):
     name: str = Field(description="LoRA name under lora_adpts/mov/, or a .safetensors path")
-    weight: float = Field(1.0, ge=-4.0, le=4.0)
+    weight: LoraWeight = Field(1.0)
 
 
 class Preprocess(Strict):
     """How the reference video becomes pose, face, mask and background videos."""
 
-    backend: Literal["mediapipe", "onnx"] = Field(
+    backend: PreprocessBackend = Field(
         "mediapipe", description="mediapipe (embedded models) or the official YOLO + ViTPose ONNX files")
     detector: str | None = Field(None, description="YOLO person detector .onnx (backend onnx)")
     pose_model: str | None = Field(None, description="ViTPose whole-body .onnx (backend onnx)")
@@ -362,45 +291,34 @@ class AnimateStage(RankOptions):
     reference_video: str = Field(description="the video whose motion (and audio) is used")
     character: ImageRef | None = Field(None, description="one frontal photo (file, URL or {frame: {source, "
                                                           "at}}); default: the scene's image")
-    mode: Literal["animate", "replace"] = Field(
+    mode: AnimateMode = Field(
         "animate", description="replace: the character takes the person's place in the video")
     prompt: str = ""
     negative_prompt: str | None = None
-    resolution: str | None = None
-    steps: int = Field(20, ge=1)
-    guidance: float = Field(1.0, ge=0.0, le=30.0)
-    shift: float = Field(5.0, gt=0.0, le=50.0)
-    scheduler: Literal["euler", "unipc"] = "unipc"
-    seed: int | None = None
-    frame_window: int = Field(77, description="frames per window (4k+1); long videos run in windows")
-    prev_frames: Literal[1, 5] = Field(1, description="frames of the previous window that condition the next")
-    max_frames: int = Field(601, description="cap of the frame count (4k+1)")
+    resolution: Resolution | None = None
+    steps: Steps = Field(20)
+    guidance: Guidance = Field(1.0)
+    shift: Shift = Field(5.0)
+    scheduler: Scheduler = "unipc"
+    seed: SpecSeed | None = None
+    frame_window: Frames = Field(77, description="frames per window (4k+1); long videos run in windows")
+    prev_frames: PrevFrames = Field(1, description="frames of the previous window that condition the next")
+    max_frames: Frames = Field(601, description="cap of the frame count (4k+1)")
     loras: list[AnimateLora] = Field(default_factory=list)
-    precision: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="base precision")
-    quantize: Literal["fp8_e4m3fn"] | None = Field(None, description="runtime weight quantization")
-    attention: Literal["sdpa", "cudnn", "fa3", "fa4", "sageattn", "flash"] = "sdpa"
-    rms_norm: Literal["pytorch"] = "pytorch"
-    block_swap: int = Field(0, ge=0, le=40, description="transformer blocks kept in RAM, streamed in")
+    precision: Precision = Field("bf16", description="base precision")
+    quantize: AnimateQuantize | None = Field(None, description="runtime weight quantization")
+    attention: AnimateAttention = "sdpa"
+    rms_norm: RmsNorm = "pytorch"
+    block_swap: BlockSwap = Field(0, description="transformer blocks kept in RAM, streamed in")
     cache: StepCache | None = None
     preprocess: Preprocess = Field(default_factory=Preprocess)
 
-    _seed = field_validator("seed")(_check_seed)
-    _res = field_validator("resolution")(_check_resolution)
+    _no_prescaled = field_validator("quantize", mode="before")(no_prescaled)
 
-    @field_validator("frame_window", "max_frames")
-    @classmethod
-    def _four_k_plus_one(cls, v: int) -> int:
-        if v < 5 or (v - 1) % 4:
-            raise ValueError(f"{v} is not 4k+1 (try {max(5, 4 * round((v - 1) / 4) + 1)})")
-        return v
-
-    @field_validator("quantize", mode="before")
-    @classmethod
-    def _no_prescaled(cls, v: Any) -> Any:
-        if v == "fp8_e4m3fn_scaled":
-            raise ValueError("fp8_e4m3fn_scaled needs pre-scaled weights, which the bf16 model does "
-                             "not have (use fp8_e4m3fn)")
-        return v
+    @model_validator(mode="after")
+    def _prev_below_window(self) -> "AnimateStage":
+        prev_below_window(self.prev_frames, self.frame_window)
+        return self
 
 
 class Crossfade(Strict):
@@ -423,8 +341,8 @@ class Scene(Strict):
     preset: str | None = None
     matrix: dict[str, list[Any]] | None = Field(
         None, description="expand this scene once per combination; values usable as {{ name }}")
-    resolution: str | None = None
-    seed: int | None = None
+    resolution: Resolution | None = None
+    seed: SpecSeed | None = None
     duration: float | None = Field(None, gt=0.0, description="seconds a still scene lasts")
     image: ImageStage | None = None
     video: VideoStage | None = None
@@ -434,9 +352,6 @@ class Scene(Strict):
     transition: Transition | None = Field(
         None, description="into this scene from the one before it: cut or {crossfade: seconds}; "
                           "default: the assembly's")
-
-    _seed = field_validator("seed")(_check_seed)
-    _res = field_validator("resolution")(_check_resolution)
 
     @field_validator("id")
     @classmethod
@@ -475,21 +390,18 @@ class Scene(Strict):
 
 
 class Defaults(Strict):
-    resolution: str = Field("720x1280", description="WIDTHxHEIGHT")
-    fps: int = Field(16, ge=1, le=120)
-    seed: int = Field(-1, description="-1 draws a seed per stage at plan time")
+    resolution: Resolution = Field("720x1280", description="WIDTHxHEIGHT")
+    fps: Fps = Field(16)
+    seed: SpecSeed = Field(-1, description="-1 draws a seed per stage at plan time")
     download_height: int = Field(1080, ge=144, le=4320,
                                  description="URL inputs: the tallest video format downloaded")
-
-    _seed = field_validator("seed")(_check_seed)
-    _res = field_validator("resolution")(_check_resolution)
 
 
 class Music(Strict):
     file: str
-    gain_db: float = Field(-18.0, ge=-60.0, le=12.0)
+    gain_db: MusicGain = Field(-18.0)
     duck_under_speech: bool = Field(False, description="lower the music while scene audio plays")
-    duck_db: float = Field(12.0, gt=0.0, le=40.0, description="how far the music is lowered under speech")
+    duck_db: DuckDb = Field(12.0, description="how far the music is lowered under speech")
 
 
 class Assemble(Strict):
@@ -497,8 +409,8 @@ class Assemble(Strict):
     scenes: list[str] | None = Field(None, description="scene order; default: all scenes as written")
     audio: bool = Field(True, description="mux each scene's audio")
     music: Music | None = None
-    loudness: float | None = Field(None, ge=-70.0, le=-5.0, description="target integrated LUFS")
-    crf: int = Field(18, ge=0, le=51)
+    loudness: Loudness | None = Field(None, description="target integrated LUFS")
+    crf: Crf = Field(18)
     transition: Transition = Field("cut", description="between scenes: cut or {crossfade: seconds}")
     subtitles: Literal["none", "srt", "burn"] = Field(
         "srt", description="from TTS text: srt writes <name>.srt beside the video, burn also draws them in")

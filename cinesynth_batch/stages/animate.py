@@ -1,17 +1,11 @@
 """Change Character: Wan2.2-Animate (``WanAnimatePipeline``) puts a character into a motion video.
 
-params (plain JSON, defaults in ``DEFAULTS``)::
-
-    {"mode": "animate" | "replace", "prompt": str, "negative_prompt": str | null,
-     "width": int, "height": int (multiples of 16), "fps": 16,
-     "steps": int, "guidance": float (CFG; 1.0 = no CFG, the official advice), "shift": float,
-     "scheduler": "euler" | "unipc", "seed": int,
-     "frame_window": 77 (frames per window, 4k+1), "prev_frames": 1 | 5 (frames of the previous
-     window that condition the next),
-     "loras": [{"name": str, "weight": float}],
-     "precision": "bf16" | "fp16" | "fp32", "quantize": null | "fp8_e4m3fn",
-     "attention": "sdpa" | "cudnn" | "fa3" | "fa4" | "sageattn" | "flash", "rms_norm": "pytorch", "block_swap": 0..40,
-     "cache": null | {"kind": "teacache", "threshold": float, "start_step": int, "coefficients": bool}}
+params: ``mode``, ``prompt``, ``negative_prompt``, ``width``, ``height``, ``fps``, ``steps``,
+``guidance`` (CFG; 1.0 = no CFG, the official advice), ``shift``, ``scheduler``, ``seed``,
+``frame_window`` (frames per window), ``prev_frames`` (frames of the previous window that condition
+the next), ``loras`` (``[{name, weight}]``), ``precision``, ``quantize``, ``attention``,
+``rms_norm``, ``block_swap``, ``cache`` (null or TeaCache settings). Their rules and defaults are
+``AnimateParams`` in ``spec/params.py``.
 
 inputs: ``character`` (an image), ``pose`` and ``face`` (videos from the preprocessing stages, with
 the same frame count, which is the output's frame count); for ``mode: replace`` also
@@ -33,113 +27,43 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..spec.params import AnimateParams, check
 from .base import StageContext, StageError
-from .params import float_param, int_param, one_path
+from .params import one_path
 
 KIND = "animate"
 OUTPUT_EXT = ".mp4"
 MODEL_ROLE = "animate"
 
-MODES = ("animate", "replace")
-SCHEDULERS = ("euler", "unipc")
-SIZE_MULTIPLE = 16
-PREV_FRAMES = (1, 5)
-VAE_TEMPORAL = 4
-
-DEFAULTS: dict[str, Any] = {
-    "mode": "animate",
-    "prompt": "",
-    "negative_prompt": None,
-    "fps": 16,
-    "steps": 20,
-    "guidance": 1.0,
-    "shift": 5.0,
-    "scheduler": "unipc",
-    "frame_window": 77,
-    "prev_frames": 1,
-    "loras": [],
-    "precision": "bf16",
-    "quantize": None,
-    "attention": "sdpa",
-    "rms_norm": "pytorch",
-    "block_swap": 0,
-    "cache": None,
-}
-
-
-
-
-def _check_cache(cache: Any) -> dict | None:
-    if cache is None:
-        return None
-    if not isinstance(cache, dict):
-        raise StageError(f"animate: cache must be a mapping or null, got {cache!r}")
-    kind = cache.get("kind", "teacache")
-    if kind in ("none", None):
-        return None
-    if kind != "teacache":
-        raise StageError(f"animate: cache.kind must be 'teacache', got {kind!r}")
-    out = {"kind": "teacache", "threshold": cache.get("threshold", 0.15), "start_step": cache.get("start_step", 1),
-           "coefficients": cache.get("coefficients", True)}
-    float_param("animate", out, "threshold", 0.0)
-    int_param("animate", out, "start_step", 0)
-    if not isinstance(out["coefficients"], bool):
-        raise StageError(f"animate: cache.coefficients must be true or false, got {out['coefficients']!r}")
-    return out
-
 
 def check_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Validate ``params`` (defaults applied); returns the values the run uses."""
-    p = {**DEFAULTS, **{k: v for k, v in params.items() if v is not None or k in ("negative_prompt", "quantize",
-                                                                                  "cache")}}
-    if p["mode"] not in MODES:
-        raise StageError(f"animate: mode must be 'animate' or 'replace', got {p['mode']!r}")
-    if not isinstance(p["prompt"], str):
-        raise StageError(f"animate: prompt must be a string, got {p['prompt']!r}")
-    if p["negative_prompt"] is not None and not isinstance(p["negative_prompt"], str):
-        raise StageError(f"animate: negative_prompt must be a string or null, got {p['negative_prompt']!r}")
-    width, height = int_param("animate", p, "width", SIZE_MULTIPLE), int_param("animate", p, "height", SIZE_MULTIPLE)
-    if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE:
-        raise StageError(f"animate: width and height must be multiples of {SIZE_MULTIPLE}, got {width}x{height}",
-                         hint=f"try {max(16, round(width / 16) * 16)}x{max(16, round(height / 16) * 16)}")
-    window = int_param("animate", p, "frame_window", 5)
-    if (window - 1) % VAE_TEMPORAL:
-        raise StageError(f"animate: frame_window must be 4k+1 (5, 9, ..., 77), got {window}",
-                         hint=f"try frame_window: {4 * max(1, round((window - 1) / 4)) + 1}")
-    prev = p["prev_frames"]
-    if prev not in PREV_FRAMES or isinstance(prev, bool):
-        raise StageError(f"animate: prev_frames must be 1 or 5 (what the pipeline supports), got {prev!r}")
-    if prev >= window:
-        raise StageError(f"animate: prev_frames ({prev}) must be smaller than frame_window ({window})")
-    if p["scheduler"] not in SCHEDULERS:
-        raise StageError(f"animate: scheduler must be 'euler' or 'unipc', got {p['scheduler']!r}")
-    shift = float_param("animate", p, "shift")
-    if shift <= 0:
-        raise StageError(f"animate: shift must be > 0, got {shift!r}")
-    loras = p["loras"] or []
-    if not isinstance(loras, list):
-        raise StageError(f"animate: loras must be a list of {{name, weight}}, got {loras!r}")
+    """Validate ``params`` (``spec/params.py``; a missing or null value takes its default, but a
+    null ``negative_prompt``, ``quantize`` or ``cache`` means none); returns the values the run
+    uses."""
+    given = {k: v for k, v in params.items() if v is not None or k in ("negative_prompt", "quantize", "cache")}
+    p = check(AnimateParams, given, KIND)
+    cache = p.cache.model_dump() if p.cache is not None and p.cache.kind == "teacache" else None
     return {
-        "mode": p["mode"],
-        "prompt": p["prompt"],
-        "negative_prompt": p["negative_prompt"] or None,
-        "width": width,
-        "height": height,
-        "fps": int_param("animate", p, "fps", 1),
-        "steps": int_param("animate", p, "steps", 1),
-        "guidance": float_param("animate", p, "guidance", 0.0),
-        "shift": shift,
-        "scheduler": p["scheduler"],
-        "seed": int_param("animate", p, "seed", 0),
-        "frame_window": window,
-        "prev_frames": prev,
-        "loras": loras,
-        "precision": p["precision"],
-        "quantize": p["quantize"],
-        "attention": p["attention"],
-        "rms_norm": p["rms_norm"],
-        "block_swap": p["block_swap"],
-        "cache": _check_cache(p["cache"]),
+        "mode": p.mode,
+        "prompt": p.prompt,
+        "negative_prompt": p.negative_prompt or None,
+        "width": p.width,
+        "height": p.height,
+        "fps": p.fps,
+        "steps": p.steps,
+        "guidance": p.guidance,
+        "shift": p.shift,
+        "scheduler": p.scheduler,
+        "seed": p.seed,
+        "frame_window": p.frame_window,
+        "prev_frames": p.prev_frames,
+        "loras": params.get("loras") or [],
+        "precision": p.precision,
+        "quantize": p.quantize,
+        "attention": p.attention,
+        "rms_norm": p.rms_norm,
+        "block_swap": p.block_swap,
+        "cache": cache,
     }
 
 

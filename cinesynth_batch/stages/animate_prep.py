@@ -31,29 +31,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cinesynth_batch.spec.params import AnimatePrepParams, check
 from cinesynth_batch.stages.base import StageContext, StageError
 
 KIND = "animate_prep"
 OUTPUT_EXT = ".mp4"
 MODEL_ROLE = None
 
-OUTPUTS = ("pose", "face", "mask", "background")
 DETECT_MIN_SIDE = 512
-DEFAULTS: dict[str, Any] = {
-    "output": "pose",
-    "fps": 16,
-    "max_frames": 601,
-    "backend": "mediapipe",
-    "detector": None,
-    "pose_model": None,
-    "min_detected": 0.5,
-    "face_size": 512,
-    "mask_dilate": 7,
-    "mask_iterations": 3,
-    "mask_grid": [1, 1],
-    "hands": True,
-    "mask_model": "pose",
-}
+
+
+def check_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``params`` (``spec/params.py``; unset ones at their defaults); returns the values the
+    run uses."""
+    return check(AnimatePrepParams, params, KIND).model_dump()
 
 
 def _resize(frame, width: int, height: int):
@@ -63,47 +54,21 @@ def _resize(frame, width: int, height: int):
     return np.asarray(Image.fromarray(frame).resize((width, height), Image.Resampling.BICUBIC), dtype=np.uint8)
 
 
-def _int(params: dict[str, Any], name: str, minimum: int, even: bool = False) -> int:
-    value = params.get(name, DEFAULTS.get(name))
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise StageError(f"animate_prep: {name} must be an integer >= {minimum}, got {value!r}")
-    if even and value % 2:
-        raise StageError(f"animate_prep: {name} must be even (H.264), got {value}",
-                         hint=f"try {value + 1}")
-    return value
-
-
 def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageContext) -> dict:
     import numpy as np
 
     from cinesynth_batch.media.video_io import write_video
     from cinesynth_batch.preprocess import draw
     from cinesynth_batch.preprocess.detect import (
-        BACKENDS, DetectionCache, backend_key, file_identity, fill_faces, make_backend, require_person,
+        DetectionCache, backend_key, file_identity, fill_faces, make_backend, require_person,
     )
     from cinesynth_batch.preprocess.frames import animate_frame_count, read_reference, video_duration
     from cinesynth_batch.preprocess.keypoints import FACE, face_box, resize_mask, scale_detection
 
-    output = params.get("output")
-    if output not in OUTPUTS:
-        raise StageError(f"animate_prep: output must be one of {', '.join(OUTPUTS)}, got {output!r}")
-    fps = _int(params, "fps", 1)
-    max_frames = _int(params, "max_frames", 5)
-    width = _int(params, "width", 2, even=True)
-    height = _int(params, "height", 2, even=True)
-    face_size = _int(params, "face_size", 2, even=True)
-    k = _int(params, "mask_dilate", 1)
-    iterations = _int(params, "mask_iterations", 0)
-    grid = params.get("mask_grid", DEFAULTS["mask_grid"])
-    if (not isinstance(grid, (list, tuple)) or len(grid) != 2
-            or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in grid)):
-        raise StageError(f"animate_prep: mask_grid must be two integers >= 1, got {grid!r}")
-    min_detected = params.get("min_detected", DEFAULTS["min_detected"])
-    if isinstance(min_detected, bool) or not isinstance(min_detected, (int, float)) or not 0 < min_detected <= 1:
-        raise StageError(f"animate_prep: min_detected must be in (0, 1], got {min_detected!r}")
-    backend_name = params.get("backend", DEFAULTS["backend"])
-    if backend_name not in BACKENDS:
-        raise StageError(f"animate_prep: backend must be one of {', '.join(BACKENDS)}, got {backend_name!r}")
+    p = check_params(params)
+    output, fps, max_frames, backend_name = p["output"], p["fps"], p["max_frames"], p["backend"]
+    width, height, face_size = p["width"], p["height"], p["face_size"]
+    k, iterations, grid, min_detected = p["mask_dilate"], p["mask_iterations"], p["mask_grid"], p["min_detected"]
 
     src = inputs.get("video")
     if src is None:

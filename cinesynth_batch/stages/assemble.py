@@ -1,6 +1,6 @@
 """The ``assemble`` stage: cut scenes together into the final H.264 + AAC mp4.
 
-Parameters (plain JSON)::
+Parameters (plain JSON; their rules are ``AssembleParams`` in ``spec/params.py``)::
 
     {"fps": 16, "width": W, "height": H, "audio_rate": 48000,
      "scenes": [{"id": "intro", "visual": "v0", "kind": "video" | "still",
@@ -92,6 +92,7 @@ from cinesynth_batch.media.audio import AudioInfo, probe_audio
 from cinesynth_batch.media import transitions
 from cinesynth_batch.media.ffmpeg import FFmpegError, ffmpeg_path_arg, parse_loudnorm_json, run_ffmpeg
 from cinesynth_batch.media.video_io import probe
+from cinesynth_batch.spec.params import AssembleParams, check
 from cinesynth_batch.stages.base import StageError
 
 KIND = "assemble"
@@ -172,20 +173,22 @@ class _Graph:
         return ";\n".join(self.chains) + "\n"
 
 
+def check_params(params: dict) -> dict:
+    """Validate ``params`` (``spec/params.py``; a null ``audio_rate`` or ``crf`` takes its default);
+    returns the size, ``audio_rate``, ``crf``, ``loudness`` and ``music`` the run uses."""
+    given = {k: v for k, v in params.items() if v is not None or k not in ("audio_rate", "crf")}
+    return check(AssembleParams, given, KIND).model_dump()
+
+
 def run(params: dict, inputs: dict, out: str | Path, ctx: Any = None) -> dict:
     """Assemble the scenes of ``params`` into ``out`` (mp4); see the module docstring."""
     fps = _fps_fraction(_param(params, "fps", 16))
-    width, height = _size(params)
+    p = check_params(params)
+    width, height, rate, crf, loudness = p["width"], p["height"], p["audio_rate"], float(p["crf"]), p["loudness"]
     try:
-        rate = int(_param(params, "audio_rate", 48000))
-        crf = float(_param(params, "crf", 18))
         true_peak = float(_param(params, "true_peak", DEFAULT_TRUE_PEAK))
-        loudness = params.get("loudness")
-        loudness = None if loudness is None else float(loudness)
     except (TypeError, ValueError) as exc:
         raise StageError(f"assemble: bad numeric parameter: {exc}") from exc
-    if rate <= 0:
-        raise StageError(f"audio_rate must be positive, got {rate}")
     preset = str(_param(params, "preset", "medium"))
     audio_bitrate = str(_param(params, "audio_bitrate", "192k"))
 
@@ -310,19 +313,6 @@ def _fps_fraction(value: Any) -> Fraction:
     if fps <= 0:
         raise StageError(f"fps must be a positive number, got {value!r}")
     return fps
-
-
-def _size(params: dict) -> tuple[int, int]:
-    try:
-        width, height = int(params["width"]), int(params["height"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise StageError("assemble needs integer 'width' and 'height'") from exc
-    if width <= 0 or height <= 0 or width % 2 or height % 2:
-        raise StageError(
-            f"output size {width}x{height} must be positive and even",
-            hint="H.264 yuv420p needs even width and height",
-        )
-    return width, height
 
 
 def _ratio(fps: Fraction) -> str:

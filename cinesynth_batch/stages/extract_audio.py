@@ -12,12 +12,18 @@ from typing import Any
 
 import numpy as np
 
+from ..spec.params import ExtractAudioParams, check
 from .base import StageContext, StageError
-from .params import float_param, one_path
+from .params import one_path
 
 KIND = "extract_audio"
 OUTPUT_EXT = ".wav"
 MODEL_ROLE = None
+
+
+def check_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``params`` (``spec/params.py``); returns ``start`` and ``end`` (None: the end)."""
+    return check(ExtractAudioParams, params, KIND).model_dump()
 
 
 def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageContext) -> dict[str, Any]:
@@ -25,9 +31,8 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
 
     from ..media.audio import probe_audio, read_audio
 
-    start = float_param("extract_audio", params, "start", lo=0.0, default=0.0)
-    end = params.get("end")
-    end = None if end is None else float_param("extract_audio", params, "end", lo=0.0)
+    p = check_params(params)
+    start, end = p["start"], p["end"]
     media = one_path("extract_audio", inputs, "media", required=True)
     try:
         info = probe_audio(media)

@@ -9,12 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..spec.params import ExtractFrameParams, check
 from .base import StageContext, StageError
 from .params import one_path
 
 KIND = "extract_frame"
 OUTPUT_EXT = ".png"
 MODEL_ROLE = None
+
+
+def check_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``params`` (``spec/params.py``); returns ``at`` (first, last or seconds)."""
+    return check(ExtractFrameParams, params, KIND).model_dump()
 
 
 def pick_frame(path: Path, at: Any):
@@ -47,9 +53,7 @@ def pick_frame(path: Path, at: Any):
 
 
 def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageContext) -> dict[str, Any]:
-    at = params.get("at", "first")
-    if at not in ("first", "last") and (isinstance(at, bool) or not isinstance(at, (int, float)) or at < 0):
-        raise StageError(f"extract_frame: at must be first, last or seconds >= 0, got {at!r}")
+    at = check_params(params)["at"]
     video = one_path("extract_frame", inputs, "video", required=True)
     frame = pick_frame(video, at)
     image = frame.to_image()

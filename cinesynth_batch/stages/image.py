@@ -13,39 +13,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..spec.params import ImageParams, check
 from .base import StageContext, StageError
-from .params import float_param, int_param
 
 KIND = "image"
 OUTPUT_EXT = ".png"
 MODEL_ROLE = "image"
 
 
-
-
-def check_params(params: dict[str, Any], multiple: int = 16) -> dict[str, Any]:
-    """Validate ``params``; returns the values the run uses."""
-    prompt = params.get("prompt")
-    if not isinstance(prompt, str):
-        raise StageError(f"image: prompt must be a string, got {prompt!r}")
-    negative = params.get("negative_prompt")
-    if negative is not None and not isinstance(negative, str):
-        raise StageError(f"image: negative_prompt must be a string or null, got {negative!r}")
-    width = int_param("image", params, "width", multiple)
-    height = int_param("image", params, "height", multiple)
-    if width % multiple or height % multiple:
-        raise StageError(
-            f"image: width and height must be multiples of {multiple}, got {width}x{height}",
-            hint=f"try {width // multiple * multiple or multiple}x{height // multiple * multiple or multiple}",
-        )
+def check_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``params`` (``spec/params.py``); returns the values the run uses."""
+    p = check(ImageParams, params, KIND)
     return {
-        "prompt": prompt,
-        "negative_prompt": negative or None,
-        "steps": int_param("image", params, "steps", 1),
-        "guidance": float_param("image", params, "guidance"),
-        "width": width,
-        "height": height,
-        "seed": int_param("image", params, "seed", 0),
+        "prompt": p.prompt,
+        "negative_prompt": p.negative_prompt or None,
+        "steps": p.steps,
+        "guidance": p.guidance,
+        "width": p.width,
+        "height": p.height,
+        "seed": p.seed,
         "loras": params.get("loras") or [],
     }
 

@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..spec.params import LipsyncParams, check
 from .base import StageContext, StageError
 
 KIND = "lipsync"
@@ -38,12 +39,9 @@ def effective_params(params: dict[str, Any], device: str, dtype: Any) -> dict[st
 
 
 def check_params(params: dict[str, Any]) -> dict[str, Any]:
-    p = dict(params)
-    if p["infer_frames"] < 4 or p["infer_frames"] % 4:
-        raise StageError(f"lipsync: infer_frames {p['infer_frames']} is not a multiple of 4")
-    if p["width"] % 16 or p["height"] % 16:
-        raise StageError(f"lipsync: {p['width']}x{p['height']} is not a multiple of 16")
-    return p
+    """Validate ``params`` (``spec/params.py``); the run reads them as given."""
+    check(LipsyncParams, params, KIND)
+    return dict(params)
 
 
 def _open_avatar(path: Path):

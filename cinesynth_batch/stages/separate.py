@@ -15,13 +15,18 @@ from typing import Any
 
 import numpy as np
 
+from ..spec.params import SeparateParams, check
 from .base import StageContext, StageError
-from .params import float_param, one_path
+from .params import one_path
 
 KIND = "separate"
 OUTPUT_EXT = ".wav"
 MODEL_ROLE = "separate"
-STEMS = ("vocals", "accompaniment")
+
+
+def check_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``params`` (``spec/params.py``); returns ``stem`` and ``overlap``."""
+    return check(SeparateParams, params, KIND).model_dump()
 
 
 def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageContext) -> dict[str, Any]:
@@ -31,10 +36,8 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
 
     from ..media.audio import read_audio
 
-    stem = params.get("stem")
-    if stem not in STEMS:
-        raise StageError(f"separate: stem must be vocals or accompaniment, got {stem!r}")
-    overlap = float_param("separate", params, "overlap", lo=0.0, hi=0.9, default=0.25)
+    p = check_params(params)
+    stem, overlap = p["stem"], p["overlap"]
     source = one_path("separate", inputs, "audio", required=True)
     model = ctx.models.get(MODEL_ROLE)
     rate, channels = int(model.samplerate), int(model.audio_channels)

@@ -28,13 +28,21 @@ OUTPUT_EXT = ".srt"
 MODEL_ROLE = None
 
 
+def check_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``params`` (``spec/params.py``); returns ``fps`` and the ``lines`` to cue."""
+    from ..spec.params import SubtitlesParams, check
+
+    return check(SubtitlesParams, params, KIND).model_dump()
+
+
 def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageContext | None = None) -> dict:
     from ..media.subtitles import line_cues, speech_span, to_srt
     from .params import one_path
 
+    lines = check_params(params)["lines"]
     layout = scene_times(params, inputs)
     cues = []
-    for line in params.get("lines") or []:
+    for line in lines:
         sid = line["scene"]
         if sid not in layout:
             raise StageError(f"subtitles: scene {sid!r} is not in the assembly")
@@ -46,7 +54,7 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
         start, end = layout[sid]
         cues += line_cues(line["text"], start + span[0], start + span[1], limit=end)
     out.write_text(to_srt(cues), encoding="utf-8")
-    return {"cues": len(cues), "lines": len(params.get("lines") or [])}
+    return {"cues": len(cues), "lines": len(lines)}
 
 
 def scene_times(params: dict[str, Any], inputs: dict[str, Any]) -> dict[str, tuple[float, float]]:

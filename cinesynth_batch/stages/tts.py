@@ -15,6 +15,7 @@ import wave
 from pathlib import Path
 from typing import Any
 
+from ..spec.params import TtsParams, check
 from .base import StageContext, StageError
 
 KIND = "tts"
@@ -22,18 +23,29 @@ OUTPUT_EXT = ".wav"
 MODEL_ROLE = None   # espeak needs no model; a qwen3-tts node names the "tts" role itself
 
 
+def _where(p: dict[str, Any]) -> str:
+    return f"scene {p.get('scene_id', '?')!r}: {p.get('field', 'tts')}"
+
+
 def _fail(p: dict[str, Any], key: str, message: str, hint: str | None = None) -> StageError:
-    where = f"scene {p.get('scene_id', '?')!r}: {p.get('field', 'tts')}.{key}"
-    return StageError(f"{where}: {message}", hint=hint)
+    return StageError(f"{_where(p)}.{key}: {message}", hint=hint)
+
+
+def check_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``params`` (``spec/params.py``; an empty text is refused here, not by the spec);
+    the run reads them as given."""
+    text = params.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise _fail(params, "text", "the text is empty", hint="write the line to speak")
+    check(TtsParams, params, _where(params), sep=".")
+    return dict(params)
 
 
 def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageContext) -> dict[str, Any]:
     from ..media.subtitles import speech_span
 
-    p = params
-    text = p.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise _fail(p, "text", "the text is empty", hint="write the line to speak")
+    p = check_params(params)
+    text = p["text"]
     if p["backend"] == "espeak":
         from ..tts.espeak import EspeakError, speak_to_file
 
@@ -41,7 +53,7 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
             speak_to_file(text, p["language"], p.get("voice"), out)
         except EspeakError as exc:
             raise _fail(p, exc.field, exc.message, exc.hint) from exc
-    elif p["backend"] == "qwen3-tts":
+    else:
         from ..tts.qwen_client import WorkerRequestError
 
         worker = ctx.models.get("tts")
@@ -50,8 +62,6 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
                           "instruct": p.get("instruct"), "seed": p["seed"], "out": str(out)})
         except WorkerRequestError as exc:
             raise _fail(p, exc.field, exc.message, exc.hint) from exc
-    else:
-        raise _fail(p, "backend", f"unknown backend {p['backend']!r}", hint="use espeak or qwen3-tts")
     with wave.open(str(out), "rb") as w:
         rate, frames = w.getframerate(), w.getnframes()
     start, end = speech_span(out)

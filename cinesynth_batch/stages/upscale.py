@@ -10,29 +10,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cinesynth_batch.spec.params import UpscaleParams, check
 from cinesynth_batch.stages.base import StageContext, StageError
 
 KIND = "upscale"
 OUTPUT_EXT = ".png"
 MODEL_ROLE = "upscale"
 
-DEFAULTS: dict[str, int] = {"scale": 2, "tile": 512, "tile_pad": 10}
 
-
-def _int_param(params: dict[str, Any], name: str, minimum: int) -> int:
-    value = params.get(name, DEFAULTS[name])
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise StageError(f"upscale: {name} must be an integer >= {minimum}, got {value!r}")
-    return value
+def check_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``params`` (``spec/params.py``; unset ones at their defaults); returns the values
+    the run uses."""
+    return check(UpscaleParams, params, KIND).model_dump()
 
 
 def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageContext) -> dict:
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
-    scale = _int_param(params, "scale", 1)
-    tile = _int_param(params, "tile", 0)
-    tile_pad = _int_param(params, "tile_pad", 0)
+    p = check_params(params)
+    scale, tile, tile_pad = p["scale"], p["tile"], p["tile_pad"]
 
     src = inputs.get("image")
     if src is None:

@@ -19,15 +19,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..spec.params import VideoParams, check
 from .base import StageContext, StageError
-from .params import float_param, int_param, one_path, speed_params
+from .params import one_path
 
 KIND = "video"
 OUTPUT_EXT = ".mp4"
 MODEL_ROLE = "video"
 
-SCHEDULERS = ("unipc", "euler")
-SIZE_MULTIPLE = 16
 _BASE_SCHEDULER_ATTR = "_cinesynth_base_scheduler_config"
 
 
@@ -45,56 +44,26 @@ def effective_params(params: dict[str, Any], device: str, dtype: Any) -> dict[st
 
 
 def check_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Validate ``params``; returns the values the run uses."""
-    prompt = params.get("prompt")
-    if not isinstance(prompt, str):
-        raise StageError(f"video: prompt must be a string, got {prompt!r}")
-    negative = params.get("negative_prompt")
-    if negative is not None and not isinstance(negative, str):
-        raise StageError(f"video: negative_prompt must be a string or null, got {negative!r}")
-    frames = int_param("video", params, "frames", 1)
-    if frames < 5 or (frames - 1) % 4:
-        k = max(1, round((frames - 1) / 4))
-        raise StageError(
-            f"video: frames must be 4k+1 and at least 5 (5, 9, ..., 81), got {frames}",
-            hint=f"try frames: {4 * k + 1}",
-        )
-    width = int_param("video", params, "width", SIZE_MULTIPLE)
-    height = int_param("video", params, "height", SIZE_MULTIPLE)
-    if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE:
-        raise StageError(
-            f"video: width and height must be multiples of {SIZE_MULTIPLE}, got {width}x{height}",
-            hint=f"try {max(SIZE_MULTIPLE, round(width / SIZE_MULTIPLE) * SIZE_MULTIPLE)}x"
-            f"{max(SIZE_MULTIPLE, round(height / SIZE_MULTIPLE) * SIZE_MULTIPLE)}",
-        )
-    scheduler = params.get("scheduler", "unipc")
-    if scheduler not in SCHEDULERS:
-        raise StageError(f"video: scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
-    guidance = float_param("video", params, "guidance")
-    guidance_2 = params.get("guidance_2")
-    guidance_2 = guidance if guidance_2 is None else float_param("video", params, "guidance_2")
-    shift = float_param("video", params, "shift")
-    if shift <= 0:
-        raise StageError(f"video: shift must be > 0, got {shift!r}")
+    """Validate ``params`` (``spec/params.py``); returns the values the run uses."""
+    p = check(VideoParams, params, KIND)
     return {
-        "prompt": prompt,
-        "negative_prompt": negative or None,
-        "frames": frames,
-        "steps": int_param("video", params, "steps", 1),
-        "guidance": guidance,
-        "guidance_2": guidance_2,
-        "shift": shift,
-        "boundary": float_param("video", params, "boundary", 0.0, 1.0),
-        "scheduler": scheduler,
-        "cache": params.get("cache"),
-        "width": width,
-        "height": height,
-        "fps": int_param("video", params, "fps", 1),
-        "seed": int_param("video", params, "seed", 0),
+        "prompt": p.prompt,
+        "negative_prompt": p.negative_prompt or None,
+        "frames": p.frames,
+        "steps": p.steps,
+        "guidance": p.guidance,
+        "guidance_2": p.guidance if p.guidance_2 is None else p.guidance_2,
+        "shift": p.shift,
+        "boundary": p.boundary,
+        "scheduler": p.scheduler,
+        "cache": p.cache.model_dump() if p.cache is not None else None,
+        "width": p.width,
+        "height": p.height,
+        "fps": p.fps,
+        "seed": p.seed,
         "loras": params.get("loras") or [],
-        **speed_params(params),
+        **p.speed(),
     }
-
 
 
 def segment_of(params: dict[str, Any]) -> tuple[int, int] | None:

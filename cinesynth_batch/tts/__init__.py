@@ -4,9 +4,6 @@ and ``qwen3-tts`` (the qwen-tts package, in its own worker environment; see docs
 Nothing here imports torch.
 """
 
-BACKENDS = ("espeak", "qwen3-tts")
-
-
 def espeak_revision() -> str:
     """What decides espeak's sound: the wheel's version (it fixes the library and its data)."""
     from importlib.metadata import PackageNotFoundError, version

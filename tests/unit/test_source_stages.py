@@ -164,7 +164,7 @@ def test_separate_refuses_bad_input_and_bad_model_folders(demucs, tmp_path):
     with pytest.raises(StageError, match="note.wav has no readable sound"):
         separate.run({"stem": "vocals", "overlap": 0.25}, {"audio": str(note)}, tmp_path / "o.wav",
                      _ctx(tmp_path, _One(demucs)))
-    with pytest.raises(StageError, match="stem must be vocals or accompaniment"):
+    with pytest.raises(StageError, match="^separate: stem: 'drums': input should be 'vocals' or 'accompaniment'$"):
         separate.run({"stem": "drums", "overlap": 0.25}, {"audio": str(note)}, tmp_path / "o.wav",
                      _ctx(tmp_path, _One(demucs)))
     legacy = tmp_path / "legacy"

@@ -110,7 +110,9 @@ def test_refuses_non_safetensors_lora(provider, tmp_path):
 def test_missing_lora_and_bad_sizes_raise_stage_error(ctx, tmp_path):
     with pytest.raises(StageError, match="not found"):
         render(ctx, tmp_path, loras=[{"name": "tiny/nope", "weight": 1.0}])
-    with pytest.raises(StageError, match="multiples of 16"):
+    with pytest.raises(StageError, match="^image: width: 72 is not a multiple of 16$") as err:
         render(ctx, tmp_path, width=72)
-    with pytest.raises(StageError, match="seed"):
+    assert err.value.hint == "try 64"
+    with pytest.raises(StageError, match="^image: seed: -1 is not a seed$") as err:
         render(ctx, tmp_path, seed=-1)
+    assert err.value.hint == "use 0..4294967295"

@@ -220,20 +220,21 @@ def test_schedulers_run_and_do_not_leak(ctx, provider, tmp_path, stills):
 
 
 @pytest.mark.parametrize(
-    "over, match",
+    "over, message, hint",
     [
-        ({"frames": 10}, "4k\\+1"),
-        ({"frames": 1}, "4k\\+1"),
-        ({"width": 40}, "multiples of 16"),
-        ({"height": 20}, "multiples of 16"),
-        ({"scheduler": "ddim"}, "scheduler"),
-        ({"boundary": 1.5}, "boundary"),
-        ({"seed": -3}, "seed"),
+        ({"frames": 10}, "video: frames: 10 is not 4k+1", "try 9"),
+        ({"frames": 1}, "video: frames: 1 is not 4k+1", "try 5"),
+        ({"width": 40}, "video: width: 40 is not a multiple of 16", "try 32"),
+        ({"height": 20}, "video: height: 20 is not a multiple of 16", "try 16"),
+        ({"scheduler": "ddim"}, "video: scheduler: 'ddim': input should be 'unipc' or 'euler'", None),
+        ({"boundary": 1.5}, "video: boundary: 1.5: input should be less than or equal to 1", None),
+        ({"seed": -3}, "video: seed: -3 is not a seed", "use 0..4294967295"),
     ],
 )
-def test_bad_params_raise_stage_error(ctx, tmp_path, stills, over, match):
-    with pytest.raises(StageError, match=match):
+def test_bad_params_raise_stage_error(ctx, tmp_path, stills, over, message, hint):
+    with pytest.raises(StageError) as err:
         render(ctx, tmp_path, {"image": stills["noise"]}, **over)
+    assert (err.value.message, err.value.hint) == (message, hint)
     assert not (tmp_path / "clip.mp4").exists()
 
 
