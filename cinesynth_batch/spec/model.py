@@ -255,8 +255,9 @@ class SpeedOptions(RankOptions):
         "auto", description="attention kernel; auto: FlashAttention-3 > FlashAttention-4 > cuDNN on CUDA, SDPA elsewhere")
     compile: Literal["auto", "on", "off"] = Field(
         "auto", description="regional torch.compile of the transformer blocks; auto: on CUDA only")
-    quantize: Literal["fp8"] | None = Field(
-        None, description="fp8: the blocks' matrix products in float8 with per-row scales (lossy, faster)")
+    quantize: Literal["fp8", "fp8_e4m3fn"] | None = Field(
+        None, description="fp8: the blocks' matrix products in float8 with per-row scales (lossy, faster); "
+                          "fp8_e4m3fn: weights stored in float8, computed in bf16 (lossy, half the weight memory)")
 
     @field_validator("compile", mode="before")
     @classmethod
@@ -286,6 +287,8 @@ class VideoStage(SpeedOptions):
     seed: int | None = None
     loras: list[VideoLora] = Field(default_factory=list)
     cache: StepCache | None = Field(None, description="TeaCache step caching; off by default")
+    block_swap: int = Field(0, ge=0, description="blocks of each expert kept in RAM and streamed in (CUDA; "
+                                                 "exact, not keyed)")
 
     _seed = field_validator("seed")(_check_seed)
     _res = field_validator("resolution")(_check_resolution)
@@ -321,6 +324,8 @@ class LipsyncStage(SpeedOptions):
     pose_video: str | None = Field(None, description="optional driving pose video")
     loras: list[VideoLora] = Field(default_factory=list)
     cache: StepCache | None = Field(None, description="off by default (quality first)")
+    block_swap: int = Field(0, ge=0, description="transformer blocks kept in RAM and streamed in (CUDA; "
+                                                 "exact, not keyed)")
 
     _seed = field_validator("seed")(_check_seed)
     _res = field_validator("resolution")(_check_resolution)

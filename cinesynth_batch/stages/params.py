@@ -50,4 +50,4 @@ def one_path(stage: str, inputs: dict[str, Any], key: str, required: bool = Fals
 def speed_params(params: dict[str, Any]) -> dict[str, Any]:
     """The speed options a stage passes on to ``runtime/accel.py`` (absent ones at their defaults)."""
     return {"attention": params.get("attention") or "auto", "compile": params.get("compile") or "auto",
-            "quantize": params.get("quantize")}
+            "quantize": params.get("quantize"), "block_swap": params.get("block_swap") or 0}
