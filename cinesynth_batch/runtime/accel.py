@@ -1,4 +1,4 @@
-"""Speed paths for the Wan transformers: attention kernel, regional compile, fp8 compute, offload.
+"""Speed paths for the Wan transformers: attention kernel, regional compile, fp8, offload.
 
 ``SpeedSettings`` is what a stage asks for; ``prepare_transformer(model, settings, device)`` applies
 it to one transformer and returns a report of what was used (recorded in the render manifest).

@@ -68,7 +68,6 @@ from __future__ import annotations
 import gc
 import warnings
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
