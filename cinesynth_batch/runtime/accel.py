@@ -314,7 +314,8 @@ def prepare_pipeline(pipe: Any, settings: SpeedSettings, device: str, over_budge
     """``prepare_transformer`` on each of the pipeline's transformers; when the pipeline does not
     fit the VRAM budget (``over_budget``, on CUDA), every block of its transformers is offloaded
     (``runtime/memory.py`` ``offload_blocks``) and so is each other component of a diffusers
-    pipeline (text and image encoders, VAE: diffusers' block-level group offloading). Returns
+    pipeline (text and image encoders, VAE: diffusers' block-level group offloading, as its
+    ``enable_group_offload`` does). Returns
     ``{component: report}`` plus ``offload``."""
     from .memory import drop_offload, offload_blocks, offloaded
 
@@ -325,8 +326,11 @@ def prepare_pipeline(pipe: Any, settings: SpeedSettings, device: str, over_budge
         if model is not None:
             reports[name] = prepare_transformer(model, settings, device, label=name, warn=warn)
     if offload and not getattr(pipe, _PIPE_OFFLOAD_ATTR, False):
-        components = getattr(pipe, "components", None) if hasattr(pipe, "enable_group_offload") else None
-        if not isinstance(components, dict):
+        from diffusers import DiffusionPipeline
+
+        if isinstance(pipe, DiffusionPipeline):
+            components = pipe.components
+        else:                               # our S2V pipeline: its transformer
             components = {name: getattr(pipe, name, None) for name in TRANSFORMERS}
         for name, module in components.items():
             if not _is_module(module):
