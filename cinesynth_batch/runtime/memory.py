@@ -21,7 +21,7 @@ diffusers' hooks:
     the transformer's own hook starts the copy of the first offloaded block when its forward
     begins and waits for it, so anything that reads that block's weights before it runs (a
     TeaCache indicator does) sees them complete. Everything else (the other blocks, embeddings,
-    heads) is placed on ``device``. A module without ``blocks`` (a text encoder, a VAE) is handed
+    heads) is placed on ``device``. A module without a ``blocks`` list (a text encoder, a VAE) is handed
     to diffusers' ``apply_group_offloading`` with the same settings. Exact: the weights are moved,
     never changed.
 
@@ -72,8 +72,9 @@ def fp8_skip_patterns(model: Any) -> tuple[str, ...]:
 
 
 def fp8_targets(model: Any) -> list[tuple[str, Any]]:
-    """(name, layer) of every layer ``store_fp8`` stores as fp8: diffusers' walk (the first layer of
-    a kind it casts on each path whose name matches no skip pattern)."""
+    """(name, layer) of every layer ``store_fp8`` stores as fp8, found as diffusers finds them: on
+    each path from the model down, the first layer of a kind diffusers casts, unless a skip
+    pattern matches its name or a parent's."""
     patterns = fp8_skip_patterns(model)
     out: list[tuple[str, Any]] = []
 
