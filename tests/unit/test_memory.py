@@ -289,3 +289,29 @@ def test_the_layout_comes_back_after_diffusers_reoffloads_the_model_its_own_way(
     assert _hooked(model.blocks[1], GROUP_HOOK) == [] and offloaded(model).blocks == [0]
     assert isinstance(model._diffusers_hook.get_hook(GROUP_HOOK), FirstBlockPrefetch)
     assert torch.equal(forward("i2v", model), base)
+
+
+@pytest.mark.slow
+def test_the_gpu_benchmark_runs_its_rows_on_the_tiny_models(tmp_path):
+    """``bench/gpu/video_memory.py --tiny``: the benchmark's own code on the CPU, every row of each
+    model without an error; the exact paths give the bf16 output, fp8 storage a close one."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, str(root / "bench/gpu/video_memory.py"), "--tiny"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads((tmp_path / "video_memory.json").read_text())
+    assert [m["model"] for m in result["models"]] == ["Wan2.2-I2V-A14B expert", "Wan2.2-S2V-14B", "Wan2.2-Animate-14B"]
+    for group in result["models"]:
+        rows = {r["key"]: r for r in group["rows"]}
+        assert not [r for r in rows.values() if "error" in r], group
+        for key in ("swap20", "swap40", "offload_all", "diffusers_offload"):
+            assert rows[key]["rel_err_vs_bf16"] == 0.0, (group["model"], key)
+        for key in ("fp8", "fp8_swap20", "fp8_swap40"):
+            assert 0 < rows[key]["rel_err_vs_bf16"] < 0.1, (group["model"], key)
+        assert rows["fp8_swap40"]["rel_err_vs_bf16"] == rows["fp8"]["rel_err_vs_bf16"]
