@@ -5,7 +5,8 @@ Speed does not depend on weight values, so random weights give true timings (the
 is indicative only: random weights are not distributed like trained ones). Rows, all in one process:
 
 * ``bf16``: the renderer's runtime placement (``runtime/animate.py``) with precision bf16;
-* ``fp8_e4m3fn``: the same with ``quantize: fp8_e4m3fn`` (weights stored as fp8, upcast per layer);
+* ``fp8_e4m3fn``: the same with ``quantize: fp8_e4m3fn`` (weights stored as fp8, upcast per layer:
+  diffusers' layerwise casting, ``runtime/memory.py``);
 * ``fp8_e4m3fn + block_swap 20``: the preset's placement (blocks 0-19 streamed from pinned RAM);
 * ``bf16 + block_swap 20``: the swap alone;
 * with ``sageattn`` as well, when diffusers can use SageAttention here;
@@ -43,9 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from cinesynth_batch.runtime.animate import (  # noqa: E402
     AnimateRuntime,
     RuntimeSettings,
-    fp8_targets,
     resolve_runtime,
 )
+from cinesynth_batch.runtime.memory import fp8_targets  # noqa: E402
 
 #: diffusers ``WanAnimateTransformer3DModel`` arguments for the official Animate-14B checkpoint.
 ANIMATE_14B = dict(

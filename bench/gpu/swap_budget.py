@@ -6,7 +6,7 @@
 2. Residency: 8 scenes alternating two experts through ``catalog/residency.py``: with a budget
    that holds both, and with one that holds one (the other waits in pinned RAM).
 3. Budget: the 720p CFG step with the expert's blocks offloaded (block-level group offloading
-   with a prefetch stream, ``runtime/accel.py``) against the same step fully resident, with the
+   with a prefetch stream, ``runtime/memory.py``) against the same step fully resident, with the
    peak memory of each.
 
     python bench/gpu/swap_budget.py [swap,residency,budget]   # $OUT/swap_budget.json when OUT is set
@@ -22,8 +22,9 @@ from types import SimpleNamespace
 import torch
 
 from _common import A14B_EXPERT, SIZES, build, gib, save, table, timed, wan_inputs
-from cinesynth_batch.runtime.accel import compile_blocks, offload_blocks
+from cinesynth_batch.runtime.accel import compile_blocks
 from cinesynth_batch.runtime.attention import set_attention
+from cinesynth_batch.runtime.memory import offload_blocks
 from cinesynth_batch.catalog.residency import Residency
 from cinesynth_batch.runtime.swap import HostCopy
 from wan_step import cfg_sequential

@@ -38,7 +38,7 @@ TINY_SOURCES = ("catalog/tiny/build.py", "catalog/tiny/rrdbnet.py", "catalog/tin
                 "models/rrdbnet.py", "models/s2v/transformer.py", "models/s2v/components.py",
                 "models/separation.py", "tts/qwen_tiny.py")
 #: ``tiny_sources_digest()`` of the sources ``TINY_REVISION`` was checked against.
-TINY_SOURCES_DIGEST = "b0ecf644d7fe7323a4ac5be9476579429a6060194f597c49af037497aa98ff60"
+TINY_SOURCES_DIGEST = "7cefda3944d0df2d1ca604e25d3e325a0524294529c71ff14eaa350244f6f615"
 SMALL_FILE = 1 << 20
 
 

@@ -122,9 +122,9 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, s
     return "video", tuple(segments)
 
 
-def _speed_runtime(stage: m.SpeedOptions) -> dict:
-    """The exact speed options: passed to the stage, not part of the key."""
-    return {"attention": stage.attention, "compile": stage.compile}
+def _speed_runtime(stage: m.VideoStage | m.LipsyncStage) -> dict:
+    """The exact speed and memory options: passed to the stage, not part of the key."""
+    return {"attention": stage.attention, "compile": stage.compile, "block_swap": stage.block_swap}
 
 
 def _chain_runtime(k: int, segments: int) -> dict:

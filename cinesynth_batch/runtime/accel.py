@@ -1,4 +1,4 @@
-"""Speed paths for the Wan transformers: attention kernel, regional compile, fp8 compute, offload.
+"""Speed paths for the Wan transformers: attention kernel, regional compile, fp8, offload.
 
 ``SpeedSettings`` is what a stage asks for; ``prepare_transformer(model, settings, device)`` applies
 it to one transformer and returns a report of what was used (recorded in the render manifest).
@@ -10,14 +10,20 @@ it to one transformer and returns a report of what was used (recorded in the ren
                (about 15 s for a 40-block A14B expert), after which a 480p step takes ~15 % less
                time. ``auto`` compiles on CUDA when Triton imports and never on the CPU (compiling
                costs more there than a tiny render takes).
-``quantize``   ``None`` or ``fp8``: the Linear layers inside the transformer blocks compute in
-               float8 e4m3 with per-row scales for weights and activations (torchao
-               ``Float8DynamicActivationFloat8WeightConfig(PerRow)``); lossy, opt-in, CUDA
-               with compute capability >= 8.9 only. ``fp8_e4m3fn`` (fp8 *storage*, bf16 compute) is
-               the Animate stage's own setting.
-``offload``    ``None`` or ``blocks``: block-level group offloading with a prefetch stream
-               (diffusers ``enable_group_offload``): each block is copied from pinned host RAM
-               while the previous one computes, so a 14B expert runs in a few GiB of VRAM.
+``quantize``   ``None``, ``fp8`` or ``fp8_e4m3fn``. ``fp8`` (fp8 *compute*): the Linear layers inside
+               the transformer blocks compute in float8 e4m3 with per-row scales for weights and
+               activations (torchao ``Float8DynamicActivationFloat8WeightConfig(PerRow)``); CUDA with
+               compute capability >= 8.9 only. ``fp8_e4m3fn`` (fp8 *storage*, see
+               ``runtime/memory.py``): the transformer's weights are stored as float8 and each layer
+               computes in the model's dtype (diffusers' layerwise casting); it runs wherever torch
+               has the float8 dtype, and runs eager (its per-layer casts cannot be compiled into
+               one graph). Both are lossy and opt-in.
+``offload``    ``None`` or ``blocks``: every transformer block is offloaded (``runtime/memory.py``
+               ``offload_blocks``: pinned host RAM, one block copied in while the previous one
+               computes), so a 14B expert runs in a few GiB of VRAM. The stages set it when a
+               pipeline does not fit the VRAM budget.
+``block_swap`` ``N``: the first ``N`` blocks of each transformer are offloaded that way, the others
+               stay on the device (the same function); not keyed (exact). CUDA only.
 
 Settings that cannot run on this machine fall back to the nearest exact alternative with a
 ``SpeedFallbackWarning`` naming the setting and the reason.
@@ -40,7 +46,9 @@ from ..errors import StageError
 from .attention import LOSSY, NAMES as ATTENTION_NAMES, resolve_attention, set_attention
 
 COMPILE_MODES = ("auto", "on", "off")
-QUANTIZE_MODES = (None, "fp8")
+FP8_COMPUTE = "fp8"
+FP8_STORAGE = "fp8_e4m3fn"
+QUANTIZE_MODES = (None, FP8_COMPUTE, FP8_STORAGE)
 OFFLOAD_MODES = (None, "blocks")
 _APPLIED_ATTR = "_cinesynth_speed"
 
@@ -55,6 +63,7 @@ class SpeedSettings:
     compile: str = "auto"
     quantize: str | None = None
     offload: str | None = None
+    block_swap: int = 0
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_NAMES:
@@ -62,9 +71,11 @@ class SpeedSettings:
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         if self.quantize not in QUANTIZE_MODES:
-            raise ValueError(f"quantize must be null or 'fp8', got {self.quantize!r}")
+            raise ValueError(f"quantize must be null, 'fp8' or 'fp8_e4m3fn', got {self.quantize!r}")
         if self.offload not in OFFLOAD_MODES:
             raise ValueError(f"offload must be null or 'blocks', got {self.offload!r}")
+        if isinstance(self.block_swap, bool) or not isinstance(self.block_swap, int) or self.block_swap < 0:
+            raise ValueError(f"block_swap must be an integer >= 0, got {self.block_swap!r}")
 
     @property
     def lossless(self) -> bool:
@@ -102,6 +113,28 @@ def _fp8_ok(device: str) -> tuple[bool, str]:
     return True, ""
 
 
+def _fp8_storage_ok() -> tuple[bool, str]:
+    import torch
+
+    if not hasattr(torch, "float8_e4m3fn"):  # pragma: no cover
+        return False, "this torch has no float8_e4m3fn dtype"
+    return True, ""
+
+
+def _resolve_quantize(quantize: str | None, device: str, dtype: Any) -> tuple[str | None, str]:
+    """The quantization that runs here for ``quantize``, and the reason when it falls back."""
+    name = str(dtype).replace("torch.", "")
+    if quantize == FP8_COMPUTE:
+        ok, why = _fp8_ok(device)
+        if not ok:
+            return None, f"quantize='fp8': {why}; computing in {name}"
+    elif quantize == FP8_STORAGE:
+        ok, why = _fp8_storage_ok()
+        if not ok:
+            return None, f"quantize='fp8_e4m3fn': {why}; storing the weights in {name}"
+    return quantize, ""
+
+
 def resolve(settings: SpeedSettings, device: str, dtype: Any,
             head_dim: int | None = None) -> tuple[dict[str, Any], list[str]]:
     """What runs for ``settings`` here: a dict of used values, and one reason per fallback."""
@@ -110,26 +143,31 @@ def resolve(settings: SpeedSettings, device: str, dtype: Any,
     attention = resolve_attention(settings.attention, device, dtype, head_dim)
     if attention.reason:
         reasons.append(f"attention={settings.attention!r}: {attention.reason}")
+    quantize, quantize_reason = _resolve_quantize(settings.quantize, device, dtype)
     compile_on = False
     if settings.compile == "on" or (settings.compile == "auto" and cuda):
         ok, why = _triton_ok() if cuda else (False, "compiling for the CPU costs more than it saves here")
+        if ok and quantize == FP8_STORAGE:
+            ok, why = False, "fp8 storage casts each layer in a hook that cannot be compiled into one graph"
         if ok:
             compile_on = True
         elif settings.compile == "on":
             reasons.append(f"compile='on': {why}; running eager")
-    quantize = settings.quantize
-    if quantize == "fp8":
-        ok, why = _fp8_ok(device)
-        if not ok:
-            reasons.append(f"quantize='fp8': {why}; computing in {str(dtype).replace('torch.', '')}")
-            quantize = None
+    if quantize_reason:
+        reasons.append(quantize_reason)
     offload = settings.offload
     if offload and not cuda:
         reasons.append(f"offload={offload!r}: offloading streams blocks to a CUDA device; on {device} "
                        "every block is in RAM already")
         offload = None
+    block_swap = settings.block_swap
+    if block_swap and not cuda:
+        reasons.append(f"block_swap={block_swap}: block swap streams blocks from RAM to a CUDA device; on {device} "
+                       "every block is in RAM already; using no swap")
+        block_swap = 0
     used = {"attention": attention.used, "attention_backend": attention.backend, "compile": compile_on,
-            "quantize": quantize, "offload": offload}
+            "quantize": quantize, "offload": offload,
+            "block_swap": block_swap}
     return used, reasons
 
 
@@ -229,16 +267,6 @@ def uncompile_blocks(model: Any) -> None:
             block.forward = eager
 
 
-def offload_blocks(model: Any, device: str) -> None:
-    """Block-level group offloading with a copy stream: weights in pinned RAM, one block on the
-    device at a time (plus the one being prefetched)."""
-    import torch
-
-    model.enable_group_offload(onload_device=torch.device(device), offload_device=torch.device("cpu"),
-                               offload_type="block_level", num_blocks_per_group=1, use_stream=True,
-                               record_stream=True, low_cpu_mem_usage=False)
-
-
 def prepare_transformer(model: Any, settings: SpeedSettings, device: str, label: str = "transformer",
                         warn: bool = True) -> dict[str, Any]:
     """Apply ``settings`` to ``model`` (once: a model prepared with other settings is refused, the
@@ -255,54 +283,80 @@ def prepare_transformer(model: Any, settings: SpeedSettings, device: str, label:
     if warn:
         for reason in reasons:
             warnings.warn(f"{label}: {reason}", SpeedFallbackWarning, stacklevel=2)
-    if used["quantize"] == "fp8":
+    if used["quantize"] == FP8_COMPUTE:
         used["fp8_layers"] = quantize_fp8(model)
+    elif used["quantize"] == FP8_STORAGE:
+        from .memory import store_fp8
+
+        stored = store_fp8(model, dtype)
+        used["fp8_layers"], used["fp8_bytes_saved"] = stored.layers, stored.bytes_saved
     used["attention_processors"] = set_attention(model, used["attention"])
     if not used["attention_processors"]:       # the model calls torch SDPA itself
         used["attention"], used["attention_backend"] = "sdpa", "native"
     if used["compile"]:
         used["compiled_blocks"] = compile_blocks(model)
-    if used["offload"]:
-        offload_blocks(model, device)
+    if used["offload"] or used["block_swap"]:
+        from .memory import offload_blocks
+
+        done = offload_blocks(model, device, None if used["offload"] else used["block_swap"])
+        used["offloaded_blocks"] = done.count
     report = {"requested": asdict(settings), **used, "fallbacks": reasons}
     setattr(model, _APPLIED_ATTR, {"settings": settings, "report": report})
     return report
 
 
 _PIPE_OFFLOAD_ATTR = "_cinesynth_group_offload"
+TRANSFORMERS = ("transformer", "transformer_2")
 
 
 def prepare_pipeline(pipe: Any, settings: SpeedSettings, device: str, over_budget: bool = False,
                      warn: bool = True) -> dict[str, Any]:
     """``prepare_transformer`` on each of the pipeline's transformers; when the pipeline does not
-    fit the VRAM budget (``over_budget``, on CUDA), every component is group-offloaded block by
-    block with a prefetch stream. Returns ``{component: report}`` plus ``offload``."""
-    import torch
+    fit the VRAM budget (``over_budget``, on CUDA), every block of its transformers is offloaded
+    (``runtime/memory.py`` ``offload_blocks``) and so is each other component of a diffusers
+    pipeline (text and image encoders, VAE: diffusers' block-level group offloading, as its
+    ``enable_group_offload`` does). Returns
+    ``{component: report}`` plus ``offload``."""
+    from .memory import drop_offload, offload_blocks, offloaded
 
     offload = bool(over_budget and str(device).startswith("cuda"))
     reports: dict[str, Any] = {}
-    for name in ("transformer", "transformer_2"):
+    for name in TRANSFORMERS:
         model = getattr(pipe, name, None)
         if model is not None:
             reports[name] = prepare_transformer(model, settings, device, label=name, warn=warn)
     if offload and not getattr(pipe, _PIPE_OFFLOAD_ATTR, False):
-        if hasattr(pipe, "enable_group_offload"):
-            pipe.enable_group_offload(onload_device=torch.device(device), offload_device=torch.device("cpu"),
-                                      offload_type="block_level", num_blocks_per_group=1, use_stream=True,
-                                      record_stream=True, low_cpu_mem_usage=False)
-        else:
-            for name in ("transformer", "transformer_2"):
-                if getattr(pipe, name, None) is not None:
-                    getattr(pipe, name).to("cpu")
-                    offload_blocks(getattr(pipe, name), device)
+        from diffusers import DiffusionPipeline
+
+        if isinstance(pipe, DiffusionPipeline):
+            components = pipe.components
+        else:                               # our S2V pipeline: its transformer
+            components = {name: getattr(pipe, name, None) for name in TRANSFORMERS}
+        for name, module in components.items():
+            if not _is_module(module):
+                continue
+            done = offloaded(module)
+            if done is not None and not done.delegated and done.count < done.total:
+                drop_offload(module)          # a block swap of some blocks becomes all of them
+            elif done is not None:
+                continue
+            offload_blocks(module, device)
+            if name in reports:
+                reports[name]["offloaded_blocks"] = offloaded(module).count
         setattr(pipe, _PIPE_OFFLOAD_ATTR, True)
     reports["offload"] = "blocks" if getattr(pipe, _PIPE_OFFLOAD_ATTR, False) else None
     return reports
 
 
+def _is_module(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.nn.Module)
+
+
 def settings_from_params(params: dict[str, Any]) -> SpeedSettings:
     return SpeedSettings(attention=params.get("attention") or "auto", compile=params.get("compile") or "auto",
-                         quantize=params.get("quantize"))
+                         quantize=params.get("quantize"), block_swap=params.get("block_swap") or 0)
 
 
 def prepared_pipeline(ctx: Any, role: str, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:

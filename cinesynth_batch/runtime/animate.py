@@ -14,12 +14,14 @@ Runtime settings (``RuntimeSettings``)
     ``WanAnimateTransformer3DModel._keep_in_fp32_modules``, stay fp32). The text encoder, image
     encoder and VAE keep the load dtype.
 ``quantize``
-    ``None`` or ``"fp8_e4m3fn"``: the weights of the transformer's Linear/Conv layers are stored as
-    ``float8_e4m3fn`` (plain cast, clamped to +-448, no scale) and upcast to the compute dtype just
-    before each layer runs. Biases, norms, embeddings, the patch embeddings, the output projection,
-    the modules diffusers keeps in fp32 and LoRA layers keep the compute dtype (the skip list of
-    diffusers' ``enable_layerwise_casting`` plus biases). ``"fp8_e4m3fn_scaled"`` needs per-tensor
-    scales that a bf16 checkpoint does not have: it is replaced by ``"fp8_e4m3fn"`` with a warning.
+    ``None`` or ``"fp8_e4m3fn"``: fp8 weight storage, the video models' shared path
+    (``runtime/memory.py`` ``store_fp8``: diffusers' layerwise casting). The Linear/Conv layers of the
+    transformer are stored as ``float8_e4m3fn`` (plain cast, clamped to +-448, no scale), weight
+    and bias, and cast to the compute dtype just before each layer runs. Norms, the patch
+    embeddings, the output projection, the modules diffusers keeps in fp32 and LoRA layers keep
+    the compute dtype (the skip list of diffusers' ``enable_layerwise_casting``). Runs on any
+    device (on a CPU it saves memory, not time). ``"fp8_e4m3fn_scaled"`` needs per-tensor scales
+    that a bf16 checkpoint does not have: it is replaced by ``"fp8_e4m3fn"`` with a warning.
 ``attention``
     ``sdpa`` (diffusers backend ``native``: torch SDPA, which picks its flash/cuDNN/efficient kernel),
     ``cudnn`` / ``fa3`` / ``fa4`` (cuDNN attention, FlashAttention-3 on Hopper, FlashAttention-4 on
@@ -31,13 +33,14 @@ Runtime settings (``RuntimeSettings``)
 ``block_swap``
     ``N``: the first ``N`` of the transformer's blocks (``transformer.blocks[0:N]``, each a
     ``WanTransformerBlock``: self-attention, cross-attention, FFN) live in pinned host RAM and are
-    copied to the device one block at a time, block-level group offloading with one block per group
-    built from diffusers' ``ModuleGroup`` / ``GroupOffloadingHook``; while block ``i`` runs, block
-    ``i+1`` is copied on a side CUDA stream, and block 0 is fetched when the transformer's forward
-    starts. The other blocks and everything outside ``blocks`` (embeddings, motion encoder, face
-    encoder, the face adapters, the output head) stay on the device. "20 of 40 blocks swapped"
-    is ``block_swap: 20``: blocks 0-19 stream in, blocks 20-39 stay resident. (diffusers' own
-    ``enable_group_offload`` offloads every block; it has no "N of M".)
+    copied to the device one block at a time, the video models' shared block offloading
+    (``runtime/memory.py`` ``offload_blocks``: diffusers' ``ModuleGroup`` / ``GroupOffloadingHook``,
+    one block per group); while block ``i`` runs, block ``i+1`` is copied on a side CUDA stream,
+    and block 0 is fetched when the transformer's forward starts. The other blocks and everything
+    outside ``blocks`` (embeddings, motion encoder, face encoder, the face adapters, the output
+    head) stay on the device. "20 of 40 blocks swapped" is ``block_swap: 20``: blocks 0-19 stream
+    in, blocks 20-39 stay resident. The swapped blocks are placed in host RAM in their run dtype
+    (fp8 when stored so), never on the device first.
 ``rms_norm``
     ``pytorch`` only: the model's RMSNorms are ``torch.nn.RMSNorm``.
 
@@ -65,15 +68,13 @@ from __future__ import annotations
 import gc
 import warnings
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-from diffusers.hooks.group_offloading import GroupOffloadingHook
-from diffusers.hooks.hooks import ModelHook
 
 from ..errors import StageError
 from .attention import BACKENDS, ensure_backend, usable
+from .memory import drop_fp8_storage, drop_offload, offload_blocks, store_fp8
 from .teacache import TeaCacheConfig, WanDiffusersAdapter, apply_teacache
 from ..errors import FallbackWarning
 
@@ -96,7 +97,6 @@ PRECISIONS = ("bf16", "fp16", "fp32")
 QUANTIZATIONS = (None, "fp8_e4m3fn")
 RMS_NORMS = ("pytorch",)
 SCALED_FP8 = "fp8_e4m3fn_scaled"
-FP8_MAX = 448.0
 
 #: The TeaCache coefficient preset used for Wan2.2-Animate (borrowed: no published Animate fit).
 TEACACHE_MODEL = "wan2.1-i2v-14b-720p"
@@ -106,8 +106,6 @@ TEACACHE_COEFFICIENTS_NOTE = (
 
 _RUNTIME_ATTR = "_cinesynth_animate_runtime"
 DEVICE_ATTR = "_cinesynth_animate_device"
-_CAST_HOOK = "layerwise_casting"      # the name diffusers looks up for a model's compute dtype
-_GROUP_HOOK = "group_offloading"      # the name diffusers looks up for a model's onload device
 
 
 class AnimateFallbackWarning(FallbackWarning):
@@ -202,11 +200,7 @@ def resolve_runtime(requested: RuntimeSettings, device: str, num_blocks: int | N
         reasons.append("fp8_e4m3fn_scaled needs pre-scaled fp8 weights, which the bf16 model does not have")
         quantize = "fp8_e4m3fn"
     if quantize == "fp8_e4m3fn":
-        if not cuda:
-            reasons.append(f"fp8 weight storage is used on CUDA devices only (on {device} it saves no time "
-                           "and upcasting every layer at every step only slows the run down)")
-            quantize = None
-        elif not hasattr(torch, "float8_e4m3fn"):  # pragma: no cover
+        if not hasattr(torch, "float8_e4m3fn"):  # pragma: no cover
             reasons.append("this torch has no float8_e4m3fn dtype")
             quantize = None
     if reasons:
@@ -248,91 +242,6 @@ def resolve_runtime(requested: RuntimeSettings, device: str, num_blocks: int | N
 # --------------------------------------------------------------------------- runtime placement
 
 
-class Fp8WeightHook(ModelHook):
-    """A layer whose weight is stored as float8_e4m3fn: upcast to ``compute_dtype`` for its forward,
-    the stored tensor put back after. Registered under diffusers' layerwise-casting hook name, so
-    ``transformer.dtype`` reports the compute dtype."""
-
-    _is_stateful = False
-
-    def __init__(self, compute_dtype):
-        super().__init__()
-        self.compute_dtype = compute_dtype
-        self._stored = None
-
-    def pre_forward(self, module, *args, **kwargs):
-        weight = module.weight
-        self._stored = weight.data
-        weight.data = self._stored.to(self.compute_dtype)
-        return args, kwargs
-
-    def post_forward(self, module, output):
-        if self._stored is not None:
-            module.weight.data = self._stored
-            self._stored = None
-        return output
-
-    def deinitalize_hook(self, module):
-        self._stored = None
-        return module
-
-
-class _SwapStartHook(GroupOffloadingHook):
-    """On the transformer: owns no weights; when the forward starts it copies the first swapped
-    block to the device and waits for that copy, so anything that reads the block's weights before
-    the block runs (a TeaCache indicator does) sees them complete."""
-
-    def pre_forward(self, module, *args, **kwargs):
-        args, kwargs = super().pre_forward(module, *args, **kwargs)
-        nxt = self.next_group
-        if nxt is not None and nxt.stream is not None:
-            nxt.stream.synchronize()
-        return args, kwargs
-
-
-def _cast_skip_patterns(model: Any) -> tuple[str, ...]:
-    """The modules diffusers' ``enable_layerwise_casting`` leaves alone, plus LoRA layers."""
-    from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
-
-    patterns = tuple(DEFAULT_SKIP_MODULES_PATTERN)
-    patterns += tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
-    patterns += tuple(getattr(model, "_skip_layerwise_casting_patterns", None) or ())
-    try:
-        from peft.tuners.lora.layer import LoraLayer
-
-        patterns += tuple(LoraLayer.adapter_layer_names)
-    except ImportError:  # pragma: no cover
-        patterns += ("lora_A", "lora_B")
-    return tuple(dict.fromkeys(patterns))
-
-
-def _castable_layers() -> tuple:
-
-    return (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)
-
-
-def fp8_targets(model: Any) -> list[tuple[str, Any]]:
-    """(name, module) of every layer whose weight the fp8 setting stores as float8."""
-    import re
-
-    patterns = _cast_skip_patterns(model)
-    layers = _castable_layers()
-    out = []
-
-    def walk(module, prefix):
-        if prefix and any(re.search(p, prefix) for p in patterns):
-            return
-        if isinstance(module, layers):
-            if getattr(module, "weight", None) is not None:
-                out.append((prefix, module))
-            return
-        for name, child in module.named_children():
-            walk(child, f"{prefix}.{name}" if prefix else name)
-
-    walk(model, "")
-    return out
-
-
 def _keeps_fp32(model: Any, name: str) -> bool:
     keep = getattr(model, "_keep_in_fp32_modules", None) or ()
     atoms = name.split(".")
@@ -345,7 +254,6 @@ class _Materialized:
     device: str
     rest: dict[int, tuple[Any, Any]]            # id(tensor) -> (tensor object, rest data)
     previous_backends: dict[int, tuple[Any, Any]] = field(default_factory=dict)
-    groups: list = field(default_factory=list)
     fp8_layers: int = 0
     fp8_bytes_saved: int = 0
     swapped: list[int] = field(default_factory=list)
@@ -398,10 +306,8 @@ class AnimateRuntime:
         return self._materialize(settings, str(device))
 
     def _materialize(self, settings: RuntimeSettings, device: str) -> _Materialized:
-        from diffusers.hooks.hooks import HookRegistry
-
         model = self.transformer
-        dev = torch.device(device)
+        dev, cpu = torch.device(device), torch.device("cpu")
         compute = _torch_dtype(settings.precision)
         if any(t.device.type != "cpu" for t in model.parameters()):
             model.to("cpu")  # the rest copy lives in host RAM; each run places its own device copy
@@ -410,12 +316,9 @@ class AnimateRuntime:
         state = _Materialized(settings=settings, device=device,
                               rest={id(t): (t, t.data) for _, _, _, t in entries})
         self.current = state
-        fp8 = settings.quantize == "fp8_e4m3fn"
-        targets = {id(m) for _, m in fp8_targets(model)} if fp8 else set()
-        hook_cls = Fp8WeightHook if fp8 else None
 
-        def place(module) -> None:
-            """Put one module's own tensors on the device in their run dtype (fp8 weights stored)."""
+        def place(module, where) -> None:
+            """Put one module's own tensors on ``where`` in their run dtype."""
             for store in (module._parameters, module._buffers):
                 for attr, tensor in store.items():
                     if tensor is None:
@@ -424,19 +327,12 @@ class AnimateRuntime:
                     want = rest.dtype
                     if rest.is_floating_point():
                         want = torch.float32 if _keeps_fp32(model, names.get(id(tensor), attr)) else compute
-                    tensor.data = rest.to(device=dev, dtype=want)
-            if id(module) in targets:
-                weight = module.weight
-                before = weight.data.numel() * weight.data.element_size()
-                weight.data = weight.data.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-                state.fp8_bytes_saved += before - weight.data.numel()
-                state.fp8_layers += 1
-                HookRegistry.check_if_exists_or_initialize(module).register_hook(hook_cls(compute), _CAST_HOOK)
+                    tensor.data = rest.to(device=where, dtype=want)
 
         def outside_blocks(module) -> None:
             if module is model.blocks:
                 return
-            place(module)
+            place(module, dev)
             for child in module.children():
                 outside_blocks(child)
 
@@ -444,55 +340,19 @@ class AnimateRuntime:
             blocks = list(model.blocks)
             swap = min(settings.block_swap, len(blocks))
             outside_blocks(model)
-            for block in blocks[swap:]:
+            for i, block in enumerate(blocks):
                 for sub in block.modules():
-                    place(sub)
+                    place(sub, cpu if i < swap else dev)   # swapped blocks are pinned in RAM below
+            if settings.quantize == "fp8_e4m3fn":
+                stored = store_fp8(model, compute)
+                state.fp8_layers, state.fp8_bytes_saved = stored.layers, stored.bytes_saved
             if swap:
-                self._swap_blocks(state, blocks[:swap], dev, place)
+                state.swapped = offload_blocks(model, device, swap).blocks
             self._set_attention(settings.attention)
         except Exception:
             self.release()
             raise
         return state
-
-    def _swap_blocks(self, state: _Materialized, blocks: list, dev, place) -> None:
-        """Block-level group offloading of ``blocks`` (one block per group, chained prefetch)."""
-        from diffusers.hooks.group_offloading import GroupOffloadingConfig, ModuleGroup
-        from diffusers.hooks.hooks import HookRegistry
-
-        cpu = torch.device("cpu")
-        stream = torch.cuda.Stream(device=dev) if dev.type == "cuda" else None
-        streamed = stream is not None
-        config = GroupOffloadingConfig(
-            onload_device=dev, offload_device=cpu, offload_type="block_level", non_blocking=streamed,
-            record_stream=streamed, low_cpu_mem_usage=False, num_blocks_per_group=1, stream=stream)
-        model = self.transformer
-        index = {id(b): i for i, b in enumerate(model.blocks)}
-        hooks = []
-        for block in blocks:
-            for sub in block.modules():
-                place(sub)  # on the device in the run dtype (fp8 cast there), then pinned in RAM below
-            group = ModuleGroup(modules=[block], offload_device=cpu, onload_device=dev, offload_leader=block,
-                                onload_leader=block, non_blocking=streamed, stream=stream, record_stream=streamed,
-                                low_cpu_mem_usage=False, onload_self=False,
-                                group_id=f"animate_blocks_{index[id(block)]}")
-            hook = GroupOffloadingHook(group, config=config)
-            HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, _GROUP_HOOK)  # offloads it
-            hooks.append(hook)
-            state.groups.append(group)
-            state.swapped.append(index[id(block)])
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
-        # The transformer's own hook has nothing to move: it starts the copy of the first swapped
-        # block when the forward begins; each swapped block starts the copy of the next.
-        starter = ModuleGroup(modules=[], offload_device=cpu, onload_device=dev, offload_leader=model,
-                              onload_leader=model, parameters=[], buffers=[], non_blocking=False, stream=None,
-                              record_stream=False, onload_self=True, group_id="animate_block_swap_start")
-        starter_hook = _SwapStartHook(starter, config=config)
-        starter_hook.next_group = hooks[0].group
-        for a, b in zip(hooks, hooks[1:]):
-            a.next_group = b.group
-        HookRegistry.check_if_exists_or_initialize(model).register_hook(starter_hook, _GROUP_HOOK)
 
     def _set_attention(self, attention: str) -> None:
         from diffusers.models.attention import AttentionModuleMixin
@@ -516,17 +376,13 @@ class AnimateRuntime:
         state = self.current
         if state is None:
             return
-        from diffusers.hooks.hooks import HookRegistry
-
         model = self.transformer
-        registry = HookRegistry.check_if_exists_or_initialize(model)
-        registry.remove_hook(_GROUP_HOOK, recurse=True)
-        registry.remove_hook(_CAST_HOOK, recurse=True)
+        drop_offload(model)
+        drop_fp8_storage(model)
         for tensor, rest in state.rest.values():
             tensor.data = rest
         for processor, backend in state.previous_backends.values():
             processor._attention_backend = backend
-        state.groups.clear()
         self.current = None
         gc.collect()
         if str(state.device).startswith("cuda") and torch.cuda.is_available():

@@ -218,4 +218,16 @@ def apply_loras(pipe: Any, requests: Sequence[LoraRequest], max_loaded: int = DE
     names = list(active)
     pipe.set_adapters(names, adapter_weights=[active[n] for n in names])
     _evict(pipe, set(names), max_loaded)
+    _restore_offload(pipe)
     return active
+
+
+def _restore_offload(pipe: Any) -> None:
+    """Loading and deleting adapters makes diffusers re-offload a block-offloaded transformer its
+    own way; put the renderer's layout (``runtime/memory.py``) back."""
+    from .memory import restore_offload
+
+    for name in ("transformer", "transformer_2"):
+        model = getattr(pipe, name, None)
+        if model is not None:
+            restore_offload(model)

@@ -207,7 +207,8 @@ class SpeedOptions(RankOptions):
     compile: Compile = Field(
         "auto", description="regional torch.compile of the transformer blocks; auto: on CUDA only")
     quantize: WanQuantize | None = Field(
-        None, description="fp8: the blocks' matrix products in float8 with per-row scales (lossy, faster)")
+        None, description="fp8: the blocks' matrix products in float8 with per-row scales (lossy, faster); "
+                          "fp8_e4m3fn: weights stored in float8, computed in bf16 (lossy, half the weight memory)")
 
     @field_validator("compile", mode="before")
     @classmethod
@@ -236,6 +237,8 @@ class VideoStage(SpeedOptions):
     seed: SpecSeed | None = None
     loras: list[VideoLora] = Field(default_factory=list)
     cache: StepCache | None = Field(None, description="TeaCache step caching; off by default")
+    block_swap: BlockSwap = Field(0, description="blocks of each expert kept in RAM and streamed in (CUDA; "
+                                                  "exact, not keyed)")
 
 
 class LipsyncStage(SpeedOptions):
@@ -260,6 +263,8 @@ class LipsyncStage(SpeedOptions):
     pose_video: str | None = Field(None, description="optional driving pose video")
     loras: list[VideoLora] = Field(default_factory=list)
     cache: StepCache | None = Field(None, description="off by default (quality first)")
+    block_swap: BlockSwap = Field(0, description="transformer blocks kept in RAM and streamed in (CUDA; "
+                                                  "exact, not keyed)")
 
 
 class AnimateLora(Strict):

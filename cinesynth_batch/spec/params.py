@@ -83,10 +83,11 @@ class WanSpeed(StageParams):
     attention: WanAttention | None = None
     compile: Compile | None = None
     quantize: WanQuantize | None = None
+    block_swap: BlockSwap = 0
 
     def speed(self) -> dict[str, Any]:
         return {"attention": self.attention or "auto", "compile": self.compile or "auto",
-                "quantize": self.quantize}
+                "quantize": self.quantize, "block_swap": self.block_swap}
 
 
 class VideoParams(WanSpeed):

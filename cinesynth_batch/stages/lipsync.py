@@ -3,7 +3,9 @@
 params: ``prompt``, ``negative_prompt``, ``steps``, ``infer_frames`` (frames per segment,
 a multiple of 4), ``guidance``, ``shift``, ``boundary``, ``scheduler``, ``width``,
 ``height``, ``fps``, ``seed``, ``loras: [{name, high, low}]``, ``cache`` (TeaCache settings or
-None). inputs: ``avatar`` (image), ``audio`` (speech, any format), optional ``pose_video``.
+None), ``quantize`` (``fp8`` / ``fp8_e4m3fn``, keyed). runtime (not keyed): ``attention``,
+``compile``, ``block_swap`` (see ``runtime/accel.py``). inputs: ``avatar`` (image), ``audio``
+(speech, any format), optional ``pose_video``.
 
 The number of segments follows the speech length (see ``models/s2v/audio_features.py``);
 segment 1 starts from the avatar, each next one from the previous segment's last frames.
@@ -73,10 +75,14 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
     loras = [PhaseLora(lo["name"], ctx.resolve_lora(lo["name"], "mov"), lo["high"], lo["low"])
              for lo in p["loras"]]
     from ..runtime.accel import prepared_pipeline
+    from ..runtime.memory import offloaded, restore_offload
     from .effective import checked_speed
 
     pipe, speed = prepared_pipeline(ctx, MODEL_ROLE, p)
     fell = checked_speed(KIND, p, speed, ctx.device, ctx.dtype)
+    if offloaded(pipe.transformer) is not None:
+        pipe.loras.use(loras)                 # the adapters join the offloaded blocks' pinned copies
+        restore_offload(pipe.transformer)
     result = pipe.generate(
         image=avatar, speech=wave, audio_seconds=seconds, prompt=p["prompt"],
         negative_prompt=p["negative_prompt"], width=p["width"], height=p["height"], fps=p["fps"],

@@ -4,8 +4,9 @@ params: ``prompt``, ``negative_prompt``, ``frames`` (4k+1), ``steps``, ``guidanc
 expert), ``guidance_2`` (low-noise expert), ``shift``, ``boundary``, ``scheduler`` (``"unipc"`` or
 ``"euler"``), ``width``, ``height``, ``fps``, ``seed``, ``loras`` (``[{name, high, low}]``).
 
-runtime (not keyed): ``segment``, ``segments`` for a clip chained from several segments (this
-one's place, for progress events).
+``quantize`` (``fp8`` / ``fp8_e4m3fn``, keyed). runtime (not keyed): ``attention``, ``compile``,
+``block_swap`` (see ``runtime/accel.py``), and ``segment``, ``segments`` for a clip chained from
+several segments (this one's place, for progress events).
 
 inputs: ``"image"`` (a still) or ``"prev"`` (the previous segment's mp4: this segment starts from its
 last frame), plus optional ``"last_image"`` (first-last-frame clips). Writes one mp4.

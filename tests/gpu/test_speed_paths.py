@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 
 from cinesynth_batch.runtime import accel  # noqa: E402
 from cinesynth_batch.runtime.attention import resolve_attention, set_attention  # noqa: E402
+from cinesynth_batch.runtime.memory import offload_blocks  # noqa: E402
 
 FP8_FORWARD_REL_ERROR_BOUND = 0.015    # fp8 (per-row) forward vs fp32: 8.2e-3 measured; docs/performance.md
 
@@ -105,7 +106,7 @@ def test_block_offload_gives_the_resident_output():
               torch.randn(1, 64, 4096, device="cuda", generator=g, dtype=torch.bfloat16))
     resident = _forward(model, inputs)
     model.to("cpu")
-    accel.offload_blocks(model, "cuda")
+    offload_blocks(model, "cuda")
     before = torch.cuda.memory_allocated()
     offloaded = _forward(model, inputs)
     assert torch.equal(offloaded, resident)

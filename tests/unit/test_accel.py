@@ -19,23 +19,30 @@ def test_settings_reject_unknown_values():
         accel.SpeedSettings(attention="xformers")
     with pytest.raises(ValueError, match="compile must be one of auto, on, off"):
         accel.SpeedSettings(compile="yes")
-    with pytest.raises(ValueError, match="quantize must be null or 'fp8'"):
+    with pytest.raises(ValueError, match="quantize must be null, 'fp8' or 'fp8_e4m3fn', got 'int8'"):
         accel.SpeedSettings(quantize="int8")
     assert accel.SpeedSettings().lossless and not accel.SpeedSettings(quantize="fp8").lossless
+    assert not accel.SpeedSettings(quantize="fp8_e4m3fn").lossless
+    assert accel.SpeedSettings(block_swap=20).lossless
     assert not accel.SpeedSettings(attention="sageattn").lossless
 
 
 def test_cpu_resolution_names_every_fallback():
     used, reasons = accel.resolve(accel.SpeedSettings(attention="fa3", compile="on", quantize="fp8",
-                                                      offload="blocks"), "cpu", torch.float32)
+                                                      offload="blocks", block_swap=20), "cpu", torch.float32)
     assert used == {"attention": "sdpa", "attention_backend": "native", "compile": False, "quantize": None,
-                    "offload": None}
+                    "offload": None, "block_swap": 0}
     assert reasons == [
         "attention='fa3': fa3 runs on CUDA devices only, this run is on cpu; using sdpa (torch SDPA)",
         "compile='on': compiling for the CPU costs more than it saves here; running eager",
         "quantize='fp8': fp8 compute runs on CUDA devices only, this run is on cpu; computing in float32",
         "offload='blocks': offloading streams blocks to a CUDA device; on cpu every block is in RAM already",
+        "block_swap=20: block swap streams blocks from RAM to a CUDA device; on cpu every block is in RAM "
+        "already; using no swap",
     ]
+    # fp8 storage runs on the CPU: no fallback
+    used, reasons = accel.resolve(accel.SpeedSettings(quantize="fp8_e4m3fn"), "cpu", torch.float32)
+    assert (used["quantize"], reasons) == ("fp8_e4m3fn", [])
     # the defaults fall back silently: auto means "the best this machine has"
     assert accel.resolve(accel.SpeedSettings(), "cpu", torch.float32)[1] == []
     assert resolve_attention("auto", "cpu", torch.float32).used == "sdpa"
@@ -170,6 +177,8 @@ def test_fa4_operator_has_a_shape_only_fake_for_compile():
 def test_key_params_follow_the_fallback_decision_on_cpu():
     params = {"prompt": "x", "quantize": "fp8", "attention": "sageattn"}
     assert accel.keyed_speed(params, "cpu", "float32") == {"prompt": "x"}
+    storage = {"prompt": "x", "quantize": "fp8_e4m3fn", "attention": "sageattn"}
+    assert accel.keyed_speed(storage, "cpu", "float32") == {"prompt": "x", "quantize": "fp8_e4m3fn"}
     assert accel.keyed_speed({"prompt": "x"}, "cpu", "float32") == {"prompt": "x"}
     exact = {"prompt": "x", "attention": "fa3"}          # exact kernels are not keyed: left as they are
     assert accel.keyed_speed(exact, "cpu", "bfloat16") is exact

@@ -20,6 +20,7 @@ from cinesynth_batch.media.ffmpeg import ffmpeg_path_arg, run_ffmpeg
 from cinesynth_batch.media.video_io import probe, read_frames, write_video
 from cinesynth_batch.catalog.loaders import load_animate_pipeline
 from cinesynth_batch.runtime import animate as am
+from cinesynth_batch.runtime.memory import fp8_targets
 from cinesynth_batch.catalog.tiny.build import tree_digest
 from cinesynth_batch.catalog.tiny.animate import build_tiny_animate, write_tiny_animate_lora
 from cinesynth_batch.stages import animate as stage
@@ -237,18 +238,33 @@ def test_lora_weight_changes_frames_and_zero_restores(ctx, media, tmp_path):
 def test_gpu_settings_fall_back_on_cpu_with_one_warning_each(ctx, media, tmp_path):
     _, plain, _ = render(ctx, tmp_path, inputs_for(media), name="plain")
     facts, out, caught = render(ctx, tmp_path, inputs_for(media), name="fallback",
-                                quantize="fp8_e4m3fn", block_swap=20, attention="sageattn")
+                                block_swap=20, attention="sageattn")
     settings = sorted(str(w.message).split("=")[0] for w in caught)
-    assert settings == ["animate: attention", "animate: block_swap", "animate: quantize"]
+    assert settings == ["animate: attention", "animate: block_swap"]
     rt = facts["runtime"]
     assert (rt["quantization"], rt["block_swap"], rt["attention"], rt["precision"]) == (None, 0, "sdpa", "fp32")
     used = {fb["setting"]: (fb["requested"], fb["used"]) for fb in rt["fallbacks"]}
-    assert used == {"quantize": ("fp8_e4m3fn", None), "block_swap": (20, 0), "attention": ("sageattn", "sdpa")}
+    assert used == {"block_swap": (20, 0), "attention": ("sageattn", "sdpa")}
     assert out.read_bytes() == plain.read_bytes()  # the fallbacks are exact
 
     facts, _, caught = render(ctx, tmp_path, inputs_for(media), name="scaled", quantize="fp8_e4m3fn_scaled")
     assert len(caught) == 1 and "pre-scaled" in str(caught[0].message)
-    assert facts["runtime"]["quantization"] is None
+    assert facts["runtime"]["quantization"] == "fp8_e4m3fn"
+
+
+def test_fp8_storage_runs_on_cpu_and_is_keyed(ctx, media, tmp_path):
+    """fp8 storage runs wherever torch has the dtype: no fallback on the CPU, the output changes
+    (lossy) and the key names it, as on a GPU."""
+    _, plain, _ = render(ctx, tmp_path, inputs_for(media), name="plain")
+    facts, out, caught = render(ctx, tmp_path, inputs_for(media), name="fp8", quantize="fp8_e4m3fn")
+    assert caught == []
+    rt = facts["runtime"]
+    assert (rt["quantization"], rt["fallbacks"]) == ("fp8_e4m3fn", [])
+    assert rt["fp8_layers"] > 0 and rt["fp8_bytes_saved"] > 0
+    assert out.read_bytes() != plain.read_bytes()
+    keyed = stage.effective_params({**BASE, "quantize": "fp8_e4m3fn"}, "cpu", "float32")
+    assert keyed["quantize"] == "fp8_e4m3fn"
+    assert stage.effective_params(BASE, "cpu", "float32")["quantize"] is None
 
 
 def test_teacache_threshold_zero_is_exact(ctx, media, tmp_path):
@@ -333,10 +349,14 @@ def test_fp8_and_block_swap_placement_is_undone_exactly(model_dir, lora_root):
 
     runtime.apply(am.RuntimeSettings("fp32", quantize="fp8_e4m3fn", block_swap=1), "cpu")
     rep = runtime.report()
-    assert rep["fp8_layers"] > 0 and rep["swapped_blocks"] == "0" and tr.dtype == torch.float32
+    assert rep["fp8_layers"] == len(fp8_targets(tr)) > 0 and rep["swapped_blocks"] == "0"
+    assert tr.dtype == torch.float32
     assert tr.blocks[1].attn1.to_q.weight.dtype == torch.float8_e4m3fn
-    assert tr.blocks[1].attn1.to_q.bias.dtype == torch.float32      # biases keep the compute dtype
+    assert tr.blocks[1].attn1.to_q.bias.dtype == torch.float8_e4m3fn  # diffusers casts the whole layer
     assert tr.proj_out.weight.dtype == torch.float32                 # diffusers' skip list is honoured
+    assert tr.blocks[0]._diffusers_hook.get_hook("group_offloading") is not None   # the shared swap path
+    assert getattr(tr.blocks[1], "_diffusers_hook", None) is None or \
+        tr.blocks[1]._diffusers_hook.get_hook("group_offloading") is None
     fp8 = _forward(tr)
     err = float((fp8 - base).norm() / base.norm())
     assert 0 < err < 0.1

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .blocks import S2VCrossAttention
+from .blocks import S2VCrossAttention, compute_dtype
 
 __all__ = ["audio_injector_slots", "AudioFeatureEncoder", "AudioAdaptiveNorm", "AudioInjector"]
 
@@ -153,7 +153,7 @@ class AudioAdaptiveNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """``x`` ``[N, S, C]``; ``cond`` ``[N, C]``."""
-        params = self.linear(F.silu(cond).to(self.linear.weight.dtype))
+        params = self.linear(F.silu(cond).to(compute_dtype(self.linear)))
         shift, scale = params.chunk(2, dim=-1)
         normed = F.layer_norm(x.float(), x.shape[-1:], eps=self.eps)
         return normed * (1 + scale[:, None]) + shift[:, None]

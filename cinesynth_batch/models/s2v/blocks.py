@@ -6,7 +6,9 @@ regions forced to float32:
 
 * the residual stream is float32 from the first block's residual add onwards;
 * matrix products (attention projections, FFN, text embedding, patch convolutions) run in the
-  parameter dtype (``compute dtype``): inputs are cast to the weight dtype just before them;
+  parameter dtype (``compute dtype``): inputs are cast to it just before them
+  (:func:`compute_dtype`: the weight dtype, or the dtype a layer whose weights are stored in
+  fp8 computes in);
 * timestep embedding, AdaLN modulation arithmetic, layer norms and the output head run in float32
   (:func:`linear_fp32` upcasts the weights of plain ``nn.Linear`` layers);
 * RoPE is applied in float32 to float32 copies of q and k (angles computed in float64).
@@ -32,6 +34,7 @@ __all__ = [
     "build_rope",
     "apply_rope",
     "timestep_sinusoid",
+    "compute_dtype",
     "linear_fp32",
     "run_fp32",
     "FP32LayerNorm",
@@ -205,6 +208,17 @@ def timestep_sinusoid(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 
+def compute_dtype(layer: nn.Module) -> torch.dtype:
+    """The dtype ``layer`` multiplies in: its weight dtype, or, for weights stored in another dtype
+    through diffusers' layerwise casting (fp8 storage), the dtype the hook casts them to."""
+    for module in (layer, getattr(layer, "base_layer", None)):       # a PEFT wrapper holds the layer
+        registry = getattr(module, "_diffusers_hook", None)
+        hook = registry.get_hook("layerwise_casting") if registry is not None else None
+        if hook is not None:
+            return hook.compute_dtype
+    return layer.weight.dtype
+
+
 def linear_fp32(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Run a linear layer in float32 whatever its storage dtype (float32 output).
 
@@ -214,7 +228,7 @@ def linear_fp32(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if type(layer) is nn.Linear:
         bias = None if layer.bias is None else layer.bias.float()
         return F.linear(x.float(), layer.weight.float(), bias)
-    return layer(x.to(layer.weight.dtype)).float()
+    return layer(x.to(compute_dtype(layer))).float()
 
 
 def run_fp32(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
@@ -291,7 +305,7 @@ class S2VSelfAttention(_Projections):
     sequence_split = None
 
     def forward(self, x: torch.Tensor, rope: RopeTable) -> torch.Tensor:
-        x = x.to(self.q.weight.dtype)
+        x = x.to(compute_dtype(self.q))
         q = self._heads(self.norm_q(self.q(x)))
         k = self._heads(self.norm_k(self.k(x)))
         v = self._heads(self.v(x))
@@ -300,20 +314,20 @@ class S2VSelfAttention(_Projections):
             out = _attend(q, k, v)
         else:
             out = self.sequence_split.attend(q, k, v, _attend)
-        return self.o(out.to(self.o.weight.dtype))
+        return self.o(out.to(compute_dtype(self.o)))
 
 
 class S2VCrossAttention(_Projections):
     """Cross-attention from ``x`` to a context sequence (text tokens, or audio tokens per frame)."""
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        dtype = self.q.weight.dtype
+        dtype = compute_dtype(self.q)
         x = x.to(dtype)
         context = context.to(dtype)
         q = self._heads(self.norm_q(self.q(x)))
         k = self._heads(self.norm_k(self.k(context)))
         v = self._heads(self.v(context))
-        return self.o(_attend(q, k, v).to(self.o.weight.dtype))
+        return self.o(_attend(q, k, v).to(compute_dtype(self.o)))
 
 
 # --------------------------------------------------------------------------- DiT block
@@ -385,7 +399,7 @@ class S2VTransformerBlock(nn.Module):
 
         h = _segment_affine(self.norm2(x).float(), shift2, scale2, split)
         first = self.ffn[0]
-        y = self.ffn(h.to(first.weight.dtype))
+        y = self.ffn(h.to(compute_dtype(first)))
         return x + _segment_gate(y, gate2, split)
 
 

@@ -28,6 +28,7 @@ from .blocks import (
     S2VSelfAttention,
     TokenGrid,
     build_rope,
+    compute_dtype,
 )
 
 __all__ = ["FramePackMotionEncoder", "MotionTransformer", "tsm_sample_indices"]
@@ -66,7 +67,7 @@ class FramePackMotionEncoder(nn.Module):
         """
         b, c, t, h, w = motion_latents.shape
         total = sum(self.buckets)
-        dtype = self.proj.weight.dtype
+        dtype = compute_dtype(self.proj)
         packed = motion_latents.new_zeros(b, self.latent_channels, total, h, w, dtype=dtype)
         keep = min(total, t)
         if keep > 0:
@@ -127,7 +128,7 @@ class _MotionBlock(nn.Module):
     def forward(self, x: torch.Tensor, rope_cos: torch.Tensor, rope_sin: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn(self.norm1(x).float(), RopeTable(rope_cos, rope_sin))
         h = self.norm2(x).float()
-        return x + self.ffn(h.to(self.ffn[0].weight.dtype))
+        return x + self.ffn(h.to(compute_dtype(self.ffn[0])))
 
 
 def learned_rotations(freqs: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,7 @@ from .blocks import (
     S2VTransformerBlock,
     TokenGrid,
     build_rope,
+    compute_dtype,
     run_fp32,
     timestep_sinusoid,
 )
@@ -194,6 +195,10 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ["S2VTransformerBlock", "_MotionBlock"]
+    # fp8 weight storage (diffusers' layerwise casting) leaves these in the compute dtype, as
+    # diffusers' Wan models leave their patch and condition embeddings and output projection
+    _skip_layerwise_casting_patterns = ["patch_embedding", "^text_embedding", "^time_embedding", "^time_projection",
+                                        "norm", "^head", "^trainable_cond_mask"]
     _sequence_split = None      # set by enable_sequence_parallel
 
     @register_to_config
@@ -340,7 +345,7 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 grids.append(TokenGrid((-1, 0, 0), (1, h, w), (1, h, w)))
             zipped = self.motioner(motion_latents)
             norm, proj = self.zip_motion_out[0], self.zip_motion_out[1]
-            zipped = proj(norm(zipped).to(proj.weight.dtype))
+            zipped = proj(norm(zipped).to(compute_dtype(proj)))
             if drop_motion_frames:
                 zipped = zipped * 0.0
             side = self.motioner.motion_side_len
@@ -484,7 +489,7 @@ class WanS2VTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         if ctx.shape[1] < cfg.text_len:
             ctx = torch.cat([ctx, ctx.new_zeros(ctx.shape[0], cfg.text_len - ctx.shape[1], ctx.shape[2])], dim=1)
         first = self.text_embedding[0]
-        context = self.text_embedding(ctx.to(first.weight.dtype))
+        context = self.text_embedding(ctx.to(compute_dtype(first)))
 
         sp = self._sequence_split
         if sp is not None:          # this rank keeps its share of the tokens through the blocks

@@ -1,0 +1,138 @@
+"""fp8 weight storage and block swap (``runtime/memory.py``) on a real CUDA device, for the three
+video models (the tiny I2V expert, S2V and Animate transformers, bf16) and through the video and
+Animate stages' runtime calls (skipped without CUDA)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+
+from test_memory import MODELS, build, forward  # noqa: E402  (the CPU tests' builders and inputs)
+
+from cinesynth_batch.runtime import accel  # noqa: E402
+from cinesynth_batch.runtime.memory import (  # noqa: E402
+    FirstBlockPrefetch,
+    GROUP_HOOK,
+    fp8_targets,
+    offload_blocks,
+    store_fp8,
+)
+
+
+def _on_cuda(kind):
+    model = build(kind).to("cuda", torch.bfloat16)
+    return model
+
+
+def _forward(kind, model):
+    """The CPU tests' inputs, moved to the GPU in bf16 by a pre-hook on the model."""
+    handle = model.register_forward_pre_hook(
+        lambda m, args, kwargs: (tuple(_to_cuda(a) for a in args), {k: _to_cuda(v) for k, v in kwargs.items()}),
+        with_kwargs=True)
+    try:
+        return forward(kind, model).float().cpu()
+    finally:
+        handle.remove()
+
+
+def _to_cuda(value):
+    if isinstance(value, torch.Tensor):
+        return value.to("cuda", torch.bfloat16 if value.is_floating_point() and value.dim() > 1 else value.dtype)
+    return value
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_fp8_storage_and_block_swap_on_cuda(kind):
+    model = _on_cuda(kind)
+    bf16 = _forward(kind, model)
+    before = torch.cuda.memory_allocated()
+    stored = store_fp8(model, torch.bfloat16)
+    assert torch.cuda.memory_allocated() < before                 # the cast layers take 1 byte a weight
+    targets = dict(fp8_targets(model))
+    assert stored.layers == len(targets) > 0
+    assert all(m.weight.dtype == torch.float8_e4m3fn and m.weight.is_cuda for m in targets.values())
+    fp8 = _forward(kind, model)
+    err = float((fp8 - bf16).norm() / bf16.norm())
+    assert 0 < err < 0.1, err
+
+    done = offload_blocks(model, "cuda", 1)
+    assert done.blocks == [0]
+    first = [p for p in model.blocks[0].parameters()]
+    assert all(p.device.type == "cpu" and p.is_pinned() for p in first)          # waits in pinned RAM
+    assert any(p.dtype == torch.float8_e4m3fn for p in first)                     # as fp8: half the copy
+    assert all(p.is_cuda for p in model.blocks[1].parameters())
+    assert isinstance(model._diffusers_hook.get_hook(GROUP_HOOK), FirstBlockPrefetch)
+    assert torch.equal(_forward(kind, model), fp8)                # streaming is exact
+    assert all(p.device.type == "cpu" for p in model.blocks[0].parameters())      # offloaded again after
+
+
+def test_every_block_offloaded_leaves_only_the_rest_on_the_device_and_is_exact():
+    model = _on_cuda("i2v")
+    resident = _forward("i2v", model)
+    offload_blocks(model, "cuda")                                 # count None: the VRAM-budget path
+    in_blocks = {id(p) for p in model.blocks.parameters()}
+    assert all(p.device.type == "cpu" and p.is_pinned() for p in model.blocks.parameters())
+    assert all(p.is_cuda for p in model.parameters() if id(p) not in in_blocks)
+    assert torch.equal(_forward("i2v", model), resident)
+
+
+def test_prepare_transformer_applies_fp8_storage_and_block_swap_on_cuda():
+    model = _on_cuda("i2v")
+    settings = accel.SpeedSettings(attention="sdpa", compile="auto", quantize="fp8_e4m3fn", block_swap=1)
+    report = accel.prepare_transformer(model, settings, "cuda")
+    assert (report["quantize"], report["compile"], report["block_swap"], report["offloaded_blocks"]) == \
+        ("fp8_e4m3fn", False, 1, 1)
+    assert report["fp8_layers"] == len(fp8_targets(model)) and report["fallbacks"] == []
+    assert accel.lossy_used(report) == {"quantize": "fp8_e4m3fn"}
+
+
+def test_animate_runtime_uses_the_shared_paths_on_cuda(tmp_path):
+    from cinesynth_batch.catalog.loaders import load_animate_pipeline
+    from cinesynth_batch.catalog.tiny.animate import build_tiny_animate
+    from cinesynth_batch.runtime import animate as am
+
+    pipe = load_animate_pipeline(build_tiny_animate(tmp_path / "animate"), device="cuda", dtype="bfloat16")
+    tr = pipe.transformer
+    runtime = am.AnimateRuntime.of(pipe)
+    report = am.prepare_animate_run(pipe, am.RuntimeSettings("bf16", quantize="fp8_e4m3fn"), [], device="cuda")
+    assert report["fallbacks"] == [] and report["fp8_layers"] == len(fp8_targets(tr)) > 0
+    fp8 = _forward("animate", tr)
+    report = am.prepare_animate_run(pipe, am.RuntimeSettings("bf16", quantize="fp8_e4m3fn", block_swap=1), [],
+                                    device="cuda")
+    assert report["swapped_blocks"] == "0" and report["fallbacks"] == []
+    assert all(p.device.type == "cpu" and p.is_pinned() for p in tr.blocks[0].parameters())
+    assert torch.equal(_forward("animate", tr), fp8)
+    runtime.release()
+    assert all(p.device.type == "cpu" and p.dtype != torch.float8_e4m3fn for p in tr.parameters())
+
+
+def test_video_stage_block_swap_gives_the_frames_of_the_resident_run(tmp_path):
+    from PIL import Image
+
+    from cinesynth_batch.catalog.loaders import load_model
+    from cinesynth_batch.catalog.tiny.build import _write_wan_i2v
+
+    folder = tmp_path / "wan-i2v"
+    _write_wan_i2v(folder)
+
+    def frames(params):
+        models = SimpleNamespace(get=lambda role: load_model("wan-i2v", folder, "cuda", "bfloat16"), budget=None)
+        pipe, report = accel.prepared_pipeline(SimpleNamespace(models=models, device="cuda"), "video", params)
+        with torch.no_grad():
+            out = pipe(image=Image.new("RGB", (64, 48), (100, 50, 20)), prompt="a cat", height=48, width=64,
+                       num_frames=9, num_inference_steps=3, guidance_scale=3.0, output_type="np",
+                       generator=torch.Generator("cpu").manual_seed(0)).frames
+        return out, report
+
+    base = {"attention": "sdpa", "compile": "off", "quantize": "fp8_e4m3fn"}
+    want, _ = frames(base)
+    got, report = frames({**base, "block_swap": 1})
+    assert report["transformer"]["offloaded_blocks"] == 1 and report["transformer_2"]["offloaded_blocks"] == 1
+    assert (got == want).all()
