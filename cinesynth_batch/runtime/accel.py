@@ -39,16 +39,15 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, get_args
 
 from ..errors import FallbackWarning
 from ..errors import StageError
-from .attention import LOSSY, NAMES as ATTENTION_NAMES, resolve_attention, set_attention
+from ..spec.params import WanSpeed, check
+from ..spec.rules import WanQuantize
+from .attention import LOSSY, resolve_attention, set_attention
 
-COMPILE_MODES = ("auto", "on", "off")
-FP8_COMPUTE = "fp8"
-FP8_STORAGE = "fp8_e4m3fn"
-QUANTIZE_MODES = (None, FP8_COMPUTE, FP8_STORAGE)
+FP8_COMPUTE, FP8_STORAGE = get_args(WanQuantize)          # "fp8" (torchao compute), "fp8_e4m3fn" (storage)
 OFFLOAD_MODES = (None, "blocks")
 _APPLIED_ATTR = "_cinesynth_speed"
 
@@ -66,16 +65,12 @@ class SpeedSettings:
     block_swap: int = 0
 
     def __post_init__(self) -> None:
-        if self.attention not in ATTENTION_NAMES:
-            raise ValueError(f"attention must be one of {', '.join(ATTENTION_NAMES)}, got {self.attention!r}")
-        if self.compile not in COMPILE_MODES:
-            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
-        if self.quantize not in QUANTIZE_MODES:
-            raise ValueError(f"quantize must be null, 'fp8' or 'fp8_e4m3fn', got {self.quantize!r}")
+        """The stage params' own rules (``spec/params.py``'s ``WanSpeed``); ``offload`` is set by
+        the renderer, not by a spec."""
+        check(WanSpeed, {"attention": self.attention, "compile": self.compile, "quantize": self.quantize,
+                         "block_swap": self.block_swap}, "speed")
         if self.offload not in OFFLOAD_MODES:
             raise ValueError(f"offload must be null or 'blocks', got {self.offload!r}")
-        if isinstance(self.block_swap, bool) or not isinstance(self.block_swap, int) or self.block_swap < 0:
-            raise ValueError(f"block_swap must be an integer >= 0, got {self.block_swap!r}")
 
     @property
     def lossless(self) -> bool:
@@ -193,7 +188,7 @@ def keyed_speed(params: dict[str, Any], device: str, dtype: Any) -> dict[str, An
     try:
         settings = SpeedSettings(attention=params.get("attention") or "auto", quantize=params.get("quantize"),
                                  compile="off")
-    except ValueError:
+    except StageError:
         return params          # the stage refuses these params itself, with its own message
     used, _ = resolve(settings, device, torch_dtype(dtype))
     out = {k: v for k, v in params.items() if k not in ("quantize", "attention")}

@@ -72,7 +72,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..errors import StageError
+from ..spec.params import AnimateRuntimeParams, check
+from ..spec.rules import PRESCALED_FP8
 from .attention import BACKENDS, ensure_backend, usable
 from .memory import drop_fp8_storage, drop_offload, offload_blocks, store_fp8
 from .teacache import TeaCacheConfig, WanDiffusersAdapter, apply_teacache
@@ -81,8 +82,6 @@ from ..errors import FallbackWarning
 __all__ = [
     "AnimateFallbackWarning",
     "AnimateRuntime",
-    "PRECISIONS",
-    "QUANTIZATIONS",
     "RuntimeSettings",
     "TEACACHE_MODEL",
     "WanAnimateTeaCacheAdapter",
@@ -93,10 +92,7 @@ __all__ = [
     "resolve_runtime",
 ]
 
-PRECISIONS = ("bf16", "fp16", "fp32")
-QUANTIZATIONS = (None, "fp8_e4m3fn")
-RMS_NORMS = ("pytorch",)
-SCALED_FP8 = "fp8_e4m3fn_scaled"
+SCALED_FP8 = PRESCALED_FP8
 
 #: The TeaCache coefficient preset used for Wan2.2-Animate (borrowed: no published Animate fit).
 TEACACHE_MODEL = "wan2.1-i2v-14b-720p"
@@ -167,17 +163,8 @@ class RuntimeSettings:
     rms_norm: str = "pytorch"
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise StageError(f"animate: precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.quantize not in QUANTIZATIONS + (SCALED_FP8,):
-            raise StageError(f"animate: quantize must be null or 'fp8_e4m3fn', got {self.quantize!r}")
-        if self.attention not in BACKENDS:
-            raise StageError(
-                f"animate: attention must be one of {', '.join(BACKENDS)}, got {self.attention!r}")
-        if isinstance(self.block_swap, bool) or not isinstance(self.block_swap, int) or not 0 <= self.block_swap <= 40:
-            raise StageError(f"animate: block_swap must be an integer from 0 to 40, got {self.block_swap!r}")
-        if self.rms_norm not in RMS_NORMS:
-            raise StageError(f"animate: rms_norm must be 'pytorch', got {self.rms_norm!r}")
+        """The stage params' own rules (``spec/params.py``'s ``AnimateRuntimeParams``)."""
+        check(AnimateRuntimeParams, asdict(self), "animate")
 
 
 @dataclass

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
+
+from ..spec.rules import WanAttention
 
 BACKENDS = {"sdpa": "native", "cudnn": "_native_cudnn", "fa3": "_flash_3", "fa4": "flash_4_hub", "flash": "flash",
             "sageattn": "sage"}
-NAMES = ("auto",) + tuple(BACKENDS)
+NAMES = get_args(WanAttention)           # "auto" and every kernel of BACKENDS
 LOSSY = frozenset({"sageattn"})
 _FA3_MODULES = ("flash_attn_interface", "fa3_fwd_interface")
 

@@ -129,7 +129,17 @@ class LipsyncParams(WanSpeed):
     cache: StepCache | None = None
 
 
-class AnimateParams(StageParams):
+class AnimateRuntimeParams(StageParams):
+    """How the Animate transformer runs (``runtime/animate.py``'s ``RuntimeSettings``)."""
+
+    precision: Precision = "bf16"
+    quantize: AnimateRunQuantize | None = None
+    attention: AnimateAttention = "sdpa"
+    rms_norm: RmsNorm = "pytorch"
+    block_swap: BlockSwap = 0
+
+
+class AnimateParams(AnimateRuntimeParams):
     """Wan2.2-Animate (``stages/animate.py``); unset values take these defaults."""
 
     mode: AnimateMode = "animate"
@@ -146,11 +156,6 @@ class AnimateParams(StageParams):
     frame_window: Frames = 77
     prev_frames: PrevFrames = 1
     loras: list[AnimateLoraParams] = Field(default_factory=list)
-    precision: Precision = "bf16"
-    quantize: AnimateRunQuantize | None = None
-    attention: AnimateAttention = "sdpa"
-    rms_norm: RmsNorm = "pytorch"
-    block_swap: BlockSwap = 0
     cache: StepCache | None = None
 
     @model_validator(mode="after")

@@ -15,12 +15,15 @@ from cinesynth_batch.stages.base import StageError
 
 
 def test_settings_reject_unknown_values():
-    with pytest.raises(ValueError, match="attention must be one of auto, sdpa, cudnn, fa3"):
+    with pytest.raises(StageError, match=r"^speed: attention: 'xformers': input should be 'auto', 'sdpa', "
+                                          r"'cudnn', 'fa3', 'fa4', 'flash' or 'sageattn'$"):
         accel.SpeedSettings(attention="xformers")
-    with pytest.raises(ValueError, match="compile must be one of auto, on, off"):
+    with pytest.raises(StageError, match=r"^speed: compile: 'yes': input should be 'auto', 'on' or 'off'$"):
         accel.SpeedSettings(compile="yes")
-    with pytest.raises(ValueError, match="quantize must be null, 'fp8' or 'fp8_e4m3fn', got 'int8'"):
+    with pytest.raises(StageError, match=r"^speed: quantize: 'int8': input should be 'fp8' or 'fp8_e4m3fn'$"):
         accel.SpeedSettings(quantize="int8")
+    with pytest.raises(ValueError, match="offload must be null or 'blocks', got 'all'"):
+        accel.SpeedSettings(offload="all")
     assert accel.SpeedSettings().lossless and not accel.SpeedSettings(quantize="fp8").lossless
     assert not accel.SpeedSettings(quantize="fp8_e4m3fn").lossless
     assert accel.SpeedSettings(block_swap=20).lossless

@@ -11,6 +11,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest
 import torch
 
+from cinesynth_batch.errors import StageError
 from cinesynth_batch.plan.keys import content_key
 from cinesynth_batch.runtime import accel
 from cinesynth_batch.runtime.memory import (
@@ -237,7 +238,7 @@ def test_block_swap_is_not_keyed():
     params = {"prompt": "x", "block_swap": 20}
     assert accel.keyed_speed(params, "cpu", "float32") is params
     assert accel.lossy_used({"quantize": None, "attention": "sdpa", "block_swap": 20}) == {}
-    with pytest.raises(ValueError, match="block_swap must be an integer >= 0, got -1"):
+    with pytest.raises(StageError, match=r"^speed: block_swap: -1: input should be greater than or equal to 0$"):
         accel.SpeedSettings(block_swap=-1)
 
 

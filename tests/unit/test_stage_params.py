@@ -73,6 +73,18 @@ CASES = {
         video, VIDEO, {"attention": "xformers"}, "image: {prompt: cat}\nvideo: {prompt: walk, attention: xformers}",
         "spec.yaml:6:38: scenes[0].video.attention", "video: attention",
         "'xformers': input should be 'auto', 'sdpa', 'cudnn', 'fa3', 'fa4', 'flash' or 'sageattn'", None),
+    "video_quantize": (
+        video, VIDEO, {"quantize": "int8"}, "image: {prompt: cat}\nvideo: {prompt: walk, quantize: int8}",
+        "spec.yaml:6:37: scenes[0].video.quantize", "video: quantize",
+        "'int8': input should be 'fp8' or 'fp8_e4m3fn'", None),
+    "video_block_swap": (
+        video, VIDEO, {"block_swap": 41}, "image: {prompt: cat}\nvideo: {prompt: walk, block_swap: 41}",
+        "spec.yaml:6:39: scenes[0].video.block_swap", "video: block_swap",
+        "41: input should be less than or equal to 40", None),
+    "lipsync_block_swap": (
+        lipsync, LIPSYNC, {"block_swap": -1}, "lipsync: {avatar: a.png, audio: a.wav, block_swap: -1}",
+        "spec.yaml:5:56: scenes[0].lipsync.block_swap", "lipsync: block_swap",
+        "-1: input should be greater than or equal to 0", None),
     "image_width": (
         image, IMAGE, {"width": 72}, "image: {prompt: cat, width: 72}",
         "spec.yaml:5:33: scenes[0].image.width", "image: width", "72 is not a multiple of 16", "try 64"),
@@ -179,6 +191,10 @@ GOOD = {
     "video_boundary": ("image: {prompt: cat}\nvideo: {prompt: walk, boundary: 1.0}", {"boundary": 1.0}),
     "video_attention": ("image: {prompt: cat}\nvideo: {prompt: walk, attention: sageattn}",
                         {"attention": "sageattn"}),
+    "video_quantize": ("image: {prompt: cat}\nvideo: {prompt: walk, quantize: fp8_e4m3fn}",
+                       {"quantize": "fp8_e4m3fn"}),
+    "video_block_swap": ("image: {prompt: cat}\nvideo: {prompt: walk, block_swap: 40}", {"block_swap": 40}),
+    "lipsync_block_swap": ("lipsync: {avatar: a.png, audio: a.wav, block_swap: 20}", {"block_swap": 20}),
     "image_width": ("image: {prompt: cat, width: 80}", {"width": 80}),
     "image_guidance": ("image: {prompt: cat, guidance: 30.0}", {"guidance": 30.0}),
     "image_lora_weight": ("image: {prompt: cat, loras: [{name: tiny/style, weight: -4.0}]}",
@@ -298,7 +314,7 @@ def test_check_params_returns_what_the_run_uses():
                  "guidance_2": 5.0, "shift": 5.0, "boundary": 0.9, "scheduler": "unipc",
                  "cache": {"kind": "teacache", "threshold": 0.2, "start_step": 1, "coefficients": True},
                  "width": 64, "height": 64, "fps": 16, "seed": 7, "loras": VIDEO["loras"],
-                 "attention": "sdpa", "compile": "auto", "quantize": None}
+                 "attention": "sdpa", "compile": "auto", "quantize": None, "block_swap": 0}
     assert image.check_params(IMAGE) == {**IMAGE}
     assert lipsync.check_params({**LIPSYNC, "compile": "off"}) == {**LIPSYNC, "compile": "off"}
     a = animate.check_params({**ANIMATE, "steps": None, "cache": {"kind": "none"}})
@@ -336,3 +352,19 @@ def test_stage_only_rules_name_the_stage():
         "subtitles: fps: 0: input should be greater than or equal to 1", None)
     assert stage_problem(tts, {**TTS, "text": "  "}) == ("scene 'one': audio.tts.text: the text is empty",
                                                          "write the line to speak")
+
+
+def test_runtime_settings_use_the_same_rules():
+    """The runtime's settings objects check through the stage kinds' models: the same words."""
+    from cinesynth_batch.runtime.accel import SpeedSettings
+    from cinesynth_batch.runtime.animate import RuntimeSettings
+    from cinesynth_batch.runtime.attention import BACKENDS, NAMES
+
+    with pytest.raises(StageError) as err:
+        RuntimeSettings(block_swap=41)
+    assert err.value.message == "animate: block_swap: 41: input should be less than or equal to 40"
+    assert stage_problem(animate, {**ANIMATE, "block_swap": 41})[0] == err.value.message
+    with pytest.raises(StageError) as err:
+        SpeedSettings(attention="xformers")
+    assert err.value.message.replace("speed: ", "video: ") == stage_problem(video, {**VIDEO, "attention": "xformers"})[0]
+    assert set(NAMES) == {"auto", *BACKENDS}
