@@ -133,7 +133,7 @@ def render(spec: Path,
            force: bool = typer.Option(False, help="re-run selected stages even if cached"),
            keep_going: bool = typer.Option(False, help="after a failure, run what does not depend on it"),
            dry_run: bool = typer.Option(False, help="plan and report, run nothing"),
-           profile: Optional[str] = typer.Option(None, help="tiny | production | models file"),
+           profile: Optional[str] = typer.Option(None, help="tiny | production | shapes | models file"),
            events: Optional[Path] = typer.Option(None, help="write one JSON event per line here"),
            device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
            dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16"),
@@ -322,7 +322,7 @@ def schema() -> None:
 
 
 @models_app.command("list")
-def models_list(profile: str = typer.Option("tiny", help="tiny | production | models file")) -> None:
+def models_list(profile: str = typer.Option("tiny", help="tiny | production | shapes | models file")) -> None:
     """The models of a profile: where they are and whether they are available."""
     from .catalog.registry import Registry, describe
 

@@ -15,9 +15,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-#: diffusers ``WanTransformer3DModel`` arguments of one Wan2.2-I2V-A14B expert.
-A14B_EXPERT = dict(in_channels=36, out_channels=16, num_layers=40, num_attention_heads=40, attention_head_dim=128,
-                   ffn_dim=13824, text_dim=4096, image_dim=None)
+#: diffusers ``WanTransformer3DModel`` arguments of one Wan2.2-I2V-A14B expert (the catalog's, the
+#: configuration profile ``shapes`` builds).
+from cinesynth_batch.catalog.shapes.configs import A14B_EXPERT  # noqa: E402
+
 SIZES = {"480p": (480, 832, 81), "720p": (720, 1280, 81)}
 TEXT_LEN = 512
 

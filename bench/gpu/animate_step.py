@@ -48,15 +48,9 @@ from cinesynth_batch.runtime.animate import (  # noqa: E402
 )
 from cinesynth_batch.runtime.memory import fp8_targets  # noqa: E402
 
-#: diffusers ``WanAnimateTransformer3DModel`` arguments for the official Animate-14B checkpoint.
-ANIMATE_14B = dict(
-    patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=36, latent_channels=16,
-    out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads", eps=1e-6, image_dim=1280, added_kv_proj_dim=5120, rope_max_seq_len=1024,
-    pos_embed_seq_len=None, motion_encoder_size=512, motion_style_dim=512, motion_dim=20, motion_encoder_dim=512,
-    face_encoder_hidden_dim=1024, face_encoder_num_heads=4, inject_face_latents_blocks=5,
-    motion_encoder_batch_size=8,
-)
+#: diffusers ``WanAnimateTransformer3DModel`` arguments for the official Animate-14B checkpoint (the
+#: catalog's, the configuration profile ``shapes`` builds).
+from cinesynth_batch.catalog.shapes.configs import ANIMATE_14B  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import build, timed  # noqa: E402
+from _common import A14B_EXPERT, build, timed  # noqa: E402
 
 
 def up64(v: int) -> int:
@@ -43,9 +43,7 @@ def main() -> None:
     sizes = {"480x832": (480, 832), "720x1280": (720, 1280)}
     txt = 512
 
-    i2v, _ = build(lambda: WanTransformer3DModel(
-        in_channels=36, out_channels=16, num_layers=40, num_attention_heads=40, attention_head_dim=128,
-        ffn_dim=13824, text_dim=4096, image_dim=None))
+    i2v, _ = build(lambda: WanTransformer3DModel(**A14B_EXPERT))
     base: dict[str, float] = {}
     for name, (h, w) in sizes.items():
         lf, lh, lw = 21, h // 8, w // 8

@@ -21,12 +21,8 @@ import torch
 from _common import build, gib, save, table, timed
 from cinesynth_batch.runtime.accel import compile_blocks
 from cinesynth_batch.runtime.attention import resolve_attention, set_attention
+from cinesynth_batch.catalog.shapes.configs import FLUX2_KLEIN_9B, RRDBNET_X2PLUS, WAN21_VAE
 from wan_step import uncompile
-
-#: diffusers ``Flux2Transformer2DModel`` arguments of FLUX.2-klein-9B.
-FLUX2_KLEIN_9B = dict(patch_size=1, in_channels=128, num_layers=8, num_single_layers=24, attention_head_dim=128,
-                      num_attention_heads=32, joint_attention_dim=12288, timestep_guidance_channels=256,
-                      mlp_ratio=3.0, axes_dims_rope=(32, 32, 32, 32), rope_theta=2000, guidance_embeds=False)
 
 
 def _rows_for(name, model, call, compile_ok=True, reps=2):
@@ -75,7 +71,7 @@ def vae():
     convolution autotuner on; errors against fp32 on the same inputs."""
     from diffusers import AutoencoderKLWan
 
-    model, _ = build(lambda: AutoencoderKLWan(), dtype=torch.float32)
+    model, _ = build(lambda: AutoencoderKLWan(**WAN21_VAE), dtype=torch.float32)
     g = torch.Generator("cuda").manual_seed(5)
     video = torch.rand(1, 3, 81, 480, 832, device="cuda", generator=g) * 2 - 1
     z = torch.randn(1, 16, 21, 60, 104, device="cuda", generator=g)
@@ -104,7 +100,7 @@ def vae():
 def rrdbnet():
     from cinesynth_batch.models.rrdbnet import RRDBNet
 
-    model, _ = build(lambda: RRDBNet(scale=2))
+    model, _ = build(lambda: RRDBNet(**RRDBNET_X2PLUS))
     x = torch.rand(1, 3, 720, 1280, device="cuda", dtype=torch.bfloat16)
     return _rows_for("RRDBNet x2 on 720x1280", model, lambda: model(x), compile_ok=False, reps=3)
 

@@ -10,6 +10,10 @@ Kinds:
   ``runtime/animate.py``).
 * ``"qwen3-tts"``: a worker process in its own environment; ``"demucs"``: an HTDemucs package.
 
+A ``ShapesSource`` (profile ``shapes``) in place of a path builds the production pipeline of that
+kind at full size with seeded random weights on ``device`` (``catalog/shapes/build.py``); what
+happens after (LoRAs, placement, swaps) is the same code as for a loaded one.
+
 ``split_loader`` loads a model as usual and splits it over ranks (``runtime/sequence_parallel.py``).
 """
 
@@ -21,6 +25,7 @@ from typing import Any, Callable
 from ..errors import StageError
 from ..runtime.dtypes import quiet_libraries, torch_dtype
 from ..runtime.swap import move_model
+from .shapes import ShapesSource
 
 PIPELINE_KINDS = ("flux2-klein", "wan-i2v")
 KINDS = PIPELINE_KINDS + ("rrdbnet-x2", "wan-s2v", "wan-animate", "qwen3-tts", "demucs")
@@ -49,8 +54,10 @@ def _pipeline_class(kind: str):
     return cls
 
 
-def load_model(kind: str, path: Path, device: str = "cpu", dtype: str = "float32") -> Any:
-    """Load the model of ``kind`` from ``path`` and move it to ``device``."""
+def load_model(kind: str, path: Path | ShapesSource, device: str = "cpu", dtype: str = "float32") -> Any:
+    """Load the model of ``kind`` from ``path`` and move it to ``device`` (or build a shapes model there)."""
+    if isinstance(path, ShapesSource):
+        return _build_shapes(kind, path, device, dtype)
     path = Path(path)
     if kind == "qwen3-tts":  # runs in its own environment: the "model" is a worker process
         from ..tts.qwen_client import QwenWorker
@@ -94,6 +101,14 @@ def load_model(kind: str, path: Path, device: str = "cpu", dtype: str = "float32
         )
     pipe.set_progress_bar_config(disable=True)
     return move_model(pipe, device)
+
+
+def _build_shapes(kind: str, source: ShapesSource, device: str, dtype: str) -> Any:
+    from .shapes.build import build_shapes
+
+    if source.kind != kind:
+        raise StageError(f"shapes model {source.name!r} is of kind {source.kind!r}, not {kind!r}")
+    return build_shapes(source.name, device, dtype)
 
 
 def load_animate_pipeline(path: Path, device: str = "cpu", dtype: str = "float32") -> Any:

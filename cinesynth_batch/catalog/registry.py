@@ -10,6 +10,10 @@ source:
   revision was last checked against, and ``tests/unit/test_tiny_revision.py`` fails when they
   change, asking for a new revision when the built models change and a new recorded digest when
   only the code moved.
+* ``shapes: NAME`` — a production architecture at its real size with seeded random weights, built
+  on the render's device when a stage needs it (``catalog/shapes/``; nothing on disk); identity is
+  ``SHAPES_REVISION``, kept honest by ``SHAPES_SOURCES_DIGEST`` as for the tiny models
+  (``tests/unit/test_shapes_profile.py``).
 * ``path: DIR|FILE`` — a local folder or file; identity hashes names, sizes and small files
   (folders) or the whole file.
 * ``id: ORG/NAME`` — a Hugging Face repository, read from the local hub cache; identity is
@@ -28,6 +32,8 @@ import yaml
 
 from ..cache.digest import DigestState, sha256_bytes
 from ..errors import ModelError
+from .shapes import KINDS as SHAPES_KINDS
+from .shapes import ShapesSource
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 #: What the tiny builders make. Give it a new value whenever a builder's output changes.
@@ -39,6 +45,17 @@ TINY_SOURCES = ("catalog/tiny/build.py", "catalog/tiny/rrdbnet.py", "catalog/tin
                 "models/separation.py", "tts/qwen_tiny.py")
 #: ``tiny_sources_digest()`` of the sources ``TINY_REVISION`` was checked against.
 TINY_SOURCES_DIGEST = "7cefda3944d0df2d1ca604e25d3e325a0524294529c71ff14eaa350244f6f615"
+#: What the shapes builders make (architectures, dtypes, weight draws). New value when it changes.
+SHAPES_REVISION = "shapes-3f6c1a2e9b8d4c70"
+#: The package files the shapes models are built from (relative to the package).
+SHAPES_SOURCES = ("catalog/shapes/__init__.py", "catalog/shapes/configs.py", "catalog/shapes/build.py",
+                  "catalog/shapes/materialize.py", "catalog/tiny/parts.py", "catalog/tiny/build.py",
+                  "models/rrdbnet.py", "models/s2v/transformer.py", "models/s2v/components.py",
+                  "models/s2v/pipeline.py")
+#: ``shapes_sources_digest()`` of the sources ``SHAPES_REVISION`` was checked against.
+SHAPES_SOURCES_DIGEST = "37d0d131237b3c086caa5aa4d94ed6101395252a06134e79424ecc56f0285451"
+#: The profiles that ship with the package (any other profile is a models file).
+BUILTIN_PROFILES = ("tiny", "production", "shapes")
 SMALL_FILE = 1 << 20
 
 
@@ -49,12 +66,15 @@ class ModelSpec:
     id: str | None = None
     path: str | None = None
     tiny: str | None = None
+    shapes: str | None = None
     revision: str | None = None
     source: str | None = None
     aliases: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
+        if self.shapes:
+            return f"shapes/{self.shapes}"
         return self.id or self.path or f"tiny/{self.tiny}"
 
 
@@ -83,14 +103,14 @@ class Registry:
     @classmethod
     def load(cls, profile: str, spec_dir: Path, root: Path, digests: DigestState | None = None,
              home: Path | None = None) -> "Registry":
-        if profile in ("tiny", "production"):
+        if profile in BUILTIN_PROFILES:
             file, base = PROFILES_DIR / f"{profile}.yaml", root
         else:
             file = (spec_dir / profile).resolve()
             base = file.parent
             if not file.is_file():
                 raise ModelError(f"models file '{profile}' not found",
-                                 hint="profile is 'tiny', 'production' or a path to a models .yaml")
+                                 hint="profile is 'tiny', 'production', 'shapes' or a path to a models .yaml")
         data = _read_profile(file)
         parent = data.get("extends")
         models: dict[str, Any] = {}
@@ -103,10 +123,16 @@ class Registry:
             dtype = base_reg.dtype
         for role, entry in (data.get("models") or {}).items():
             if not isinstance(entry, dict) or "kind" not in {**models.get(role, {}), **entry}:
-                raise ModelError(f"{file}: models.{role} needs a 'kind' and one of id/path/tiny")
+                raise ModelError(f"{file}: models.{role} needs a 'kind' and one of id/path/tiny/shapes")
             merged = {**models.get(role, {}), **entry, "role": role}
             if ("path" in entry or "id" in entry) and "tiny" not in entry:
                 merged.pop("tiny", None)
+            if any(k in entry for k in ("path", "id", "tiny")) and "shapes" not in entry:
+                merged.pop("shapes", None)
+            elif "shapes" in entry:
+                for k in ("path", "id", "tiny"):
+                    merged.pop(k, None)
+                _check_shapes(file, role, merged)
             models[role] = merged
         lora_dirs = list(data.get("loras") or []) + lora_dirs
         dtype = data.get("dtype", dtype)
@@ -137,8 +163,11 @@ class Registry:
         return root
 
     def uses_tiny(self) -> bool:
-        return any(s.tiny for s in self.models.values()) or any(
-            d.startswith("tiny:") for d in self.lora_dirs)
+        return any(s.tiny for s in self.models.values()) or self.tiny_loras()
+
+    def tiny_loras(self) -> bool:
+        """Whether a LoRA folder is the tiny models' (``tiny:DIR``): only then can a LoRA be built."""
+        return any(d.startswith("tiny:") for d in self.lora_dirs)
 
     # -- models ----------------------------------------------------------------------------------
     def spec(self, role: str, name: str | None = None) -> ModelSpec:
@@ -162,7 +191,9 @@ class Registry:
             return self._identity[memo]
         s = self.spec(role, name)
         revision: str | None = s.revision
-        if s.tiny:
+        if s.shapes:
+            revision = SHAPES_REVISION
+        elif s.tiny:
             revision = self.tiny_revision()
         elif s.path:
             p = self._abs(s.path)
@@ -174,9 +205,12 @@ class Registry:
         self._identity[memo] = ident
         return ident
 
-    def local_path(self, role: str, name: str | None = None) -> Path:
-        """Where the model's files are on this machine; a clear ModelError if nowhere."""
+    def local_path(self, role: str, name: str | None = None) -> Path | ShapesSource:
+        """Where the model's files are on this machine; a clear ModelError if nowhere. A ``shapes``
+        model has no files: its ``ShapesSource`` (``load_model`` builds it on the device)."""
         s = self.spec(role, name)
+        if s.shapes:
+            return ShapesSource(s.shapes, s.kind, SHAPES_REVISION)
         if s.tiny and s.kind == "qwen3-tts":   # built by the tts worker environment, on first use
             from ..tts.qwen_client import ensure_tiny_qwen
 
@@ -236,12 +270,12 @@ class Registry:
             if tiny in p.parents:
                 return f"{self.tiny_revision()}:{p.relative_to(tiny).as_posix()}"
             return "sha256:" + self.digests.digest(p)
-        if self.uses_tiny() and not self.tiny_built():
+        if self.tiny_loras() and not self.tiny_built():
             return f"{self.tiny_revision()}:lora_adpts/{family}/{name}.safetensors"
         return None
 
     def resolve_lora(self, name: str, family: str) -> Path:
-        if self.uses_tiny():
+        if self.tiny_loras():
             self.ensure_tiny()
         p = self.find_lora(name, family)
         if p is None:
@@ -258,6 +292,16 @@ def _plain_lora_name(name: str) -> bool:
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         return False
     return all(part not in ("", ".", "..") and len(part.encode()) <= 255 for part in name.split("/"))
+
+
+def _check_shapes(file: Path, role: str, entry: dict[str, Any]) -> None:
+    name, kind = entry.get("shapes"), entry.get("kind")
+    if name not in SHAPES_KINDS:
+        raise ModelError(f"{file}: models.{role}.shapes: no shapes model named {name!r}",
+                         hint=f"known: {', '.join(sorted(SHAPES_KINDS))}")
+    if SHAPES_KINDS[name] != kind:
+        raise ModelError(f"{file}: models.{role}: shapes model {name!r} is of kind "
+                         f"{SHAPES_KINDS[name]!r}, not {kind!r}")
 
 
 def _read_profile(file: Path) -> dict[str, Any]:
@@ -317,7 +361,9 @@ def describe(registry: Registry) -> list[dict[str, Any]]:
     rows = []
     for role, s in sorted(registry.models.items()):
         ident = registry.identity(role)
-        if s.tiny:
+        if s.shapes:
+            where, ok = f"built on the device ({s.label}, random weights)", True
+        elif s.tiny:
             where, ok = str(registry.tiny_root() / s.tiny), registry.tiny_built()
         elif s.path:
             p = registry._abs(s.path)
@@ -334,5 +380,14 @@ def tiny_sources_digest() -> str:
     package = Path(__file__).resolve().parent.parent
     h = hashlib.sha256()
     for name in TINY_SOURCES:
+        h.update(name.encode() + b"\0" + (package / name).read_bytes())
+    return h.hexdigest()
+
+
+def shapes_sources_digest() -> str:
+    """sha256 of the shapes builders' sources (``SHAPES_SOURCES``: names and bytes)."""
+    package = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for name in SHAPES_SOURCES:
         h.update(name.encode() + b"\0" + (package / name).read_bytes())
     return h.hexdigest()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .registry import Registry
+from .shapes import ShapesSource
 
 Loader = Callable[[str, Path, str, str], Any]
 Sizer = Callable[[Any], int]
@@ -61,7 +62,9 @@ def default_host_budget(device: str) -> int:
         return 0
 
 
-def _disk_size(path: Path) -> int:
+def _disk_size(path: Path | ShapesSource, dtype: str = "bfloat16") -> int:
+    if isinstance(path, ShapesSource):   # built on the device: its size in the load dtype
+        return path.nbytes(dtype)
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()
@@ -130,7 +133,7 @@ class Residency:
             self._resident[slot] = (model, size)
             return model
         path = self.registry.local_path(role, name)
-        self._make_room(_disk_size(path))
+        self._make_room(_disk_size(path, self.dtype))
         assert self.loader is not None and self.sizer is not None
         model = self.loader(spec.kind, path, self.device, self.dtype)
         size = self.sizer(model)

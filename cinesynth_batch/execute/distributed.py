@@ -344,7 +344,7 @@ def plan_degrees(plan: Plan, options: Options, topo: Topology) -> dict[str, int]
                 if st.node.model_role else None
         except CinesynthError:
             folder = None
-        return split_facts(st.node.kind, st.params, Path(folder) if folder else None)
+        return split_facts(st.node.kind, st.params, Path(folder) if isinstance(folder, Path) else None)
 
     return stage_degrees(((s.id, s.node.kind, s.node.parallel) for s in plan.to_run()),
                          options, topo, facts)

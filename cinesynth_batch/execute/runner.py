@@ -19,6 +19,7 @@ from typing import Any
 from ..cache.keylock import key_lock
 from ..cache.lock import LockEntry
 from ..cache.store import Entry
+from ..catalog.shapes import ShapesSource
 from ..errors import CinesynthError, ModelError, RenderError
 from ..plan.expand import input_paths
 from ..plan.planner import Plan, PlannedStage, input_labels
@@ -133,17 +134,33 @@ class LocalExecutor(Executor):
                          budget=self.budget, loader=loader)
 
     def preflight(self, plan: Plan) -> None:
-        """Every model a running stage needs must be there before anything runs."""
+        """Every model a running stage needs must be there before anything runs; a model built
+        at full size on the device (profile ``shapes``) needs a CUDA device."""
         wanted = sorted({(st.node.model_role, st.node.model_name or "") for st in plan.to_run()
                          if st.node.model_role})
-        problems = []
+        problems, built = [], []
         for role, name in wanted:
             try:
-                plan.registry.local_path(role, name or None)
+                found = plan.registry.local_path(role, name or None)
             except ModelError as exc:
                 problems.append(exc.render())
+                continue
+            if isinstance(found, ShapesSource):
+                built.append(found)
         if problems:
             raise ModelError("missing models:\n  " + "\n  ".join(problems))
+        if built:
+            self._check_shapes_device(built, self.dtype or plan.registry.dtype)
+
+    def _check_shapes_device(self, built: list, dtype: str) -> None:
+        device = pick_device() if self.device == "auto" else self.device
+        if device.startswith("cuda"):
+            return
+        sizes = ", ".join(f"{s.label} {s.nbytes(dtype) / 2**30:.1f} GiB" for s in built)
+        raise ModelError(f"profile 'shapes' builds its models at full size on the render's device: they "
+                         f"need CUDA ({sizes} in {dtype}); this render runs on {device}",
+                         hint="render it on a machine with an NVIDIA GPU (--device cuda), or use profile: "
+                              "tiny here")
 
     def run_one(self, plan: Plan, st: PlannedStage, known: dict[str, str], out: Outcome,
                 bus: EventBus, residency: Any) -> None:

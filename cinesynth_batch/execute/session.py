@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from ..cache.digest import DigestState
 from ..cache.store import CacheStore
 from ..errors import ModelError, Problems
-from ..catalog.registry import Registry
+from ..catalog.registry import BUILTIN_PROFILES, Registry
 from ..spec import trust as t
 from ..spec.load import LoadedSpec, load_spec
 
@@ -95,7 +95,7 @@ def _registry(loaded: LoadedSpec, profile: str | None, problems: Problems,
     name = profile or loaded.spec.profile
     where = loaded.where("profile") if profile is None and "profile" in loaded.raw else None
     at = "profile" if where else ("--profile" if profile else "profile")
-    if name not in ("tiny", "production"):
+    if name not in BUILTIN_PROFILES:
         bad = t.path_problem(name)
         file = t.resolve_inside(loaded.spec_dir, name) if bad is None else None
         if file is None:
@@ -110,7 +110,7 @@ def _registry(loaded: LoadedSpec, profile: str | None, problems: Problems,
         return Registry.load(name, loaded.spec_dir, loaded.root, digests)
     except ModelError as exc:
         problems.add(_model_error_text(exc, name), where, at,
-                     hint=exc.hint or "profile is 'tiny', 'production' or a path to a models .yaml")
+                     hint=exc.hint or "profile is 'tiny', 'production', 'shapes' or a path to a models .yaml")
         return None
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         problems.add(f"models file '{name}' is not usable ({type(exc).__name__}: {exc})", where, at,
@@ -137,7 +137,7 @@ def check_loras(loaded: LoadedSpec, registry: Registry, problems: Problems) -> N
             for j, lora in enumerate(getattr(stage, "loras", None) or []):
                 try:
                     found = registry.find_lora(lora.name, family) is not None or (
-                        registry.uses_tiny() and not registry.tiny_built())
+                        registry.tiny_loras() and not registry.tiny_built())
                     why = ""
                 except (OSError, ValueError) as exc:
                     found, why = False, f" ({type(exc).__name__})"

@@ -362,7 +362,7 @@ def test_cli_validate_reports_unknown_lora_and_missing_models_file(project, monk
     assert lines[0].startswith("spec.yaml:6:45: scenes[0].image.loras[0].name: LoRA 'nope' not found "
                                "(put nope.safetensors under lora_adpts/img/")
     assert lines[1] == ("b.yaml:2:10: profile: models file 'models/none.yaml' not found (profile is 'tiny', "
-                        "'production' or a path to a models .yaml)")
+                        "'production', 'shapes' or a path to a models .yaml)")
 
 
 def test_every_limit_is_documented_with_its_default():
