@@ -137,7 +137,12 @@ def render(spec: Path,
            events: Optional[Path] = typer.Option(None, help="write one JSON event per line here"),
            device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
            dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16"),
-           vram_budget: Optional[str] = typer.Option(None, help="model memory budget, e.g. 24GiB"),
+           vram_budget: Optional[str] = typer.Option(
+               None, help="memory for models on the device, e.g. 24GiB; for the whole node: split "
+                          "between its ranks (default: 90% of each GPU, 60% of the RAM on the CPU)"),
+           host_budget: Optional[str] = typer.Option(
+               None, help="pinned host RAM for models off the GPU, e.g. 64GiB; for the whole node: "
+                          "split between its ranks (default: half the RAM on a GPU node, none on the CPU)"),
            reseed: bool = typer.Option(False, help="draw new seeds for seed: -1"),
            progress: bool = typer.Option(True, help="progress bars on a terminal"),
            parallel: str = typer.Option("auto", help="dp: stages spread over ranks | sp: heavy "
@@ -158,10 +163,12 @@ def render(spec: Path,
 
         options = par.Options(mode=parallel)
         budget = parse_size(vram_budget) if vram_budget else None
+        pinned = parse_size(host_budget) if host_budget else None
         if nproc is not None and not distributed.in_torchrun() and not dry_run:
             return _launch(spec, par.parse_nproc(nproc), options, device, events, _forwarded_render_args(
                 only=only, until=until, force=force, keep_going=keep_going, profile=profile,
-                device=device, dtype=dtype, vram_budget=vram_budget, reseed=reseed,
+                device=device, dtype=dtype, vram_budget=vram_budget, host_budget=host_budget,
+                reseed=reseed,
                 progress=progress, parallel=parallel, offline=offline, allow_path=allow_path,
                 allow_host=allow_host))
         if distributed.in_torchrun():
@@ -169,7 +176,7 @@ def render(spec: Path,
                                           until=until, force=force, keep_going=keep_going,
                                           dry_run=dry_run, reseed=reseed, events=events,
                                           device=device, dtype=dtype, budget=budget,
-                                          progress=progress, warn=_err, offline=offline,
+                                          host_budget=pinned, progress=progress, warn=_err, offline=offline,
                                           allow_paths=allow_path, allow_hosts=allow_host)
             if result is None:
                 return
@@ -178,7 +185,8 @@ def render(spec: Path,
                 par.refuse_sp(par.Topology(1, _device_kind(device)), None)
             result = do_render(spec, profile=profile, only=only, until=until, force=force,
                                keep_going=keep_going, dry_run=dry_run, reseed=reseed, events=events,
-                               device=device, dtype=dtype, budget=budget, progress=progress, warn=_err,
+                               device=device, dtype=dtype, budget=budget, host_budget=pinned,
+                               progress=progress, warn=_err,
                                offline=offline, allow_paths=allow_path, allow_hosts=allow_host)
         if dry_run:
             for st in result.plan.to_run():

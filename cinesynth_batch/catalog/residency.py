@@ -7,24 +7,29 @@ device first (a policy close to ComfyUI's: free what is needed, keep the rest).
 On a GPU a model that leaves the device is kept in pinned host RAM while ``host_budget`` allows
 (``runtime/swap.py``), so using it again costs a host-to-device copy, not a read from disk. Loads
 (disk reads), swaps (copies back to the device) and evictions are counted per model so a render
-can report them.
+can report them, with the bytes each brought onto the device (``moved``) and the most pinned host
+RAM its models held at once (``pinned_peak``).
+
+The budgets are this rank's share of its node (``catalog/budget.py``); built without them, a
+residency takes the defaults of a node with one rank.
 """
 
 from __future__ import annotations
 
 import gc
-import os
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .budget import Placement, rank_budget
 from .registry import Registry
 from .shapes import ShapesSource
 
 Loader = Callable[[str, Path, str, str], Any]
 Sizer = Callable[[Any], int]
 Mover = Callable[[Any, str], None]     # (model, "host" | device) -> None
+Pinned = Callable[[Any], int]          # bytes of pinned host copies a model holds
 
 
 def parse_size(text: str) -> int:
@@ -39,27 +44,15 @@ def parse_size(text: str) -> int:
     return int(float(t))
 
 
-def default_budget(device: str) -> int:
-    if device.startswith("cuda"):
-        import torch
-
-        free, total = torch.cuda.mem_get_info(torch.device(device))
-        return int(total * 0.9)
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover
-        total = 16 << 30
-    return int(total * 0.6)
+def default_budget(device: str, placement: Placement = Placement()) -> int:
+    """This rank's device budget by default (``catalog/budget.py``)."""
+    return rank_budget(device, placement).budget
 
 
-def default_host_budget(device: str) -> int:
-    """Pinned host RAM for models off the device: half the RAM on a GPU machine, none on the CPU."""
-    if not device.startswith("cuda"):
-        return 0
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.5)
-    except (ValueError, OSError, AttributeError):  # pragma: no cover
-        return 0
+def default_host_budget(device: str, placement: Placement = Placement()) -> int:
+    """This rank's pinned host RAM by default: its share of half the RAM on a GPU node, none on
+    the CPU."""
+    return rank_budget(device, placement).host_budget
 
 
 def _disk_size(path: Path | ShapesSource, dtype: str = "bfloat16") -> int:
@@ -81,20 +74,24 @@ class Residency:
     loader: Loader | None = None
     sizer: Sizer | None = None
     mover: Mover | None = None
+    pinned: Pinned | None = None
     loads: Counter = field(default_factory=Counter)
     swaps: Counter = field(default_factory=Counter)
     evictions: Counter = field(default_factory=Counter)
+    moved: Counter = field(default_factory=Counter)     # bytes brought onto the device, per model
+    pinned_peak: int = 0
     _resident: "OrderedDict[str, tuple[Any, int]]" = field(default_factory=OrderedDict)
     _host: "OrderedDict[str, tuple[Any, int]]" = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
-        if self.loader is None or self.sizer is None or self.mover is None:
-            from ..runtime.swap import model_nbytes, swap_model
+        if self.loader is None or self.sizer is None or self.mover is None or self.pinned is None:
+            from ..runtime.swap import model_nbytes, pinned_nbytes, swap_model
             from .loaders import load_model
 
             self.loader = self.loader or load_model
             self.sizer = self.sizer or model_nbytes
             self.mover = self.mover or swap_model
+            self.pinned = self.pinned or pinned_nbytes
         if self.budget is None:
             self.budget = default_budget(self.device)
         if self.host_budget is None:
@@ -130,7 +127,9 @@ class Residency:
             assert self.mover is not None
             self.mover(model, self.device)
             self.swaps[slot] += 1
+            self.moved[slot] += size
             self._resident[slot] = (model, size)
+            self._note_pinned()           # its pinned copy stays while it is on the device
             return model
         path = self.registry.local_path(role, name)
         self._make_room(_disk_size(path, self.dtype))
@@ -138,6 +137,7 @@ class Residency:
         model = self.loader(spec.kind, path, self.device, self.dtype)
         size = self.sizer(model)
         self.loads[slot] += 1
+        self.moved[slot] += size
         self._resident[slot] = (model, size)
         self._make_room(0, keep=slot)
         return model
@@ -170,8 +170,17 @@ class Residency:
             assert self.mover is not None
             self.mover(model, "host")
             self._host[role] = (model, size)
+            self._note_pinned()
         del model
         self._collect()
+
+    def pinned_bytes(self) -> int:
+        """Pinned host RAM held now by the models this residency keeps (on the device or off it)."""
+        assert self.pinned is not None
+        return sum(self.pinned(model) for model, _ in (*self._resident.values(), *self._host.values()))
+
+    def _note_pinned(self) -> None:
+        self.pinned_peak = max(self.pinned_peak, self.pinned_bytes())
 
     def _collect(self) -> None:
         gc.collect()

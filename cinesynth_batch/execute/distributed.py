@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..cache.store import Entry
+from ..catalog.budget import MemoryRequest, Placement
 from ..errors import CinesynthError
 from ..plan.planner import Plan
 from ..plan.reason import Reason
@@ -31,7 +32,7 @@ from .events import Event, EventBus, JsonLinesSink
 from .parallel import (Options, SplitFacts, Topology, split_facts, stage_degrees,
                        topology_from_env)
 from .progress import RankProgress
-from .runner import Executor, LocalExecutor, Outcome, _describe, _lock_entry, recheck_cached
+from .runner import Executor, LocalExecutor, Outcome, _describe, _lock_entry, rank_memory, recheck_cached
 from .schedule import Schedule
 
 POLL = 0.01            # seconds between the coordinator's looks at the store
@@ -120,6 +121,7 @@ class Coordinator:
         self.sent = {r: 0 for r in range(schedule.world)}     # tasks sent per rank
         self.got = {r: 0 for r in range(schedule.world)}      # reports received per rank
         self.loads: dict[int, dict[str, int]] = {}
+        self.swaps: dict[int, dict[str, int]] = {}
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._main, name="cinesynth-coordinator", daemon=True)
 
@@ -174,6 +176,7 @@ class Coordinator:
             self.got[rank] += 1
             got_any = True
             self.loads[rank] = msg.get("loads", {})
+            self.swaps[rank] = msg.get("swaps", {})
             self.schedule.release(rank)
             if msg.get("follower"):
                 continue
@@ -182,11 +185,18 @@ class Coordinator:
         return got_any
 
     def model_loads(self) -> dict[str, int]:
-        total: dict[str, int] = {}
-        for loads in self.loads.values():
-            for k, v in loads.items():
-                total[k] = total.get(k, 0) + v
-        return total
+        return _sum_counts(self.loads)
+
+    def model_swaps(self) -> dict[str, int]:
+        return _sum_counts(self.swaps)
+
+
+def _sum_counts(per_rank: dict[int, dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for counts in per_rank.values():
+        for k, v in counts.items():
+            total[k] = total.get(k, 0) + v
+    return total
 
 
 # -- a rank's worker loop (every rank, main thread) ----------------------------------------------
@@ -213,9 +223,10 @@ class Worker:
                 node = self.plan.graph[task["stage"]]
                 self.bus.emit("stage_failed", stage=node.id, kind=node.kind, scene=node.scene,
                               detail={"error": _describe(exc)})
-            msg["loads"] = self.loads()
+            msg["loads"], msg["swaps"] = self.counts("loads"), self.counts("swaps")
             channel.put(f"done/{self.rank}/{n}", msg)
             n += 1
+        channel.put(f"memory/{self.rank}", self.memory())
         for residency in self._residency.values():
             residency.clear()
 
@@ -258,10 +269,15 @@ class Worker:
                 other.clear()
         return self._residency[degree]
 
-    def loads(self) -> dict[str, int]:
+    def memory(self) -> dict[str, Any]:
+        """This rank's entry of the manifest's memory table (``runner.rank_memory``)."""
+        return rank_memory(self.rank, self.executor.device, list(self._residency.values()))
+
+    def counts(self, counter: str = "loads") -> dict[str, int]:
+        """Model loads (or swaps) of this rank per model; a split model is named ``role@spN``."""
         total: dict[str, int] = {}
         for degree, residency in self._residency.items():
-            for k, v in getattr(residency, "loads", {}).items():
+            for k, v in getattr(residency, counter, {}).items():
                 name = k if degree == 1 else f"{k}@sp{degree}"
                 total[name] = total.get(name, 0) + v
         return total
@@ -325,6 +341,8 @@ class DistributedExecutor(Executor):
         finally:
             coordinator.join()
         out.model_loads = coordinator.model_loads()
+        out.model_swaps = coordinator.model_swaps()
+        out.memory = [setup.channel.wait(f"memory/{r}") for r in range(setup.topology.world)]
         return out
 
 
@@ -361,30 +379,34 @@ class RankSetup:
     topology: Topology
     device: str
     dtype: str | None
-    budget: int | None
+    memory: MemoryRequest
+    placement: Placement
     channel: Channel
     _meshes: dict[int, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def start(cls, device: str, dtype: str | None, budget: int | None) -> "RankSetup":
+    def start(cls, device: str, dtype: str | None, memory: MemoryRequest) -> "RankSetup":
         import torch
         import torch.distributed as dist
 
         rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda":
+        own_gpu = device == "cuda"      # each rank on its own GPU; otherwise they share one device
+        if own_gpu:
             device = f"cuda:{local_rank}"
+        placement = Placement(rank, local_rank, local_ranks, 1 if own_gpu else local_ranks)
         if device.startswith("cuda"):
             torch.cuda.set_device(torch.device(device))
         topo = topology_from_env(device)
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if topo.gpus else "gloo")
-        return cls(rank, local_rank, topo, device, dtype, budget, Channel())
+        return cls(rank, local_rank, topo, device, dtype, memory, placement, Channel())
 
     def local_executor(self, force: bool = False, keep_going: bool = False) -> LocalExecutor:
-        return LocalExecutor(device=self.device, dtype=self.dtype, budget=self.budget,
-                             keep_going=keep_going, force=force)
+        return LocalExecutor(device=self.device, dtype=self.dtype, memory=self.memory,
+                             placement=self.placement, keep_going=keep_going, force=force)
 
     def announce(self, message: dict[str, Any]) -> None:
         self.channel.put("plan", message)
@@ -442,13 +464,13 @@ def run_rank(spec: str | Path, *, options: Options, profile: str | None = None,
              only: list[str] | None = None, until: str | None = None, force: bool = False,
              keep_going: bool = False, dry_run: bool = False, reseed: bool = False,
              events: Path | None = None, device: str = "auto", dtype: str | None = None,
-             budget: int | None = None, progress: bool = True, warn=None, offline: bool = False,
-             allow_paths: list[str] | None = None, allow_hosts: list[str] | None = None):
+             budget: int | None = None, host_budget: int | None = None, progress: bool = True, warn=None,
+             offline: bool = False, allow_paths: list[str] | None = None, allow_hosts: list[str] | None = None):
     """This process's part of a torchrun launch: rank 0 renders (and returns the result),
     the other ranks serve tasks (and return None)."""
     from .render import render
 
-    setup = RankSetup.start(device, dtype, budget)
+    setup = RankSetup.start(device, dtype, MemoryRequest(budget, host_budget))
     try:
         if setup.rank != 0:
             serve_rank(spec, profile=profile, force=force, events=events, setup=setup,

@@ -63,6 +63,7 @@ def publish(plan: Plan, outcome: Outcome, output_dir: Path, lock_path: Path,
         "summary": outcome.summary(),
         "model_loads": outcome.model_loads,
         "model_swaps": outcome.model_swaps,
+        "memory": memory_table(outcome.memory),
         "stages": rows,
         "files": published,
     }
@@ -224,6 +225,15 @@ def _write_lock(plan: Plan, outcome: Outcome, published: dict[str, Any], lock_pa
         if plan.graph[info["stage"]].kind == "assemble":
             new_lock.outputs[rel] = {"stage": info["stage"], "digest": info["digest"]}
     new_lock.write(lock_path)
+
+
+def memory_table(ranks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest's ``memory``: one entry per rank (``runner.rank_memory``) and the render's
+    totals (peak GPU memory: the largest of the ranks', None when none ran on CUDA)."""
+    rows = sorted(ranks, key=lambda r: r["rank"])
+    peaks = [r["peak_gpu_bytes"] for r in rows if r.get("peak_gpu_bytes") is not None]
+    totals = {k: sum(r[k] for r in rows) for k in ("loads", "swaps", "bytes_moved", "pinned_bytes")}
+    return {"ranks": rows, **totals, "peak_gpu_bytes": max(peaks) if peaks else None}
 
 
 def carry_over(manifest: dict[str, Any], previous: dict[str, Any], nothing_ran: bool) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..catalog.budget import MemoryRequest
 from ..errors import RenderError
 from ..plan.planner import Plan
 from ..plan.reason import Reason
@@ -33,12 +34,14 @@ def render(spec_path: str | Path, *, profile: str | None = None, only: list[str]
            until: str | None = None, force: bool = False, keep_going: bool = False,
            dry_run: bool = False, reseed: bool = False, events: Path | None = None,
            device: str = "auto", dtype: str | None = None, budget: int | None = None,
-           progress: bool = True, sinks: list[Callable[[Event], None]] | None = None,
+           host_budget: int | None = None, progress: bool = True, sinks: list[Callable[[Event], None]] | None = None,
            executor: Executor | None = None, warn: Callable[[str], None] | None = None,
            offline: bool = False, allow_paths: list[str] | None = None,
            allow_hosts: list[str] | None = None) -> RenderResult:
     """Plan, execute, publish. The render holds a lease on the cache from before it looks
-    anything up until its outputs are written, so ``gc`` leaves what it uses alone."""
+    anything up until its outputs are written, so ``gc`` leaves what it uses alone.
+    ``budget`` / ``host_budget``: the node's device and pinned-RAM budgets in bytes (None: the
+    defaults of ``catalog/budget.py``)."""
     started = time.time()
     session = Session.open(spec_path, profile=profile, warn=warn, allow_paths=allow_paths,
                            allow_hosts=allow_hosts)
@@ -60,7 +63,8 @@ def render(spec_path: str | Path, *, profile: str | None = None, only: list[str]
             for nid in damaged:
                 if plan.stages[nid].status == "run":
                     plan.stages[nid].reason = Reason(damaged=True)
-            run_with = executor or LocalExecutor(device=device, dtype=dtype, budget=budget,
+            run_with = executor or LocalExecutor(device=device, dtype=dtype,
+                                                 memory=MemoryRequest(budget, host_budget),
                                                  keep_going=keep_going, force=force)
             result, error = _run(session, plan, started, run_with, False, events, sinks, progress,
                                  last=attempt >= passes)

@@ -19,6 +19,7 @@ from typing import Any
 from ..cache.keylock import key_lock
 from ..cache.lock import LockEntry
 from ..cache.store import Entry
+from ..catalog.budget import MemoryRequest, Placement, RankBudget, rank_budget
 from ..catalog.shapes import ShapesSource
 from ..errors import CinesynthError, ModelError, RenderError
 from ..plan.expand import input_paths
@@ -40,6 +41,7 @@ class Outcome:
     lock: dict[str, LockEntry] = field(default_factory=dict)
     model_loads: dict[str, int] = field(default_factory=dict)
     model_swaps: dict[str, int] = field(default_factory=dict)
+    memory: list[dict[str, Any]] = field(default_factory=list)     # one entry per rank
     dry_run: bool = False
 
     def summary(self, skipped: int = 0) -> str:
@@ -83,11 +85,13 @@ class DryRunExecutor(Executor):
 
 @dataclass
 class LocalExecutor(Executor):
-    """Runs stages in this process, models under a memory budget."""
+    """Runs stages in this process, models under this rank's share of the node's memory
+    (``memory``: the budgets asked for the node; ``placement``: this rank's place on it)."""
 
     device: str = "cpu"
     dtype: str | None = None
-    budget: int | None = None
+    memory: MemoryRequest = field(default_factory=MemoryRequest)
+    placement: Placement = field(default_factory=Placement)
     keep_going: bool = False
     force: bool = False
     residency: Any = None
@@ -122,23 +126,33 @@ class LocalExecutor(Executor):
         finally:
             out.model_loads = dict(getattr(residency, "loads", {}))
             out.model_swaps = dict(getattr(residency, "swaps", {}))
+            if residency is not None:
+                out.memory = [rank_memory(self.placement.rank, self.device, [residency])]
         return out
 
     # -- helpers -------------------------------------------------------------------------------
     def make_residency(self, plan: Plan, loader: Any = None):
         from ..catalog.residency import Residency
 
+        budget = self.rank_budget()
+        return Residency(plan.registry, device=self.device, dtype=self.dtype or plan.registry.dtype,
+                         budget=budget.budget, host_budget=budget.host_budget, loader=loader)
+
+    def rank_budget(self) -> RankBudget:
+        """This rank's device and pinned-RAM budgets (its share of the node's)."""
         if self.device == "auto":
             self.device = pick_device()
-        return Residency(plan.registry, device=self.device, dtype=self.dtype or plan.registry.dtype,
-                         budget=self.budget, loader=loader)
+        return rank_budget(self.device, self.placement, self.memory)
 
     def preflight(self, plan: Plan) -> None:
         """Every model a running stage needs must be there before anything runs; a model built
-        at full size on the device (profile ``shapes``) needs a CUDA device."""
+        at full size on the device (profile ``shapes``) needs a CUDA device, and each must fit
+        the memory budget of this rank (``execute/fit.py``)."""
+        from .fit import Need, check_fit
+
         wanted = sorted({(st.node.model_role, st.node.model_name or "") for st in plan.to_run()
                          if st.node.model_role})
-        problems, built = [], []
+        problems, built, needs = [], [], []
         for role, name in wanted:
             try:
                 found = plan.registry.local_path(role, name or None)
@@ -147,10 +161,14 @@ class LocalExecutor(Executor):
                 continue
             if isinstance(found, ShapesSource):
                 built.append(found)
+            spec = plan.registry.spec(role, name or None)
+            needs.append(Need(role, spec.label, spec.kind, found))
         if problems:
             raise ModelError("missing models:\n  " + "\n  ".join(problems))
+        dtype = self.dtype or plan.registry.dtype
         if built:
-            self._check_shapes_device(built, self.dtype or plan.registry.dtype)
+            self._check_shapes_device(built, dtype)
+        check_fit(needs, self.rank_budget(), dtype)
 
     def _check_shapes_device(self, built: list, dtype: str) -> None:
         device = pick_device() if self.device == "auto" else self.device
@@ -327,6 +345,22 @@ def recheck_cached(plan: Plan) -> list[str]:
         st.reason = Reason(damaged=state == "damaged", missing=state == "missing")
         redo.append(nid)
     return redo
+
+
+def rank_memory(rank: int, device: str, residencies: list[Any]) -> dict[str, Any]:
+    """What one rank's models cost in memory and copies: peak GPU memory (None off CUDA), the most
+    pinned host RAM its models held, loads, swaps and the bytes they brought onto the device."""
+    peak = None
+    if device.startswith("cuda"):
+        import torch
+
+        peak = int(torch.cuda.max_memory_allocated(torch.device(device)))
+    def total(counter: str) -> int:
+        return sum(sum(getattr(r, counter, {}).values()) for r in residencies)
+
+    return {"rank": rank, "device": device, "peak_gpu_bytes": peak,
+            "pinned_bytes": sum(getattr(r, "pinned_peak", 0) for r in residencies),
+            "loads": total("loads"), "swaps": total("swaps"), "bytes_moved": total("moved")}
 
 
 def pick_device() -> str:

@@ -9,7 +9,8 @@ differ, e.g. a LoRA was fused into it) is copied back first. The first move to t
 every tensor once (``pinned_bytes`` says how much).
 
 ``model_nbytes`` counts what a pipeline, module or wrapper holds; ``move_model`` moves it plainly;
-``swap_model`` moves it between pinned host RAM and a device through its ``HostCopy``.
+``swap_model`` moves it between pinned host RAM and a device through its ``HostCopy``;
+``pinned_nbytes`` says how much pinned RAM that copy holds.
 """
 
 from __future__ import annotations
@@ -145,3 +146,10 @@ def swap_model(obj: Any, where: str) -> None:
         copy.to_host()
     else:
         copy.to_device(where)
+
+
+def pinned_nbytes(obj: Any) -> int:
+    """Bytes of the pinned host copies ``swap_model`` made for ``obj`` (0 before it first left
+    the device)."""
+    copy = getattr(obj, _HOST_COPY_ATTR, None)
+    return copy.pinned_bytes if copy is not None else 0

@@ -60,6 +60,16 @@ def test_two_ranks_render_each_stage_once_and_write_the_single_process_lock(tmp_
         hashlib.sha256((single / "outputs/short/final.mp4").read_bytes()).hexdigest()
     manifest = json.loads((root / "outputs/short/manifest.json").read_text())
     assert {s["status"] for s in manifest["stages"]} == {"ran"}
+    memory = manifest["memory"]                # one entry per rank, in rank order
+    assert [(r["rank"], r["device"], r["peak_gpu_bytes"]) for r in memory["ranks"]] == [(0, "cpu", None),
+                                                                                      (1, "cpu", None)]
+    assert all(set(r) == {"rank", "device", "peak_gpu_bytes", "pinned_bytes", "loads", "swaps", "bytes_moved"}
+               for r in memory["ranks"])
+    assert sum(r["loads"] for r in memory["ranks"]) == memory["loads"] == sum(manifest["model_loads"].values())
+    assert memory["swaps"] == 0 and memory["pinned_bytes"] == 0       # the CPU pins nothing by default
+    assert memory["bytes_moved"] == sum(r["bytes_moved"] for r in memory["ranks"]) > 0
+    report = (root / "outputs/short/report.html").read_text()
+    assert f"{memory['loads']} model load(s), 0 swap(s)" in report
 
     again = run_cli(root / "short.yaml", "--nproc", "2", "--events", str(events))
     assert again.returncode == 0, again.stderr

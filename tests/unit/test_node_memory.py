@@ -1,0 +1,214 @@
+"""Memory on one node: budgets split between local ranks, models refused before they run when
+they cannot fit, and the memory each rank used in the manifest and the report."""
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cinesynth_batch.catalog.budget import MemoryRequest, Placement, RankBudget, human, rank_budget
+from cinesynth_batch.catalog.registry import Registry
+from cinesynth_batch.catalog.residency import Residency, _disk_size
+from cinesynth_batch.catalog.shapes import ShapesSource, shapes_nbytes
+from cinesynth_batch.cli import app
+from cinesynth_batch.execute.fit import ModelFitError, Need, check_fit, model_blocks
+
+GiB = 1 << 30
+RAM = 512 * GiB
+
+
+# --------------------------------------------------------------------------- budgets per rank
+
+def cpu_rank(n: int, i: int = 0) -> Placement:
+    return Placement(rank=i, local_rank=i, local_ranks=n, sharing=n)       # CPU ranks share the RAM
+
+
+def gpu_rank(n: int, i: int = 0) -> Placement:
+    return Placement(rank=i, local_rank=i, local_ranks=n, sharing=1)       # one GPU each
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_default_budgets_are_shares_of_the_node(n):
+    cpu = rank_budget("cpu", cpu_rank(n), ram_bytes=RAM)
+    assert (cpu.budget, cpu.host_budget) == (int(RAM * 0.6) // n, 0)
+    gpu = rank_budget(f"cuda:{n - 1}", gpu_rank(n, n - 1), ram_bytes=RAM, device_bytes=80 * GiB)
+    assert gpu.budget == int(80 * GiB * 0.9)                  # its own GPU, not split
+    assert gpu.host_budget == RAM // 2 // n                   # the one RAM: pinned copies split
+    assert n * gpu.host_budget <= RAM // 2                    # all ranks together pin at most half
+    assert gpu.owner == f"rank {n - 1} on cuda:{n - 1}"
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_an_explicit_budget_is_for_the_node_and_split_the_same_way(n):
+    asked = MemoryRequest(vram=24 * GiB, host=64 * GiB)
+    for device, placement in (("cpu", cpu_rank(n)), ("cuda:0", gpu_rank(n))):
+        b = rank_budget(device, placement, asked, ram_bytes=RAM, device_bytes=80 * GiB)
+        assert (b.budget, b.host_budget) == (24 * GiB // n, 64 * GiB // n)
+
+
+def test_ranks_sharing_one_gpu_share_its_budget():
+    shared = Placement(rank=1, local_rank=1, local_ranks=2, sharing=2)
+    b = rank_budget("cuda:0", shared, ram_bytes=RAM, device_bytes=80 * GiB)
+    assert b.budget == int(80 * GiB * 0.9) // 2 and b.host_budget == RAM // 4
+
+
+def test_a_placement_cannot_share_with_more_ranks_than_the_node_has():
+    with pytest.raises(ValueError):
+        Placement(local_ranks=2, sharing=3)
+
+
+def test_human_sizes():
+    assert (human(int(64.2 * GiB)), human(3 << 20), human(12 << 10), human(512)) == \
+        ("64.2 GiB", "3.0 MiB", "12.0 KiB", "512 B")
+
+
+# --------------------------------------------------------------------------- residency counters
+
+@pytest.fixture(scope="module")
+def registry():
+    reg = Registry.load("tiny", Path.cwd(), Path.cwd())
+    reg.ensure_tiny()
+    return reg
+
+
+def test_residency_counts_bytes_moved_and_the_most_pinned_ram(registry):
+    """Loads and swaps bring bytes onto the device; the pinned copies held at once are recorded."""
+    copies = {}
+
+    def mover(model, where):
+        if where == "host":
+            copies[id(model)] = 1000 + len(copies)
+
+    probe = Residency(registry, budget=1 << 30, host_budget=0)
+    sizes = {role: probe.sizer(probe.get(role)) for role in ("video", "image")}
+    res = Residency(registry, budget=max(sizes.values()) + 1, host_budget=1 << 30, mover=mover,
+                    pinned=lambda m: copies.get(id(m), 0))
+    res.get("video")
+    res.get("image")          # video leaves to the host (pinned 1000)
+    res.get("video")          # swapped back; image leaves (pinned 1001): both copies held
+    assert (dict(res.loads), dict(res.swaps)) == ({"video": 1, "image": 1}, {"video": 1})
+    assert dict(res.moved) == {"video": 2 * sizes["video"], "image": sizes["image"]}
+    assert res.pinned_peak == 2001 and res.pinned_bytes() == 2001
+
+
+# --------------------------------------------------------------------------- fit, before anything runs
+
+def tiny_need(registry, role):
+    spec = registry.spec(role)
+    return Need(role, spec.label, spec.kind, registry.local_path(role))
+
+
+def test_a_model_over_the_cpu_budget_is_refused_naming_it(registry):
+    need = tiny_need(registry, "video")
+    size = _disk_size(need.source, "float32")
+    budget = RankBudget("cpu", size - 1, 0, cpu_rank(2, 1))
+    with pytest.raises(ModelFitError) as exc:
+        check_fit([need], budget, "float32")
+    assert exc.value.message == (f"video: tiny/wan2.2-i2v needs {human(size)}, the budget of rank 1 on "
+                                 f"cpu is {human(size - 1)}")
+    assert exc.value.exit_code == 3
+    check_fit([need], RankBudget("cpu", size, 0), "float32")          # exactly the size: fits
+
+
+def test_the_blocks_read_from_the_files_are_the_loaded_models_blocks(registry):
+    from cinesynth_batch.catalog.loaders import load_model
+
+    source = registry.local_path("video")
+    blocks = model_blocks(source, "float32")
+    pipe = load_model("wan-i2v", source, "cpu", "float32")
+    sizes = [sum(t.numel() * t.element_size() for t in b.parameters())
+             for name in ("transformer", "transformer_2") for b in getattr(pipe, name).blocks]
+    assert blocks.total == sum(sizes) and blocks.largest == max(sizes) and len(sizes) >= 2
+
+
+def test_on_cuda_an_offloadable_pipeline_fits_by_its_blocks(registry):
+    """Over the budget, the video pipeline's blocks are offloaded: what stays plus two blocks
+    must fit the device budget, the blocks the pinned RAM budget. No GPU is touched."""
+    need = tiny_need(registry, "video")
+    size = _disk_size(need.source, "bfloat16")
+    blocks = model_blocks(need.source, "bfloat16")
+    resident = size - blocks.total + 2 * blocks.largest
+    assert resident < size
+    check_fit([need], RankBudget("cuda:0", resident, blocks.total), "bfloat16")
+    with pytest.raises(ModelFitError) as exc:
+        check_fit([need], RankBudget("cuda:0", resident - 1, blocks.total), "bfloat16")
+    assert exc.value.message == (f"video: tiny/wan2.2-i2v needs {human(size)} ({human(resident)} with its "
+                                 f"transformer blocks offloaded), the budget of rank 0 on cuda:0 is "
+                                 f"{human(resident - 1)}")
+    with pytest.raises(ModelFitError) as exc:
+        check_fit([need], RankBudget("cuda:0", resident, blocks.total - 1), "bfloat16")
+    assert exc.value.message == (f"video: tiny/wan2.2-i2v needs {human(size)}; offloaded to fit the budget "
+                                 f"of rank 0 on cuda:0 ({human(resident)}), its transformer blocks need "
+                                 f"{human(blocks.total)} of pinned RAM, the host budget of rank 0 on "
+                                 f"cuda:0 is {human(blocks.total - 1)}")
+    image = tiny_need(registry, "image")                 # the image pipeline is never offloaded
+    small = _disk_size(image.source, "bfloat16") - 1
+    with pytest.raises(ModelFitError, match=r"^image: tiny/flux2-klein needs .*, the budget of rank 0 on "
+                                            r"cuda:0 is"):
+        check_fit([image], RankBudget("cuda:0", small, 1 << 40), "bfloat16")
+
+
+def test_the_full_size_i2v_pipeline_fits_a_24_gib_card_offloaded():
+    source = ShapesSource("wan2.2-i2v-a14b", "wan-i2v", "r")
+    need = Need("video", source.label, "wan-i2v", source)
+    blocks = model_blocks(source, "bfloat16")
+    assert 40 * 2 * blocks.largest == blocks.total                   # 40 equal blocks per expert
+    assert shapes_nbytes("wan2.2-i2v-a14b") - blocks.total < 12 * GiB
+    node = rank_budget("cuda:0", Placement(), MemoryRequest(vram=24 * GiB), ram_bytes=RAM, device_bytes=80 * GiB)
+    check_fit([need], node, "bfloat16")
+    with pytest.raises(ModelFitError) as exc:            # 8 ranks share a 24 GiB node budget: 3 GiB each
+        check_fit([need], rank_budget("cuda:0", gpu_rank(8), MemoryRequest(vram=24 * GiB), ram_bytes=RAM,
+                                      device_bytes=80 * GiB), "bfloat16")
+    assert exc.value.message.startswith("video: shapes/wan2.2-i2v-a14b needs 64.2 GiB (")
+    assert exc.value.message.endswith("with its transformer blocks offloaded), the budget of rank 0 on "
+                                      "cuda:0 is 3.0 GiB")
+
+
+IMAGE_ONLY = """
+project: fit
+defaults: {resolution: 64x64, seed: 3}
+scenes:
+  - id: a
+    image: {prompt: "a cat", steps: 2}
+"""
+
+
+def test_a_render_over_its_budget_is_refused_before_any_stage_runs(project, registry):
+    spec = project / "s.yaml"
+    spec.write_text(textwrap.dedent(IMAGE_ONLY))
+    size = _disk_size(registry.local_path("image"), "float32")
+    events = project / "events.jsonl"
+    result = CliRunner().invoke(app, ["render", str(spec), "--device", "cpu", "--vram-budget", str(size - 1),
+                                      "--no-progress", "--events", str(events)])
+    assert result.exit_code == 3, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"image: tiny/flux2-klein needs {human(size)}, the budget of rank 0 on cpu is {human(size - 1)} "
+        "(pass a larger "
+        "--vram-budget / --host-budget (budgets are per node, split between its ranks), start fewer ranks, "
+        "or use block_swap / a smaller dtype)")
+    assert "Traceback" not in result.output
+    assert not any(json.loads(e)["event"].startswith("stage_") for e in events.read_text().splitlines())
+    cache = project / ".cinesynth" / "cache"
+    assert not [p for p in cache.rglob("*") if p.is_file() and "objects" in p.parts]
+    assert not (project / "outputs").exists()
+
+
+def test_a_render_within_its_budget_records_its_memory_in_the_manifest_and_report(project, registry):
+    spec = project / "s.yaml"
+    spec.write_text(textwrap.dedent(IMAGE_ONLY))
+    size = _disk_size(registry.local_path("image"), "float32")
+    result = CliRunner().invoke(app, ["render", str(spec), "--device", "cpu", "--vram-budget", str(size),
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    out = project / "outputs" / "fit"
+    memory = json.loads((out / "manifest.json").read_text())["memory"]
+    (rank,) = memory["ranks"]
+    assert rank["rank"] == 0 and rank["device"] == "cpu" and rank["peak_gpu_bytes"] is None
+    assert (rank["loads"], rank["swaps"], rank["pinned_bytes"]) == (1, 0, 0)
+    assert rank["bytes_moved"] > 0
+    assert {k: memory[k] for k in ("loads", "swaps", "bytes_moved")} == \
+        {"loads": 1, "swaps": 0, "bytes_moved": rank["bytes_moved"]}
+    report = (out / "report.html").read_text()
+    assert "1 model load(s), 0 swap(s)" in report and "moved onto the devices" in report
