@@ -53,12 +53,14 @@ class MemoryRequest:
 @dataclass(frozen=True)
 class RankBudget:
     """What one rank's models may hold: ``budget`` bytes on ``device`` and ``host_budget`` bytes
-    of pinned host RAM."""
+    of pinned host RAM. ``capacity``: the rank's share of what its GPU physically holds (None
+    off CUDA), which a model must fit while it loads whatever the budget says."""
 
     device: str
     budget: int
     host_budget: int
     placement: Placement = Placement()
+    capacity: int | None = None
 
     @property
     def owner(self) -> str:
@@ -86,10 +88,13 @@ def rank_budget(device: str, placement: Placement = Placement(), request: Memory
                 *, ram_bytes: int | None = None, device_bytes: int | None = None) -> RankBudget:
     """This rank's share of the node's memory (see the module's doc)."""
     cuda = device.startswith("cuda")
+    capacity = None
+    if cuda:
+        total = device_bytes if device_bytes is not None else device_memory(device)
+        capacity = total // placement.sharing
     if request.vram is not None:
         budget = request.vram // placement.local_ranks
     elif cuda:
-        total = device_bytes if device_bytes is not None else device_memory(device)
         budget = int(total * DEVICE_SHARE) // placement.sharing
     else:
         ram = ram_bytes if ram_bytes is not None else host_ram()
@@ -101,7 +106,7 @@ def rank_budget(device: str, placement: Placement = Placement(), request: Memory
         host = int(ram * PINNED_SHARE) // placement.local_ranks
     else:
         host = 0
-    return RankBudget(device, budget, host, placement)
+    return RankBudget(device, budget, host, placement, capacity)
 
 
 def human(nbytes: int) -> str:

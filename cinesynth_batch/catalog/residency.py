@@ -162,6 +162,7 @@ class Residency:
         """Take ``role`` off the device: to pinned host RAM when it fits ``host_budget``, else dropped."""
         if role not in self._resident:
             return
+        self._note_pinned()               # its offloaded blocks, pinned while it ran, count too
         model, size = self._resident.pop(role)
         self.evictions[role] += 1
         if self.host_budget and size <= self.host_budget:
@@ -179,8 +180,14 @@ class Residency:
         assert self.pinned is not None
         return sum(self.pinned(model) for model, _ in (*self._resident.values(), *self._host.values()))
 
-    def _note_pinned(self) -> None:
+    def _note_pinned(self) -> int:
         self.pinned_peak = max(self.pinned_peak, self.pinned_bytes())
+        return self.pinned_peak
+
+    def pinned_high_water(self) -> int:
+        """The most pinned host RAM its models have held at once, as far as it has looked: when a
+        model left or came back to the device, and now."""
+        return self._note_pinned()
 
     def _collect(self) -> None:
         gc.collect()

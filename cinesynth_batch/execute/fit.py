@@ -8,7 +8,19 @@ shapes model's bytes in the load dtype). It fits when
   the budget (the video and lip-sync pipelines: ``runtime/accel.py`` ``prepared_pipeline``):
   what stays on the device (everything but those blocks, plus two blocks: the one computing and
   the one being copied in) fits the device budget, and the offloaded blocks fit the rank's
-  pinned host RAM budget.
+  pinned host RAM budget;
+* on CUDA, for Wan2.2-Animate (``runtime/animate.py``): its transformer's loaded weights stay in
+  host RAM and each run puts a working copy on the device, less the ``block_swap`` blocks it
+  streams from pinned RAM; what that leaves on the device fits the device budget and the
+  streamed blocks the pinned RAM budget.
+
+Blocks stored as fp8 (``quantize: fp8_e4m3fn`` on every stage of the model) count at one byte
+per weight where they are offloaded or copied. The estimates are conservative: the other
+components of an offloaded diffusers pipeline, which are offloaded too, count as resident.
+
+On CUDA a model must also fit the GPU itself (the rank's share of it): a pipeline is loaded whole
+onto its device and its blocks are offloaded after, so a budget below the card's size does not
+make a larger model loadable.
 
 A model that does not fit is refused before anything runs, naming the stage role, the model, its
 size and the budget (``ModelFitError``), never a CUDA out-of-memory error halfway through.
@@ -25,11 +37,14 @@ from pathlib import Path
 from typing import Iterable
 
 from ..catalog.budget import RankBudget, human
-from ..catalog.shapes import ShapesSource
+from ..catalog.shapes import DTYPE_BYTES, ShapesSource
 from ..errors import ModelError
 
 #: Kinds whose stages offload every transformer block when the pipeline is over the VRAM budget.
 OFFLOADED_OVER_BUDGET = ("wan-i2v", "wan-s2v")
+#: Kinds whose transformer rests in host RAM and runs as a working copy on the device.
+WORKING_COPY = ("wan-animate",)
+FP8_STORAGE = ("fp8_e4m3fn", "fp8_e4m3fn_scaled")
 IN_FLIGHT = 2           # blocks on the device while offloaded: the one running, the one arriving
 
 _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
@@ -43,12 +58,22 @@ class ModelFitError(ModelError):
 
 @dataclass(frozen=True)
 class Need:
-    """One model a render needs: the role it serves, its label and kind, its source."""
+    """One model a render needs: the role it serves, its label and kind, its source; the fewest
+    blocks its stages stream with ``block_swap``, and whether they all store them as fp8."""
 
     role: str
     label: str
     kind: str
     source: Path | ShapesSource
+    block_swap: int = 0
+    fp8: bool = False
+
+
+def need_for(role: str, label: str, kind: str, source: Path | ShapesSource, params: list[dict]) -> Need:
+    """The ``Need`` of a model used by stages with ``params`` (their params and runtime settings)."""
+    swap = min((int(p.get("block_swap") or 0) for p in params), default=0)
+    fp8 = bool(params) and all(p.get("quantize") in FP8_STORAGE for p in params)
+    return Need(role, label, kind, source, swap, fp8)
 
 
 @dataclass(frozen=True)
@@ -57,6 +82,7 @@ class Blocks:
 
     total: int
     largest: int
+    count: int
 
 
 def model_size(source: Path | ShapesSource, dtype: str) -> int:
@@ -83,7 +109,7 @@ def model_blocks(source: Path | ShapesSource, dtype: str) -> Blocks | None:
                 sizes[key] = sizes.get(key, 0) + nbytes
     if not sizes:
         return None
-    return Blocks(sum(sizes.values()), max(sizes.values()))
+    return Blocks(sum(sizes.values()), max(sizes.values()), len(sizes))
 
 
 def _safetensors_sizes(file: Path) -> Iterable[tuple[str, int]]:
@@ -107,7 +133,7 @@ def _shapes_blocks(source: ShapesSource, dtype: str) -> Blocks:
         module = getattr(model, name, None)
         for block in getattr(module, "blocks", None) or ():
             sizes.append(sum(t.numel() * t.element_size() for t in (*block.parameters(), *block.buffers())))
-    return Blocks(sum(sizes), max(sizes)) if sizes else Blocks(0, 0)
+    return Blocks(sum(sizes), max(sizes), len(sizes)) if sizes else Blocks(0, 0, 0)
 
 
 def check_fit(needs: list[Need], budget: RankBudget, dtype: str) -> None:
@@ -125,20 +151,42 @@ def check_fit(needs: list[Need], budget: RankBudget, dtype: str) -> None:
 def _problem(need: Need, budget: RankBudget, dtype: str) -> str | None:
     size = model_size(need.source, dtype)
     head = f"{need.role}: {need.label} needs {human(size)}"
-    if size <= budget.budget:
+    problem = _over_budget(need, size, head, budget, dtype)
+    loads_whole = need.kind not in WORKING_COPY
+    if problem is None and loads_whole and budget.capacity is not None and size > budget.capacity:
+        shared = "" if budget.placement.sharing == 1 else f" for each of its {budget.placement.sharing} ranks"
+        return (f"{head} on {budget.device} while it loads (it is loaded whole, its blocks are offloaded "
+                f"after), and {budget.device} holds {human(budget.capacity)}{shared}")
+    return problem
+
+
+def _over_budget(need: Need, size: int, head: str, budget: RankBudget, dtype: str) -> str | None:
+    cuda = budget.device.startswith("cuda")
+    animate = cuda and need.kind in WORKING_COPY and (need.block_swap or need.fp8)
+    if size <= budget.budget and not animate:
         return None
     whole = f"{head}, the budget of {budget.owner} is {human(budget.budget)}"
-    if not (budget.device.startswith("cuda") and need.kind in OFFLOADED_OVER_BUDGET):
+    if not (cuda and (need.kind in OFFLOADED_OVER_BUDGET or animate)):
         return whole
     blocks = model_blocks(need.source, dtype)
     if blocks is None or not blocks.total:
         return whole
-    resident = size - blocks.total + IN_FLIGHT * blocks.largest
+    scale = 1 / DTYPE_BYTES.get(dtype, 2) if need.fp8 else 1.0      # fp8: one byte per weight
+    if need.kind in WORKING_COPY:
+        swapped = min(need.block_swap, blocks.count)
+        streamed = int(blocks.total * scale * swapped / blocks.count)
+        kept = int(blocks.total * scale) - streamed
+        resident = size - blocks.total + kept + (int(IN_FLIGHT * blocks.largest * scale) if swapped else 0)
+        how = f"with {swapped} of its {blocks.count} blocks streamed" if swapped else "with fp8 blocks"
+    else:
+        streamed = int(blocks.total * scale)
+        resident = size - blocks.total + int(IN_FLIGHT * blocks.largest * scale)
+        how = "with its transformer blocks offloaded"
     if resident > budget.budget:
-        return (f"{head} ({human(resident)} with its transformer blocks offloaded), the budget of "
-                f"{budget.owner} is {human(budget.budget)}")
-    if blocks.total > budget.host_budget:
-        return (f"{head}; offloaded to fit the budget of {budget.owner} ({human(budget.budget)}), its "
-                f"transformer blocks need {human(blocks.total)} of pinned RAM, the host budget of "
-                f"{budget.owner} is {human(budget.host_budget)}")
+        return (f"{head} ({human(resident)} {how}), the budget of {budget.owner} is "
+                f"{human(budget.budget)}")
+    if streamed > budget.host_budget:
+        return (f"{head} ({human(resident)} {how}, fitting the budget of {budget.owner}), its streamed "
+                f"blocks need {human(streamed)} of pinned RAM, the host budget of {budget.owner} is "
+                f"{human(budget.host_budget)}")
     return None

@@ -29,7 +29,9 @@ def torchrun_command(nproc: int, args: list[str]) -> list[str]:
 
 
 def launch(nproc: int, args: list[str], events: Path | None) -> tuple[int, str | None]:
-    """Run the render on ``nproc`` ranks; returns (exit code, a message naming what failed)."""
+    """Run the render on ``nproc`` ranks; returns (exit code, a message naming what failed). A rank
+    that stopped with an error of its own passes its exit code on (3: a model missing or too
+    large, before anything ran), as a single-process render would exit."""
     own_events = events is None
     if own_events:
         fd, name = tempfile.mkstemp(prefix="cinesynth-events-", suffix=".jsonl")
@@ -53,6 +55,8 @@ def launch(nproc: int, args: list[str], events: Path | None) -> tuple[int, str |
     if code != 0:
         rank, exitcode = root_cause("".join(tail))
         message = describe_failure(_read_events(events), rank, exitcode)
+        if exitcode is not None and exitcode > 0:
+            code = exitcode
     if own_events:
         events.unlink(missing_ok=True)
     return code, message

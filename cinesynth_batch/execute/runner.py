@@ -148,10 +148,14 @@ class LocalExecutor(Executor):
         """Every model a running stage needs must be there before anything runs; a model built
         at full size on the device (profile ``shapes``) needs a CUDA device, and each must fit
         the memory budget of this rank (``execute/fit.py``)."""
-        from .fit import Need, check_fit
+        from .fit import check_fit, need_for
 
-        wanted = sorted({(st.node.model_role, st.node.model_name or "") for st in plan.to_run()
-                         if st.node.model_role})
+        uses: dict[tuple[str, str], list[dict]] = {}
+        for st in plan.to_run():
+            if st.node.model_role:
+                uses.setdefault((st.node.model_role, st.node.model_name or ""), []).append(
+                    {**st.params, **st.node.runtime})
+        wanted = sorted(uses)
         problems, built, needs = [], [], []
         for role, name in wanted:
             try:
@@ -162,7 +166,7 @@ class LocalExecutor(Executor):
             if isinstance(found, ShapesSource):
                 built.append(found)
             spec = plan.registry.spec(role, name or None)
-            needs.append(Need(role, spec.label, spec.kind, found))
+            needs.append(need_for(role, spec.label, spec.kind, found, uses[(role, name)]))
         if problems:
             raise ModelError("missing models:\n  " + "\n  ".join(problems))
         dtype = self.dtype or plan.registry.dtype
@@ -359,7 +363,7 @@ def rank_memory(rank: int, device: str, residencies: list[Any]) -> dict[str, Any
         return sum(sum(getattr(r, counter, {}).values()) for r in residencies)
 
     return {"rank": rank, "device": device, "peak_gpu_bytes": peak,
-            "pinned_bytes": sum(getattr(r, "pinned_peak", 0) for r in residencies),
+            "pinned_bytes": sum(r.pinned_high_water() for r in residencies if hasattr(r, "pinned_high_water")),
             "loads": total("loads"), "swaps": total("swaps"), "bytes_moved": total("moved")}
 
 

@@ -240,6 +240,20 @@ def offloaded(model: Any) -> Offload | None:
     return getattr(model, _OFFLOAD_ATTR, None)
 
 
+def offload_pinned_nbytes(model: Any) -> int:
+    """Pinned host RAM held by the offloaded parts of ``model`` and its submodules: the streamed
+    blocks, or a whole module handed to diffusers' group offloading. Only a CUDA device's copies
+    are pinned (on the CPU the hooks move nothing)."""
+    total = 0
+    for module in model.modules():
+        done = offloaded(module)
+        if done is None or not str(done.device).startswith("cuda"):
+            continue
+        parts = [module] if done.delegated else [module.blocks[i] for i in done.blocks]
+        total += sum(t.numel() * t.element_size() for part in parts for t in _own_tensors(part))
+    return total
+
+
 def restore_offload(model: Any) -> bool:
     """Re-apply ``offload_blocks``' layout when the offloaded blocks changed under it. A LoRA
     adapter adds tensors that the pinned copies lack: loaded through a diffusers pipeline, diffusers

@@ -10,7 +10,7 @@ every tensor once (``pinned_bytes`` says how much).
 
 ``model_nbytes`` counts what a pipeline, module or wrapper holds; ``move_model`` moves it plainly;
 ``swap_model`` moves it between pinned host RAM and a device through its ``HostCopy``;
-``pinned_nbytes`` says how much pinned RAM that copy holds.
+``pinned_nbytes`` says how much pinned RAM that copy and any offloaded blocks hold.
 """
 
 from __future__ import annotations
@@ -149,7 +149,9 @@ def swap_model(obj: Any, where: str) -> None:
 
 
 def pinned_nbytes(obj: Any) -> int:
-    """Bytes of the pinned host copies ``swap_model`` made for ``obj`` (0 before it first left
-    the device)."""
+    """Bytes of pinned host RAM ``obj`` holds: the copies ``swap_model`` made for it (none before
+    it first left the device) and its blocks offloaded to stream from RAM (``runtime/memory.py``)."""
+    from .memory import offload_pinned_nbytes
+
     copy = getattr(obj, _HOST_COPY_ATTR, None)
-    return copy.pinned_bytes if copy is not None else 0
+    return (copy.pinned_bytes if copy is not None else 0) + sum(offload_pinned_nbytes(m) for m in _modules(obj))

@@ -77,6 +77,31 @@ def test_two_ranks_render_each_stage_once_and_write_the_single_process_lock(tmp_
     assert (root / "outputs/short/render.lock").read_bytes() == lock
 
 
+def test_a_model_over_each_ranks_share_of_the_budget_is_refused_before_anything_runs(tmp_path):
+    """--vram-budget is for the node: two ranks get half each, and a model over its half stops
+    the render before any stage runs, with the model's error and exit code."""
+    from cinesynth_batch.catalog.budget import human
+    from cinesynth_batch.catalog.registry import Registry
+    from cinesynth_batch.catalog.residency import _disk_size
+
+    root = tmp_path / "p"
+    root.mkdir()
+    (root / "cinesynth.toml").write_text("")
+    (root / "s.yaml").write_text('project: fit\ndefaults: {resolution: 64x64, seed: 3}\n'
+                                 'scenes:\n  - id: a\n    image: {prompt: "a cat", steps: 2}\n')
+    size = _disk_size(Registry.load("tiny", root, root).local_path("image"), "float32")
+    events = root / "events.jsonl"
+    done = run_cli(root / "s.yaml", "--nproc", "2", "--vram-budget", str(2 * size - 2), "--events", str(events))
+    assert done.returncode == 3, done.stderr
+    refusal = (f"image: tiny/flux2-klein needs {human(size)}, the budget of rank 0 on cpu is {human(size - 1)} "
+               "(pass a larger --vram-budget")
+    assert done.stderr.count(refusal) == 1 and "Traceback" not in done.stderr
+    assert not [e for e in read_events(events) if e["event"].startswith("stage_")]
+    assert not list((root / ".cinesynth" / "cache").glob("objects/*/*"))
+    ok = run_cli(root / "s.yaml", "--nproc", "2", "--vram-budget", str(2 * size))   # half each: it fits
+    assert ok.returncode == 0, ok.stderr
+
+
 SPLIT = """
 project: split
 defaults: {resolution: 64x64, fps: 16, seed: -1}

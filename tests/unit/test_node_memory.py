@@ -139,15 +139,62 @@ def test_on_cuda_an_offloadable_pipeline_fits_by_its_blocks(registry):
                                  f"{human(resident - 1)}")
     with pytest.raises(ModelFitError) as exc:
         check_fit([need], RankBudget("cuda:0", resident, blocks.total - 1), "bfloat16")
-    assert exc.value.message == (f"video: tiny/wan2.2-i2v needs {human(size)}; offloaded to fit the budget "
-                                 f"of rank 0 on cuda:0 ({human(resident)}), its transformer blocks need "
-                                 f"{human(blocks.total)} of pinned RAM, the host budget of rank 0 on "
-                                 f"cuda:0 is {human(blocks.total - 1)}")
+    assert exc.value.message == (f"video: tiny/wan2.2-i2v needs {human(size)} ({human(resident)} with its "
+                                 f"transformer blocks offloaded, fitting the budget of rank 0 on cuda:0), its "
+                                 f"streamed blocks need {human(blocks.total)} of pinned RAM, the host budget "
+                                 f"of rank 0 on cuda:0 is {human(blocks.total - 1)}")
+    fp8 = Need("video", need.label, need.kind, need.source, fp8=True)   # fp8 blocks: 1 byte, not 2
+    check_fit([fp8], RankBudget("cuda:0", resident, blocks.total // 2), "bfloat16")
+    with pytest.raises(ModelFitError, match="streamed blocks need"):
+        check_fit([fp8], RankBudget("cuda:0", resident, blocks.total // 2 - 1), "bfloat16")
     image = tiny_need(registry, "image")                 # the image pipeline is never offloaded
     small = _disk_size(image.source, "bfloat16") - 1
     with pytest.raises(ModelFitError, match=r"^image: tiny/flux2-klein needs .*, the budget of rank 0 on "
                                             r"cuda:0 is"):
         check_fit([image], RankBudget("cuda:0", small, 1 << 40), "bfloat16")
+
+
+def test_on_cuda_a_model_must_fit_the_card_while_it_loads(registry):
+    """A pipeline is loaded whole before its blocks are offloaded: the budget cannot make a model
+    larger than the GPU loadable."""
+    need = tiny_need(registry, "video")
+    size = _disk_size(need.source, "bfloat16")
+    blocks = model_blocks(need.source, "bfloat16")
+    resident = size - blocks.total + 2 * blocks.largest
+    fits = rank_budget("cuda:0", gpu_rank(1), MemoryRequest(vram=resident), ram_bytes=RAM, device_bytes=size)
+    check_fit([need], fits, "bfloat16")
+    card = rank_budget("cuda:0", gpu_rank(1), MemoryRequest(vram=size), ram_bytes=RAM, device_bytes=size - 1)
+    with pytest.raises(ModelFitError) as exc:            # within the budget asked, but not the card
+        check_fit([need], card, "bfloat16")
+    assert exc.value.message == (f"video: tiny/wan2.2-i2v needs {human(size)} on cuda:0 while it loads (it is "
+                                 f"loaded whole, its blocks are offloaded after), and cuda:0 holds "
+                                 f"{human(size - 1)}")
+    shared = rank_budget("cuda:0", Placement(local_ranks=2, sharing=2), MemoryRequest(vram=2 * size),
+                         ram_bytes=RAM, device_bytes=2 * size - 2)
+    assert (shared.budget, shared.capacity) == (size, size - 1)
+    with pytest.raises(ModelFitError, match=f"and cuda:0 holds {human(size - 1)} for each of its 2 ranks$"):
+        check_fit([need], shared, "bfloat16")
+
+
+def test_animate_counts_the_blocks_it_streams_and_its_fp8_storage():
+    """Wan2.2-Animate at full size, the Change Character settings (fp8 storage, 20 of 40 blocks
+    streamed) against 24 GiB: its transformer rests in host RAM, its working copy is what counts."""
+    source = ShapesSource("wan2.2-animate-14b", "wan-animate", "r")
+    blocks = model_blocks(source, "bfloat16")
+    assert blocks.count == 40 and blocks.total == 40 * blocks.largest
+    node = rank_budget("cuda:0", Placement(), MemoryRequest(vram=24 * GiB), ram_bytes=RAM, device_bytes=80 * GiB)
+    preset = Need("animate", source.label, "wan-animate", source, block_swap=20, fp8=True)
+    check_fit([preset], node, "bfloat16")
+    size = shapes_nbytes("wan2.2-animate-14b")
+    kept = blocks.total // 2 - blocks.total // 4             # fp8 halves the blocks, half of them stream
+    resident = size - blocks.total + kept + blocks.largest   # plus two fp8 blocks in flight
+    with pytest.raises(ModelFitError) as exc:
+        check_fit([preset], RankBudget("cuda:0", resident - 1, RAM), "bfloat16")
+    assert exc.value.message == (f"animate: shapes/wan2.2-animate-14b needs 44.2 GiB ({human(resident)} with 20 "
+                                 f"of its 40 blocks streamed), the budget of rank 0 on cuda:0 is "
+                                 f"{human(resident - 1)}")
+    with pytest.raises(ModelFitError, match=r"needs 44\.2 GiB, the budget of rank 0 on cuda:0 is 24\.0 GiB$"):
+        check_fit([Need("animate", source.label, "wan-animate", source)], node, "bfloat16")     # bf16, resident
 
 
 def test_the_full_size_i2v_pipeline_fits_a_24_gib_card_offloaded():
@@ -212,3 +259,31 @@ def test_a_render_within_its_budget_records_its_memory_in_the_manifest_and_repor
         {"loads": 1, "swaps": 0, "bytes_moved": rank["bytes_moved"]}
     report = (out / "report.html").read_text()
     assert "1 model load(s), 0 swap(s)" in report and "moved onto the devices" in report
+
+
+# --------------------------------------------------------------------------- pinned RAM of offloaded blocks
+
+def test_offloaded_blocks_count_as_pinned_ram_only_when_streamed_to_a_gpu(registry):
+    """On the CPU the offloading hooks move nothing (0 pinned); the same layout on a CUDA device
+    pins exactly the offloaded blocks (the layout's device is set by hand: no GPU here)."""
+    import torch
+
+    from cinesynth_batch.catalog.loaders import load_model
+    from cinesynth_batch.runtime.memory import offload_blocks, offload_pinned_nbytes, offloaded
+    from cinesynth_batch.runtime.swap import pinned_nbytes
+
+    pipe = load_model("wan-i2v", registry.local_path("video"), "cpu", "float32")
+    model = pipe.transformer
+    offload_blocks(model, "cpu", 2)
+    encoder = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ModuleList([torch.nn.Linear(4, 4)]))
+    offload_blocks(encoder, "cpu")                      # handed whole to diffusers' group offloading
+    assert offload_pinned_nbytes(model) == pinned_nbytes(pipe) == 0
+    offloaded(model).device = offloaded(encoder).device = "cuda:0"
+    two = sum(t.numel() * t.element_size() for b in model.blocks[:2] for t in (*b.parameters(), *b.buffers()))
+    assert 0 < two < model_bytes(model)
+    assert offload_pinned_nbytes(model) == pinned_nbytes(pipe) == two
+    assert offload_pinned_nbytes(encoder) == model_bytes(encoder) == 2 * (16 + 4) * 4
+
+
+def model_bytes(module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
