@@ -39,6 +39,32 @@ def timed(fn, reps: int, warm: int = 1) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_on(fn, device: torch.device, reps: int, warm: int):
+    """(median seconds, last output) of ``fn``: CUDA events on a GPU, a wall clock on the CPU."""
+    for _ in range(warm):
+        fn()
+    sync(device)
+    times, result = [], None
+    for _ in range(reps):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            result = fn()
+            b.record()
+            torch.cuda.synchronize(device)
+            times.append(a.elapsed_time(b) / 1000)
+        else:
+            t0 = time.perf_counter()
+            result = fn()
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2], result
+
+
 def build(factory, device: str = "cuda", dtype=torch.bfloat16):
     """A model built directly on ``device`` in ``dtype`` with seeded random weights; (model, seconds)."""
     torch.manual_seed(0)

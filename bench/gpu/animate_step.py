@@ -51,32 +51,7 @@ from cinesynth_batch.runtime.memory import fp8_targets  # noqa: E402
 #: diffusers ``WanAnimateTransformer3DModel`` arguments for the official Animate-14B checkpoint (the
 #: catalog's, the configuration profile ``shapes`` builds).
 from cinesynth_batch.catalog.shapes.configs import ANIMATE_14B  # noqa: E402
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device, reps: int, warm: int):
-    """(median seconds, last output) of ``fn``: CUDA events on a GPU, a wall clock on the CPU."""
-    for _ in range(warm):
-        fn()
-    sync(device)
-    times, result = [], None
-    for _ in range(reps):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            result = fn()
-            b.record()
-            torch.cuda.synchronize(device)
-            times.append(a.elapsed_time(b) / 1000)
-        else:
-            t0 = time.perf_counter()
-            result = fn()
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2], result
+from _common import sync, timed_on as timed  # noqa: E402
 
 
 def keeps_fp32(model, name: str) -> bool:

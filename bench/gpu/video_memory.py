@@ -51,7 +51,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
 sys.path.insert(0, str(HERE.parents[1]))
 
-from _common import A14B_EXPERT, TEXT_LEN, gib  # noqa: E402
+from _common import A14B_EXPERT, TEXT_LEN, gib, sync as _sync, timed_on as _timed  # noqa: E402
 
 from cinesynth_batch.runtime.accel import quantize_fp8  # noqa: E402
 from cinesynth_batch.runtime.memory import fp8_targets, offload_blocks, store_fp8  # noqa: E402
@@ -212,37 +212,11 @@ LABELS = {
 }
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _free(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-
-
-def _timed(fn, device: torch.device, reps: int, warm: int) -> tuple[float, torch.Tensor]:
-    """(median seconds, last output) of ``fn``: CUDA events on a GPU, a wall clock on the CPU."""
-    for _ in range(warm):
-        fn()
-    _sync(device)
-    times, y = [], None
-    for _ in range(reps):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            y = fn()
-            b.record()
-            torch.cuda.synchronize(device)
-            times.append(a.elapsed_time(b) / 1000)
-        else:
-            t0 = time.perf_counter()
-            y = fn()
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2], y
 
 
 def run_model(name: str, device: torch.device, tiny: bool, reps: int, warm: int, rows: list[str]) -> dict:

@@ -7,7 +7,7 @@ source:
 * ``tiny: NAME``  — built locally by ``catalog/tiny/build.py`` under ``$CINESYNTH_HOME/models``;
   identity is ``TINY_REVISION`` (the build is deterministic). The revision names what the builders
   make, not where their code lives: ``TINY_SOURCES_DIGEST`` records the builders' sources the
-  revision was last checked against, and ``tests/unit/test_tiny_revision.py`` fails when they
+  revision was last checked against, and ``tests/unit/test_builder_revisions.py`` fails when they
   change, asking for a new revision when the built models change and a new recorded digest when
   only the code moved.
 * ``shapes: NAME`` — a production architecture at its real size with seeded random weights, built
@@ -375,19 +375,18 @@ def describe(registry: Registry) -> list[dict[str, Any]]:
     return rows
 
 
-def tiny_sources_digest() -> str:
-    """sha256 of the tiny builders' sources (``TINY_SOURCES``: names and bytes)."""
+def sources_digest(names: tuple[str, ...]) -> str:
+    """sha256 of the package files ``names`` (relative to the package): names and bytes."""
     package = Path(__file__).resolve().parent.parent
     h = hashlib.sha256()
-    for name in TINY_SOURCES:
+    for name in names:
         h.update(name.encode() + b"\0" + (package / name).read_bytes())
     return h.hexdigest()
+
+
+def tiny_sources_digest() -> str:
+    return sources_digest(TINY_SOURCES)
 
 
 def shapes_sources_digest() -> str:
-    """sha256 of the shapes builders' sources (``SHAPES_SOURCES``: names and bytes)."""
-    package = Path(__file__).resolve().parent.parent
-    h = hashlib.sha256()
-    for name in SHAPES_SOURCES:
-        h.update(name.encode() + b"\0" + (package / name).read_bytes())
-    return h.hexdigest()
+    return sources_digest(SHAPES_SOURCES)

@@ -107,15 +107,18 @@ def test_animate_keys_what_resolve_runtime_decides():
     from cinesynth_batch.stages import animate
 
     asked = {"precision": "bf16", "quantize": "fp8_e4m3fn", "attention": "sageattn", "seed": 1}
-    assert animate.effective_params(asked, "cpu", "float32") == {**asked, "quantize": None, "attention": "sdpa"}
+    # fp8 storage runs on the CPU (diffusers' layerwise casting); SageAttention needs CUDA
+    assert animate.effective_params(asked, "cpu", "float32") == {**asked, "attention": "sdpa"}
+    scaled = {**asked, "quantize": "fp8_e4m3fn_scaled"}                # no pre-scaled weights: plain fp8
+    assert animate.effective_params(scaled, "cpu", "float32") == {**asked, "attention": "sdpa"}
     exact = {"precision": "bf16", "quantize": None, "attention": "sdpa"}
     assert not animate.may_fall_back(exact) and animate.may_fall_back(asked)
     assert effective_params("animate", exact, "cpu", "float32") is exact
-    report = {"quantization": "fp8_e4m3fn", "attention": "sdpa"}      # a run that kept fp8 on the CPU
-    with pytest.raises(StageError, match="ran with quantize='fp8_e4m3fn' but the key names None"):
+    report = {"quantization": None, "attention": "sdpa"}      # a run that dropped fp8 on the CPU
+    with pytest.raises(StageError, match="ran with quantize=None but the key names 'fp8_e4m3fn'"):
         animate.checked_runtime(asked, report, "cpu")
-    fell = animate.checked_runtime(asked, {"quantization": None, "attention": "sdpa"}, "cpu")
-    assert fell == {"quantize": {"asked": "fp8_e4m3fn", "ran": None}, "attention": {"asked": "sageattn", "ran": "sdpa"}}
+    fell = animate.checked_runtime(asked, {"quantization": "fp8_e4m3fn", "attention": "sdpa"}, "cpu")
+    assert fell == {"attention": {"asked": "sageattn", "ran": "sdpa"}}
 
 
 @pytest.mark.slow

@@ -11,9 +11,7 @@ import textwrap
 import pytest
 from typer.testing import CliRunner
 
-from cinesynth_batch.catalog import registry
-from cinesynth_batch.catalog.registry import (SHAPES_REVISION, SHAPES_SOURCES, SHAPES_SOURCES_DIGEST, Registry,
-                                              describe, shapes_sources_digest)
+from cinesynth_batch.catalog.registry import SHAPES_REVISION, Registry, describe
 from cinesynth_batch.catalog.shapes import KINDS, SIZES, ShapesSource, shapes_nbytes, shapes_params
 from cinesynth_batch.cli import app
 from cinesynth_batch.errors import ModelError
@@ -164,26 +162,6 @@ def test_materialize_fills_seeded_values_and_keeps_ties():
 
 
 # --------------------------------------------------------------------------- registry
-
-
-def test_shapes_sources_are_the_recorded_ones():
-    assert shapes_sources_digest() == SHAPES_SOURCES_DIGEST, (
-        "the shapes builders' sources changed. If what they build changed (architectures, dtypes, "
-        "weight draws), give SHAPES_REVISION a new value; in either case record the new digest in "
-        f"SHAPES_SOURCES_DIGEST: {shapes_sources_digest()}")
-
-
-def test_the_shapes_digest_reads_every_source(tmp_path, monkeypatch):
-    package = tmp_path / "cinesynth_batch"
-    for name in SHAPES_SOURCES:
-        (package / name).parent.mkdir(parents=True, exist_ok=True)
-        (package / name).write_text(name)
-    monkeypatch.setattr(registry, "__file__", str(package / "catalog" / "registry.py"))
-    seen = {shapes_sources_digest()}
-    for name in SHAPES_SOURCES:
-        (package / name).write_text(name + " changed")
-        seen.add(shapes_sources_digest())
-    assert len(seen) == len(SHAPES_SOURCES) + 1
 
 
 def test_registry_resolves_every_role_of_the_profile(tmp_path):
