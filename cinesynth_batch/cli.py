@@ -127,7 +127,8 @@ def status(spec: Path, profile: Optional[str] = typer.Option(None),
 
 
 @app.command()
-def render(spec: Path,
+def render(specs: List[Path] = typer.Argument(..., help="spec files, folders (their *.yaml) or "
+                                                        "patterns; several render in one session"),
            only: Optional[List[str]] = typer.Option(None, help="stage id, scene id or kind (repeatable)"),
            until: Optional[str] = typer.Option(None, help="run stages up to this kind"),
            force: bool = typer.Option(False, help="re-run selected stages even if cached"),
@@ -151,12 +152,27 @@ def render(spec: Path,
                                                           "(one per GPU)"),
            offline: bool = typer.Option(False, help="download nothing: URL inputs must be cached"),
            allow_path: Optional[List[str]] = _allow_path_option(),
-           allow_host: Optional[List[str]] = _allow_host_option()) -> None:
-    """Render a spec: run what is not cached, then write outputs, render.lock and the report."""
+           allow_host: Optional[List[str]] = _allow_host_option(),
+           summary: Optional[Path] = typer.Option(
+               None, help="write a JSON summary here: one entry per spec (status, stages run and "
+                          "cached, seconds, error) and the model loads of the session")) -> None:
+    """Render specs: run what is not cached, then write outputs, render.lock and the report.
+    Several specs (or a folder) render in one session: one line per spec; exit 0 all rendered,
+    1 some failed, 2 some spec invalid (the valid ones are still rendered)."""
     from .execute.render import render as do_render
+    from .execute.batch import is_pattern
     from .catalog.residency import parse_size
 
     _plain_fallback_warnings()
+    if len(specs) > 1 or summary is not None or any(p.is_dir() or is_pattern(p) for p in specs):
+        return _guard(lambda: _render_batch(
+            specs, summary, nproc, parallel, profile=profile, allow_paths=allow_path,
+            allow_hosts=allow_host, only=only, until=until, force=force, keep_going=keep_going,
+            dry_run=dry_run, reseed=reseed, events=events, device=device, dtype=dtype,
+            budget=parse_size(vram_budget) if vram_budget else None,
+            host_budget=parse_size(host_budget) if host_budget else None,
+            progress=progress, offline=offline))
+    spec = specs[0]
 
     def go():
         from .execute import distributed, parallel as par
@@ -199,6 +215,53 @@ def render(spec: Path,
         typer.echo(result.summary)
 
     _guard(go)
+
+
+def _render_batch(specs: List[Path], summary: Optional[Path], nproc: Optional[str], parallel: str,
+                  **options: Any) -> None:
+    """Render several specs in one session; one line per spec, then the model loads and a total."""
+    from .execute import distributed
+    from .execute.batch import expand_specs, render_batch
+
+    def refuse(message: str, hint: str) -> None:     # a command that names no valid batch: exit 2
+        _err(CinesynthError(message, hint=hint).render())
+        raise typer.Exit(2)
+
+    if nproc is not None or distributed.in_torchrun() or parallel == "sp":
+        refuse("several specs render in one process: --nproc, torchrun and --parallel sp take one "
+               "spec", "render each spec on its own")
+    files = expand_specs(specs)
+    if not files:
+        refuse(f"no spec files in {' '.join(str(p) for p in specs)}",
+               "a folder argument renders the *.yaml files in it")
+
+    def line(row) -> None:
+        if row.status == "invalid":
+            _err(row.error or "")
+            typer.echo(f"{row.spec}: invalid")
+        elif row.status == "failed":
+            _err(f"{row.spec}: {row.error}")
+            typer.echo(f"{row.spec}: failed ({row.summary or 'nothing run'}, {row.seconds:.1f} s)")
+        elif row.status == "planned":
+            for text in row.would_run:
+                typer.echo(f"{row.spec}: would run {text}")
+            typer.echo(f"{row.spec}: {row.summary}")
+        else:
+            typer.echo(f"{row.spec}: rendered ({row.summary}, {row.seconds:.1f} s) -> "
+                       f"{os.path.relpath(row.output_dir or '.')}")
+
+    result = render_batch(files, warn=_err, on_spec=line, **options)
+    if result.model_loads:
+        typer.echo("model loads: " + ", ".join(f"{k} {v}" for k, v in result.model_loads.items()))
+    counts = {s: sum(r.status == s for r in result.specs) for s in ("rendered", "planned", "failed", "invalid")}
+    typer.echo(", ".join(f"{n} {s}" for s, n in counts.items() if n or s == "rendered") + " spec(s)")
+    if summary is not None:
+        from .cache.files import write_atomic
+
+        summary.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(summary, json.dumps(result.to_json(), indent=2))
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
 
 
 def _device_kind(device: str) -> str:

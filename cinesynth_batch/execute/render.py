@@ -37,11 +37,12 @@ def render(spec_path: str | Path, *, profile: str | None = None, only: list[str]
            host_budget: int | None = None, progress: bool = True, sinks: list[Callable[[Event], None]] | None = None,
            executor: Executor | None = None, warn: Callable[[str], None] | None = None,
            offline: bool = False, allow_paths: list[str] | None = None,
-           allow_hosts: list[str] | None = None) -> RenderResult:
+           allow_hosts: list[str] | None = None, models: Any = None) -> RenderResult:
     """Plan, execute, publish. The render holds a lease on the cache from before it looks
     anything up until its outputs are written, so ``gc`` leaves what it uses alone.
     ``budget`` / ``host_budget``: the node's device and pinned-RAM budgets in bytes (None: the
-    defaults of ``catalog/budget.py``)."""
+    defaults of ``catalog/budget.py``). ``models``: a pool whose residency this render uses
+    and leaves loaded for the next (``execute/batch.py``; None: models of this render only)."""
     started = time.time()
     session = Session.open(spec_path, profile=profile, warn=warn, allow_paths=allow_paths,
                            allow_hosts=allow_hosts)
@@ -65,7 +66,7 @@ def render(spec_path: str | Path, *, profile: str | None = None, only: list[str]
                     plan.stages[nid].reason = Reason(damaged=True)
             run_with = executor or LocalExecutor(device=device, dtype=dtype,
                                                  memory=MemoryRequest(budget, host_budget),
-                                                 keep_going=keep_going, force=force)
+                                                 keep_going=keep_going, force=force, models=models)
             result, error = _run(session, plan, started, run_with, False, events, sinks, progress,
                                  last=attempt >= passes)
             if result is not None:

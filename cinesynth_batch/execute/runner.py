@@ -95,6 +95,7 @@ class LocalExecutor(Executor):
     keep_going: bool = False
     force: bool = False
     residency: Any = None
+    models: Any = None      # a pool that lends one residency to several renders (execute/batch.py)
     _memo: dict = field(default_factory=dict)
 
     def execute(self, plan: Plan, bus: EventBus) -> Outcome:
@@ -105,7 +106,10 @@ class LocalExecutor(Executor):
         residency = None
         if plan.to_run():
             self.preflight(plan)
-            residency = self.residency or self.make_residency(plan)
+            residency = self.residency or (self.models.residency(self, plan) if self.models is not None
+                                           else self.make_residency(plan))
+        before_loads = dict(getattr(residency, "loads", {}))
+        before_swaps = dict(getattr(residency, "swaps", {}))
         known: dict[str, str] = {}
         for nid in plan.order:
             st = plan.stages[nid]
@@ -124,8 +128,8 @@ class LocalExecutor(Executor):
                 if out.failed and not self.keep_going:
                     break
         finally:
-            out.model_loads = dict(getattr(residency, "loads", {}))
-            out.model_swaps = dict(getattr(residency, "swaps", {}))
+            out.model_loads = _since(getattr(residency, "loads", {}), before_loads)
+            out.model_swaps = _since(getattr(residency, "swaps", {}), before_swaps)
             if residency is not None:
                 out.memory = [rank_memory(self.placement.rank, self.device, [residency])]
         return out
@@ -365,6 +369,11 @@ def rank_memory(rank: int, device: str, residencies: list[Any]) -> dict[str, Any
     return {"rank": rank, "device": device, "peak_gpu_bytes": peak,
             "pinned_bytes": sum(r.pinned_high_water() for r in residencies if hasattr(r, "pinned_high_water")),
             "loads": total("loads"), "swaps": total("swaps"), "bytes_moved": total("moved")}
+
+
+def _since(counts: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    """The counts added since ``before`` (a residency lent to several renders counts for all)."""
+    return {k: v - before.get(k, 0) for k, v in counts.items() if v - before.get(k, 0)}
 
 
 def pick_device() -> str:
