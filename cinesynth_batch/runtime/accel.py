@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, get_args
+from typing import Any, Callable, get_args
 
 from ..errors import FallbackWarning
 from ..errors import StageError
@@ -354,15 +354,18 @@ def settings_from_params(params: dict[str, Any]) -> SpeedSettings:
                          quantize=params.get("quantize"), block_swap=params.get("block_swap") or 0)
 
 
-def prepared_pipeline(ctx: Any, role: str, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def prepared_pipeline(ctx: Any, role: str, params: dict[str, Any],
+                      need: Callable[[Any], int] | None = None) -> tuple[Any, dict[str, Any]]:
     """The stage's pipeline with ``params``' speed options applied (reloaded when an earlier stage of
-    this render prepared it otherwise), and the report for the manifest."""
+    this render prepared it otherwise), and the report for the manifest. Its blocks are offloaded
+    when it needs more than the VRAM budget: ``need(pipe)`` bytes (the fewest its stage can run in
+    by moving components itself, ``runtime/placement.py``), else its whole size."""
     from .swap import model_nbytes
 
     settings = settings_from_params(params)
     pipe = ctx.models.get(role)
     budget = getattr(ctx.models, "budget", None)
-    over = budget is not None and model_nbytes(pipe) > budget
+    over = budget is not None and (need or model_nbytes)(pipe) > budget
     try:
         return pipe, prepare_pipeline(pipe, settings, ctx.device, over_budget=over)
     except RuntimeError as exc:
