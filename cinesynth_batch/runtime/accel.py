@@ -21,7 +21,9 @@ it to one transformer and returns a report of what was used (recorded in the ren
 ``offload``    ``None`` or ``blocks``: every transformer block is offloaded (``runtime/memory.py``
                ``offload_blocks``: pinned host RAM, one block copied in while the previous one
                computes), so a 14B expert runs in a few GiB of VRAM. The stages set it when a
-               pipeline does not fit the VRAM budget.
+               pipeline does not fit the VRAM budget, even with the components it can move
+               itself off the device (the video stage: the text encoder and one expert,
+               ``runtime/placement.py``).
 ``block_swap`` ``N``: the first ``N`` blocks of each transformer are offloaded that way, the others
                stay on the device (the same function); not keyed (exact). CUDA only.
 
