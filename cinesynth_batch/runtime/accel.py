@@ -21,7 +21,9 @@ it to one transformer and returns a report of what was used (recorded in the ren
 ``offload``    ``None`` or ``blocks``: every transformer block is offloaded (``runtime/memory.py``
                ``offload_blocks``: pinned host RAM, one block copied in while the previous one
                computes), so a 14B expert runs in a few GiB of VRAM. The stages set it when a
-               pipeline does not fit the VRAM budget.
+               pipeline does not fit the VRAM budget, even with the components it can move
+               itself off the device (the video stage: the text encoder and one expert,
+               ``runtime/placement.py``).
 ``block_swap`` ``N``: the first ``N`` blocks of each transformer are offloaded that way, the others
                stay on the device (the same function); not keyed (exact). CUDA only.
 
@@ -39,7 +41,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, get_args
+from typing import Any, Callable, get_args
 
 from ..errors import FallbackWarning
 from ..errors import StageError
@@ -354,15 +356,18 @@ def settings_from_params(params: dict[str, Any]) -> SpeedSettings:
                          quantize=params.get("quantize"), block_swap=params.get("block_swap") or 0)
 
 
-def prepared_pipeline(ctx: Any, role: str, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def prepared_pipeline(ctx: Any, role: str, params: dict[str, Any],
+                      need: Callable[[Any], int] | None = None) -> tuple[Any, dict[str, Any]]:
     """The stage's pipeline with ``params``' speed options applied (reloaded when an earlier stage of
-    this render prepared it otherwise), and the report for the manifest."""
+    this render prepared it otherwise), and the report for the manifest. Its blocks are offloaded
+    when it needs more than the VRAM budget: ``need(pipe)`` bytes (the fewest its stage can run in
+    by moving components itself, ``runtime/placement.py``), else its whole size."""
     from .swap import model_nbytes
 
     settings = settings_from_params(params)
     pipe = ctx.models.get(role)
     budget = getattr(ctx.models, "budget", None)
-    over = budget is not None and model_nbytes(pipe) > budget
+    over = budget is not None and (need or model_nbytes)(pipe) > budget
     try:
         return pipe, prepare_pipeline(pipe, settings, ctx.device, over_budget=over)
     except RuntimeError as exc:

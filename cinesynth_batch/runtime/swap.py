@@ -10,6 +10,7 @@ every tensor once (``pinned_bytes`` says how much).
 
 ``model_nbytes`` counts what a pipeline, module or wrapper holds; ``move_model`` moves it plainly;
 ``swap_model`` moves it between pinned host RAM and a device through its ``HostCopy``;
+``swap_component`` moves one component of a pipeline through the same copy;
 ``pinned_nbytes`` says how much pinned RAM that copy and any offloaded blocks hold.
 """
 
@@ -40,18 +41,34 @@ class HostCopy:
     pinned_bytes: int = 0
     copied_back: int = 0
     on_device: bool = False
+    parked: set[int] = field(default_factory=set)   # id() of modules sent to the host on their own
 
-    def to_host(self) -> None:
-        """Leave the device: each tensor points at its pinned host copy (made or refreshed if needed)."""
+    def _chosen(self, modules: Iterable[Any] | None, skip_parked: bool = False) -> list[Any]:
+        if modules is None:
+            return [m for m in self.modules if not (skip_parked and id(m) in self.parked)]
+        chosen = list(modules)
+        known = {id(m) for m in self.modules}
+        self.modules.extend(m for m in chosen if id(m) not in known)
+        return chosen
+
+    def to_host(self, modules: Iterable[Any] | None = None) -> int:
+        """Leave the device: each tensor points at its pinned host copy (made or refreshed if needed).
+        ``modules``: only these (they stay on the host when the whole copy goes back to the device).
+        Returns the bytes that left the device."""
         import torch
 
         pin = torch.cuda.is_available()
-        for _, _, tensor in _tensors(self.modules):
+        chosen = self._chosen(modules)
+        left = 0
+        for _, _, tensor in _tensors(chosen):
             data = tensor.data
             host = self.pinned.get(id(tensor))
+            arrived = self.arrived.pop(id(tensor), None)
             if host is not None and data.data_ptr() == host.data_ptr():
                 continue
-            fresh = self.arrived.get(id(tensor)) == (data.data_ptr(), tensor._version)
+            if data.device.type != "cpu":
+                left += data.numel() * data.element_size()
+            fresh = arrived == (data.data_ptr(), tensor._version)
             if host is None or not fresh or host.shape != data.shape or host.dtype != data.dtype:
                 host = torch.empty(data.shape, dtype=data.dtype, device="cpu", pin_memory=pin)
                 host.copy_(data)
@@ -61,15 +78,23 @@ class HostCopy:
                     self.pinned_bytes += host.numel() * host.element_size()
                 self.pinned[id(tensor)] = host
             tensor.data = host
-        self.arrived.clear()
-        self.on_device = False
+        if modules is None:
+            self.arrived.clear()
+            self.on_device = False
+        else:
+            self.parked.update(id(m) for m in chosen)
+        return left
 
-    def to_device(self, device: str) -> None:
-        """Copy every tensor from its pinned host copy to ``device`` (asynchronous, then one sync)."""
+    def to_device(self, device: str, modules: Iterable[Any] | None = None) -> int:
+        """Copy every tensor from its pinned host copy to ``device`` (asynchronous, then one sync).
+        ``modules``: only these; without, every module but those sent to the host on their own.
+        Returns the bytes copied."""
         import torch
 
         dev = torch.device(device)
-        for _, _, tensor in _tensors(self.modules):
+        chosen = self._chosen(modules, skip_parked=True)
+        copied = 0
+        for _, _, tensor in _tensors(chosen):
             data = tensor.data
             if data.device == dev:
                 continue
@@ -80,9 +105,14 @@ class HostCopy:
             moved.copy_(data, non_blocking=True)
             tensor.data = moved
             self.arrived[id(tensor)] = (moved.data_ptr(), tensor._version)
+            copied += data.numel() * data.element_size()
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-        self.on_device = True
+        if modules is None:
+            self.on_device = True
+        else:
+            self.parked.difference_update(id(m) for m in chosen)
+        return copied
 
 
 def _modules(obj: Any) -> Iterator[Any]:
@@ -146,6 +176,19 @@ def swap_model(obj: Any, where: str) -> None:
         copy.to_host()
     else:
         copy.to_device(where)
+
+
+def swap_component(obj: Any, name: str, where: str) -> int:
+    """Move one component of a pipeline (``obj.<name>``) to pinned host RAM (``"host"``) or to a
+    device, through the pipeline's ``HostCopy`` (the one ``swap_model`` uses, so its pinned copy is
+    shared and counted once). A component sent to the host stays there when the whole pipeline
+    comes back to the device, until it is moved back by name. Returns the bytes moved."""
+    module = getattr(obj, name)
+    copy = getattr(obj, _HOST_COPY_ATTR, None)
+    if copy is None:
+        copy = HostCopy(list(_modules(obj)))
+        setattr(obj, _HOST_COPY_ATTR, copy)
+    return copy.to_host([module]) if where == "host" else copy.to_device(where, [module])
 
 
 def pinned_nbytes(obj: Any) -> int:

@@ -10,7 +10,9 @@ None), ``quantize`` (``fp8`` / ``fp8_e4m3fn``, keyed). runtime (not keyed): ``at
 The number of segments follows the speech length (see ``models/s2v/audio_features.py``);
 segment 1 starts from the avatar, each next one from the previous segment's last frames.
 The clip is cut to the speech duration (``round(seconds * fps)`` frames, so within half a
-frame) and the speech is muxed in as AAC.
+frame) and the speech is muxed in as AAC. The prompts are encoded before sampling; on CUDA the
+text encoder then waits in pinned host RAM until the next run encodes (``runtime/placement.py``;
+the facts' ``placement`` lists the moves).
 """
 
 from __future__ import annotations
@@ -57,6 +59,18 @@ def _open_avatar(path: Path):
                          hint="give a PNG or JPEG file") from exc
 
 
+def placement_plan(pipe: Any, ctx: StageContext):
+    """The text encoder's moves for this run (``runtime/placement.py``): on CUDA it is on the device
+    only while the prompts are encoded; the transformer, VAE and audio encoder stay."""
+    from ..runtime.memory import offloaded
+    from ..runtime.placement import TEXT_ENCODER, component_places, component_sizes, plan_placement
+
+    if not str(ctx.device).startswith("cuda"):
+        return plan_placement(cuda=False, sizes={}, where={}, available=None)
+    return plan_placement(cuda=True, sizes=component_sizes(pipe), where=component_places(pipe), available=None,
+                          experts=(), encoder_offloaded=offloaded(getattr(pipe, TEXT_ENCODER)) is not None)
+
+
 def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageContext) -> dict[str, Any]:
     from ..media.ffmpeg import ffmpeg_path_arg, run_ffmpeg
     from ..media.video_io import write_video
@@ -74,8 +88,11 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
                          hint="give a readable speech file (wav, mp3, m4a, flac) with sound in it") from exc
     loras = [PhaseLora(lo["name"], ctx.resolve_lora(lo["name"], "mov"), lo["high"], lo["low"])
              for lo in p["loras"]]
+    import torch
+
     from ..runtime.accel import prepared_pipeline
     from ..runtime.memory import offloaded, restore_offload
+    from ..runtime.placement import MoveLog, carry_out
     from .effective import checked_speed
 
     pipe, speed = prepared_pipeline(ctx, MODEL_ROLE, p)
@@ -83,13 +100,19 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
     if offloaded(pipe.transformer) is not None:
         pipe.loras.use(loras)                 # the adapters join the offloaded blocks' pinned copies
         restore_offload(pipe.transformer)
+    plan = placement_plan(pipe, ctx)
+    moves = MoveLog()
+    with torch.no_grad():
+        carry_out(pipe, plan.at("encode"), ctx.device, moves)
+        texts = pipe.encode_text(p["prompt"], p["negative_prompt"])
+        carry_out(pipe, plan.at("encoded"), ctx.device, moves)
     result = pipe.generate(
         image=avatar, speech=wave, audio_seconds=seconds, prompt=p["prompt"],
         negative_prompt=p["negative_prompt"], width=p["width"], height=p["height"], fps=p["fps"],
         infer_frames=p["infer_frames"], steps=p["steps"], guidance=p["guidance"], shift=p["shift"],
         scheduler=p["scheduler"], seed=p["seed"], boundary=p["boundary"], loras=loras,
         cache=p.get("cache"), pose_video=Path(inputs["pose_video"]) if inputs.get("pose_video") else None,
-        progress=ctx.progress)
+        progress=ctx.progress, texts=texts)
     frames = result.frames
     wanted = speech_frames(seconds, p["fps"])
     if frames.shape[0] < wanted:
@@ -108,4 +131,5 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
             "duration": wanted / p["fps"], "speech_seconds": round(seconds, 4),
             "cache": result.cache_stats, "generated_frames": int(result.frames.shape[0]),
             "frame_check": math.isclose(wanted / p["fps"], seconds, abs_tol=0.5 / p["fps"]), "speed": speed,
+            "placement": moves.facts(plan),
             **({"fell_back": fell} if fell else {})}

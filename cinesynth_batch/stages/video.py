@@ -13,6 +13,11 @@ last frame), plus optional ``"last_image"`` (first-last-frame clips). Writes one
 
 Every run sets the expert boundary and a fresh scheduler built from the pipeline's original
 scheduler config, so nothing one run chooses leaks into the next.
+
+The stage encodes the prompts itself (``encode_prompts``, the pipeline's own ``encode_prompt``) and
+hands the embeddings to the pipeline, so on CUDA the text encoder leaves for pinned host RAM before
+denoising starts; when the two experts do not fit the device budget together, the idle one waits
+there too (``runtime/placement.py``). The facts' ``placement`` lists the moves.
 """
 
 from __future__ import annotations
@@ -156,6 +161,41 @@ def to_uint8(frames) -> "Any":
     return np.ascontiguousarray(frames)
 
 
+def encode_prompts(pipe: Any, prompt: str, negative_prompt: str | None, guidance: float):
+    """(prompt_embeds, negative_prompt_embeds) exactly as ``WanImageToVideoPipeline.__call__``
+    computes them for these arguments (its defaults: one video per prompt, 512 tokens; the negative
+    embeddings only with classifier-free guidance)."""
+    return pipe.encode_prompt(prompt=prompt, negative_prompt=negative_prompt,
+                              do_classifier_free_guidance=guidance > 1, num_videos_per_prompt=1,
+                              max_sequence_length=512, device=pipe._execution_device)
+
+
+def plan_for(pipe: Any, ctx: StageContext, steps: int, boundary: float, scheduler: Any):
+    """Where the text encoder and the experts sit during this run (``runtime/placement.py``)."""
+    from ..runtime.memory import offloaded
+    from ..runtime.placement import (TEXT_ENCODER, component_places, component_sizes, plan_placement,
+                                     step_experts)
+    from ..runtime.swap import model_nbytes
+
+    if not str(ctx.device).startswith("cuda"):
+        return plan_placement(cuda=False, sizes={}, where={}, available=None)
+    scheduler.set_timesteps(steps)
+    boundary_t = boundary * pipe.scheduler.config.num_train_timesteps
+    sizes = component_sizes(pipe)
+    budget = getattr(ctx.models, "budget", None)
+    used = getattr(ctx.models, "used", None)
+    available = None
+    if isinstance(budget, int):
+        others = max(0, used - model_nbytes(pipe)) if isinstance(used, int) else 0
+        available = budget - others
+    encoder = getattr(pipe, TEXT_ENCODER, None)
+    return plan_placement(cuda=True, sizes=sizes, where=component_places(pipe), available=available,
+                          steps=step_experts(scheduler.timesteps, boundary_t),
+                          encoder_offloaded=encoder is not None and offloaded(encoder) is not None,
+                          experts_streamed=any(offloaded(getattr(pipe, name)) is not None
+                                               for name in ("transformer", "transformer_2")))
+
+
 def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageContext) -> dict[str, Any]:
     import torch
 
@@ -169,7 +209,9 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
     from ..runtime.accel import prepared_pipeline
     from .effective import checked_speed
 
-    pipe, speed = prepared_pipeline(ctx, MODEL_ROLE, p)
+    from ..runtime.placement import MoveLog, carry_out, component_sizes, least_device_bytes
+
+    pipe, speed = prepared_pipeline(ctx, MODEL_ROLE, p, need=lambda pipe: least_device_bytes(component_sizes(pipe)))
     fell = checked_speed(KIND, p, speed, ctx.device, ctx.dtype)
     if getattr(pipe, "transformer", None) is None or getattr(pipe, "transformer_2", None) is None:
         raise StageError("video: the video model must be a Wan2.2 A14B pipeline with transformer and transformer_2")
@@ -179,8 +221,11 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
 
     total = p["steps"]
     where = segment_of(params)
+    plan = plan_for(pipe, ctx, p["steps"], p["boundary"], make_scheduler(pipe, p["scheduler"], p["shift"]))
+    moves = MoveLog()
 
     def on_step_end(_pipe, i, _t, _kwargs):
+        carry_out(pipe, plan.at(i + 1), ctx.device, moves)
         ctx.progress(i + 1, total, **step_in_segment(where, i + 1, total))
         return {}
 
@@ -194,11 +239,15 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
     ctx.progress(0, total, **step_in_segment(where, 0, total))
     try:
         with torch.no_grad():
+            carry_out(pipe, plan.at("encode"), ctx.device, moves)
+            prompt_embeds, negative_embeds = encode_prompts(pipe, p["prompt"], p["negative_prompt"], p["guidance"])
+            carry_out(pipe, plan.at("encoded"), ctx.device, moves)
+            carry_out(pipe, plan.at(0), ctx.device, moves)
             result = pipe(
                 image=first,
                 last_image=last,
-                prompt=p["prompt"],
-                negative_prompt=p["negative_prompt"],
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_embeds,
                 height=p["height"],
                 width=p["width"],
                 num_frames=p["frames"],
@@ -218,7 +267,7 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
         raise StageError(f"video: the pipeline returned {frames.shape[0]} frames, expected {p['frames']}")
     write_video(frames, out, fps=p["fps"])
     meta = {"frames": int(frames.shape[0]), "width": int(frames.shape[2]), "height": int(frames.shape[1]),
-            "fps": p["fps"], "speed": speed}
+            "fps": p["fps"], "speed": speed, "placement": moves.facts(plan)}
     if fell:
         meta["fell_back"] = fell
     if stats is not None:

@@ -58,6 +58,18 @@ def test_same_seed_same_frames_and_seed_matters(pipe):
     assert not np.array_equal(a, run(pipe, seed=4).frames)
 
 
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_texts_encoded_beforehand_give_the_same_frames(pipe, guidance):
+    own = run(pipe, guidance=guidance, negative_prompt="blurry").frames
+    with torch.no_grad():
+        texts = pipe.encode_text("a person talking", "blurry")
+    assert np.array_equal(run(pipe, guidance=guidance, negative_prompt="blurry", texts=texts).frames, own)
+    if guidance > 1.0:                                   # the unconditional context is the one given
+        with torch.no_grad():
+            other = pipe.encode_text("a person talking", None)
+        assert not np.array_equal(run(pipe, guidance=guidance, negative_prompt="blurry", texts=other).frames, own)
+
+
 def test_generates_at_multiple_of_64_and_crops_to_the_request(pipe):
     res = run(pipe, width=48, height=80, steps=1)
     assert res.frames.shape[1:] == (80, 48, 3)

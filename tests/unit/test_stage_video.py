@@ -91,6 +91,8 @@ def test_constants():
 def test_writes_mp4_with_requested_frames_size_and_fps(ctx, tmp_path, stills):
     facts, out = render(ctx, tmp_path, {"image": str(stills["gradient"])}, frames=9, width=48, height=32, fps=8)
     speed = facts.pop("speed")
+    assert facts.pop("placement") == {"moves": [], "swap_experts": False, "bytes_moved": 0,
+                                      "kept": ["on the CPU every component is in RAM already"]}
     assert facts == {"frames": 9, "width": 48, "height": 32, "fps": 8}
     for expert in ("transformer", "transformer_2"):     # on the CPU the defaults resolve to eager SDPA
         assert {k: speed[expert][k] for k in ("attention", "compile", "quantize", "offload", "fallbacks")} == \
@@ -104,6 +106,44 @@ def test_writes_mp4_with_requested_frames_size_and_fps(ctx, tmp_path, stills):
     facts, out = render(ctx, tmp_path, {"image": str(stills["jpg"])}, "square", frames=13, width=32, height=32, fps=12)
     info = probe(out)
     assert (info.frames, info.width, info.height, info.fps) == (13, 32, 32, 12.0)
+
+
+def _pipeline_clip(pipe, p, image, **prompts):
+    """The tiny pipeline's float frames for the stage params ``p``, prompts given as ``prompts``."""
+    pipe.register_to_config(boundary_ratio=p["boundary"])
+    pipe.scheduler = video_stage.make_scheduler(pipe, p["scheduler"], p["shift"])
+    with torch.no_grad():
+        return pipe(image=image, height=p["height"], width=p["width"], num_frames=p["frames"],
+                    num_inference_steps=p["steps"], guidance_scale=p["guidance"], guidance_scale_2=p["guidance_2"],
+                    generator=torch.Generator("cpu").manual_seed(p["seed"]), output_type="np", **prompts).frames
+
+
+@pytest.mark.parametrize("guidance", [3.0, 1.0])
+def test_embeddings_encoded_by_the_stage_give_the_pipelines_own_frames(ctx, stills, guidance):
+    pipe = ctx.models.get("video")
+    p = video_stage.check_params({**BASE, "guidance": guidance})
+    image, _ = video_stage.start_images({"image": stills["gradient"]}, p["width"], p["height"])
+    own = _pipeline_clip(pipe, p, image, prompt=p["prompt"], negative_prompt=p["negative_prompt"])
+    with torch.no_grad():
+        embeds, negative = video_stage.encode_prompts(pipe, p["prompt"], p["negative_prompt"], p["guidance"])
+    assert (negative is None) == (guidance <= 1)
+    staged = _pipeline_clip(pipe, p, image, prompt_embeds=embeds, negative_prompt_embeds=negative)
+    assert np.array_equal(own, staged)                         # bit for bit
+    if guidance > 1:                                           # and the negative prompt is used
+        other = _pipeline_clip(pipe, p, image, prompt=p["prompt"], negative_prompt="something else")
+        assert not np.array_equal(own, other)
+
+
+def test_the_stage_writes_the_clip_of_the_pipelines_own_prompt_path(ctx, tmp_path, stills):
+    from cinesynth_batch.media.video_io import write_video
+
+    _, out = render(ctx, tmp_path, {"image": stills["gradient"]}, "staged")
+    p = video_stage.check_params(BASE)
+    image, _ = video_stage.start_images({"image": stills["gradient"]}, p["width"], p["height"])
+    own = _pipeline_clip(ctx.models.get("video"), p, image, prompt=p["prompt"], negative_prompt=p["negative_prompt"])
+    ref = tmp_path / "ref.mp4"
+    write_video(video_stage.to_uint8(own), ref, fps=p["fps"])
+    assert ref.read_bytes() == out.read_bytes()
 
 
 def test_same_seed_same_bytes(ctx, tmp_path, stills):

@@ -175,6 +175,11 @@ class WanS2VPipeline:
         states = comp.encode_prompts(self.text_encoder, self.tokenizer, [prompt], device=self.device)
         return states[0][None].to(self.dtype)
 
+    def encode_text(self, prompt: str, negative_prompt: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(context, unconditional context): the prompt and the negative prompt (the default one
+        when none is given) through the text encoder, as ``generate`` uses them."""
+        return self._text(prompt), self._text(negative_prompt if negative_prompt else DEFAULT_NEGATIVE_PROMPT)
+
     # -- sampling ------------------------------------------------------------------------------
     def _scheduler(self, kind: str, shift: float, steps: int):
         from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
@@ -197,9 +202,11 @@ class WanS2VPipeline:
                  boundary: float = 0.9, loras: list[PhaseLora] | None = None,
                  cache: dict[str, Any] | None = None, pose_video: Path | None = None,
                  progress: Callable[[int, int], None] | None = None,
-                 on_step: Callable[[int, int, float, torch.Tensor], None] | None = None) -> S2VResult:
+                 on_step: Callable[[int, int, float, torch.Tensor], None] | None = None,
+                 texts: tuple[torch.Tensor, torch.Tensor] | None = None) -> S2VResult:
         """Generate the frames for ``speech``; ``on_step(segment, step, timestep, latents)`` is
-        called after every denoising step (for inspection)."""
+        called after every denoising step (for inspection). ``texts``: ``encode_text``'s result for
+        ``prompt``/``negative_prompt``, computed beforehand (the text encoder is then not used)."""
         gen_w, gen_h = generation_size(width, height)
         hidden = audio_hidden_states(self.audio_model, self.audio_processor, speech)
         bucket, reference_count = audio_embed_bucket(hidden, fps=fps, infer_frames=infer_frames)
@@ -218,8 +225,7 @@ class WanS2VPipeline:
                                      device=self.device)
         poses = (self._pose_latents(pose_video, segments, infer_frames, gen_w, gen_h)
                  if pose_video is not None else None)
-        context = self._text(prompt)
-        context_null = self._text(negative_prompt if negative_prompt else DEFAULT_NEGATIVE_PROMPT)
+        context, context_null = texts if texts is not None else self.encode_text(prompt, negative_prompt)
         total = segments * steps
         out: list[torch.Tensor] = []
         try:

@@ -1,0 +1,130 @@
+"""Which pipeline components move between the GPU and pinned host RAM, and when
+(``runtime/placement.py``): decided from sizes and budgets alone."""
+
+from __future__ import annotations
+
+from cinesynth_batch.runtime.placement import (Move, MoveLog, PlacementPlan, experts_fit, least_device_bytes,
+                                                plan_placement, step_experts)
+
+GIB = 1 << 30
+# Wan2.2-I2V-A14B in bf16, roughly: two 14B experts, UMT5-XXL, the VAE
+SIZES = {"text_encoder": 11 * GIB, "transformer": 28 * GIB, "transformer_2": 28 * GIB, "vae": GIB // 4}
+ALL_ON = {name: "device" for name in SIZES}
+STEPS = ["transformer"] * 3 + ["transformer_2"] * 5
+
+
+def test_step_experts_follow_the_boundary_like_the_pipeline():
+    assert step_experts([999, 950, 900, 899.5, 500], 900.0) == ["transformer"] * 3 + ["transformer_2"] * 2
+    assert step_experts([999, 10], None) == ["transformer", "transformer"]
+    assert step_experts([800, 10], 900.0) == ["transformer_2", "transformer_2"]
+
+
+def test_on_the_cpu_nothing_moves_and_the_plan_says_why():
+    plan = plan_placement(cuda=False, sizes=SIZES, where=ALL_ON, available=GIB, steps=STEPS)
+    assert plan.moves == () and not plan.swap_experts
+    assert plan.reasons == ("on the CPU every component is in RAM already",)
+
+
+def test_both_experts_fit_only_the_text_encoder_moves():
+    plan = plan_placement(cuda=True, sizes=SIZES, where=ALL_ON, available=72 * GIB, steps=STEPS)
+    assert not plan.swap_experts
+    assert plan.moves == (Move("encoded", "text_encoder", "host"),)
+    assert plan.reasons == ("both experts fit the device budget: they stay on the device",)
+
+
+def test_the_text_encoder_comes_back_for_the_next_run_and_leaves_again():
+    where = {**ALL_ON, "text_encoder": "host"}
+    plan = plan_placement(cuda=True, sizes=SIZES, where=where, available=72 * GIB, steps=STEPS)
+    assert plan.moves == (Move("encode", "text_encoder", "device"), Move("encoded", "text_encoder", "host"))
+
+
+def test_experts_over_the_budget_the_idle_one_waits_on_the_host():
+    assert not experts_fit(SIZES, 40 * GIB)
+    plan = plan_placement(cuda=True, sizes=SIZES, where=ALL_ON, available=40 * GIB, steps=STEPS)
+    assert plan.swap_experts
+    assert plan.moves == (
+        Move("encode", "transformer_2", "host"),      # idle until the boundary: out before the encoder runs
+        Move("encoded", "text_encoder", "host"),
+        Move(3, "transformer", "host"),               # the boundary step: the experts trade places
+        Move(3, "transformer_2", "device"),
+    )
+    assert [m.component for m in plan.at(3)] == ["transformer", "transformer_2"]
+    assert plan.at(0) == [] and plan.at(1) == []
+
+
+def test_when_the_first_expert_and_the_encoder_do_not_fit_together_both_experts_wait():
+    plan = plan_placement(cuda=True, sizes=SIZES, where=ALL_ON, available=30 * GIB, steps=STEPS)
+    assert plan.moves == (
+        Move("encode", "transformer", "host"),
+        Move("encode", "transformer_2", "host"),
+        Move("encoded", "text_encoder", "host"),
+        Move(0, "transformer", "device"),
+        Move(3, "transformer", "host"),
+        Move(3, "transformer_2", "device"),
+    )
+
+
+def test_a_second_run_over_the_budget_starts_from_where_the_first_left_things():
+    where = {"text_encoder": "host", "transformer": "host", "transformer_2": "device", "vae": "device"}
+    plan = plan_placement(cuda=True, sizes=SIZES, where=where, available=40 * GIB, steps=STEPS)
+    assert plan.moves == (
+        Move("encode", "transformer_2", "host"),
+        Move("encode", "text_encoder", "device"),
+        Move("encoded", "text_encoder", "host"),
+        Move(0, "transformer", "device"),
+        Move(3, "transformer", "host"),
+        Move(3, "transformer_2", "device"),
+    )
+
+
+def test_a_run_of_low_noise_steps_only_parks_the_high_noise_expert():
+    plan = plan_placement(cuda=True, sizes=SIZES, where=ALL_ON, available=40 * GIB, steps=["transformer_2"] * 4)
+    assert plan.moves == (Move("encode", "transformer", "host"), Move("encoded", "text_encoder", "host"))
+
+
+def test_under_a_larger_budget_a_parked_expert_comes_back_before_the_first_step():
+    where = {**ALL_ON, "transformer": "host", "text_encoder": "host"}
+    plan = plan_placement(cuda=True, sizes=SIZES, where=where, available=72 * GIB, steps=STEPS)
+    assert not plan.swap_experts
+    assert plan.moves == (Move("encode", "text_encoder", "device"), Move("encoded", "text_encoder", "host"),
+                          Move(0, "transformer", "device"))
+
+
+def test_block_offload_moves_neither_the_experts_nor_an_offloaded_encoder():
+    plan = plan_placement(cuda=True, sizes=SIZES, where=ALL_ON, available=20 * GIB, steps=STEPS,
+                          encoder_offloaded=True, experts_streamed=True)
+    assert plan.moves == () and not plan.swap_experts
+    assert plan.reasons == ("the experts' blocks stream from pinned RAM already (block offload)",
+                            "the text encoder streams from pinned RAM already (block offload)")
+    swapped = plan_placement(cuda=True, sizes=SIZES, where=ALL_ON, available=20 * GIB, steps=STEPS,
+                             experts_streamed=True)      # a block swap of the experts: the encoder still leaves
+    assert swapped.moves == (Move("encoded", "text_encoder", "host"),)
+
+
+def test_no_budget_means_the_experts_fit():
+    plan = plan_placement(cuda=True, sizes=SIZES, where=ALL_ON, available=None, steps=STEPS)
+    assert not plan.swap_experts and plan.moves == (Move("encoded", "text_encoder", "host"),)
+
+
+def test_a_single_transformer_pipeline_moves_only_its_text_encoder():
+    sizes = {"text_encoder": 11 * GIB, "transformer": 32 * GIB, "vae": GIB, "audio_model": GIB}
+    plan = plan_placement(cuda=True, sizes=sizes, where={n: "device" for n in sizes}, available=GIB,
+                          experts=())
+    assert plan.moves == (Move("encoded", "text_encoder", "host"),) and plan.reasons == ()
+
+
+def test_least_device_bytes_is_the_rest_plus_the_largest_mover():
+    assert least_device_bytes(SIZES) == GIB // 4 + 28 * GIB
+    assert least_device_bytes({**SIZES, "text_encoder": 30 * GIB}) == GIB // 4 + 30 * GIB
+    assert least_device_bytes({"text_encoder": 5, "transformer": 32, "vae": 1}, experts=()) == 32 + 1 + 5
+    assert experts_fit(SIZES, 28 * 2 * GIB + GIB // 4) and not experts_fit(SIZES, 28 * 2 * GIB)
+
+
+def test_the_move_log_sums_the_bytes_for_the_facts():
+    log = MoveLog()
+    log.add(Move("encoded", "text_encoder", "host"), 11)
+    log.add(Move(3, "transformer_2", "device"), 28)
+    plan = PlacementPlan(moves=(), swap_experts=True, reasons=("why",))
+    assert log.facts(plan) == {"moves": [{"component": "text_encoder", "to": "host", "bytes": 11, "at": "encoded"},
+                                         {"component": "transformer_2", "to": "device", "bytes": 28, "at": 3}],
+                               "swap_experts": True, "bytes_moved": 39, "kept": ["why"]}
