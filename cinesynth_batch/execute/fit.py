@@ -8,7 +8,9 @@ shapes model's bytes in the load dtype). It fits when
   the budget (the video and lip-sync pipelines: ``runtime/accel.py`` ``prepared_pipeline``):
   what stays on the device (everything but those blocks, plus two blocks: the one computing and
   the one being copied in) fits the device budget, and the offloaded blocks fit the rank's
-  pinned host RAM budget;
+  pinned host RAM budget. (A video pipeline whose one expert at a time fits the budget swaps its
+  experts through pinned RAM instead, ``runtime/placement.py``; what passes this check fits that
+  way too, so the check stays on the safe side);
 * on CUDA, for Wan2.2-Animate (``runtime/animate.py``): its transformer's loaded weights stay in
   host RAM and each run puts a working copy on the device, less the ``block_swap`` blocks it
   streams from pinned RAM; what that leaves on the device fits the device budget and the
