@@ -53,7 +53,7 @@ SHAPES_SOURCES = ("catalog/shapes/__init__.py", "catalog/shapes/configs.py", "ca
                   "models/rrdbnet.py", "models/s2v/transformer.py", "models/s2v/components.py",
                   "models/s2v/pipeline.py")
 #: ``shapes_sources_digest()`` of the sources ``SHAPES_REVISION`` was checked against.
-SHAPES_SOURCES_DIGEST = "37d0d131237b3c086caa5aa4d94ed6101395252a06134e79424ecc56f0285451"
+SHAPES_SOURCES_DIGEST = "19b3b0c5e3828c2fe1cddcfe0aeca03d77652766717473d3311cfae222d79c1b"
 #: The profiles that ship with the package (any other profile is a models file).
 BUILTIN_PROFILES = ("tiny", "production", "shapes")
 SMALL_FILE = 1 << 20
