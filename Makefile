@@ -6,7 +6,7 @@ SPEC   ?= specs/examples/short.yaml
 
 TTS_VENV ?= .venv-tts
 
-.PHONY: install tts-env fonts demo test test-fast bench tiny clean
+.PHONY: install gpu tts-env fonts demo test test-fast bench tiny clean
 
 # torch is pinned: torch==2.13.0 resolves to the CPU build; a looser pin pulls CUDA wheels.
 $(VENV)/.installed: pyproject.toml
@@ -17,6 +17,15 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# On a CUDA machine: the `gpu` extra's fast paths, each installed on its own (one that cannot
+# install here is skipped with a message; the first GPU render says which paths it found).
+gpu: install
+	@$(BIN)/python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['gpu']))" | \
+	while read -r req; do \
+	  if $(BIN)/python -m pip install -q "$$req"; then echo "gpu: installed $$req"; \
+	  else echo "gpu: skipped $$req (it does not install here; the renderer falls back from it)" >&2; fi; \
+	done
 
 # The qwen3-tts worker environment: qwen-tts 0.1.1 pins transformers==4.57.3, so it cannot share
 # .venv. Its torchaudio is not installed (PyPI's builds are CUDA builds that fail to import);

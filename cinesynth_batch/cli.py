@@ -420,6 +420,35 @@ def models_build_tiny() -> None:
     _guard(go)
 
 
+@models_app.command("shapes-loras")
+def models_shapes_loras(spec: Path = typer.Argument(..., help="a spec whose LoRAs to write"),
+                        rank: int = typer.Option(64, help="LoRA rank (64 or 128 are the released ones)"),
+                        device: str = typer.Option("auto", help="where to draw the weights: auto | cpu | cuda")) -> None:
+    """Write full-shape random LoRAs for the LoRAs a spec names that no LoRA folder holds (for
+    `profile: shapes` benchmarks: noise, ~0.6 GB each at rank 64), under the spec's lora_adpts/."""
+    import time
+
+    from .catalog.shapes.loras import write_missing_loras
+    from .execute.session import missing_loras
+
+    def go():
+        loaded, wanted = missing_loras(spec)
+        if not wanted:
+            typer.echo("every LoRA the spec names exists: nothing written")
+            return
+        where = device
+        if where == "auto":
+            import torch
+
+            where = "cuda" if torch.cuda.is_available() else "cpu"
+        t0 = time.perf_counter()
+        for path in write_missing_loras(loaded.spec_dir, wanted, rank=rank, device=where):
+            typer.echo(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB)")
+        typer.echo(f"{len(wanted)} LoRA(s) at rank {rank} in {time.perf_counter() - t0:.1f}s")
+
+    _guard(go)
+
+
 def main(argv: list[str] | None = None) -> None:
     app(args=argv, prog_name="cinesynth")
 

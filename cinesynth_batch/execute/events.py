@@ -12,7 +12,8 @@ from typing import Any, Callable, Protocol
 @dataclass
 class Event:
     event: str                       # render_started | stage_started | stage_cached | stage_finished
-    #                                  | stage_failed | stage_blocked | stage_progress | render_finished
+    #                                  | stage_failed | stage_blocked | stage_progress | fast_paths
+    #                                  | render_finished
     stage: str | None = None
     kind: str | None = None
     scene: str | None = None

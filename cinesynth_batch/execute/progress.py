@@ -42,6 +42,8 @@ class PlainProgress:
         elif ev.event == "stage_failed":
             self.done += 1
             self.stream.write(f"[{self.done}/{self.total}] FAILED {ev.stage}: {ev.detail.get('error')}\n")
+        elif ev.event == "fast_paths":
+            self.stream.write(ev.detail["line"] + "\n")
         elif ev.event == "stage_blocked":
             self.done += 1
             self.stream.write(f"[{self.done}/{self.total}] blocked {ev.stage} "
@@ -73,6 +75,8 @@ class RankProgress:
             self.stream.write(f"{head} cached {ev.stage}: {ev.reason}\n")
         elif ev.event == "stage_failed":
             self.stream.write(f"{head} FAILED {ev.stage}: {ev.detail.get('error')}\n")
+        elif ev.event == "fast_paths":
+            self.stream.write(f"{head} {ev.detail['line']}\n")
         elif ev.event == "stage_blocked":
             self.stream.write(f"{head} blocked {ev.stage} (needs {', '.join(ev.detail.get('because', []))})\n")
         else:

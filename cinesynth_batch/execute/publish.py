@@ -64,6 +64,7 @@ def publish(plan: Plan, outcome: Outcome, output_dir: Path, lock_path: Path,
         "model_loads": outcome.model_loads,
         "model_swaps": outcome.model_swaps,
         "memory": memory_table(outcome.memory),
+        "fast_paths": outcome.fast_paths,
         "stages": rows,
         "files": published,
     }

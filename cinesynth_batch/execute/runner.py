@@ -42,6 +42,7 @@ class Outcome:
     model_loads: dict[str, int] = field(default_factory=dict)
     model_swaps: dict[str, int] = field(default_factory=dict)
     memory: list[dict[str, Any]] = field(default_factory=list)     # one entry per rank
+    fast_paths: dict[str, Any] = field(default_factory=dict)       # runtime/fastpaths.py survey
     dry_run: bool = False
 
     def summary(self, skipped: int = 0) -> str:
@@ -108,6 +109,7 @@ class LocalExecutor(Executor):
             self.preflight(plan)
             residency = self.residency or (self.models.residency(self, plan) if self.models is not None
                                            else self.make_residency(plan))
+            out.fast_paths = self.announce_fast_paths(plan, bus)
         before_loads = dict(getattr(residency, "loads", {}))
         before_swaps = dict(getattr(residency, "swaps", {}))
         known: dict[str, str] = {}
@@ -135,6 +137,20 @@ class LocalExecutor(Executor):
         return out
 
     # -- helpers -------------------------------------------------------------------------------
+    def announce_fast_paths(self, plan: Plan, bus: EventBus) -> dict[str, Any]:
+        """On CUDA, when a model stage will run: which fast paths this machine has, and why
+        the others are missing (one ``fast_paths`` event; the progress display prints it)."""
+        from ..runtime.fastpaths import line, survey
+
+        if not any(st.node.model_role for st in plan.to_run()):
+            return {}
+        if self.device == "auto":
+            self.device = pick_device()
+        found = survey(self.device)
+        if found:
+            bus.emit("fast_paths", detail={**found, "line": line(found)})
+        return found
+
     def make_residency(self, plan: Plan, loader: Any = None):
         from ..catalog.residency import Residency
 

@@ -128,23 +128,43 @@ def _model_error_text(exc: ModelError, name: str) -> str:
     return exc.message.splitlines()[0]
 
 
-def check_loras(loaded: LoadedSpec, registry: Registry, problems: Problems) -> None:
-    """Every LoRA name resolves to a file in the LoRA folders (a tiny profile whose models are
-    not built yet is checked when they are)."""
+def spec_loras(loaded: LoadedSpec):
+    """Every LoRA the spec names (presets included): ``(scene index, stage kind, j, name, family)``."""
     for i, scene in enumerate(loaded.spec.scenes):
         for kind, family in LORA_FAMILY.items():
             stage = getattr(scene, kind, None)
             for j, lora in enumerate(getattr(stage, "loras", None) or []):
-                try:
-                    found = registry.find_lora(lora.name, family) is not None or (
-                        registry.tiny_loras() and not registry.tiny_built())
-                    why = ""
-                except (OSError, ValueError) as exc:
-                    found, why = False, f" ({type(exc).__name__})"
-                if not found:
-                    loc = ("scenes", i, kind, "loras", j, "name")
-                    looked = ", ".join(str(d) for d in registry.lora_search_dirs())
-                    problems.add(f"LoRA '{lora.name}' not found{why}", loaded.where(*loc),
-                                 loaded.path_text(*loc),
-                                 hint=f"put {lora.name}.safetensors under lora_adpts/{family}/; "
-                                      f"searched: {looked}")
+                yield i, kind, j, lora.name, family
+
+
+def check_loras(loaded: LoadedSpec, registry: Registry, problems: Problems) -> None:
+    """Every LoRA name resolves to a file in the LoRA folders (a tiny profile whose models are
+    not built yet is checked when they are)."""
+    for i, kind, j, name, family in spec_loras(loaded):
+        try:
+            found = registry.find_lora(name, family) is not None or (
+                registry.tiny_loras() and not registry.tiny_built())
+            why = ""
+        except (OSError, ValueError) as exc:
+            found, why = False, f" ({type(exc).__name__})"
+        if not found:
+            loc = ("scenes", i, kind, "loras", j, "name")
+            looked = ", ".join(str(d) for d in registry.lora_search_dirs())
+            problems.add(f"LoRA '{name}' not found{why}", loaded.where(*loc),
+                         loaded.path_text(*loc),
+                         hint=f"put {name}.safetensors under lora_adpts/{family}/; "
+                              f"searched: {looked}")
+
+
+def missing_loras(spec_path: str | Path, profile: str | None = None) -> tuple[LoadedSpec, list[tuple[str, str]]]:
+    """The spec and the ``(name, family)`` of each LoRA it names that no LoRA folder holds."""
+    loaded = load_spec(spec_path)
+    problems = Problems()
+    registry = _registry(loaded, profile, problems, None)
+    problems.raise_if_any()
+    assert registry is not None
+    out: list[tuple[str, str]] = []
+    for _, _, _, name, family in spec_loras(loaded):
+        if (name, family) not in out and registry.find_lora(name, family) is None:
+            out.append((name, family))
+    return loaded, out

@@ -12,7 +12,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-__all__ = ["AudioInfo", "probe_audio", "audio_duration", "read_audio", "write_tone", "rms_db"]
+__all__ = ["AudioInfo", "probe_audio", "audio_duration", "read_audio", "resample_hq", "write_tone", "rms_db"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,24 @@ def read_audio(path: str | Path, rate: int | None = None, channels: int | None =
     elif channels == 2 and data.shape[0] == 1:
         data = np.repeat(data, 2, axis=0)
     return data
+
+
+def resample_hq(samples: np.ndarray, rate: int, out_rate: int) -> np.ndarray:
+    """Resample float32 ``(channels, samples)`` with soxr at high quality, as librosa's default
+    ``soxr_hq`` does: ``ceil(samples * out_rate / rate)`` samples out (soxr's own count, padded
+    with zeros or cut to it, as librosa fixes the length); the same rate returns the input."""
+    import math
+
+    import soxr
+
+    if rate == out_rate:
+        return samples
+    out = soxr.resample(np.ascontiguousarray(samples.T), rate, out_rate, quality="HQ")
+    out = np.ascontiguousarray(out.reshape(len(out), -1).T, dtype=np.float32)
+    n = math.ceil(samples.shape[-1] * out_rate / rate)
+    if out.shape[-1] < n:
+        out = np.pad(out, ((0, 0), (0, n - out.shape[-1])))
+    return np.ascontiguousarray(out[:, :n])
 
 
 def write_tone(

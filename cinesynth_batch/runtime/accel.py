@@ -88,7 +88,7 @@ def _compute_dtype(model: Any):
     return torch.float32
 
 
-def _triton_ok() -> tuple[bool, str]:
+def triton_ok() -> tuple[bool, str]:
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -96,7 +96,7 @@ def _triton_ok() -> tuple[bool, str]:
     return True, ""
 
 
-def _fp8_ok(device: str) -> tuple[bool, str]:
+def fp8_ok(device: str) -> tuple[bool, str]:
     import torch
 
     if not str(device).startswith("cuda"):
@@ -110,7 +110,7 @@ def _fp8_ok(device: str) -> tuple[bool, str]:
     return True, ""
 
 
-def _fp8_storage_ok() -> tuple[bool, str]:
+def fp8_storage_ok() -> tuple[bool, str]:
     import torch
 
     if not hasattr(torch, "float8_e4m3fn"):  # pragma: no cover
@@ -122,11 +122,11 @@ def _resolve_quantize(quantize: str | None, device: str, dtype: Any) -> tuple[st
     """The quantization that runs here for ``quantize``, and the reason when it falls back."""
     name = str(dtype).replace("torch.", "")
     if quantize == FP8_COMPUTE:
-        ok, why = _fp8_ok(device)
+        ok, why = fp8_ok(device)
         if not ok:
             return None, f"quantize='fp8': {why}; computing in {name}"
     elif quantize == FP8_STORAGE:
-        ok, why = _fp8_storage_ok()
+        ok, why = fp8_storage_ok()
         if not ok:
             return None, f"quantize='fp8_e4m3fn': {why}; storing the weights in {name}"
     return quantize, ""
@@ -143,7 +143,7 @@ def resolve(settings: SpeedSettings, device: str, dtype: Any,
     quantize, quantize_reason = _resolve_quantize(settings.quantize, device, dtype)
     compile_on = False
     if settings.compile == "on" or (settings.compile == "auto" and cuda):
-        ok, why = _triton_ok() if cuda else (False, "compiling for the CPU costs more than it saves here")
+        ok, why = triton_ok() if cuda else (False, "compiling for the CPU costs more than it saves here")
         if ok and quantize == FP8_STORAGE:
             ok, why = False, "fp8 storage casts each layer in a hook that cannot be compiled into one graph"
         if ok:

@@ -22,7 +22,8 @@ from .model import AnimateLora, ImageLora, StepCache, VideoLora
 from .rules import (
     AnimateAttention, AnimateMode, AnimateRunQuantize, BlockSwap, Boundary, Compile, Crf, DuckDb, End, EvenSide,
     Fraction, FramePosition, Frames, Fps, Guidance, Loudness, MusicGain, Overlap, Precision, PreprocessBackend,
-    PrepOutput, PrevFrames, RmsNorm, Scheduler, Seed, SegmentFrames, Shift, Size, Start, Steps, Stem, TtsBackend,
+    PrepOutput, PrevFrames, RmsNorm, Scheduler, Seed, SegmentFrames, Shift, Size, SpeechResampler, Start, Steps, Stem,
+    TtsBackend,
     WanAttention, WanQuantize, end_after_start, prev_below_window,
 )
 from .yamlpos import format_path
@@ -127,6 +128,7 @@ class LipsyncParams(WanSpeed):
     seed: Seed
     loras: list[VideoLoraParams] = Field(default_factory=list)
     cache: StepCache | None = None
+    resampler: SpeechResampler = "soxr_hq"
 
 
 class AnimateRuntimeParams(StageParams):

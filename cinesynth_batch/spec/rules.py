@@ -158,6 +158,9 @@ FramePosition = Annotated[Any, BeforeValidator(frame_position)]
 # --- choices -----------------------------------------------------------------------------------
 
 Scheduler = Literal["unipc", "euler"]
+# how speech reaches wav2vec2's 16 kHz (part of the lip-sync key): soxr at high quality, as
+# librosa.load(sr=16000) does in the official S2V code
+SpeechResampler = Literal["soxr_hq"]
 WanAttention = Literal["auto", "sdpa", "cudnn", "fa3", "fa4", "flash", "sageattn"]
 Compile = Literal["auto", "on", "off"]
 WanQuantize = Literal["fp8", "fp8_e4m3fn"]   # fp8 compute (torchao) | fp8 weight storage

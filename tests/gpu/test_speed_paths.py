@@ -117,7 +117,7 @@ def test_block_offload_gives_the_resident_output():
 def test_fp8_compute_stays_within_its_documented_error(setup):
     from diffusers import WanTransformer3DModel
 
-    ok, why = accel._fp8_ok("cuda")
+    ok, why = accel.fp8_ok("cuda")
     if not ok:
         pytest.skip(why)
     model, inputs, ref32, stock = setup

@@ -169,7 +169,7 @@ def test_fp8_storage_runs_eager_and_says_so_when_compile_is_asked(monkeypatch):
     cannot be traced into one graph."""
     from cinesynth_batch.runtime.attention import resolve_attention
 
-    monkeypatch.setattr(accel, "_triton_ok", lambda: (True, ""))
+    monkeypatch.setattr(accel, "triton_ok", lambda: (True, ""))
     monkeypatch.setattr(accel, "resolve_attention", lambda name, device, dtype, head_dim=None:
                         resolve_attention("sdpa", "cpu", dtype))
     used, reasons = accel.resolve(accel.SpeedSettings(quantize="fp8_e4m3fn", compile="on"), "cuda", torch.bfloat16)

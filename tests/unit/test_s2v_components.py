@@ -15,7 +15,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 from cinesynth_batch.errors import ModelError  # noqa: E402
-from cinesynth_batch.media.audio import write_tone  # noqa: E402
+from cinesynth_batch.media.audio import read_audio, write_tone  # noqa: E402
 from cinesynth_batch.models.s2v import audio_features as af  # noqa: E402
 from cinesynth_batch.models.s2v import components as comp  # noqa: E402
 from cinesynth_batch.catalog.tiny.s2v import (  # noqa: E402
@@ -180,6 +180,35 @@ def test_audio_path_on_a_stereo_44k_tone(tiny, w2v, tmp_path):
     assert last[..., :32].abs().sum() > 0 and not last[..., 32:].any()      # 192 - 160 real frames, then padding
     with pytest.raises(IndexError):
         af.segment_features(bucket, 3, 80)
+
+
+@pytest.mark.parametrize("rate", [16000, 22050, 24000, 44100, 48000])
+def test_speech_reaches_16k_through_soxr_hq_after_the_channel_mean(tmp_path, rate):
+    """The official S2V code reads speech with ``librosa.load(sr=16000)``: channels averaged at
+    the file's rate, then soxr at high quality. PyAV's own resampler is measurably different on
+    broadband sound, so the path taken is visible in the samples."""
+    import wave as wav
+    import soxr
+
+    rng = np.random.default_rng(rate)
+    stereo = np.clip(rng.normal(0, 0.2, (rate * 2, 2)), -1, 1)
+    stereo[:, 1] *= 0.5                                           # channels differ
+    pcm = np.round(stereo * 32767).astype("<i2")
+    path = tmp_path / f"noise{rate}.wav"
+    with wav.open(str(path), "wb") as w:
+        w.setnchannels(2), w.setsampwidth(2), w.setframerate(rate), w.writeframes(pcm.tobytes())
+
+    wave, seconds = af.read_speech(path)
+    mono = (pcm.astype(np.float32) / 32768.0).mean(axis=1)
+    expected = mono if rate == 16000 else soxr.resample(mono, rate, 16000, quality="HQ")
+    assert wave.shape == expected.shape and seconds == wave.size / 16000 == 2.0
+    # librosa fixes the length to ceil(n * 16000 / rate), padding soxr's output with zeros
+    odd, _ = af.read_speech(write_tone(tmp_path / "odd.wav", seconds=1.0001, rate=rate, channels=2))
+    assert odd.size == -(-round(1.0001 * rate) * 16000 // rate)
+    np.testing.assert_allclose(wave, expected, rtol=0, atol=2e-6)
+    if rate != 16000:
+        swr = read_audio(path, rate=16000, channels=1)[0][:wave.size]
+        assert np.linalg.norm(swr - wave) / np.linalg.norm(wave) > 1e-3
 
 
 def _official_count(seconds: float, fps: float, infer_frames: int) -> int:

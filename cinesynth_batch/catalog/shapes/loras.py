@@ -42,3 +42,35 @@ def write_wan_lora(path: str | Path, rank: int, seed: int = 0, device: str = "cp
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(path), metadata={"format": "pt"})
     return path
+
+
+def lora_seed(name: str) -> int:
+    """A fixed seed per LoRA name, so that the same name writes the same file."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
+
+
+def write_missing_loras(spec_dir: str | Path, wanted: list[tuple[str, str]], rank: int = 64,
+                        device: str = "cpu") -> list[Path]:
+    """Write a full-shape random LoRA for each ``(name, family)`` under
+    ``<spec_dir>/lora_adpts/<family>/<name>.safetensors``. Only the Wan family (``mov``: I2V,
+    S2V and Animate share the 14B block shapes) has a writer; a name that would leave the LoRA
+    folder is refused."""
+    from cinesynth_batch.errors import ModelError
+
+    root = (Path(spec_dir) / "lora_adpts").resolve()
+    written = []
+    for name, family in wanted:
+        if family != "mov":
+            raise ModelError(f"LoRA '{name}': no full-shape writer for lora_adpts/{family}/",
+                             hint="put a real file there; shapes LoRAs are written for Wan stages only")
+        file = name if name.endswith(".safetensors") else f"{name}.safetensors"
+        dst = (root / family / file).resolve()
+        if root not in dst.parents:
+            raise ModelError(f"LoRA name '{name}' leaves {root}", hint="use a plain relative name")
+        tmp = dst.with_name(dst.name + ".part")
+        write_wan_lora(tmp, rank, seed=lora_seed(name), device=device)
+        tmp.replace(dst)
+        written.append(dst)
+    return written

@@ -107,11 +107,12 @@ def load_wav2vec2(folder: str | Path, dtype=None, device=None):
 def read_speech(path: str | Path) -> tuple[np.ndarray, float]:
     """Decode any audio file PyAV reads to ``(wave, seconds)``: float32 mono at 16 kHz.
 
-    Channels are averaged, then the audio is resampled to 16 kHz. ``seconds = len(wave) / 16000``.
+    Channels are averaged at the file's rate, then soxr resamples to 16 kHz at high quality, as
+    ``librosa.load(path, sr=16000)`` does in the official code. ``seconds = len(wave) / 16000``.
     Raises :class:`AudioInputError` when the file cannot be read, has no audio stream or no samples,
     is shorter than ``MIN_SPEECH_SECONDS``, or is silent (peak below ``SILENCE_PEAK``).
     """
-    from ...media.audio import read_audio
+    from ...media.audio import probe_audio, read_audio, resample_hq
 
     path = Path(path)
     if not path.is_file():
@@ -119,7 +120,7 @@ def read_speech(path: str | Path) -> tuple[np.ndarray, float]:
     if path.stat().st_size == 0:
         raise AudioInputError(f"{path}: the audio file is empty (0 bytes)")
     try:
-        data = read_audio(path, rate=SAMPLE_RATE, channels=1)
+        data = resample_hq(read_audio(path, channels=1), probe_audio(path).rate, SAMPLE_RATE)
     except Exception as exc:  # noqa: BLE001 - PyAV raises many error types for bad files
         raise AudioInputError(f"{path}: cannot read audio ({type(exc).__name__}: {exc})",
                               hint="give a wav/mp3/flac/m4a... file with an audio stream") from exc
