@@ -233,7 +233,8 @@ def memory_table(ranks: list[dict[str, Any]]) -> dict[str, Any]:
     totals (peak GPU memory: the largest of the ranks', None when none ran on CUDA)."""
     rows = sorted(ranks, key=lambda r: r["rank"])
     peaks = [r["peak_gpu_bytes"] for r in rows if r.get("peak_gpu_bytes") is not None]
-    totals = {k: sum(r[k] for r in rows) for k in ("loads", "swaps", "bytes_moved", "pinned_bytes")}
+    totals = {k: sum(r.get(k, 0) for r in rows)
+              for k in ("loads", "swaps", "bytes_moved", "pinned_bytes", "moves", "moved_in_pipelines")}
     return {"ranks": rows, **totals, "peak_gpu_bytes": max(peaks) if peaks else None}
 
 

@@ -133,7 +133,8 @@ class LocalExecutor(Executor):
             out.model_loads = _since(getattr(residency, "loads", {}), before_loads)
             out.model_swaps = _since(getattr(residency, "swaps", {}), before_swaps)
             if residency is not None:
-                out.memory = [rank_memory(self.placement.rank, self.device, [residency])]
+                out.memory = [rank_memory(self.placement.rank, self.device, [residency],
+                                          [out.meta[n] for n in out.ran if n in out.meta])]
         return out
 
     # -- helpers -------------------------------------------------------------------------------
@@ -371,9 +372,11 @@ def recheck_cached(plan: Plan) -> list[str]:
     return redo
 
 
-def rank_memory(rank: int, device: str, residencies: list[Any]) -> dict[str, Any]:
+def rank_memory(rank: int, device: str, residencies: list[Any], facts: list[dict] | None = None) -> dict[str, Any]:
     """What one rank's models cost in memory and copies: peak GPU memory (None off CUDA), the most
-    pinned host RAM its models held, loads, swaps and the bytes they brought onto the device."""
+    pinned host RAM its models held, loads, swaps and the bytes they brought onto the device;
+    ``moves`` / ``moved_in_pipelines``: the components that stages moved inside their pipelines
+    (``runtime/placement.py``, from each run's ``facts``) and their bytes, both directions."""
     peak = None
     if device.startswith("cuda"):
         import torch
@@ -382,9 +385,12 @@ def rank_memory(rank: int, device: str, residencies: list[Any]) -> dict[str, Any
     def total(counter: str) -> int:
         return sum(sum(getattr(r, counter, {}).values()) for r in residencies)
 
+    moves = [m for f in facts or [] if isinstance(f, dict) and isinstance(f.get("placement"), dict)
+             for m in f["placement"].get("moves", [])]
     return {"rank": rank, "device": device, "peak_gpu_bytes": peak,
             "pinned_bytes": sum(r.pinned_high_water() for r in residencies if hasattr(r, "pinned_high_water")),
-            "loads": total("loads"), "swaps": total("swaps"), "bytes_moved": total("moved")}
+            "loads": total("loads"), "swaps": total("swaps"), "bytes_moved": total("moved"),
+            "moves": len(moves), "moved_in_pipelines": sum(int(m.get("bytes", 0)) for m in moves)}
 
 
 def _since(counts: dict[str, int], before: dict[str, int]) -> dict[str, int]:

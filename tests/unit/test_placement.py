@@ -128,3 +128,21 @@ def test_the_move_log_sums_the_bytes_for_the_facts():
     assert log.facts(plan) == {"moves": [{"component": "text_encoder", "to": "host", "bytes": 11, "at": "encoded"},
                                          {"component": "transformer_2", "to": "device", "bytes": 28, "at": 3}],
                                "swap_experts": True, "bytes_moved": 39, "kept": ["why"]}
+
+
+def test_the_moves_stages_made_inside_their_pipelines_reach_the_rank_totals():
+    from types import SimpleNamespace
+
+    from cinesynth_batch.execute.publish import memory_table
+    from cinesynth_batch.execute.runner import rank_memory
+
+    residency = SimpleNamespace(loads={"video": 1}, swaps={}, moved={"video": 100},
+                                pinned_high_water=lambda: 40)
+    facts = [{"placement": {"moves": [{"component": "text_encoder", "to": "host", "bytes": 11, "at": "encoded"},
+                                      {"component": "transformer_2", "to": "device", "bytes": 28, "at": 3}]}},
+             {"placement": {"moves": []}}, {"frames": 81}]
+    row = rank_memory(0, "cpu", [residency], facts)
+    assert (row["loads"], row["bytes_moved"], row["pinned_bytes"]) == (1, 100, 40)
+    assert (row["moves"], row["moved_in_pipelines"]) == (2, 39)
+    table = memory_table([row, {**row, "rank": 1, "moves": 1, "moved_in_pipelines": 5}])
+    assert (table["moves"], table["moved_in_pipelines"], table["loads"]) == (3, 44, 2)
