@@ -17,6 +17,7 @@ residency takes the defaults of a node with one rank.
 from __future__ import annotations
 
 import gc
+import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,7 @@ class Residency:
     loads: Counter = field(default_factory=Counter)
     swaps: Counter = field(default_factory=Counter)
     evictions: Counter = field(default_factory=Counter)
+    load_seconds: Counter = field(default_factory=Counter)   # building or reading each model
     moved: Counter = field(default_factory=Counter)     # bytes brought onto the device, per model
     pinned_peak: int = 0
     _resident: "OrderedDict[str, tuple[Any, int]]" = field(default_factory=OrderedDict)
@@ -134,8 +136,10 @@ class Residency:
         path = self.registry.local_path(role, name)
         self._make_room(_disk_size(path, self.dtype))
         assert self.loader is not None and self.sizer is not None
+        started = time.perf_counter()
         model = self.loader(spec.kind, path, self.device, self.dtype)
         size = self.sizer(model)
+        self.load_seconds[slot] += time.perf_counter() - started
         self.loads[slot] += 1
         self.moved[slot] += size
         self._resident[slot] = (model, size)

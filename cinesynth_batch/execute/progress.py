@@ -10,6 +10,7 @@ import sys
 from typing import TextIO
 
 from .events import Event
+from .timing import timing_text
 
 
 def segment_text(ev: Event) -> str:
@@ -35,7 +36,8 @@ class PlainProgress:
             self.stream.write(f"[{self.done + 1}/{self.total}]   {ev.stage} {segment_text(ev)}\n")
         elif ev.event == "stage_finished":
             self.done += 1
-            self.stream.write(f"[{self.done}/{self.total}] done {ev.stage} in {ev.seconds:.2f}s\n")
+            self.stream.write(f"[{self.done}/{self.total}] done {ev.stage} in {ev.seconds:.2f}s"
+                              f"{timing_text((ev.detail or {}).get('timing'))}\n")
         elif ev.event == "stage_cached" and ev.reason:
             self.done += 1
             self.stream.write(f"[{self.done}/{self.total}] cached {ev.stage}: {ev.reason}\n")
@@ -70,7 +72,8 @@ class RankProgress:
         elif segment_begins(ev):
             self.stream.write(f"{head}   {ev.stage} {segment_text(ev)}\n")
         elif ev.event == "stage_finished":
-            self.stream.write(f"{head} done {ev.stage} in {ev.seconds:.2f}s\n")
+            self.stream.write(f"{head} done {ev.stage} in {ev.seconds:.2f}s"
+                              f"{timing_text((ev.detail or {}).get('timing'))}\n")
         elif ev.event == "stage_cached" and ev.reason:
             self.stream.write(f"{head} cached {ev.stage}: {ev.reason}\n")
         elif ev.event == "stage_failed":

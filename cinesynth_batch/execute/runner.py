@@ -27,6 +27,7 @@ from ..plan.planner import Plan, PlannedStage, input_labels
 from ..plan.reason import Reason, explain
 from ..stages.base import StageContext, StageError
 from .events import EventBus
+from .timing import StepClock, device_sync
 
 
 @dataclass
@@ -290,7 +291,11 @@ class LocalExecutor(Executor):
                  for name, value in node.inputs.items()}
         target = scratch / f"out{module.OUTPUT_EXT}"
 
+        clock = StepClock(sync=device_sync(self.device))
+        loading = sum(getattr(residency, "load_seconds", {}).values())
+
         def progress(step: int, total: int, **segment: int) -> None:
+            clock.tick(step)
             bus.emit("stage_progress", stage=node.id, kind=node.kind, step=step, total=total, **segment)
 
         models = residency if node.model_name is None else _Named(residency, node.model_name)
@@ -300,6 +305,8 @@ class LocalExecutor(Executor):
         meta = module.run({**st.params, **node.runtime}, paths, target, ctx) or {}
         if not target.is_file():
             raise RenderError(f"stage {node.id} returned without writing its output")
+        if node.model_role:
+            meta = {**meta, "timing": clock.facts(sum(getattr(residency, "load_seconds", {}).values()) - loading)}
         return target, meta
 
     def _artifact(self, plan: Plan, node_id: str, out: Outcome, bus: EventBus, residency: Any) -> Path:

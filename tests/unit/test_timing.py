@@ -1,0 +1,23 @@
+"""A stage's time split into model loading and denoising steps (``execute/timing.py``)."""
+
+from __future__ import annotations
+
+from cinesynth_batch.execute import timing
+from cinesynth_batch.execute.timing import StepClock, timing_text
+
+
+def test_steps_are_timed_between_progress_calls_and_each_segment_restarts_the_clock(monkeypatch):
+    now = iter([0.0, 10.0, 12.0, 14.5, 100.0, 103.0, 105.0])   # segment 1: 3 steps; segment 2: 2
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(now))
+    clock = StepClock()
+    for step in (0, 1, 2, 3, 0, 1, 2):
+        clock.tick(step)
+    assert clock.steps == [10.0, 2.0, 2.5, 3.0, 2.0]
+    facts = clock.facts(load_seconds=41.23456)
+    assert facts == {"load_s": 41.235, "steps": 5, "first_step_s": 10.0, "step_s": 2.5, "denoise_s": 19.5}
+    assert timing_text(facts) == " (load 41.2s; 5 steps: first 10.00s, then 2.50s each)"
+
+
+def test_a_stage_without_steps_reports_its_load_only():
+    assert StepClock().facts(0.5) == {"load_s": 0.5}
+    assert timing_text({"load_s": 0.5}) == " (load 0.5s)" and timing_text(None) == ""
