@@ -14,8 +14,8 @@ def test_steps_are_timed_between_progress_calls_and_each_segment_restarts_the_cl
         clock.tick(step)
     assert clock.steps == [10.0, 2.0, 2.5, 3.0, 2.0]
     facts = clock.facts(load_seconds=41.23456)
-    assert facts == {"load_s": 41.235, "steps": 5, "first_step_s": 10.0, "step_s": 2.5, "denoise_s": 19.5}
-    assert timing_text(facts) == " (load 41.2s; 5 steps: first 10.00s, then 2.50s each)"
+    assert facts == {"load_s": 41.235, "steps": 5, "first_step_s": 10.0, "step_s": 2.25, "denoise_s": 19.5}
+    assert timing_text(facts) == " (load 41.2s; 5 steps: first 10.00s, then 2.25s each)"
 
 
 def test_a_stage_without_steps_reports_its_load_only():
