@@ -295,7 +295,7 @@ class LocalExecutor(Executor):
         loading = sum(getattr(residency, "load_seconds", {}).values())
 
         def progress(step: int, total: int, **segment: int) -> None:
-            clock.tick(step)
+            clock.tick(step, segment.get("segment_step"))
             bus.emit("stage_progress", stage=node.id, kind=node.kind, step=step, total=total, **segment)
 
         models = residency if node.model_name is None else _Named(residency, node.model_name)

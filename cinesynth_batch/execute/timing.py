@@ -19,11 +19,12 @@ class StepClock:
     steps: list[float] = field(default_factory=list)
     _last: float | None = None
 
-    def tick(self, step: int) -> None:
+    def tick(self, step: int, segment_step: int | None = None) -> None:
+        """Step ``step`` ended (0, or a segment's step 0: its denoising starts)."""
         if self.sync is not None:
             self.sync()
         now = time.perf_counter()
-        if step > 0 and self._last is not None:
+        if step > 0 and segment_step != 0 and self._last is not None:
             self.steps.append(now - self._last)
         self._last = now
 

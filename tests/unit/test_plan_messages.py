@@ -106,7 +106,8 @@ def test_progress_events_carry_the_segment(rendered):
     progress = [e for e in lines if e["event"] == "stage_progress"]
     lip = [(e["segment"], e["segments"], e["segment_step"], e["segment_steps"], e["step"], e["total"])
            for e in progress if e["stage"] == "sing.lipsync"]
-    assert lip == [(1, 2, 1, 2, 1, 4), (1, 2, 2, 2, 2, 4), (2, 2, 1, 2, 3, 4), (2, 2, 2, 2, 4, 4)]
+    assert lip == [(1, 2, 0, 2, 0, 4), (1, 2, 1, 2, 1, 4), (1, 2, 2, 2, 2, 4),
+                   (2, 2, 0, 2, 2, 4), (2, 2, 1, 2, 3, 4), (2, 2, 2, 2, 4, 4)]
     for k in (1, 2):
         chain = [(e["segment"], e["segments"], e["segment_step"], e["step"])
                  for e in progress if e["stage"] == f"walk.video.{k}"]

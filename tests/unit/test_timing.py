@@ -18,6 +18,15 @@ def test_steps_are_timed_between_progress_calls_and_each_segment_restarts_the_cl
     assert timing_text(facts) == " (load 41.2s; 5 steps: first 10.00s, then 2.25s each)"
 
 
+def test_a_segment_that_starts_mid_count_restarts_the_clock(monkeypatch):
+    now = iter([0.0, 5.0, 7.0, 30.0, 36.0])         # decoding between the segments is no step
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(now))
+    clock = StepClock()
+    for step, seg_step in ((0, 0), (1, 1), (2, 2), (2, 0), (3, 1)):
+        clock.tick(step, seg_step)
+    assert clock.steps == [5.0, 2.0, 6.0]
+
+
 def test_a_stage_without_steps_reports_its_load_only():
     assert StepClock().facts(0.5) == {"load_s": 0.5}
     assert timing_text({"load_s": 0.5}) == " (load 0.5s)" and timing_text(None) == ""

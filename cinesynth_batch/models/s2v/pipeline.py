@@ -242,6 +242,9 @@ class WanS2VPipeline:
                               motion_latents=motion_latents.to(self.dtype),
                               motion_frames=(MOTION_FRAMES, LATENT_MOTION_FRAMES), cond_states=cond,
                               drop_motion_frames=first)
+                if progress is not None:      # the segment's denoising starts
+                    progress(r * steps, total, segment=r + 1, segments=segments, segment_step=0,
+                             segment_steps=steps)
                 for i, t in enumerate(sched.timesteps):
                     now = "high" if float(t) >= boundary * NUM_TRAIN_TIMESTEPS else "low"
                     if now != phase:
