@@ -129,7 +129,7 @@ class History:
             if isinstance(row.get("key"), str):
                 self.by_key[row["key"]] = float(seconds)
             entry = lock.stages.get(sid)
-            model = row.get("model")
+            model = row.get("model", "")          # a stage without a model has none
             if entry is None or not isinstance(model, str) or entry.kind != kind:
                 continue
             facts = row.get("facts") if isinstance(row.get("facts"), dict) else {}

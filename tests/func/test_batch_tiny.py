@@ -46,7 +46,7 @@ def batch(tmp_path_factory):
     root = tmp_path_factory.mktemp("batch") / "p"
     write_specs(root)
     summary = root / "summary.json"
-    result = cli(str(root), "--keep-going", "--summary", str(summary))
+    result = cli(str(root), "--keep-going", "--summary", str(summary), "--events", str(root / "events.jsonl"))
     return root, result, json.loads(summary.read_text())
 
 
@@ -118,3 +118,20 @@ def test_some_failed_exits_1_and_a_second_session_runs_nothing(batch, tmp_path):
         ("alpha", "rendered"), ("broken", "failed"), ("beta", "rendered")]
     assert [r["ran"] for r in rows] == [0, 0, 0]
     assert json.loads(summary.read_text())["model_loads"] == {}
+
+
+def test_stage_shared_by_key_runs_once_in_the_batch_dag(batch):
+    root, _, summary = batch
+    lines = [json.loads(x) for x in (root / "events.jsonl").read_text().splitlines()]
+    started = [e["stage"] for e in lines if e["event"] == "stage_started"]
+    # a.image is one node of the batch: made once (for alpha, first), taken by beta and broken
+    assert sorted(started) == ["a.image", "assemble.final", "assemble.final", "assemble.final", "b.image"]
+    shared = [e for e in lines if e["event"] == "stage_cached" and e.get("reason")]
+    assert [(e["stage"], e["reason"]) for e in shared] == [("a.image", "made by another spec of the batch")] * 2
+    statuses = {p: {s["id"]: s["status"] for s in json.loads(
+        (root / "outputs" / p / "manifest.json").read_text())["stages"]} for p in ("alpha", "beta")}
+    assert statuses == {"alpha": {"a.image": "ran", "assemble.final": "ran"},
+                        "beta": {"a.image": "cached", "b.image": "ran", "assemble.final": "ran"}}
+    # broken's own assembly failed; its manifest was written from the batch (no output published)
+    broken = json.loads((root / "outputs/broken/manifest.json").read_text())
+    assert {s["id"]: s["status"] for s in broken["stages"]} == {"a.image": "cached", "assemble.final": "failed"}
