@@ -41,14 +41,15 @@ class Rate:
 
 
 # Production models on one H100 (bf16). video/lipsync/animate: a Wan2.2 14B CFG step at
-# 480x832x81 measured 5.12 s with the default attention and compile (docs/profiles.md), i.e.
-# 1.58e-7 s per step x frame x pixel, plus a VAE decode (2.07 s at that size). image: FLUX.2-klein,
-# 2e-7 s per step x pixel (0.8 s for 4 steps at 1024x1024). The others: seconds per stage.
+# 480x832x81 takes 5.060 s with the renderer's default attention and compile, a VAE decode at that
+# size 2.07 s (docs/performance.md), i.e. 1.56e-7 s per step x frame x pixel plus 2.1 s.
+# image: FLUX.2-klein, 2e-7 s per step x pixel (a rough figure: 0.8 s for 4 steps at 1024x1024).
+# The others: seconds per stage.
 DEFAULTS: dict[str, Rate] = {
     "image": Rate(2e-7, 0.5),
-    "video": Rate(1.58e-7, 2.1),
-    "lipsync": Rate(1.58e-7, 2.1),
-    "animate": Rate(1.58e-7, 2.1),
+    "video": Rate(1.56e-7, 2.1),
+    "lipsync": Rate(1.56e-7, 2.1),
+    "animate": Rate(1.56e-7, 2.1),
     "upscale": Rate(1.0),
     "tts": Rate(2.0),
     "separate": Rate(5.0),
