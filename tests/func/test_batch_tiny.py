@@ -135,3 +135,36 @@ def test_stage_shared_by_key_runs_once_in_the_batch_dag(batch):
     # broken's own assembly failed; its manifest was written from the batch (no output published)
     broken = json.loads((root / "outputs/broken/manifest.json").read_text())
     assert {s["id"]: s["status"] for s in broken["stages"]} == {"a.image": "cached", "assemble.final": "failed"}
+
+
+STOPS = """
+project: stops
+defaults: {resolution: 64x64, seed: 3}
+scenes:
+  - id: a
+    image: {prompt: "a lighthouse at dusk", steps: 2}
+  - id: c
+    image: {prompt: "a quiet harbour", steps: 2}
+    audio: {tts: {text: "  ", language: en, backend: espeak}}
+"""
+
+
+def test_without_keep_going_a_failed_spec_stops_and_its_shared_stage_runs_for_the_others(tmp_path):
+    root = tmp_path / "p"
+    new_project(root, "alpha.yaml", SPEC.format(project="alpha", more=""))
+    (root / "stops.yaml").write_text(STOPS)
+    summary = root / "s.json"
+    # stops is first: a.image would be made for it, but its speech fails first (speech goes
+    # before pictures) and, without --keep-going, it starts nothing more
+    result = cli(str(root / "stops.yaml"), str(root / "alpha.yaml"), "--summary", str(summary))
+    assert result.exit_code == 1, result.output
+    rows = json.loads(summary.read_text())["specs"]
+    assert [(r["project"], r["status"], r["ran"], r["cached"]) for r in rows] == [
+        ("stops", "failed", 0, 0), ("alpha", "rendered", 2, 0)]
+    assert "c.tts" in rows[0]["error"] and "the text is empty" in rows[0]["error"]
+    stops = json.loads((root / "outputs/stops/manifest.json").read_text())
+    assert {s["id"]: s["status"] for s in stops["stages"]} == {
+        "c.tts": "failed", "a.image": "run", "c.image": "run", "assemble.final.srt": "run",
+        "assemble.final": "run"}
+    alpha = json.loads((root / "outputs/alpha/manifest.json").read_text())
+    assert {s["id"]: s["status"] for s in alpha["stages"]} == {"a.image": "ran", "assemble.final": "ran"}
