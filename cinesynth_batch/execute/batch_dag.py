@@ -157,7 +157,6 @@ class DagRun:
         self.schedule = Schedule(order=self.graph.order, upstream=self.graph.upstream, available=set(),
                                  world=1, slots=self.graph.slots(), keep_going=True,
                                  cost=costs.__getitem__)
-        self.ran_order: list[str] = []          # node ids in the order they ran (for tests)
 
     def run(self) -> None:
         sched = self.schedule
@@ -178,7 +177,6 @@ class DagRun:
         members = [(self.runs[k], sid) for k, sid in node.members if not self.runs[k].stopped]
         if not members:
             return False
-        self.ran_order.append(nid)
         first, sid = members[0]
         self._run_member(first, sid)
         ok = sid not in first.out.failed and sid not in first.out.blocked
@@ -187,7 +185,7 @@ class DagRun:
                 self._share(first, sid, run, other)
             else:
                 st = run.plan.stages[other]
-                message = first.out.failed.get(sid, "its upstream failed")
+                message = first.out.failed.get(sid, "an upstream stage failed")
                 run.out.failed[other] = message
                 run.bus.emit("stage_failed", stage=other, kind=st.node.kind, scene=st.node.scene,
                              key=st.key, detail={"error": message})
