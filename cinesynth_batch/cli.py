@@ -84,7 +84,7 @@ def _open_plan(spec: Path, profile: Optional[str], allow_path: Optional[List[str
 
 
 @app.command()
-def plan(spec: Path,
+def plan(specs: List[Path] = typer.Argument(..., help="spec files, folders (their *.yaml) or patterns"),
          format: str = typer.Option("table", "--format", "-f", help="table | json | mermaid"),
          profile: Optional[str] = typer.Option(None, help="override the spec's profile"),
          only: Optional[List[str]] = typer.Option(None, help="stage id, scene id or kind"),
@@ -93,20 +93,55 @@ def plan(spec: Path,
          offline: bool = typer.Option(False, help="fail if a URL input is not downloaded yet"),
          allow_path: Optional[List[str]] = _allow_path_option(),
          allow_host: Optional[List[str]] = _allow_host_option()) -> None:
-    """Show the stage DAG: each stage's key, whether it is cached, and why it would run."""
+    """Show the stage DAG: each stage's key, whether it is cached, why it would run, and its
+    expected GPU time (from earlier renders' manifests, else a table). Several specs: each
+    spec's plan, then the batch's estimated GPU time per spec (a stage shared by key once)."""
+    from .execute.batch import expand_specs
+    from .plan.batch import merge_plans
+    from .plan.cost import History, format_seconds, plan_costs
     from .plan.show import as_json, as_mermaid, as_table
 
     def go():
-        _, p = _open_plan(spec, profile, allow_path, allow_host, force=force, only=only, until=until,
-                          offline=offline)
-        if format == "json":
-            typer.echo(json.dumps(as_json(p), indent=2))
-        elif format == "mermaid":
-            typer.echo(as_mermaid(p))
-        elif format == "table":
-            typer.echo(as_table(p))
-        else:
+        if format not in ("table", "json", "mermaid"):
             raise CinesynthError(f"unknown format '{format}'", hint="use table, json or mermaid")
+        files = expand_specs(specs)
+        if not files:
+            raise CinesynthError(f"no spec files in {' '.join(str(p) for p in specs)}",
+                                 hint="a folder argument renders the *.yaml files in it")
+        plans = [_open_plan(f, profile, allow_path, allow_host, force=force, only=only, until=until,
+                            offline=offline)[1] for f in files]
+        history = History.from_folders(p.loaded.output_dir for p in plans)
+        costs = [plan_costs(p, history) for p in plans]
+        graph = merge_plans(plans)
+        node_costs = {graph.owner[(i, sid)]: est for i, c in enumerate(costs) for sid, est in c.items()}
+        per_spec = graph.spec_costs(node_costs)
+        several = len(plans) > 1
+        if format == "json":
+            views = [as_json(p, c) for p, c in zip(plans, costs)]
+            if not several:
+                typer.echo(json.dumps(views[0], indent=2))
+                return
+            typer.echo(json.dumps({"specs": [{"spec": str(f), **v, "batch_seconds": round(s, 3)}
+                                             for f, v, s in zip(files, views, per_spec)],
+                                   "estimated_seconds": round(sum(per_spec), 3),
+                                   "shared": {n: [f"{plans[i].project}:{sid}" for i, sid in node.members]
+                                              for n, node in graph.nodes.items() if node.shared}},
+                                  indent=2))
+            return
+        for f, p, c in zip(files, plans, costs):
+            if several:
+                typer.echo(f"== {f} ({p.project}) ==")
+            typer.echo(as_mermaid(p) if format == "mermaid" else as_table(p, c))
+        if several and format == "table":
+            typer.echo(f"estimated GPU time of the batch: {format_seconds(sum(per_spec))}")
+            width = max(len(p.project) for p in plans)
+            for p, seconds in zip(plans, per_spec):
+                typer.echo(f"  {p.project.ljust(width)}  {format_seconds(seconds)}")
+            shared = [node for node in graph.nodes.values() if node.shared]
+            if shared:
+                typer.echo(f"shared by key, run once: " + ", ".join(
+                    f"{node.members[0][1]} ({', '.join(plans[i].project for i, _ in node.members)})"
+                    for node in shared))
 
     _guard(go)
 

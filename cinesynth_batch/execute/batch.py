@@ -1,12 +1,10 @@
-"""Many specs in one session: every spec is checked first, then the valid ones render one
-after another with one set of loaded models (specs with the same models side by side).
+"""Many specs in one session: every spec is checked first, then the valid ones are planned
+into one DAG and run with one set of loaded models (``batch_dag.py``).
 
-Each spec is a render of its own (its own plan, lock, outputs, manifest and report, written
-exactly as ``cinesynth render SPEC`` writes them) and uses the cache a single render of it would
-use. Specs that share a cache folder share stages: a stage whose key an earlier spec of the batch
-made is found in the cache (or waited for, ``cache/keylock.py``) and runs once. Models stay
-loaded from one spec to the next (``ModelPool``) while the specs use the same models; a failure
-stays inside its spec, the others still render.
+Each spec keeps its own plan, lock, outputs, manifest and report, written exactly as
+``cinesynth render SPEC`` writes them, and uses the cache a single render of it would use. A
+stage that several specs share by key (in one cache) runs once; models stay loaded for the whole
+batch (``ModelPool``); a failure stays inside its spec, the others still render.
 """
 
 from __future__ import annotations
@@ -132,33 +130,55 @@ def render_batch(specs: list[Path], *, profile: str | None = None,
                  warn: Callable[[str], None] | None = None,
                  on_spec: Callable[[SpecResult], None] | None = None,
                  **options: Any) -> BatchResult:
-    """Check every spec, then render the valid ones sharing one ``ModelPool``: in the order
-    given, except that specs using the same models (profile or models file) render together.
-    ``options`` are ``render``'s (``keep_going``, ``dry_run``, ``device``...), the same for every
-    spec; ``on_spec`` hears each spec's result as soon as it is known."""
+    """Check every spec, then render the valid ones as one DAG with one ``ModelPool``
+    (``batch_dag.py``). ``options`` are ``render``'s (``keep_going``, ``dry_run``, ``device``...),
+    the same for every spec; ``on_spec`` hears each spec's result (an invalid spec at once,
+    the others when the batch has run)."""
     from .session import check_spec
 
     results: dict[int, SpecResult] = {}
-    valid: list[tuple[int, int, Path, str]] = []
-    registries: list[Any] = []           # one per set of models, in the order first seen
+    valid: list[tuple[int, Path, str]] = []
     for i, spec in enumerate(specs):
         try:
-            loaded, registry = check_spec(spec, profile, allow_paths, allow_hosts)
+            loaded, _ = check_spec(spec, profile, allow_paths, allow_hosts)
         except CinesynthError as exc:
             results[i] = SpecResult(str(spec), None, "invalid", error=exc.render())
             _tell(on_spec, results[i])
             continue
-        group = next((g for g, r in enumerate(registries) if same_models(r, registry)), None)
-        if group is None:
-            group = len(registries)
-            registries.append(registry)
-        valid.append((group, i, spec, loaded.spec.project))
+        valid.append((i, spec, loaded.spec.project))
     pool = ModelPool()
-    # specs that use the same models render one after another: each set is loaded once
-    for _, i, spec, project in sorted(valid, key=lambda v: (v[0], v[1])):
-        results[i] = _render_one(spec, project, pool, profile, allow_paths, allow_hosts, warn, options)
+    if options.get("dry_run"):
+        for i, spec, project in valid:
+            results[i] = _render_one(spec, project, pool, profile, allow_paths, allow_hosts, warn, options)
+            _tell(on_spec, results[i])
+        return BatchResult([results[i] for i in range(len(specs))], pool.loads)
+    from .batch_dag import render_dag
+
+    options = {k: v for k, v in options.items() if k != "dry_run"}
+    ended = render_dag([spec for _, spec, _ in valid], pool, profile=profile, allow_paths=allow_paths,
+                       allow_hosts=allow_hosts, warn=warn, **options)
+    for (i, spec, project), end in zip(valid, ended):
+        results[i] = _row(spec, project, end.result, end.error)
         _tell(on_spec, results[i])
+    if pool.current is not None:
+        pool.current.clear()
     return BatchResult([results[i] for i in range(len(specs))], pool.loads)
+
+
+def _row(spec: Path, project: str, result: Any, error: BaseException | None) -> SpecResult:
+    """A spec's summary line from how its render ended. ``seconds``: the time its own stages
+    ran (a stage shared with an earlier spec of the batch counts for that one)."""
+    row = SpecResult(str(spec), project, "rendered")
+    if isinstance(error, SpecError):
+        row.status, row.error = "invalid", error.render()
+    elif error is not None:
+        row.status = "failed"
+        row.error = error.render() if isinstance(error, CinesynthError) else f"{type(error).__name__}: {error}"
+    if result is not None:
+        row.ran, row.cached = len(result.outcome.ran), len(result.outcome.cached)
+        row.summary, row.output_dir = result.summary, str(result.output_dir)
+        row.seconds = round(sum(result.outcome.seconds.values()), 3)
+    return row
 
 
 def _render_one(spec: Path, project: str, pool: ModelPool, profile: str | None,

@@ -26,6 +26,7 @@ from typing import Any, Callable
 from ..cache.store import Entry
 from ..catalog.budget import MemoryRequest, Placement
 from ..errors import CinesynthError
+from ..plan.cost import plan_costs
 from ..plan.planner import Plan
 from ..plan.reason import Reason
 from .events import Event, EventBus, JsonLinesSink
@@ -329,10 +330,12 @@ class DistributedExecutor(Executor):
                 out.cached.append(nid)
                 out.lock[nid] = _lock_entry(st, st.key, st.inputs, st.entry)
                 shared.emit("stage_cached", stage=nid, kind=st.node.kind, scene=st.node.scene, key=st.key)
+        costs = plan_costs(plan) if to_run else {}
         schedule = Schedule(order=[s.id for s in to_run],
                             upstream={n: list(plan.graph[n].upstream()) for n in plan.order},
                             available=set(out.entries), world=setup.topology.world, degrees=degrees,
-                            slots={s.id: _slot(s) for s in to_run}, keep_going=self.keep_going)
+                            slots={s.id: _slot(s) for s in to_run}, keep_going=self.keep_going,
+                            cost=lambda stage: costs[stage].seconds)
         coordinator = Coordinator(plan, schedule, out, shared.emit, Channel())
         coordinator.start()
         worker = Worker(0, executor, plan, shared, setup.meshes(degrees.values()))

@@ -113,12 +113,18 @@ def _run(session: Session, plan: Plan, started: float, executor: Executor, dry_r
             close()
     result = RenderResult(plan, outcome, session.output_dir, manifest)
     if outcome.failed:
-        names = ", ".join(f"{k} ({v})" for k, v in outcome.failed.items())
-        err = RenderError(f"{len(outcome.failed)} stage(s) failed: {names}",
-                          hint="fix the cause and render again: finished stages stay cached")
-        err.result = result  # type: ignore[attr-defined]
-        raise err
+        raise failed_error(result)
     return result, None
+
+
+def failed_error(result: RenderResult) -> RenderError:
+    """The error a render whose stages failed ends with (it carries the result)."""
+    failed = result.outcome.failed
+    names = ", ".join(f"{k} ({v})" for k, v in failed.items())
+    err = RenderError(f"{len(failed)} stage(s) failed: {names}",
+                      hint="fix the cause and render again: finished stages stay cached")
+    err.result = result  # type: ignore[attr-defined]
+    return err
 
 
 def keep_seeds(session: Session, plan: Plan) -> None:

@@ -1,14 +1,17 @@
 """Who runs what next, when a render is spread over ranks. Plain bookkeeping, no I/O.
 
-A stage is ready when every upstream stage has an artifact. Ready stages go out in plan order
-(grouped by kind, so models load few times); an idle rank prefers a stage whose model it already
-holds. A stage split over a group of ranks (sequence parallel) waits until its whole group is
+A stage is ready when every upstream stage has an artifact. Ready stages go out by priority
+(``by_priority``): first those whose model an idle rank already holds (no load, no swap), then the
+others; longest expected first within each (``cost``: expected seconds, ``plan/cost.py``), plan
+order among equals (plan order groups stages by kind). An idle rank prefers a stage whose model it
+already holds. A stage split over a group of ranks (sequence parallel) waits until its whole group is
 idle, and the idle ranks of that group take no other work meanwhile, so it is not starved.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .parallel import groups
 
@@ -32,6 +35,7 @@ class Schedule:
     degrees: dict[str, int] = field(default_factory=dict)
     slots: dict[str, str | None] = field(default_factory=dict)   # stage -> model it needs
     keep_going: bool = False
+    cost: Callable[[str], float] | None = None   # stage -> expected seconds; None: plan order only
 
     pending: list[str] = field(init=False)
     running: dict[str, tuple[int, ...]] = field(init=False, default_factory=dict)
@@ -43,6 +47,7 @@ class Schedule:
     def __post_init__(self) -> None:
         self.pending = list(self.order)
         self.available = set(self.available)
+        self._position = {s: i for i, s in enumerate(self.order)}
 
     # -- state ----------------------------------------------------------------------------------
     @property
@@ -80,7 +85,7 @@ class Schedule:
             return []
         free = [r for r in range(self.world) if r not in self.busy]
         out: list[Assignment] = []
-        for stage in self.ready():
+        for stage in self.by_priority(self.ready(), free):
             if not free:
                 break
             degree = self.degrees.get(stage, 1)
@@ -95,6 +100,23 @@ class Schedule:
             out.append(self._start(stage, (rank,)))
         return out
 
+    # -- priority: the one place that decides which ready stage goes first ----------------------
+    def by_priority(self, ready: list[str], free: list[int]) -> list[str]:
+        """``ready`` in the order it is handed out: stages whose model an idle rank holds first,
+        then the rest; within each, longest expected first; plan order among equals."""
+        holding = {self.held.get(r) for r in free} - {None}
+
+        def rank(stage: str) -> tuple[bool, float, int]:
+            seconds = self.cost(stage) if self.cost is not None else 0.0
+            return (self.slots.get(stage) not in holding, -seconds, self._position[stage])
+
+        return sorted(ready, key=rank)
+
+    def withdraw(self, stages: set[str]) -> None:
+        """Take pending stages off without running them (their render stopped)."""
+        self.pending = [s for s in self.pending if s not in stages]
+
+    # -------------------------------------------------------------------------------------------
     def _pick(self, free: list[int], slot: str | None) -> int:
         same = [r for r in free if slot is not None and self.held.get(r) == slot]
         empty = [r for r in free if self.held.get(r) is None]

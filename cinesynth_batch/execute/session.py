@@ -43,8 +43,7 @@ class Session:
         cache = CacheStore(cache_root, warn=warn)
         digests = DigestState.open(cache.state_path)
         registry.digests = digests
-        out = loaded.spec.output
-        output_dir = (loaded.spec_dir / out).resolve() if out else loaded.root / "outputs" / loaded.spec.project
+        output_dir = loaded.output_dir
         return cls(loaded, cache, digests, registry, output_dir / "render.lock", output_dir)
 
     def lock(self) -> Lock:

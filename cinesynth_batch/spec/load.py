@@ -52,6 +52,12 @@ class LoadedSpec:
     def spec_dir(self) -> Path:
         return self.path.parent
 
+    @property
+    def output_dir(self) -> Path:
+        """Where the render's outputs, ``render.lock`` and ``manifest.json`` go."""
+        out = self.spec.output
+        return (self.spec_dir / out).resolve() if out else self.root / "outputs" / self.spec.project
+
     def where(self, *path: Any) -> Where | None:
         return locate(self.raw, path)
 

@@ -46,7 +46,7 @@ def batch(tmp_path_factory):
     root = tmp_path_factory.mktemp("batch") / "p"
     write_specs(root)
     summary = root / "summary.json"
-    result = cli(str(root), "--keep-going", "--summary", str(summary))
+    result = cli(str(root), "--keep-going", "--summary", str(summary), "--events", str(root / "events.jsonl"))
     return root, result, json.loads(summary.read_text())
 
 
@@ -118,3 +118,53 @@ def test_some_failed_exits_1_and_a_second_session_runs_nothing(batch, tmp_path):
         ("alpha", "rendered"), ("broken", "failed"), ("beta", "rendered")]
     assert [r["ran"] for r in rows] == [0, 0, 0]
     assert json.loads(summary.read_text())["model_loads"] == {}
+
+
+def test_stage_shared_by_key_runs_once_in_the_batch_dag(batch):
+    root, _, summary = batch
+    lines = [json.loads(x) for x in (root / "events.jsonl").read_text().splitlines()]
+    started = [e["stage"] for e in lines if e["event"] == "stage_started"]
+    # a.image is one node of the batch: made once (for alpha, first), taken by beta and broken
+    assert sorted(started) == ["a.image", "assemble.final", "assemble.final", "assemble.final", "b.image"]
+    shared = [e for e in lines if e["event"] == "stage_cached" and e.get("reason")]
+    assert [(e["stage"], e["reason"]) for e in shared] == [("a.image", "made by another spec of the batch")] * 2
+    statuses = {p: {s["id"]: s["status"] for s in json.loads(
+        (root / "outputs" / p / "manifest.json").read_text())["stages"]} for p in ("alpha", "beta")}
+    assert statuses == {"alpha": {"a.image": "ran", "assemble.final": "ran"},
+                        "beta": {"a.image": "cached", "b.image": "ran", "assemble.final": "ran"}}
+    # broken's own assembly failed; its manifest was written from the batch (no output published)
+    broken = json.loads((root / "outputs/broken/manifest.json").read_text())
+    assert {s["id"]: s["status"] for s in broken["stages"]} == {"a.image": "cached", "assemble.final": "failed"}
+
+
+STOPS = """
+project: stops
+defaults: {resolution: 64x64, seed: 3}
+scenes:
+  - id: a
+    image: {prompt: "a lighthouse at dusk", steps: 2}
+  - id: c
+    image: {prompt: "a quiet harbour", steps: 2}
+    audio: {tts: {text: "  ", language: en, backend: espeak}}
+"""
+
+
+def test_without_keep_going_a_failed_spec_stops_and_its_shared_stage_runs_for_the_others(tmp_path):
+    root = tmp_path / "p"
+    new_project(root, "alpha.yaml", SPEC.format(project="alpha", more=""))
+    (root / "stops.yaml").write_text(STOPS)
+    summary = root / "s.json"
+    # stops is first: a.image would be made for it, but its speech fails first (speech goes
+    # before pictures) and, without --keep-going, it starts nothing more
+    result = cli(str(root / "stops.yaml"), str(root / "alpha.yaml"), "--summary", str(summary))
+    assert result.exit_code == 1, result.output
+    rows = json.loads(summary.read_text())["specs"]
+    assert [(r["project"], r["status"], r["ran"], r["cached"]) for r in rows] == [
+        ("stops", "failed", 0, 0), ("alpha", "rendered", 2, 0)]
+    assert "c.tts" in rows[0]["error"] and "the text is empty" in rows[0]["error"]
+    stops = json.loads((root / "outputs/stops/manifest.json").read_text())
+    assert {s["id"]: s["status"] for s in stops["stages"]} == {
+        "c.tts": "failed", "a.image": "run", "c.image": "run", "assemble.final.srt": "run",
+        "assemble.final": "run"}
+    alpha = json.loads((root / "outputs/alpha/manifest.json").read_text())
+    assert {s["id"]: s["status"] for s in alpha["stages"]} == {"a.image": "ran", "assemble.final": "ran"}

@@ -55,7 +55,8 @@ def test_plan_mermaid_and_table(project):
     mer = CliRunner().invoke(app, ["plan", str(spec), "-f", "mermaid"]).output
     assert mer.startswith("flowchart LR") and "n_a_image --> n_assemble_final" in mer
     table = CliRunner().invoke(app, ["plan", str(spec)]).output
-    assert table.splitlines()[-1] == "2 to run, 0 cached"
+    assert table.splitlines()[-2] == "2 to run, 0 cached"
+    assert table.splitlines()[-1].startswith("estimated GPU time: ")
 
 
 def test_dry_run_runs_nothing(project):
