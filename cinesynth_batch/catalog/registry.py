@@ -42,7 +42,7 @@ TINY_REVISION = "tiny-a514991e4bbdf9b8"
 TINY_SOURCES = ("catalog/tiny/build.py", "catalog/tiny/rrdbnet.py", "catalog/tiny/animate.py",
                 "catalog/tiny/s2v.py", "catalog/tiny/demucs.py", "catalog/tiny/parts.py",
                 "models/rrdbnet.py", "models/s2v/transformer.py", "models/s2v/components.py",
-                "models/separation.py", "tts/qwen_tiny.py")
+                "models/separation.py", "tts/qwen_tiny.py", "catalog/tiny/rife.py", "models/rife.py")
 #: ``tiny_sources_digest()`` of the sources ``TINY_REVISION`` was checked against.
 TINY_SOURCES_DIGEST = "7cefda3944d0df2d1ca604e25d3e325a0524294529c71ff14eaa350244f6f615"
 #: What the shapes builders make (architectures, dtypes, weight draws). New value when it changes.
