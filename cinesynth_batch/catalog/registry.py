@@ -44,7 +44,7 @@ TINY_SOURCES = ("catalog/tiny/build.py", "catalog/tiny/rrdbnet.py", "catalog/tin
                 "models/rrdbnet.py", "models/s2v/transformer.py", "models/s2v/components.py",
                 "models/separation.py", "tts/qwen_tiny.py", "catalog/tiny/rife.py", "models/rife.py")
 #: ``tiny_sources_digest()`` of the sources ``TINY_REVISION`` was checked against.
-TINY_SOURCES_DIGEST = "5c41b85ddf2cddcf6d3f133bbb1f055720ac7d9a10116b125380f08fb64deebe"
+TINY_SOURCES_DIGEST = "ea31af91faf707423638af2d07bb22ac2012dad1e637223aeef699c656260217"
 #: What the shapes builders make (architectures, dtypes, weight draws). New value when it changes.
 SHAPES_REVISION = "shapes-3f6c1a2e9b8d4c70"
 #: The package files the shapes models are built from (relative to the package).

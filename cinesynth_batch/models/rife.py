@@ -217,8 +217,16 @@ class RifeInterpolator:
 
     def __init__(self, net: IFNet, device: str = "cpu", dtype: torch.dtype = torch.float32):
         self.net = net.to(device=device, dtype=dtype)
-        self.device = torch.device(device)
         self.dtype = dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network is now (residency may move it between calls)."""
+        return next(self.net.parameters()).device
+
+    def to(self, device: str | torch.device) -> "RifeInterpolator":
+        self.net.to(device)
+        return self
 
     def _tensor(self, frames: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
@@ -248,9 +256,10 @@ class RifeInterpolator:
 
 
 def load_rife(path: str | Path, device: str = "cpu", dtype: str = "float32") -> RifeInterpolator:
-    from ..runtime.dtypes import torch_dtype
-
-    return RifeInterpolator(load_ifnet(path), device, torch_dtype(dtype))
+    """The network runs in float32 whatever the profile's ``dtype``: the warp's sampling grid
+    holds pixel positions, which bfloat16 would round by several pixels on a 720p frame."""
+    del dtype
+    return RifeInterpolator(load_ifnet(path), device, torch.float32)
 
 
 def main(argv: list[str]) -> int:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from cinesynth_batch.catalog.tiny.rife import TINY_CONFIG, build_tiny_rife
 from cinesynth_batch.errors import StageError
 from cinesynth_batch.models.rife import (IFNet, RifeConfig, RifeInterpolator, config_from_state_dict,
-                                         convert_checkpoint, load_ifnet)
+                                         convert_checkpoint, load_ifnet, load_rife)
 
 
 # --- the official inference path, re-stated ------------------------------------------------------
@@ -216,3 +216,12 @@ def test_interpolator_pads_crops_and_keeps_the_ends(tmp_path):
     out = rife.between(frames, [(0, 0.5), (1, 0.5), (1, 0.25)], batch=2)
     assert out.shape == (3, 70, 90, 3) and out.dtype == np.uint8
     assert not np.array_equal(out[0], out[1])
+    # residency sizes and moves it through its network
+    from cinesynth_batch.runtime.swap import model_nbytes
+    assert model_nbytes(rife) == sum(p.numel() * 4 for p in rife.net.parameters())
+    assert rife.to("cpu") is rife and rife.device.type == "cpu"
+
+
+def test_loaded_in_float32_whatever_the_profile_dtype(tmp_path):
+    rife = load_rife(build_tiny_rife(tmp_path / "r.safetensors"), dtype="bfloat16")
+    assert {p.dtype for p in rife.net.parameters()} == {torch.float32}
