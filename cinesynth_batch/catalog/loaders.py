@@ -9,6 +9,7 @@ Kinds:
 * ``"wan-animate"``: a ``WanAnimatePipeline`` folder (its transformer stays in host RAM: see
   ``runtime/animate.py``).
 * ``"qwen3-tts"``: a worker process in its own environment; ``"demucs"``: an HTDemucs package.
+* ``"rife"``: a RIFE IFNet ``.safetensors`` file (see ``models/rife.py``).
 
 A ``ShapesSource`` (profile ``shapes``) in place of a path builds the production pipeline of that
 kind at full size with seeded random weights on ``device`` (``catalog/shapes/build.py``); what
@@ -28,7 +29,7 @@ from ..runtime.swap import move_model
 from .shapes import ShapesSource
 
 PIPELINE_KINDS = ("flux2-klein", "wan-i2v")
-KINDS = PIPELINE_KINDS + ("rrdbnet-x2", "wan-s2v", "wan-animate", "qwen3-tts", "demucs")
+KINDS = PIPELINE_KINDS + ("rrdbnet-x2", "wan-s2v", "wan-animate", "qwen3-tts", "demucs", "rife")
 
 
 def _check_pipeline_folder(kind: str, path: Path) -> None:
@@ -67,6 +68,10 @@ def load_model(kind: str, path: Path | ShapesSource, device: str = "cpu", dtype:
         from ..models.rrdbnet import load_rrdbnet
 
         return load_rrdbnet(path, device, dtype)
+    if kind == "rife":
+        from ..models.rife import load_rife
+
+        return load_rife(path, device, dtype)
     if kind == "demucs":
         from ..models.separation import load_demucs
 

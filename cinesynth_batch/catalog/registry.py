@@ -37,14 +37,14 @@ from .shapes import ShapesSource
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 #: What the tiny builders make. Give it a new value whenever a builder's output changes.
-TINY_REVISION = "tiny-a514991e4bbdf9b8"
+TINY_REVISION = "tiny-5c41b85ddf2cddcf"
 #: The package files the tiny models are built from (relative to the package).
 TINY_SOURCES = ("catalog/tiny/build.py", "catalog/tiny/rrdbnet.py", "catalog/tiny/animate.py",
                 "catalog/tiny/s2v.py", "catalog/tiny/demucs.py", "catalog/tiny/parts.py",
                 "models/rrdbnet.py", "models/s2v/transformer.py", "models/s2v/components.py",
-                "models/separation.py", "tts/qwen_tiny.py")
+                "models/separation.py", "tts/qwen_tiny.py", "catalog/tiny/rife.py", "models/rife.py")
 #: ``tiny_sources_digest()`` of the sources ``TINY_REVISION`` was checked against.
-TINY_SOURCES_DIGEST = "7cefda3944d0df2d1ca604e25d3e325a0524294529c71ff14eaa350244f6f615"
+TINY_SOURCES_DIGEST = "ea31af91faf707423638af2d07bb22ac2012dad1e637223aeef699c656260217"
 #: What the shapes builders make (architectures, dtypes, weight draws). New value when it changes.
 SHAPES_REVISION = "shapes-3f6c1a2e9b8d4c70"
 #: The package files the shapes models are built from (relative to the package).
@@ -53,7 +53,7 @@ SHAPES_SOURCES = ("catalog/shapes/__init__.py", "catalog/shapes/configs.py", "ca
                   "models/rrdbnet.py", "models/s2v/transformer.py", "models/s2v/components.py",
                   "models/s2v/pipeline.py")
 #: ``shapes_sources_digest()`` of the sources ``SHAPES_REVISION`` was checked against.
-SHAPES_SOURCES_DIGEST = "19b3b0c5e3828c2fe1cddcfe0aeca03d77652766717473d3311cfae222d79c1b"
+SHAPES_SOURCES_DIGEST = "617df7a115d6c20e81644c3a6cecdd03d28a601e27c88f1533dc9fc392c0f733"
 #: The profiles that ship with the package (any other profile is a models file).
 BUILTIN_PROFILES = ("tiny", "production", "shapes")
 SMALL_FILE = 1 << 20

@@ -1,7 +1,8 @@
 """Spec -> Graph: one scene at a time, every stage a node with explicit inputs.
 
 Node ids: ``<scene>.image``, ``<scene>.upscale``, ``<scene>.video`` (or ``<scene>.video.<k>``
-when a clip has several segments), ``<scene>.tts``, ``assemble.<name>`` and its subtitles
+when a clip has several segments), ``<scene>.shadow`` and ``<scene>.interpolate`` (a clip's
+post-processing), ``<scene>.tts``, ``assemble.<name>`` and its subtitles
 ``assemble.<name>.srt``; downloads, frames and separated or extracted audio come from
 ``plan/sources.py``.
 """
@@ -83,9 +84,10 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, s
     if scene.lipsync is not None:
         clip = _lipsync_node(graph, loaded, index, scene, still, (width, height), seed_for)
         sounds[sid] = graph[clip.node].inputs["audio"]
-        return "video", (clip,)
+        return "video", _post_nodes(graph, loaded, index, scene, "lipsync", (clip,))
     if scene.animate is not None:
-        return "video", (_animate_nodes(graph, loaded, index, scene, still, (width, height), seed_for),)
+        clip = _animate_nodes(graph, loaded, index, scene, still, (width, height), seed_for)
+        return "video", _post_nodes(graph, loaded, index, scene, "animate", (clip,))
     if scene.video is None:
         assert still is not None
         return "still", still
@@ -119,7 +121,43 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, s
             publish=f"scenes/{sid}.mp4" if vid.segments == 1 else f"scenes/{sid}.{k}.mp4",
             where=loaded.where("scenes", index, "video"), parallel=vid.parallel))
         segments.append(NodeInput(node_id))
-    return "video", tuple(segments)
+    return "video", _post_nodes(graph, loaded, index, scene, "video", tuple(segments))
+
+
+def _post_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, field: str,
+                clip: tuple[NodeInput, ...]) -> tuple[NodeInput, ...]:
+    """The clip after its post-processing stages: ``<scene>.shadow`` (animate's ``shadow``), then
+    ``<scene>.interpolate`` (the stage's ``interpolate``); each takes only what it changes."""
+    stage = getattr(scene, field)
+    at = ("scenes", index, field)
+    shadow = getattr(stage, "shadow", None)
+    if shadow is not None:
+        node_id = f"{scene.id}.shadow"
+        graph.add(StageNode(
+            id=node_id, kind="shadow", scene=scene.id, params={"opacity": shadow.opacity},
+            inputs={"clip": clip}, publish=f"scenes/{scene.id}.shadow.mp4", where=loaded.where(*at, "shadow")))
+        clip = (NodeInput(node_id),)
+    interp = stage.interpolate
+    if interp is not None:
+        node_id = f"{scene.id}.interpolate"
+        params: dict = {"fps": interp.target(loaded.spec.defaults.fps), "backend": interp.backend}
+        if interp.backend == "rife":
+            params["scale"] = float(interp.scale)
+        graph.add(StageNode(
+            id=node_id, kind="interpolate", scene=scene.id,
+            model_role="interpolate" if interp.backend == "rife" else None, params=params,
+            inputs={"clip": clip}, publish=f"scenes/{scene.id}.interpolated.mp4",
+            where=loaded.where(*at, "interpolate")))
+        clip = (NodeInput(node_id),)
+    return clip
+
+
+def clip_rate(graph: Graph, visual: tuple | NodeInput, fps: int) -> int:
+    """The frame rate of a scene's visual: an interpolated clip's new rate, else ``fps``."""
+    items = visual if isinstance(visual, tuple) else (visual,)
+    rates = [graph[i.node].params["fps"] for i in items
+             if isinstance(i, NodeInput) and graph[i.node].kind == "interpolate"]
+    return max(rates, default=fps)
 
 
 def _speed_runtime(stage: m.VideoStage | m.LipsyncStage) -> dict:
@@ -271,7 +309,9 @@ def _assemble_node(graph: Graph, loaded: LoadedSpec, j: int, asm: m.Assemble,
         music = {"input": "music", "gain_db": asm.music.gain_db}
         if asm.music.duck_under_speech:
             music["duck_db"] = asm.music.duck_db
-    params = {"fps": spec.defaults.fps, "width": width, "height": height, "audio_rate": AUDIO_RATE,
+    fps = asm.fps or max((clip_rate(graph, visuals[sid][1], spec.defaults.fps) for sid in order),
+                         default=spec.defaults.fps)
+    params = {"fps": fps, "width": width, "height": height, "audio_rate": AUDIO_RATE,
               "scenes": scenes, "music": music, "loudness": asm.loudness, "crf": asm.crf}
     srt = _subtitles_node(graph, loaded, j, asm, params, inputs, lines)
     if srt is not None and asm.subtitles == "burn":

@@ -111,7 +111,8 @@ def select(graph: Graph, only: list[str] | None, until: str | None) -> set[str]:
         chosen = wanted
     if until:
         if until not in {n.kind for n in graph} and until not in ("tts", "image", "upscale", "video",
-                                                                   "lipsync", "animate", "assemble"):
+                                                                   "lipsync", "animate", "shadow",
+                                                                   "interpolate", "assemble"):
             raise SpecError([_unknown_selector(until, graph, kind=True)])
         limit = kind_rank(until)
         chosen = {n for n in chosen if kind_rank(graph[n].kind) <= limit}

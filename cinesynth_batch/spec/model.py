@@ -216,6 +216,53 @@ class SpeedOptions(RankOptions):
         return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v   # YAML reads on/off as booleans
 
 
+class Interpolate(Strict):
+    """Frame interpolation of a clip to a higher rate (``stages/interpolate.py``)."""
+
+    fps: Fps | None = Field(None, description="the clip's new rate, e.g. 48 or 64; give fps or factor")
+    factor: int | None = Field(None, ge=2, le=8, description="multiply the clip's rate: 2 (16 -> 32) or 4 "
+                                                             "(16 -> 64)")
+    backend: Literal["minterpolate", "rife"] = Field(
+        "minterpolate", description="minterpolate: ffmpeg motion-compensated interpolation (no weights); "
+                                    "rife: the profile's RIFE model")
+    scale: Literal[0.25, 0.5, 1.0, 2.0, 4.0] = Field(
+        1.0, description="rife: the flow estimation's scale (0.5 for 4K frames)")
+
+    @model_validator(mode="after")
+    def _one_rate(self) -> "Interpolate":
+        if (self.fps is None) == (self.factor is None):
+            raise ValueError("give exactly one of fps (the new rate) or factor (the multiple of the clip's rate)")
+        return self
+
+    def target(self, fps: int) -> int:
+        """The new rate of a clip made at ``fps``."""
+        return self.fps if self.fps is not None else fps * (self.factor or 1)
+
+
+class Shadow(Strict):
+    """A floor shadow under the person of a clip (``stages/shadow.py``)."""
+
+    opacity: float = Field(0.45, gt=0.0, le=1.0, description="darkness of the shadow where it is densest")
+
+
+def _shadow_switch(v: Any) -> Any:
+    """``shadow: true`` is the seed's shadow; ``false`` none."""
+    if v is True:
+        return {}
+    if v is False:
+        return None
+    return v
+
+
+def _interp_number(v: Any) -> Any:
+    """``interpolate: 2`` is ``{factor: 2}``; ``false`` none."""
+    if v is False:
+        return None
+    if isinstance(v, int) and not isinstance(v, bool):
+        return {"factor": v}
+    return v
+
+
 class VideoStage(SpeedOptions):
     """Wan2.2 image to video with two experts (high-noise, low-noise)."""
 
@@ -237,6 +284,8 @@ class VideoStage(SpeedOptions):
     seed: SpecSeed | None = None
     loras: list[VideoLora] = Field(default_factory=list)
     cache: StepCache | None = Field(None, description="TeaCache step caching; off by default")
+    interpolate: Interpolate | None = Field(None, description="raise the clip's frame rate (off by default)")
+    _interp = field_validator("interpolate", mode="before")(_interp_number)
     block_swap: BlockSwap = Field(0, description="blocks of each expert kept in RAM and streamed in (CUDA; "
                                                   "exact, not keyed)")
 
@@ -263,6 +312,8 @@ class LipsyncStage(SpeedOptions):
     pose_video: str | None = Field(None, description="optional driving pose video")
     loras: list[VideoLora] = Field(default_factory=list)
     cache: StepCache | None = Field(None, description="off by default (quality first)")
+    interpolate: Interpolate | None = Field(None, description="raise the clip's frame rate (off by default)")
+    _interp = field_validator("interpolate", mode="before")(_interp_number)
     block_swap: BlockSwap = Field(0, description="transformer blocks kept in RAM and streamed in (CUDA; "
                                                   "exact, not keyed)")
 
@@ -317,6 +368,12 @@ class AnimateStage(RankOptions):
     block_swap: BlockSwap = Field(0, description="transformer blocks kept in RAM, streamed in")
     cache: StepCache | None = None
     preprocess: Preprocess = Field(default_factory=Preprocess)
+    shadow: Shadow | None = Field(None, description="true (or {opacity}): a floor shadow under the person, "
+                                                    "before interpolation; off by default")
+    interpolate: Interpolate | None = Field(None, description="raise the clip's frame rate (off by default)")
+    _interp = field_validator("interpolate", mode="before")(_interp_number)
+
+    _shadow_switch = field_validator("shadow", mode="before")(_shadow_switch)
 
     _no_prescaled = field_validator("quantize", mode="before")(no_prescaled)
 
@@ -416,6 +473,8 @@ class Assemble(Strict):
     music: Music | None = None
     loudness: Loudness | None = Field(None, description="target integrated LUFS")
     crf: Crf = Field(18)
+    fps: Fps | None = Field(None, description="the video's rate; default: the highest rate of its clips "
+                                              "(defaults.fps unless a clip is interpolated)")
     transition: Transition = Field("cut", description="between scenes: cut or {crossfade: seconds}")
     subtitles: Literal["none", "srt", "burn"] = Field(
         "srt", description="from TTS text: srt writes <name>.srt beside the video, burn also draws them in")

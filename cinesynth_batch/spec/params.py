@@ -12,7 +12,7 @@ left to the stage.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Mapping, TypeVar
+from typing import Annotated, Any, Literal, Mapping, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -212,6 +212,23 @@ class UpscaleParams(StageParams):
     scale: int = Field(2, ge=1)
     tile: int = Field(512, ge=0, description="input tile size, 0: the whole image")
     tile_pad: int = Field(10, ge=0, description="context pixels around each tile")
+
+
+class InterpolateParams(StageParams):
+    """Frame interpolation of a clip (``stages/interpolate.py``): ``fps`` is the new rate (the
+    clip's own is read from it); ``scale`` is used by ``rife`` only."""
+
+    fps: Fps
+    backend: Literal["minterpolate", "rife"] = "minterpolate"
+    scale: Literal[0.25, 0.5, 1.0, 2.0, 4.0] = 1.0
+    crf: Crf = 12
+
+
+class ShadowParams(StageParams):
+    """A floor shadow under the person of a clip (``stages/shadow.py``, ``preprocess/shadow.py``)."""
+
+    opacity: float = Field(0.45, gt=0.0, le=1.0)
+    crf: Crf = 12
 
 
 # --- sources ------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@
   ``lora_adpts/mov/tiny/{motion,camera}.safetensors`` (Wan transformer, original Wan key names).
 * ``RealESRGAN_x2plus.pth``: a tiny x2 RRDBNet in the official checkpoint layout.
 * ``htdemucs/``: a tiny HTDemucs (no transformer layers) as ``htdemucs.yaml`` + safetensors.
+* ``rife-v4.25.safetensors``: a tiny RIFE IFNet (frame interpolation) with the official key names.
 * ``tiny.json``: every component with the sha256 digest of its contents (used as model revisions).
 
 Every weight is drawn from a fixed seed, so two builds give byte-identical files. Each component is
@@ -34,6 +35,7 @@ from typing import Callable
 
 from ...procs import pid_alive
 from .rrdbnet import build_tiny_rrdbnet
+from .rife import TINY_RIFE, build_tiny_rife
 from .animate import build_tiny_animate, write_tiny_animate_lora
 from .demucs import TINY_DEMUCS, build_tiny_demucs
 from .parts import seeded, t5_tokenizer, tiny_umt5
@@ -63,6 +65,7 @@ KINDS = {
     LORA_MOV_MOTION: "lora",
     LORA_MOV_CAMERA: "lora",
     TINY_DEMUCS: "demucs",
+    TINY_RIFE: "rife",
 }
 
 # Weights are drawn from torch's global RNG under fixed seeds: builds in one process take turns.
@@ -464,6 +467,7 @@ def build_tiny(root: Path) -> dict[str, Path]:
             (WAN_S2V, _write_wan_s2v),
             (WAN_ANIMATE, build_tiny_animate),
             (TINY_DEMUCS, build_tiny_demucs),
+            (TINY_RIFE, _file_writer(build_tiny_rife, ".safetensors")),
             *[(f"lora_adpts/mov/{name}.safetensors",
                _file_writer(functools.partial(write_tiny_animate_lora, seed=7100 + i), ".safetensors"))
               for i, name in enumerate(ANIMATE_PRESET_LORAS)],

@@ -1,0 +1,86 @@
+"""Shadow and interpolation as cached stages in a render (specs/examples/postprocess.yaml):
+the final video runs at the interpolated rate with every scene's sound, and an edit re-runs
+exactly the stages that depend on it."""
+
+from __future__ import annotations
+
+import shutil
+
+import av
+import pytest
+
+from cinesynth_batch.execute.render import render
+from cinesynth_batch.execute.session import Session
+from cinesynth_batch.media.video_io import probe
+from projects import new_project
+
+OUT = "outputs/postprocess"
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    spec = new_project(tmp_path_factory.mktemp("post") / "p", "postprocess.yaml")
+    return spec, render(spec, progress=False)
+
+
+def _edited(rendered, tmp_path, old: str, new: str):
+    spec, _ = rendered
+    work = tmp_path / "p"
+    shutil.copytree(spec.parent, work)
+    path = work / spec.name
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    return path
+
+
+def _to_run(spec) -> set[str]:
+    return {st.id for st in Session.open(spec).plan().to_run()}
+
+
+def _audio_packets(path) -> list[bytes]:
+    with av.open(str(path)) as c:
+        return [bytes(p) for p in c.demux(audio=0) if p.size]
+
+
+def test_render_runs_the_post_stages_at_the_new_rate(rendered):
+    spec, result = rendered
+    root = spec.parent
+    assert {"dance.shadow", "dance.interpolate", "fox.interpolate"} <= set(result.outcome.ran)
+    animate = probe(root / OUT / "scenes/dance.mp4")
+    interp = probe(root / OUT / "scenes/dance.interpolated.mp4")
+    assert (animate.fps, interp.fps) == (16.0, 64.0)
+    assert interp.frames == animate.frames * 4
+    # the dancer's clip keeps the reference video's sound through shadow and interpolation
+    assert _audio_packets(root / OUT / "scenes/dance.interpolated.mp4") == _audio_packets(
+        root / OUT / "scenes/dance.mp4")
+    fox = probe(root / OUT / "scenes/fox.interpolated.mp4")
+    assert (fox.fps, fox.frames) == (64.0, 17 * 4)
+    final = probe(root / OUT / "final.mp4")
+    assert final.fps == 64.0 and final.frames == (animate.frames + 17) * 4
+    assert final.audio_codec == "aac"
+    assert result.outcome.meta["dance.interpolate"]["backend"] == "rife"
+    assert result.outcome.meta["fox.interpolate"]["backend"] == "minterpolate"
+
+
+@pytest.mark.parametrize("old,new,expected", [
+    ("interpolate: {fps: 64}", "interpolate: {fps: 48}", {"fox.interpolate", "assemble.final"}),
+    ("interpolate: {fps: 64}", "interpolate: {fps: 64, backend: rife}", {"fox.interpolate", "assemble.final"}),
+    ("interpolate: {factor: 4, backend: rife}", "interpolate: {factor: 4, backend: rife, scale: 0.5}",
+     {"dance.interpolate", "assemble.final"}),
+    ("shadow: true", "shadow: {opacity: 0.3}", {"dance.shadow", "dance.interpolate", "assemble.final"}),
+    ("shadow: true", "shadow: false", {"dance.interpolate", "assemble.final"}),
+])
+def test_an_edit_reruns_exactly_its_dependents(rendered, tmp_path, old, new, expected):
+    assert _to_run(_edited(rendered, tmp_path, old, new)) == expected
+
+
+def test_unchanged_spec_is_all_cached_and_a_rate_edit_renders(rendered, tmp_path):
+    spec, _ = rendered
+    assert _to_run(spec) == set()
+    edited = _edited(rendered, tmp_path, "interpolate: {fps: 64}", "interpolate: {fps: 32}")
+    result = render(edited, progress=False)
+    assert set(result.outcome.ran) == {"fox.interpolate", "assemble.final"}
+    final = probe(edited.parent / OUT / "final.mp4")
+    assert final.fps == 64.0                                   # the highest rate of its clips
+    assert probe(edited.parent / OUT / "scenes/fox.interpolated.mp4").frames == 17 * 2
