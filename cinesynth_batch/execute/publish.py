@@ -63,7 +63,7 @@ def publish(plan: Plan, outcome: Outcome, output_dir: Path, lock_path: Path,
         "summary": outcome.summary(),
         "model_loads": outcome.model_loads,
         "model_swaps": outcome.model_swaps,
-        "memory": memory_table(outcome.memory),
+        "memory": memory_table(outcome.memory, [outcome.meta[n] for n in outcome.ran if n in outcome.meta]),
         "fast_paths": outcome.fast_paths,
         "stages": rows,
         "files": published,
@@ -228,14 +228,19 @@ def _write_lock(plan: Plan, outcome: Outcome, published: dict[str, Any], lock_pa
     new_lock.write(lock_path)
 
 
-def memory_table(ranks: list[dict[str, Any]]) -> dict[str, Any]:
+def memory_table(ranks: list[dict[str, Any]], facts: list[dict[str, Any]] = ()) -> dict[str, Any]:
     """The manifest's ``memory``: one entry per rank (``runner.rank_memory``) and the render's
-    totals (peak GPU memory: the largest of the ranks', None when none ran on CUDA)."""
+    totals (peak GPU memory: the largest of the ranks', None when none ran on CUDA); ``moves`` /
+    ``moved_in_pipelines``: the components the stages that ran moved inside their pipelines
+    (``runtime/placement.py``, from each run's ``facts``) and their bytes, both ways."""
     rows = sorted(ranks, key=lambda r: r["rank"])
     peaks = [r["peak_gpu_bytes"] for r in rows if r.get("peak_gpu_bytes") is not None]
-    totals = {k: sum(r.get(k, 0) for r in rows)
-              for k in ("loads", "swaps", "bytes_moved", "pinned_bytes", "moves", "moved_in_pipelines")}
-    return {"ranks": rows, **totals, "peak_gpu_bytes": max(peaks) if peaks else None}
+    totals = {k: sum(r[k] for r in rows) for k in ("loads", "swaps", "bytes_moved", "pinned_bytes")}
+    moves = [m for f in facts if isinstance(f, dict) and isinstance(f.get("placement"), dict)
+             for m in f["placement"].get("moves", []) if isinstance(m, dict)]
+    return {"ranks": rows, **totals, "moves": len(moves),
+            "moved_in_pipelines": sum(int(m.get("bytes", 0)) for m in moves),
+            "peak_gpu_bytes": max(peaks) if peaks else None}
 
 
 def carry_over(manifest: dict[str, Any], previous: dict[str, Any], nothing_ran: bool) -> None:

@@ -134,8 +134,7 @@ class LocalExecutor(Executor):
             out.model_loads = _since(getattr(residency, "loads", {}), before_loads)
             out.model_swaps = _since(getattr(residency, "swaps", {}), before_swaps)
             if residency is not None:
-                out.memory = [rank_memory(self.placement.rank, self.device, [residency],
-                                          [out.meta[n] for n in out.ran if n in out.meta])]
+                out.memory = [rank_memory(self.placement.rank, self.device, [residency])]
         return out
 
     # -- helpers -------------------------------------------------------------------------------
@@ -379,11 +378,9 @@ def recheck_cached(plan: Plan) -> list[str]:
     return redo
 
 
-def rank_memory(rank: int, device: str, residencies: list[Any], facts: list[dict] | None = None) -> dict[str, Any]:
+def rank_memory(rank: int, device: str, residencies: list[Any]) -> dict[str, Any]:
     """What one rank's models cost in memory and copies: peak GPU memory (None off CUDA), the most
-    pinned host RAM its models held, loads, swaps and the bytes they brought onto the device;
-    ``moves`` / ``moved_in_pipelines``: the components that stages moved inside their pipelines
-    (``runtime/placement.py``, from each run's ``facts``) and their bytes, both directions."""
+    pinned host RAM its models held, loads, swaps and the bytes they brought onto the device."""
     peak = None
     if device.startswith("cuda"):
         import torch
@@ -392,12 +389,9 @@ def rank_memory(rank: int, device: str, residencies: list[Any], facts: list[dict
     def total(counter: str) -> int:
         return sum(sum(getattr(r, counter, {}).values()) for r in residencies)
 
-    moves = [m for f in facts or [] if isinstance(f, dict) and isinstance(f.get("placement"), dict)
-             for m in f["placement"].get("moves", [])]
     return {"rank": rank, "device": device, "peak_gpu_bytes": peak,
             "pinned_bytes": sum(r.pinned_high_water() for r in residencies if hasattr(r, "pinned_high_water")),
-            "loads": total("loads"), "swaps": total("swaps"), "bytes_moved": total("moved"),
-            "moves": len(moves), "moved_in_pipelines": sum(int(m.get("bytes", 0)) for m in moves)}
+            "loads": total("loads"), "swaps": total("swaps"), "bytes_moved": total("moved")}
 
 
 def _since(counts: dict[str, int], before: dict[str, int]) -> dict[str, int]:

@@ -130,7 +130,7 @@ def test_the_move_log_sums_the_bytes_for_the_facts():
                                "swap_experts": True, "bytes_moved": 39, "kept": ["why"]}
 
 
-def test_the_moves_stages_made_inside_their_pipelines_reach_the_rank_totals():
+def test_the_moves_stages_made_inside_their_pipelines_reach_the_memory_totals():
     from types import SimpleNamespace
 
     from cinesynth_batch.execute.publish import memory_table
@@ -138,11 +138,12 @@ def test_the_moves_stages_made_inside_their_pipelines_reach_the_rank_totals():
 
     residency = SimpleNamespace(loads={"video": 1}, swaps={}, moved={"video": 100},
                                 pinned_high_water=lambda: 40)
+    row = rank_memory(0, "cpu", [residency])
+    assert row == {"rank": 0, "device": "cpu", "peak_gpu_bytes": None, "pinned_bytes": 40, "loads": 1,
+                   "swaps": 0, "bytes_moved": 100}
     facts = [{"placement": {"moves": [{"component": "text_encoder", "to": "host", "bytes": 11, "at": "encoded"},
                                       {"component": "transformer_2", "to": "device", "bytes": 28, "at": 3}]}},
-             {"placement": {"moves": []}}, {"frames": 81}]
-    row = rank_memory(0, "cpu", [residency], facts)
-    assert (row["loads"], row["bytes_moved"], row["pinned_bytes"]) == (1, 100, 40)
-    assert (row["moves"], row["moved_in_pipelines"]) == (2, 39)
-    table = memory_table([row, {**row, "rank": 1, "moves": 1, "moved_in_pipelines": 5}])
-    assert (table["moves"], table["moved_in_pipelines"], table["loads"]) == (3, 44, 2)
+             {"placement": {"moves": [{"component": "text_encoder", "to": "host", "bytes": 5, "at": "encoded"}]}},
+             {"frames": 81}]
+    table = memory_table([row, {**row, "rank": 1}], facts)
+    assert (table["moves"], table["moved_in_pipelines"], table["loads"], table["bytes_moved"]) == (3, 44, 2, 200)
