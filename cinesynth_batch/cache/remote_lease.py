@@ -36,7 +36,7 @@ from typing import Iterator
 from .remote import RemoteError, RemoteStore
 
 _HOST = socket.gethostname().replace("_", "-")
-WAIT_S = 0.25
+WAIT_S = 0.1
 
 
 @dataclass

@@ -12,17 +12,19 @@ Each test uses its own prefix of one bucket.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from cinesynth_batch.cache.remote import RemoteStore, open_remote
+from cinesynth_batch.cache.remote import RemoteEntry, RemoteStore, open_remote
 from cinesynth_batch.cache.remote_gc import remote_gc
 from cinesynth_batch.config import CacheSettings
 from cinesynth_batch.execute.render import render
@@ -54,6 +56,14 @@ def endpoint():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def baseline(endpoint, tmp_path_factory):
+    """A render with a local cache only: its key -> digest table, lock and final video."""
+    spec = project(tmp_path_factory.mktemp("baseline") / "p", endpoint, None)
+    render(spec, progress=False)
+    return spec, check_store(spec.parent / ".cinesynth/cache")
 
 
 def remote(endpoint: str, prefix: str) -> RemoteStore:
@@ -140,7 +150,7 @@ render(sys.argv[1], progress=False)
 """
 
 
-def test_a_render_killed_between_upload_and_entry_leaves_nothing_trusted(endpoint, tmp_path):
+def test_a_render_killed_between_upload_and_entry_leaves_nothing_trusted(endpoint, baseline, tmp_path):
     spec = project(tmp_path / "k", endpoint, "killed")
     proc = subprocess.run([sys.executable, "-c", KILL_BEFORE_ENTRY, str(spec)], capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
@@ -153,13 +163,11 @@ def test_a_render_killed_between_upload_and_entry_leaves_nothing_trusted(endpoin
     assert store.hash_object(orphan) == digest                     # whole: checked before the kill
 
     # a partial object where another stage's object will go: what a cut upload would leave
-    base = project(tmp_path / "base", endpoint, None)              # local only: learn the digests
-    render(base, progress=False)
-    local = check_store(base.parent / ".cinesynth/cache")
+    base, local = baseline
     other = next(d for d in local.values() if d != digest)
-    ext = next((base.parent / ".cinesynth/cache/objects" / other[:2]).glob(f"{other}*")).name[64:]
-    whole = (base.parent / ".cinesynth/cache/objects" / other[:2] / f"{other}{ext}").read_bytes()
-    store.fs.pipe_file(store.object_path(other, ext), whole[: len(whole) // 2])
+    whole_path = next((base.parent / ".cinesynth/cache/objects" / other[:2]).glob(f"{other}*"))
+    whole = whole_path.read_bytes()
+    store.fs.pipe_file(store.object_path(other, whole_path.name[64:]), whole[: len(whole) // 2])
 
     reader = project(tmp_path / "r", endpoint, "killed")
     result = render(reader, progress=False)
@@ -206,9 +214,8 @@ def test_remote_gc_keeps_what_a_live_lease_names_until_its_holder_dies(endpoint,
     assert not store.listing("objects") and not store.listing("leases")
 
 
-def test_push_then_pull_round_trip(endpoint, tmp_path):
-    a = project(tmp_path / "a", endpoint, None)                    # local caches, one remote
-    render(a, progress=False)
+def test_push_then_pull_round_trip(endpoint, baseline, tmp_path):
+    a, _ = baseline                                                # a local cache, then a remote
     out = cli("cache", "push", str(a), "--remote", f"s3://{BUCKET}/pp", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("6 entries pushed") and "(6 objects sent)" in out.stdout
@@ -228,3 +235,70 @@ def test_push_then_pull_round_trip(endpoint, tmp_path):
 
     again = cli("cache", "push", str(a), "--remote", f"s3://{BUCKET}/pp", cwd=tmp_path)
     assert again.returncode == 0 and "(0 objects sent)" in again.stdout     # idempotent
+
+
+def test_an_upload_waits_while_a_gc_holds_the_remote(endpoint, tmp_path):
+    """A render names what it uploads in its lease, then waits for a running gc before it sends."""
+    from cinesynth_batch.cache.remote_lease import RemoteLease
+    from cinesynth_batch.cache.shared import send
+    from cinesynth_batch.cache.store import CacheStore
+
+    local = CacheStore(tmp_path / "c")
+    scratch = local.scratch()
+    (scratch / "out.bin").write_bytes(b"payload")
+    entry = local.commit("f" * 64, scratch / "out.bin", ".bin", "n", "image", {})
+    store = remote(endpoint, "wait")
+    store.fs.pipe_file(store.path("gc.lock"), b"a gc")
+    lease = RemoteLease.take(store, 30)
+    sender = threading.Thread(target=send, args=(store, local.object_path(entry.digest, ".bin"), entry, lease))
+    sender.start()
+    try:
+        sender.join(1.0)
+        assert sender.is_alive() and not store.listing("objects") and not store.listing("keys")
+        names = [json.loads(store.fs.cat_file(p)) for p in store.listing("leases") if "/names-" in p]
+        assert any(entry.digest in n["digests"] and entry.key in n["keys"] for n in names)
+    finally:
+        store.remove(store.path("gc.lock"))
+        sender.join(30)
+    assert not sender.is_alive()
+    assert remote_keys(store) == {entry.key: entry.digest}
+    lease.release()
+    assert not store.listing("leases")
+
+
+def test_remote_gc_in_a_loop_beside_a_render(endpoint, baseline, tmp_path):
+    """``gc --max-size 1`` on the remote, over and over while a render uploads to it: the render
+    warns of no damage, publishes the undisturbed bytes and leaves no entry without its object."""
+    base, _ = baseline
+    store = remote(endpoint, "race")
+    for i in range(20):                                            # entries no render uses
+        obj = bytes([i]) * 64
+        digest = hashlib.sha256(obj).hexdigest()
+        store.fs.pipe_file(store.object_path(digest, ".bin"), obj)
+        store.put_entry(RemoteEntry(f"{i:064x}", digest, ".bin", len(obj), f"old{i}", "image", {}))
+    time.sleep(2.5)                                                # older than the render's lease
+    stop = threading.Event()
+    removed = []
+
+    def loop():
+        gc_store = remote(endpoint, "race")
+        while not stop.is_set():
+            removed.append(remote_gc(gc_store, lease_seconds=30, max_size=1)["keys_removed"])
+            stop.wait(0.3)
+
+    collector = threading.Thread(target=loop)
+    collector.start()
+    warnings: list[str] = []
+    try:
+        spec = project(tmp_path / "p", endpoint, "race")
+        result = render(spec, progress=False, warn=warnings.append)
+    finally:
+        stop.set()
+        collector.join()
+    assert set(result.outcome.ran) == STAGES
+    assert not [w for w in warnings if "damaged" in w or "gone" in w or "could not" in w], warnings
+    assert sha(spec.parent / FINAL) == sha(base.parent / FINAL)
+    assert len(removed) > 1 and sum(removed) >= 20                  # the unused entries went
+    left = remote_keys(store)
+    objects = {p.rsplit("/", 1)[-1].split(".")[0] for p in store.listing("objects")}
+    assert set(left.values()) <= objects                           # no entry lost its object

@@ -1,6 +1,5 @@
 """``[cache]`` of cinesynth.toml and ``$CINESYNTH_CACHE``: which store a command opens."""
 
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +18,7 @@ def test_cache_section_is_read_and_checked(tmp_path):
                       ({"endpoint_url": "ftp://h"}, "is not an http(s) URL"),
                       ({"lease_seconds": 0}, "lease_seconds must be a positive number"),
                       ({"secret": "x"}, "unknown key(s) secret")]:
-        with pytest.raises(ConfigError, match=None) as exc:
+        with pytest.raises(ConfigError) as exc:
             ProjectConfig.from_dict(tmp_path, {"cache": bad})
         assert text in exc.value.message
 
