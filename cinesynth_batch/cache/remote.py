@@ -84,8 +84,11 @@ def open_remote(url: str, settings: CacheSettings,
     except ImportError as exc:
         raise RemoteError(f"remote cache '{url}' needs s3fs",
                           hint="pip install 'cinesynth-batch[s3]'") from exc
+    # s3fs retries a failed call itself (5 tries, backing off): botocore retries less under it
     options: dict[str, Any] = {"endpoint_url": settings.endpoint_url, "use_listings_cache": False,
-                               "skip_instance_cache": True}
+                               "skip_instance_cache": True,
+                               "config_kwargs": {"retries": {"max_attempts": 3, "mode": "standard"},
+                                                 "connect_timeout": 10}}
     if settings.region:
         options["client_kwargs"] = {"region_name": settings.region}
     if settings.profile:

@@ -29,12 +29,22 @@ class SharedStore(CacheStore):
         self.remote = remote
         self.lease_seconds = lease_seconds
         self.remote_lease: RemoteLease | None = None
+        self.offline = False        # the remote could not be reached: local store only from now on
         self._depth = 0
 
     def take_lease(self):
         lease = super().take_lease()
-        self.remote_lease = RemoteLease.take(self.remote, self.lease_seconds)
+        try:
+            self.remote_lease = RemoteLease.take(self.remote, self.lease_seconds)
+        except Exception as exc:  # noqa: BLE001 - an unreachable remote must not fail the render
+            self._unreachable(exc)
         return lease
+
+    def _unreachable(self, exc: BaseException) -> None:
+        if not self.offline:
+            self.warn(f"remote cache {self.remote.url} cannot be reached ({type(exc).__name__}: {exc}); "
+                      "using the local cache only")
+        self.offline = True
 
     def release_lease(self) -> None:
         super().release_lease()
@@ -51,15 +61,22 @@ class SharedStore(CacheStore):
                 yield
         finally:
             self._depth -= 1
-            if self._depth == 0 and self.remote_lease is not None:
-                self.remote_lease.flush()
+            if self._depth == 0 and self.remote_lease is not None and not self.offline:
+                try:
+                    self.remote_lease.flush()
+                except Exception as exc:  # noqa: BLE001
+                    self._unreachable(exc)
 
     def lookup(self, key: str) -> Entry | None:
         entry = super().lookup(key)
-        if entry is not None:
+        if entry is not None or self.offline:
             return entry
         with self.guard():
-            found = self.remote.entry(key)
+            try:
+                found = self.remote.entry(key)
+            except Exception as exc:  # noqa: BLE001 - an unreachable remote must not fail the render
+                self._unreachable(exc)
+                return None
             if found is None:
                 return None
             if self.remote_lease is not None:
@@ -67,7 +84,11 @@ class SharedStore(CacheStore):
             tmp = self.scratch()
             try:
                 dest = tmp / f"out{found.ext}"
-                state = self.remote.fetch(found, dest)
+                try:
+                    state = self.remote.fetch(found, dest)
+                except Exception as exc:  # noqa: BLE001
+                    self._unreachable(exc)
+                    return None
                 if state == "damaged":
                     self.found_damaged.add(key)
                     self.remote.drop_damaged(found)
@@ -88,6 +109,8 @@ class SharedStore(CacheStore):
     def share(self, entry: Entry) -> bool:
         """Upload a committed entry's object, then its key entry. False (with a warning) when
         the remote cannot take it: the result stays in the local store."""
+        if self.offline:
+            return False
         try:
             send(self.remote, self.object_path(entry.digest, entry.ext), entry, self.remote_lease)
             return True

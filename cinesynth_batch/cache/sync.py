@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from .remote import RemoteError
 from .shared import SharedStore, send
 from .store import CacheStore
 
@@ -26,6 +27,8 @@ def push(store: SharedStore, keys: Iterable[str] | None = None) -> dict[str, int
     stats = {"pushed": 0, "objects_sent": 0, "missing": 0, "damaged": 0}
     store.take_lease()
     try:
+        if store.offline:
+            raise RemoteError(f"remote cache {store.remote.url} cannot be reached")
         for key in sorted(set(local_keys(store) if keys is None else keys)):
             entry = CacheStore.lookup(store, key)        # the local store only
             if entry is None:
@@ -47,6 +50,8 @@ def pull(store: SharedStore, keys: Iterable[str] | None = None) -> dict[str, int
     stats = {"pulled": 0, "present": 0, "missing": 0, "damaged": 0}
     store.take_lease()
     try:
+        if store.offline:
+            raise RemoteError(f"remote cache {store.remote.url} cannot be reached")
         for key in sorted(set(remote_keys(store) if keys is None else keys)):
             if CacheStore.lookup(store, key) is not None:
                 stats["present"] += 1

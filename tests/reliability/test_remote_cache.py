@@ -197,19 +197,19 @@ def test_remote_gc_keeps_what_a_live_lease_names_until_its_holder_dies(endpoint,
     for digest in (named, loose):                                  # unreferenced objects
         store.fs.pipe_file(store.object_path(digest, ".bin"), b"x")
     time.sleep(1.5)           # older than the lease by more than the server clock's resolution
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, store.url, endpoint, "2", named],
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, store.url, endpoint, "3", named],
                               stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         assert holder.stdout.readline().strip() == "held"
-        stats = remote_gc(store, lease_seconds=2, young_margin_s=0.5)
+        stats = remote_gc(store, lease_seconds=3, young_margin_s=0.5)
         assert stats["objects_removed"] == 1
         assert set(store.listing("objects")) == {store.object_path(named, ".bin")}
         assert len({p.split("/")[3] for p in store.listing("leases")}) == 1     # the live lease stays
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    time.sleep(3)                                   # its lease is no longer renewed: it expires
-    stats = remote_gc(store, lease_seconds=2, young_margin_s=0.5)
+    time.sleep(4)                                   # its lease is no longer renewed: it expires
+    stats = remote_gc(store, lease_seconds=3, young_margin_s=0.5)
     assert stats["objects_removed"] == 1
     assert not store.listing("objects") and not store.listing("leases")
 
@@ -302,3 +302,27 @@ def test_remote_gc_in_a_loop_beside_a_render(endpoint, baseline, tmp_path):
     left = remote_keys(store)
     objects = {p.rsplit("/", 1)[-1].split(".")[0] for p in store.listing("objects")}
     assert set(left.values()) <= objects                           # no entry lost its object
+
+
+def test_an_unreachable_remote_leaves_the_render_on_its_local_cache(tmp_path):
+    """No server at the endpoint: the lease, lookups and commits warn once and go on locally."""
+    import socket
+
+    from cinesynth_batch.cache.shared import SharedStore
+
+    with socket.socket() as s:                      # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    warnings: list[str] = []
+    settings = CacheSettings(endpoint_url=f"http://127.0.0.1:{port}")
+    store = SharedStore(tmp_path / "c", open_remote(f"s3://{BUCKET}/off", settings), 30, warn=warnings.append)
+    store.take_lease()
+    try:
+        scratch = store.scratch()
+        (scratch / "out.bin").write_bytes(b"local")
+        entry = store.commit("e" * 64, scratch / "out.bin", ".bin", "n", "image", {})
+        assert store.lookup(entry.key) == entry and store.lookup("d" * 64) is None
+    finally:
+        store.release_lease()
+    assert store.offline
+    assert len(warnings) == 1 and "cannot be reached" in warnings[0] and "local cache only" in warnings[0]
