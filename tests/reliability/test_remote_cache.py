@@ -326,3 +326,28 @@ def test_an_unreachable_remote_leaves_the_render_on_its_local_cache(tmp_path):
         store.release_lease()
     assert store.offline
     assert len(warnings) == 1 and "cannot be reached" in warnings[0] and "local cache only" in warnings[0]
+
+
+def test_verify_and_gc_of_the_remote_through_the_cli(endpoint, tmp_path):
+    store = remote(endpoint, "cli")
+    good, bad, loose = b"good", b"bad!", b"loose"
+    for key, data in (("1" * 64, good), ("2" * 64, bad)):
+        digest = hashlib.sha256(data).hexdigest()
+        store.fs.pipe_file(store.object_path(digest, ".bin"), data)
+        store.put_entry(RemoteEntry(key, digest, ".bin", len(data), "n", "image", {}))
+    bad_digest = hashlib.sha256(bad).hexdigest()
+    store.fs.pipe_file(store.object_path(bad_digest, ".bin"), b"BAD!")             # damaged in place
+    store.fs.pipe_file(store.object_path(hashlib.sha256(loose).hexdigest(), ".bin"), loose)
+    (tmp_path / "cinesynth.toml").write_text(
+        f'[cache]\nurl = "s3://{BUCKET}/cli"\nendpoint_url = "{endpoint}"\n')
+
+    out = cli("cache", "verify", "--remote", cwd=tmp_path)
+    assert out.returncode == 1 and "3 objects verified, 1 damaged, 0 dangling keys" in out.stdout
+    assert "cinesynth cache verify --repair" in out.stderr
+    out = cli("cache", "verify", "--remote", "--repair", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert set(remote_keys(store)) == {"1" * 64}
+    out = cli("gc", "--remote", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "removed 1 objects and 0 keys" in out.stdout
+    assert set(store.listing("objects")) == {store.object_path(hashlib.sha256(good).hexdigest(), ".bin")}
