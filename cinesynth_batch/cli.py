@@ -341,7 +341,7 @@ def gc(spec: Optional[Path] = typer.Argument(None, help="a spec whose cache to c
 
     def go():
         limit = parse_size(max_size) if max_size else None
-        if remote or _remote_only():
+        if remote or (spec is None and _remote_only()):
             from .cache.remote_gc import remote_gc
 
             store, settings, _, keep = _remote_of(spec, None)
@@ -460,7 +460,7 @@ def cache_verify(spec: Optional[Path] = typer.Argument(None, help="a spec whose 
     Exits 1 when damage is found and --repair is not given."""
 
     def go():
-        if remote or _remote_only():
+        if remote or (spec is None and _remote_only()):
             from .cache.remote_gc import remote_verify
 
             store = _remote_of(spec, None)[0]
