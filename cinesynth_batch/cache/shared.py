@@ -112,7 +112,12 @@ class SharedStore(CacheStore):
         if self.offline:
             return False
         try:
-            send(self.remote, self.object_path(entry.digest, entry.ext), entry, self.remote_lease)
+            lease = self.remote_lease or RemoteLease.take(self.remote, self.lease_seconds)
+            try:
+                send(self.remote, self.object_path(entry.digest, entry.ext), entry, lease)
+            finally:
+                if lease is not self.remote_lease:      # a process that holds no lease (a rank)
+                    lease.release()
             return True
         except Exception as exc:  # noqa: BLE001 - an unreachable remote must not fail the render
             self.warn(f"could not upload {entry.node} ({entry.digest[:12]}) to {self.remote.url}: "
