@@ -367,23 +367,39 @@ def _plain_fallback_warnings() -> None:
 
 @app.command()
 def gc(spec: Optional[Path] = typer.Argument(None, help="a spec whose cache to clean"),
-       max_size: Optional[str] = typer.Option(None, help="shrink the cache to this size, e.g. 20GiB")) -> None:
+       max_size: Optional[str] = typer.Option(None, help="shrink the cache to this size, e.g. 20GiB"),
+       remote: bool = typer.Option(False, "--remote", help="clean the shared remote store "
+                                                           "([cache] url or $CINESYNTH_CACHE)")) -> None:
     """Delete unreferenced cache objects; with --max-size, the oldest entries too.
     What a running render uses is kept."""
     from .catalog.residency import parse_size
 
     def go():
+        limit = parse_size(max_size) if max_size else None
+        if remote or (spec is None and _remote_only()):
+            from .cache.remote_gc import remote_gc
+
+            store, settings, _, keep = _remote_of(spec, None)
+            stats = remote_gc(store, settings.lease_seconds, limit, keep=set(keep or ()))
+            typer.echo(f"{store.url}: removed {stats['objects_removed']} objects and "
+                       f"{stats['keys_removed']} keys, freed {stats['bytes_freed']} bytes")
+            return
         store, keep = _store_of(spec)
         before = store.size()
-        stats = store.gc(parse_size(max_size) if max_size else None, keep=keep)
+        stats = store.gc(limit, keep=keep)
         typer.echo(f"removed {stats['objects_removed']} objects and {stats['keys_removed']} keys, "
                    f"freed {stats['bytes_freed']} bytes ({before} -> {store.size()})")
 
     _guard(go)
 
 
+def _remote_only() -> bool:
+    """``$CINESYNTH_CACHE`` names a remote store (and no spec a local one)."""
+    return os.environ.get("CINESYNTH_CACHE", "").startswith("s3://")
+
+
 def _store_of(spec: Optional[Path]):
-    """The cache of ``spec`` (and the digests its lock names), or $CINESYNTH_CACHE's."""
+    """The local cache of ``spec`` (and the digests its lock names), or $CINESYNTH_CACHE's."""
     from .cache.store import CacheStore
 
     if spec is not None:
@@ -391,21 +407,102 @@ def _store_of(spec: Optional[Path]):
 
         session = Session.open(spec, warn=_err)
         return session.cache, {e.output.get("digest") for e in session.lock().stages.values()}
-    if os.environ.get("CINESYNTH_CACHE"):
+    if os.environ.get("CINESYNTH_CACHE") and not _remote_only():
         return CacheStore(Path(os.environ["CINESYNTH_CACHE"]), warn=_err), set()
     raise CinesynthError("which cache?", hint="name a spec, or set CINESYNTH_CACHE")
+
+
+def _remote_of(spec: Optional[Path], remote_url: Optional[str], keys: bool = False):
+    """The remote store (``remote_url``, else $CINESYNTH_CACHE's or [cache] url), its settings,
+    the spec's local store folder, and what the spec's lock names: output digests, or with
+    ``keys`` its content keys (None: no spec or no lock)."""
+    from .cache.open import cache_settings
+    from .cache.remote import open_remote
+    from .config import ProjectConfig
+
+    if spec is not None:
+        from .execute.session import Session
+
+        session = Session.open(spec, warn=_err)
+        settings = cache_settings(session.loaded.config.cache)
+        local = session.cache.root
+        lock = session.lock()
+        named = {e.key if keys else e.output.get("digest") for e in lock.stages.values()} \
+            if lock.stages else None
+    else:
+        settings = cache_settings(ProjectConfig.load(Path.cwd()).cache)
+        local, named = settings.local, None
+    url = remote_url or settings.url
+    if url is None:
+        raise CinesynthError("which remote cache?",
+                             hint="pass --remote s3://bucket/prefix, or set [cache] url in cinesynth.toml")
+    return open_remote(url, settings, _err), settings, local, named
+
+
+def _shared_of(spec: Optional[Path], remote_url: Optional[str]):
+    """A local store in front of the remote one, and the content keys the spec's lock names."""
+    from .cache.shared import SharedStore
+
+    remote, settings, local, keys = _remote_of(spec, remote_url, keys=True)
+    if local is None:
+        raise CinesynthError("which local cache?",
+                             hint="name a spec, or set [cache] local in cinesynth.toml")
+    return SharedStore(local, remote, settings.lease_seconds, warn=_err), keys
+
+
+@cache_app.command("push")
+def cache_push(spec: Optional[Path] = typer.Argument(None, help="a spec: push what its render.lock names"),
+               remote: Optional[str] = typer.Option(None, help="s3://bucket/prefix (default: [cache] url)"),
+               all_: bool = typer.Option(False, "--all", help="push every local entry")) -> None:
+    """Upload local cache entries to a remote store (objects hashed first, checked on the server
+    before their entries are written)."""
+    from .cache.sync import push
+
+    def go():
+        store, keys = _shared_of(spec, remote)
+        stats = push(store, None if all_ else keys)
+        typer.echo(f"{stats['pushed']} entries pushed to {store.remote.url} ({stats['objects_sent']} objects "
+                   f"sent), {stats['missing']} not in the local cache, {stats['damaged']} damaged")
+        if stats["damaged"]:
+            raise CinesynthError("damaged local objects were not pushed",
+                                 hint="render again to make them, then push")
+
+    _guard(go)
+
+
+@cache_app.command("pull")
+def cache_pull(spec: Optional[Path] = typer.Argument(None, help="a spec: pull what its render.lock names"),
+               remote: Optional[str] = typer.Option(None, help="s3://bucket/prefix (default: [cache] url)"),
+               all_: bool = typer.Option(False, "--all", help="pull every remote entry")) -> None:
+    """Download remote cache entries into the local store (each object hashed on the way)."""
+    from .cache.sync import pull
+
+    def go():
+        store, keys = _shared_of(spec, remote)
+        stats = pull(store, None if all_ else keys)
+        typer.echo(f"{stats['pulled']} entries pulled from {store.remote.url}, {stats['present']} already "
+                   f"here, {stats['missing']} not on the remote, {stats['damaged']} damaged (dropped)")
+
+    _guard(go)
 
 
 @cache_app.command("verify")
 def cache_verify(spec: Optional[Path] = typer.Argument(None, help="a spec whose cache to check"),
                  repair: bool = typer.Option(False, help="drop damaged objects and keys that "
-                                                         "lead nowhere")) -> None:
+                                                         "lead nowhere"),
+                 remote: bool = typer.Option(False, "--remote", help="check the shared remote store")) -> None:
     """Hash every object against its name and check every key's object (like git fsck).
     Exits 1 when damage is found and --repair is not given."""
 
     def go():
-        store, _ = _store_of(spec)
-        stats = store.verify(repair=repair)
+        if remote or (spec is None and _remote_only()):
+            from .cache.remote_gc import remote_verify
+
+            store = _remote_of(spec, None)[0]
+            stats = remote_verify(store, repair=repair)
+        else:
+            store, _ = _store_of(spec)
+            stats = store.verify(repair=repair)
         typer.echo(f"{stats['verified']} objects verified, {stats['damaged']} damaged, "
                    f"{stats['dangling']} dangling keys")
         if stats["damaged"] or stats["dangling"]:

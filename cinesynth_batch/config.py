@@ -15,6 +15,11 @@ scenes = 5000
 
 [subtitles]
 font = "fonts/NotoSansKR-Regular.otf"  # relative to the project root
+
+[cache]
+url = "s3://render-cache/studio"       # a shared remote store (s3:// only); $CINESYNTH_CACHE wins
+endpoint_url = "http://10.0.0.5:8333"  # an S3-compatible server; credentials from the AWS variables
+local = ".cinesynth/cache"             # the local read-through copy (relative to the root)
 ```
 
 Imports no torch.
@@ -78,11 +83,27 @@ class Subtitles:
 
 
 @dataclass(frozen=True)
+class CacheSettings:
+    """Where the cache lives. ``url``: a shared remote store (``s3://bucket/prefix``); ``local``:
+    the local store (with a remote, its read-through copy); None means beside the spec. The
+    endpoint, region and AWS profile are the operator's; credentials come from the standard AWS
+    variables or that profile, never from a spec."""
+
+    url: str | None = None
+    local: Path | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    lease_seconds: float = 600.0        # a remote lease not renewed for this long is a dead render's
+
+
+@dataclass(frozen=True)
 class ProjectConfig:
     root: Path
     trust: Trust = field(default_factory=Trust)
     limits: Limits = field(default_factory=Limits)
     subtitles: Subtitles = field(default_factory=Subtitles)
+    cache: CacheSettings = field(default_factory=CacheSettings)
     file: Path | None = None            # the file read, if any
 
     @classmethod
@@ -105,10 +126,10 @@ class ProjectConfig:
     @classmethod
     def from_dict(cls, root: Path, data: dict[str, Any], path: Path | None = None) -> "ProjectConfig":
         where = str(path or CONFIG_NAME)
-        unknown = set(data) - {"trust", "limits", "subtitles"}
+        unknown = set(data) - {"trust", "limits", "subtitles", "cache"}
         if unknown:
             raise ConfigError(f"{where}: unknown section(s) {', '.join(sorted(unknown))}",
-                              hint="sections: trust, limits, subtitles")
+                              hint="sections: trust, limits, subtitles, cache")
         trust_raw = _section(data, "trust", where)
         paths = _str_list(trust_raw, "allow_paths", where, [])
         hosts = _str_list(trust_raw, "allow_hosts", where, list(DEFAULT_ALLOW_HOSTS))
@@ -127,7 +148,8 @@ class ProjectConfig:
             raise ConfigError(f"{where}: [subtitles] has unknown key(s) {', '.join(sorted(extra))}",
                               hint="keys: font")
         subtitles = Subtitles((root / font).resolve() if font else None)
-        return cls(root=root, trust=trust, limits=limits, subtitles=subtitles, file=path)
+        cache = _cache(_section(data, "cache", where), root, where)
+        return cls(root=root, trust=trust, limits=limits, subtitles=subtitles, cache=cache, file=path)
 
     def with_command_line(self, allow_paths: list[str] | None = None,
                           allow_hosts: list[str] | None = None) -> "ProjectConfig":
@@ -151,6 +173,31 @@ def _str_list(table: dict[str, Any], key: str, where: str, default: list[str]) -
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where}: {key} must be a list of strings")
     return value
+
+
+def _cache(table: dict[str, Any], root: Path, where: str) -> CacheSettings:
+    strings = ("url", "local", "endpoint_url", "region", "profile")
+    extra = set(table) - {*strings, "lease_seconds"}
+    if extra:
+        raise ConfigError(f"{where}: [cache] has unknown key(s) {', '.join(sorted(extra))}",
+                          hint="keys: " + ", ".join((*strings, "lease_seconds")))
+    for key in strings:
+        if key in table and (not isinstance(table[key], str) or not table[key]):
+            raise ConfigError(f"{where}: [cache] {key} must be a non-empty string")
+    url = table.get("url")
+    if url is not None and not url.startswith("s3://"):
+        raise ConfigError(f"{where}: [cache] url '{url}' is not an s3:// URL",
+                          hint="a local cache folder goes in [cache] local")
+    endpoint = table.get("endpoint_url")
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: [cache] endpoint_url '{endpoint}' is not an http(s) URL")
+    lease = table.get("lease_seconds", CacheSettings.lease_seconds)
+    if isinstance(lease, bool) or not isinstance(lease, (int, float)) or lease <= 0:
+        raise ConfigError(f"{where}: [cache] lease_seconds must be a positive number")
+    local = table.get("local")
+    return CacheSettings(url=url, local=(root / local).resolve() if local else None,
+                         endpoint_url=endpoint, region=table.get("region"),
+                         profile=table.get("profile"), lease_seconds=float(lease))
 
 
 def _limits(table: dict[str, Any], where: str) -> Limits:

@@ -62,6 +62,7 @@ class CacheStore:
         self._warn = warn or (lambda msg: None)
         self._counter = itertools.count()
         self.lease: Lease | None = None    # held by a render: what it may read or publish
+        self.found_damaged: set[str] = set()    # keys whose object was found damaged and dropped
 
     def warn(self, message: str) -> None:
         self._warn(message)
@@ -144,6 +145,7 @@ class CacheStore:
         return None
 
     def drop_damaged(self, entry: Entry) -> None:
+        self.found_damaged.add(entry.key)
         self._warn(f"cache object {entry.digest[:12]} for {entry.node} is damaged; "
                    "dropping it, the stage will run again")
         _unlink(self.object_path(entry.digest, entry.ext))
@@ -163,7 +165,11 @@ class CacheStore:
     def commit(self, key: str, produced: Path, ext: str, node: str, kind: str,
                meta: dict[str, Any]) -> Entry:
         """Move a finished file into the store and record it under ``key``."""
-        digest = sha256_file(produced)
+        return self.install(key, produced, sha256_file(produced), ext, node, kind, meta)
+
+    def install(self, key: str, produced: Path, digest: str, ext: str, node: str, kind: str,
+                meta: dict[str, Any]) -> Entry:
+        """``commit`` of a file whose bytes were already hashed to ``digest`` by the caller."""
         size = produced.stat().st_size
         target = self.object_path(digest, ext)
         target.parent.mkdir(parents=True, exist_ok=True)

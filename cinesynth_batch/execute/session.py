@@ -6,12 +6,12 @@ Building a session imports no torch, so ``validate``, ``plan`` and ``status`` st
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..cache.digest import DigestState
+from ..cache.open import cache_settings, open_store
 from ..cache.store import CacheStore
 from ..errors import ModelError, Problems
 from ..catalog.registry import BUILTIN_PROFILES, Registry
@@ -38,9 +38,8 @@ class Session:
     def open(cls, spec_path: str | Path, profile: str | None = None, warn=None,
              allow_paths: list[str] | None = None, allow_hosts: list[str] | None = None) -> "Session":
         loaded, registry = check_spec(spec_path, profile, allow_paths, allow_hosts)
-        cache_root = Path(os.environ["CINESYNTH_CACHE"]) if os.environ.get("CINESYNTH_CACHE") \
-            else loaded.spec_dir / ".cinesynth" / "cache"
-        cache = CacheStore(cache_root, warn=warn)
+        cache = open_store(cache_settings(loaded.config.cache), loaded.spec_dir / ".cinesynth" / "cache",
+                           warn=warn)
         digests = DigestState.open(cache.state_path)
         registry.digests = digests
         output_dir = loaded.output_dir

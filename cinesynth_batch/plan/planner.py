@@ -173,6 +173,7 @@ def make_plan(loaded: LoadedSpec, registry: Registry, cache: CacheStore, lock: L
         stage.reason = explain(lock.stages.get(nid), model, params, inputs, running_up,
                                input_labels(node))
         stage.reason.forced = force
+        stage.reason.damaged = stage.key in cache.found_damaged
     problems.raise_if_any()
     return plan
 
