@@ -23,7 +23,7 @@ from ..errors import CinesynthError
 from ..plan.batch import BatchGraph, merge_plans
 from ..plan.cost import History, plan_costs
 from ..plan.planner import Plan
-from .events import Event, EventBus, JsonLinesSink
+from .events import Event, EventBus, event_sinks
 from .progress import make_progress
 from .publish import DamagedOnPublish
 from .runner import LocalExecutor, Outcome, _describe, _lock_entry, rank_memory, recheck_cached
@@ -72,12 +72,7 @@ def render_dag(specs: list[Path], pool: Any, *, profile: str | None, allow_paths
     finished: dict[int, Finished] = {}
     runs: list[SpecRun] = []
     sessions: list[Session] = []
-    all_sinks: list[Callable[[Event], None]] = list(sinks or [])
-    closers = []
-    if events is not None:
-        sink = JsonLinesSink(events)
-        all_sinks.append(sink)
-        closers.append(sink.close)
+    all_sinks, closers = event_sinks(events, sinks)
     try:
         for i, spec in enumerate(specs):
             try:

@@ -29,7 +29,7 @@ from ..errors import CinesynthError
 from ..plan.cost import plan_costs
 from ..plan.planner import Plan
 from ..plan.reason import Reason
-from .events import Event, EventBus, JsonLinesSink
+from .events import Event, EventBus, event_sinks
 from .parallel import (Options, SplitFacts, Topology, split_facts, stage_degrees,
                        topology_from_env)
 from .progress import RankProgress
@@ -445,12 +445,7 @@ def serve_rank(spec: str | Path, *, profile: str | None, force: bool, events: Pa
     session = Session.open(spec, profile=profile, warn=warn, allow_paths=allow_paths,
                            allow_hosts=allow_hosts)
     plan = session.plan(device=setup.device, dtype=setup.dtype)   # rank 0's seeds are in the lock
-    sinks: list[Callable[[Event], None]] = []
-    closers = []
-    if events is not None:
-        sink = JsonLinesSink(events)
-        sinks.append(sink)
-        closers.append(sink.close)
+    sinks, closers = event_sinks(events)
     if progress:
         sinks.append(RankProgress(setup.rank))
     bus = EventBus(sinks, rank=setup.rank)

@@ -58,6 +58,19 @@ class JsonLinesSink:
         self._f.close()
 
 
+def event_sinks(events: Path | None, sinks: list[Callable[[Event], None]] | None = None,
+                progress_steps: bool = True):
+    """``(sinks, closers)``: the given sinks, plus a JSON-lines file at ``events`` when asked
+    (its ``close`` among the closers)."""
+    all_sinks: list[Callable[[Event], None]] = list(sinks or [])
+    closers: list[Callable[[], None]] = []
+    if events is not None:
+        sink = JsonLinesSink(events, progress_steps)
+        all_sinks.append(sink)
+        closers.append(sink.close)
+    return all_sinks, closers
+
+
 class EventBus:
     def __init__(self, sinks: list[Callable[[Event], None]] | None = None, rank: int = 0):
         self.sinks = list(sinks or [])

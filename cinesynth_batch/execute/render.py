@@ -11,7 +11,7 @@ from ..catalog.budget import MemoryRequest
 from ..errors import RenderError
 from ..plan.planner import Plan
 from ..plan.reason import Reason
-from .events import Event, EventBus, JsonLinesSink
+from .events import Event, EventBus, event_sinks
 from .progress import make_progress
 from .publish import DamagedOnPublish
 from .runner import DryRunExecutor, Executor, LocalExecutor, Outcome
@@ -81,12 +81,7 @@ def _run(session: Session, plan: Plan, started: float, executor: Executor, dry_r
          last: bool):
     """One pass: execute and publish. Returns (result, None), or (None, error) when an object
     turned out damaged while being published and another pass can make it again."""
-    all_sinks: list[Callable[[Event], None]] = list(sinks or [])
-    closers = []
-    if events is not None:
-        sink = JsonLinesSink(events)
-        all_sinks.append(sink)
-        closers.append(sink.close)
+    all_sinks, closers = event_sinks(events, sinks)
     if not dry_run:
         display = make_progress(len(plan.to_run()), enabled=progress)
         all_sinks.append(display)
