@@ -10,3 +10,4 @@ python3 block_profile.py --sizes 480p,720p --reps 9
 python3 swap_budget.py
 python3 stages.py
 python3 e2e_recipe.py
+python3 two_pass.py

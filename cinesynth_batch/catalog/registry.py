@@ -37,14 +37,14 @@ from .shapes import ShapesSource
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 #: What the tiny builders make. Give it a new value whenever a builder's output changes.
-TINY_REVISION = "tiny-5c41b85ddf2cddcf"
+TINY_REVISION = "tiny-bf82d448277cdb7a"
 #: The package files the tiny models are built from (relative to the package).
 TINY_SOURCES = ("catalog/tiny/build.py", "catalog/tiny/rrdbnet.py", "catalog/tiny/animate.py",
                 "catalog/tiny/s2v.py", "catalog/tiny/demucs.py", "catalog/tiny/parts.py",
                 "models/rrdbnet.py", "models/s2v/transformer.py", "models/s2v/components.py",
                 "models/separation.py", "tts/qwen_tiny.py", "catalog/tiny/rife.py", "models/rife.py")
 #: ``tiny_sources_digest()`` of the sources ``TINY_REVISION`` was checked against.
-TINY_SOURCES_DIGEST = "ea31af91faf707423638af2d07bb22ac2012dad1e637223aeef699c656260217"
+TINY_SOURCES_DIGEST = "bf82d448277cdb7a6338a0649e38c8341e277827e2d8123ae51aa3a00b2229c5"
 #: What the shapes builders make (architectures, dtypes, weight draws). New value when it changes.
 SHAPES_REVISION = "shapes-3f6c1a2e9b8d4c70"
 #: The package files the shapes models are built from (relative to the package).
@@ -53,7 +53,7 @@ SHAPES_SOURCES = ("catalog/shapes/__init__.py", "catalog/shapes/configs.py", "ca
                   "models/rrdbnet.py", "models/s2v/transformer.py", "models/s2v/components.py",
                   "models/s2v/pipeline.py")
 #: ``shapes_sources_digest()`` of the sources ``SHAPES_REVISION`` was checked against.
-SHAPES_SOURCES_DIGEST = "09933cfe8ef9f144ca1d8680b361cd8b970162dda7aca5db340ebaa8f25c1e9e"
+SHAPES_SOURCES_DIGEST = "944e9d36470725c19e9121d4f7db7350151475b2e9cbac22d3ea029c5dd5585e"
 #: The profiles that ship with the package (any other profile is a models file).
 BUILTIN_PROFILES = ("tiny", "production", "shapes")
 SMALL_FILE = 1 << 20

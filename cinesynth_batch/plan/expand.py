@@ -94,34 +94,94 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, s
 
     vid = scene.video
     vw, vh = m.parse_resolution(vid.resolution) if vid.resolution else (width, height)
-    start = source_input(graph, loaded, vid.image, ("scenes", index, "video", "image")) if vid.image else still
+    at = ("scenes", index, "video")
     base_seed = _seed(vid.seed, scene, spec)
+    extra = {"cache": _cache_params(vid.cache)} if _cache_params(vid.cache) else {}
+    two_pass = _two_pass_param(loaded, at, vid, vw, vh)
+    if two_pass is not None:
+        extra["two_pass"] = two_pass
+    if vid.keyframes:
+        return "video", _post_nodes(graph, loaded, index, scene, "video",
+                                    _keyframe_clips(graph, loaded, at, scene, (vw, vh), base_seed, extra, seed_for))
+    start = source_input(graph, loaded, vid.image, (*at, "image")) if vid.image else still
     segments: list[NodeInput] = []
     for k in range(1, vid.segments + 1):
         node_id = f"{sid}.video" if vid.segments == 1 else f"{sid}.video.{k}"
         seed = base_seed + k - 1 if base_seed >= 0 else seed_for(node_id)
         inputs: dict = {"image": start} if k == 1 else {"prev": segments[-1]}
-        extra = {"cache": _cache_params(vid.cache)} if _cache_params(vid.cache) else {}
         if k == vid.segments and vid.last_image:
-            inputs["last_image"] = source_input(graph, loaded, vid.last_image,
-                                                ("scenes", index, "video", "last_image"))
-        graph.add(StageNode(
-            id=node_id, kind="video", scene=sid, model_role="video",
-            params={
-                "prompt": vid.prompt, "negative_prompt": vid.negative_prompt, "frames": vid.frames,
-                "steps": vid.steps, "guidance": vid.guidance,
-                "guidance_2": vid.guidance if vid.guidance_2 is None else vid.guidance_2,
-                "shift": vid.shift, "boundary": vid.boundary, "scheduler": vid.scheduler,
-                "width": vw, "height": vh, "fps": spec.defaults.fps, "seed": seed,
-                "loras": [{"name": lo.name, "high": lo.high, "low": lo.low} for lo in vid.loras],
-                **extra, **_quantize_param(vid),
-            },
-            inputs=inputs, loras=tuple((lo.name, "mov") for lo in vid.loras),
-            runtime={**_speed_runtime(vid), **_chain_runtime(k, vid.segments)},
-            publish=f"scenes/{sid}.mp4" if vid.segments == 1 else f"scenes/{sid}.{k}.mp4",
-            where=loaded.where("scenes", index, "video"), parallel=vid.parallel))
+            inputs["last_image"] = source_input(graph, loaded, vid.last_image, (*at, "last_image"))
+        graph.add(_video_node(loaded, at, scene, node_id, inputs, (vw, vh), vid.frames, seed, extra,
+                              _chain_runtime(k, vid.segments),
+                              f"scenes/{sid}.mp4" if vid.segments == 1 else f"scenes/{sid}.{k}.mp4"))
         segments.append(NodeInput(node_id))
     return "video", _post_nodes(graph, loaded, index, scene, "video", tuple(segments))
+
+
+def _video_node(loaded: LoadedSpec, at: tuple, scene: m.Scene, node_id: str, inputs: dict,
+                size: tuple[int, int], frames: int, seed: int, extra: dict, chain: dict,
+                publish: str) -> StageNode:
+    """One Wan I2V clip of ``scene.video``: a segment of a chain, or a keyframe pair's clip."""
+    vid = scene.video
+    assert vid is not None
+    return StageNode(
+        id=node_id, kind="video", scene=scene.id, model_role="video",
+        params={
+            "prompt": vid.prompt, "negative_prompt": vid.negative_prompt, "frames": frames,
+            "steps": vid.steps, "guidance": vid.guidance,
+            "guidance_2": vid.guidance if vid.guidance_2 is None else vid.guidance_2,
+            "shift": vid.shift, "boundary": vid.boundary, "scheduler": vid.scheduler,
+            "width": size[0], "height": size[1], "fps": loaded.spec.defaults.fps, "seed": seed,
+            "loras": [{"name": lo.name, "high": lo.high, "low": lo.low} for lo in vid.loras],
+            **extra, **_quantize_param(vid),
+        },
+        inputs=inputs, loras=tuple((lo.name, "mov") for lo in vid.loras),
+        runtime={**_speed_runtime(vid), **chain}, publish=publish,
+        where=loaded.where(*at), parallel=vid.parallel)
+
+
+def _keyframe_clips(graph: Graph, loaded: LoadedSpec, at: tuple, scene: m.Scene, size: tuple[int, int],
+                    base_seed: int, extra: dict, seed_for: SeedSource) -> tuple[NodeInput, ...]:
+    """One first-last-frame clip per consecutive pair of ``video.keyframes`` (``<scene>.video.<k>``;
+    with ``loop`` a last one from the last keyframe back to the first). A clip takes only its two
+    keyframes, so a changed keyframe re-runs the clips that touch it; ``assemble`` drops the first
+    frame of every clip after the first (it repeats the previous clip's last keyframe)."""
+    vid = scene.video
+    assert vid is not None and vid.keyframes
+    images = [source_input(graph, loaded, ref, (*at, "keyframes", i)) for i, ref in enumerate(vid.keyframes)]
+    lengths = vid.clip_lengths()
+    clips: list[NodeInput] = []
+    for k, frames in enumerate(lengths, start=1):
+        node_id = f"{scene.id}.video.{k}"
+        seed = base_seed + k - 1 if base_seed >= 0 else seed_for(node_id)
+        inputs = {"image": images[k - 1], "last_image": images[k % len(images)]}
+        graph.add(_video_node(loaded, at, scene, node_id, inputs, size, frames, seed, extra,
+                              _chain_runtime(k, len(lengths)), f"scenes/{scene.id}.{k}.mp4"))
+        clips.append(NodeInput(node_id))
+    return tuple(clips)
+
+
+def _two_pass_param(loaded: LoadedSpec, at: tuple, stage: m.VideoStage, width: int, height: int) -> dict | None:
+    """``two_pass`` as a clip's params: the base size and the high-noise expert's steps (keyed
+    only when set, so a clip without it keeps its key)."""
+    tp = stage.two_pass
+    if tp is None:
+        return None
+    from ..errors import Problem, SpecError
+
+    loc = (*at, "two_pass")
+    bw, bh = tp.base_size(width, height)
+    problem = None
+    if tp.base_width is not None and tp.scale is not None and abs(tp.base_width * tp.scale - width) > 0.5:
+        problem = (f"two_pass: base_width {tp.base_width} x scale {tp.scale:g} is {tp.base_width * tp.scale:g}, "
+                   f"not the clip's width {width}", "give one of base_width and scale, or make them agree")
+    elif bw >= width or bh >= height:
+        problem = (f"two_pass: the base size {bw}x{bh} is not smaller than the clip's {width}x{height}",
+                   "lower base_width or raise scale")
+    if problem is not None:
+        raise SpecError([Problem(problem[0], loaded.where(*loc), loaded.path_text(*loc), problem[1])])
+    return {"base_width": bw, "base_height": bh,
+            "high_steps": tp.high_steps if tp.high_steps is not None else stage.steps // 2}
 
 
 def _post_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, field: str,

@@ -89,6 +89,8 @@ def _download_node(graph: Graph, loaded: LoadedSpec, url: str, loc: tuple) -> No
 def _frame_node(graph: Graph, loaded: LoadedSpec, frame: m.FrameFrom, loc: tuple) -> NodeInput:
     sid = _scene_id(loaded, loc)
     field = next(p for p in reversed(loc) if isinstance(p, str))
+    if isinstance(loc[-1], int):            # an item of a list (keyframes): its place, from 1
+        field = f"{field}_{loc[-1] + 1}"
     node_id = f"{sid}.{field}_frame"
     graph.add(StageNode(
         id=node_id, kind="extract_frame", scene=sid, params={"at": frame.at},

@@ -16,7 +16,7 @@ from . import trust as t
 from .rules import RES_RE
 from .yamlpos import LDict, format_path, locate
 
-FRAME_KEYS = ("frames", "infer_frames", "frame_window", "max_frames")
+FRAME_KEYS = ("frames", "infer_frames", "frame_window", "max_frames", "lengths")
 SECOND_KEYS = ("duration", "start", "end", "at", "crossfade")
 TEXT_KEYS = ("prompt", "negative_prompt", "text", "instruct")
 NAME_KEYS = ("id", "project", "name", "preset")

@@ -494,6 +494,9 @@ def check_semantics(data: LDict, sources: list[int], spec_dir: Path, root: Path,
         if isinstance(video, dict):
             check_file(video.get("image"), ("scenes", i, "video", "image"), "image")
             check_file(video.get("last_image"), ("scenes", i, "video", "last_image"), "image")
+            keyframes = video.get("keyframes")
+            for k, keyframe in enumerate(keyframes if isinstance(keyframes, list) else []):
+                check_file(keyframe, ("scenes", i, "video", "keyframes", k), "keyframe")
         if isinstance(scene.get("audio"), dict):
             check_file(scene["audio"], ("scenes", i, "audio"), "audio file")
         lipsync = scene.get("lipsync")

@@ -263,6 +263,42 @@ def _interp_number(v: Any) -> Any:
     return v
 
 
+MAX_KEYFRAMES = 64
+
+
+class TwoPass(Strict):
+    """The two-resolution expert hand-off: the high-noise expert's steps at a reduced size, the
+    latent upscaled through the VAE (decode, resize, encode), the low-noise expert's steps at the
+    stage's full size."""
+
+    base_width: Size | None = Field(None, description="width of the first pass (its height keeps the "
+                                                      "clip's aspect, rounded to 16); e.g. 288")
+    scale: float | None = Field(None, gt=1.0, le=8.0, description="full size / base size, e.g. 2.5 "
+                                                                  "(720x1280 from 288x512)")
+    high_steps: Steps | None = Field(None, description="steps the high-noise expert takes at the base "
+                                                       "size; default: half of steps")
+
+    @model_validator(mode="after")
+    def _a_size(self) -> "TwoPass":
+        if self.base_width is None and self.scale is None:
+            raise ValueError("give base_width (e.g. 288) or scale (e.g. 2.5), or both")
+        return self
+
+    def base_size(self, width: int, height: int) -> tuple[int, int]:
+        """The first pass's (width, height) for a clip of ``width`` x ``height``."""
+        bw = self.base_width if self.base_width is not None else _round16(width / (self.scale or 1.0))
+        return bw, _round16(bw * height / width)
+
+
+def _round16(v: float) -> int:
+    return max(16, 16 * round(v / 16))
+
+
+def _lengths(v: Any) -> Any:
+    """``lengths: 33`` is one length for every clip."""
+    return [v] if isinstance(v, int) and not isinstance(v, bool) else v
+
+
 class VideoStage(SpeedOptions):
     """Wan2.2 image to video with two experts (high-noise, low-noise)."""
 
@@ -281,6 +317,15 @@ class VideoStage(SpeedOptions):
     boundary: Boundary = Field(0.9, description="expert switch, as a fraction of timesteps")
     scheduler: Scheduler = "unipc"
     segments: int = Field(1, ge=1, description="chained clips, each starting from the last frame")
+    keyframes: list[ImageRef] | None = Field(
+        None, min_length=2, max_length=MAX_KEYFRAMES,
+        description="images the clip passes through: one first-last-frame clip per consecutive pair")
+    loop: bool = Field(False, description="keyframes: one more clip, from the last keyframe back to the first")
+    lengths: list[Frames] | None = Field(None, description="keyframes: frames of each clip (4k+1), one "
+                                                           "number for all; default: frames")
+    _lengths = field_validator("lengths", mode="before")(_lengths)
+    two_pass: TwoPass | None = Field(None, description="high-noise steps at a reduced size, then the "
+                                                       "latent upscaled and the low-noise steps at full size")
     seed: SpecSeed | None = None
     loras: list[VideoLora] = Field(default_factory=list)
     cache: StepCache | None = Field(None, description="TeaCache step caching; off by default")
@@ -288,6 +333,43 @@ class VideoStage(SpeedOptions):
     _interp = field_validator("interpolate", mode="before")(_interp_number)
     block_swap: BlockSwap = Field(0, description="blocks of each expert kept in RAM and streamed in (CUDA; "
                                                   "exact, not keyed)")
+
+    @model_validator(mode="after")
+    def _chain(self) -> "VideoStage":
+        if self.keyframes is not None:
+            clashes = [k for k in ("image", "last_image") if getattr(self, k) is not None]
+            if self.segments != 1:
+                clashes.append("segments")
+            if clashes:
+                raise ValueError(f"keyframes make the clips; remove {' and '.join(clashes)}")
+            if self.lengths is not None and len(self.lengths) not in (1, self.clip_count()):
+                raise ValueError(f"lengths has {len(self.lengths)} values for {self.clip_count()} clips "
+                                 f"({len(self.keyframes)} keyframes, loop {str(self.loop).lower()}): give one "
+                                 f"number or {self.clip_count()}")
+        elif self.lengths is not None or self.loop:
+            raise ValueError("lengths and loop belong to keyframes: add keyframes, or remove them")
+        if self.two_pass is not None:
+            if self.scheduler != "euler":
+                raise ValueError("two_pass runs the flow-match Euler sampler: set scheduler: euler")
+            if self.cache is not None and self.cache.kind != "none":
+                raise ValueError("two_pass cannot take a step cache: remove cache")
+            high = self.two_pass.high_steps
+            if high is not None and high >= self.steps:
+                raise ValueError(f"two_pass.high_steps {high} leaves no step for the low-noise expert "
+                                 f"(steps is {self.steps})")
+            if self.steps < 2:
+                raise ValueError("two_pass needs at least 2 steps (one for each expert)")
+        return self
+
+    def clip_count(self) -> int:
+        """keyframes: clips made (N when looping, else N-1)."""
+        n = len(self.keyframes or ())
+        return n if self.loop else n - 1
+
+    def clip_lengths(self) -> list[int]:
+        """keyframes: the frames of each clip."""
+        lengths = self.lengths or [self.frames]
+        return lengths * self.clip_count() if len(lengths) == 1 else list(lengths)
 
 
 class LipsyncStage(SpeedOptions):
@@ -441,7 +523,7 @@ class Scene(Strict):
                              "(split it in several scenes)")
         if self.animate is not None and self.animate.character is None and self.image is None:
             raise ValueError("animate has no character: add an 'image' stage or set animate.character")
-        if self.video is not None and self.video.image is None and self.image is None:
+        if self.video is not None and self.video.image is None and self.image is None and not self.video.keyframes:
             raise ValueError("video has no start image: add an 'image' stage or set video.image")
         if self.lipsync is not None and self.lipsync.avatar is None and self.image is None:
             raise ValueError("lipsync has no avatar: add an 'image' stage or set lipsync.avatar")

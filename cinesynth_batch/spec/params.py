@@ -91,6 +91,15 @@ class WanSpeed(StageParams):
                 "quantize": self.quantize, "block_swap": self.block_swap}
 
 
+class TwoPassParams(StageParams):
+    """The two-resolution hand-off of a Wan I2V clip: the high-noise expert's ``high_steps`` at
+    ``base_width`` x ``base_height``, then the rest at the clip's size."""
+
+    base_width: Size
+    base_height: Size
+    high_steps: Steps
+
+
 class VideoParams(WanSpeed):
     """Wan2.2 I2V, one segment (``stages/video.py``)."""
 
@@ -109,6 +118,24 @@ class VideoParams(WanSpeed):
     fps: Fps
     seed: Seed
     loras: list[VideoLoraParams] = Field(default_factory=list)
+    two_pass: TwoPassParams | None = None
+
+    @model_validator(mode="after")
+    def _two_pass(self) -> "VideoParams":
+        tp = self.two_pass
+        if tp is None:
+            return self
+        if self.scheduler != "euler":
+            raise ValueError("two_pass runs the flow-match Euler sampler: set scheduler: euler")
+        if self.cache is not None and self.cache.kind != "none":
+            raise ValueError("two_pass cannot take a step cache")
+        if not 1 <= tp.high_steps < self.steps:
+            raise ValueError(f"two_pass.high_steps {tp.high_steps} must leave the low-noise expert a step "
+                             f"(steps is {self.steps})")
+        if tp.base_width >= self.width or tp.base_height >= self.height:
+            raise ValueError(f"two_pass base size {tp.base_width}x{tp.base_height} is not smaller than "
+                             f"{self.width}x{self.height}")
+        return self
 
 
 class LipsyncParams(WanSpeed):

@@ -4,6 +4,10 @@ params: ``prompt``, ``negative_prompt``, ``frames`` (4k+1), ``steps``, ``guidanc
 expert), ``guidance_2`` (low-noise expert), ``shift``, ``boundary``, ``scheduler`` (``"unipc"`` or
 ``"euler"``), ``width``, ``height``, ``fps``, ``seed``, ``loras`` (``[{name, high, low}]``).
 
+``two_pass`` (``{base_width, base_height, high_steps}``, keyed when set): the high-noise expert's
+first ``high_steps`` at the base size, the latent upscaled through the VAE, the low-noise expert's
+steps at ``width`` x ``height`` (``runtime/two_pass.py``; Euler only).
+
 ``quantize`` (``fp8`` / ``fp8_e4m3fn``, keyed). runtime (not keyed): ``attention``, ``compile``,
 ``block_swap`` (see ``runtime/accel.py``), and ``segment``, ``segments`` for a clip chained from
 several segments (this one's place, for progress events).
@@ -68,6 +72,7 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
         "fps": p.fps,
         "seed": p.seed,
         "loras": params.get("loras") or [],
+        "two_pass": p.two_pass.model_dump() if p.two_pass is not None else None,
         **p.speed(),
     }
 
@@ -221,12 +226,22 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
 
     total = p["steps"]
     where = segment_of(params)
-    plan = plan_for(pipe, ctx, p["steps"], p["boundary"], make_scheduler(pipe, p["scheduler"], p["shift"]))
+    two_pass = p["two_pass"]
+    boundary = p["boundary"]
+    if two_pass is not None:
+        from ..runtime.two_pass import schedule, split_boundary
+
+        boundary = split_boundary(schedule(pipe.scheduler, total)[0], two_pass["high_steps"],
+                                  pipe.scheduler.config.num_train_timesteps)
+    plan = plan_for(pipe, ctx, p["steps"], boundary, make_scheduler(pipe, p["scheduler"], p["shift"]))
     moves = MoveLog()
 
+    def after_step(i: int) -> None:
+        carry_out(pipe, plan.at(i), ctx.device, moves)
+        ctx.progress(i, total, **step_in_segment(where, i, total))
+
     def on_step_end(_pipe, i, _t, _kwargs):
-        carry_out(pipe, plan.at(i + 1), ctx.device, moves)
-        ctx.progress(i + 1, total, **step_in_segment(where, i + 1, total))
+        after_step(i + 1)
         return {}
 
     handle = None
@@ -243,33 +258,59 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
             prompt_embeds, negative_embeds = encode_prompts(pipe, p["prompt"], p["negative_prompt"], p["guidance"])
             carry_out(pipe, plan.at("encoded"), ctx.device, moves)
             carry_out(pipe, plan.at(0), ctx.device, moves)
-            result = pipe(
-                image=first,
-                last_image=last,
-                prompt_embeds=prompt_embeds,
-                negative_prompt_embeds=negative_embeds,
-                height=p["height"],
-                width=p["width"],
-                num_frames=p["frames"],
-                num_inference_steps=p["steps"],
-                guidance_scale=p["guidance"],
-                guidance_scale_2=p["guidance_2"],
-                generator=torch.Generator("cpu").manual_seed(p["seed"]),
-                output_type="np",
-                callback_on_step_end=on_step_end,
-            )
+            if two_pass is not None:
+                frames = _two_pass(pipe, p, first, last, prompt_embeds, negative_embeds, after_step)
+            else:
+                frames = pipe(
+                    image=first,
+                    last_image=last,
+                    prompt_embeds=prompt_embeds,
+                    negative_prompt_embeds=negative_embeds,
+                    height=p["height"],
+                    width=p["width"],
+                    num_frames=p["frames"],
+                    num_inference_steps=p["steps"],
+                    guidance_scale=p["guidance"],
+                    guidance_scale_2=p["guidance_2"],
+                    generator=torch.Generator("cpu").manual_seed(p["seed"]),
+                    output_type="np",
+                    callback_on_step_end=on_step_end,
+                ).frames
         stats = handle.stats() if handle is not None else None
     finally:
         if handle is not None:
             handle.remove()
-    frames = to_uint8(result.frames)
+    frames = to_uint8(frames)
     if frames.shape[0] != p["frames"]:
         raise StageError(f"video: the pipeline returned {frames.shape[0]} frames, expected {p['frames']}")
     write_video(frames, out, fps=p["fps"])
     meta = {"frames": int(frames.shape[0]), "width": int(frames.shape[2]), "height": int(frames.shape[1]),
             "fps": p["fps"], "speed": speed, "placement": moves.facts(plan)}
+    if two_pass is not None:
+        meta["two_pass"] = {"base": [two_pass["base_width"], two_pass["base_height"]],
+                            "high_steps": two_pass["high_steps"]}
     if fell:
         meta["fell_back"] = fell
     if stats is not None:
         meta["cache"] = stats
     return meta
+
+
+def _two_pass(pipe: Any, p: dict[str, Any], first, last, prompt_embeds, negative_embeds, after_step):
+    """The clip through ``runtime/two_pass.py``: high-noise steps at the base size, low-noise
+    steps at the full size."""
+    import torch
+
+    from ..runtime.two_pass import TwoPassPlan, run_two_pass
+
+    tp = p["two_pass"]
+    plan = TwoPassPlan(steps=p["steps"], high_steps=tp["high_steps"], base=(tp["base_width"], tp["base_height"]),
+                       full=(p["width"], p["height"]))
+
+    def images(width: int, height: int):
+        return fit_image(first, width, height), (fit_image(last, width, height) if last is not None else None)
+
+    call = {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds,
+            "guidance_scale": p["guidance"], "guidance_scale_2": p["guidance_2"]}
+    with torch.no_grad():
+        return run_two_pass(pipe, plan, images, frames=p["frames"], seed=p["seed"], call=call, on_step=after_step)

@@ -8,7 +8,9 @@
 * ``wan2.2-i2v/``: a ``WanImageToVideoPipeline`` folder in the Wan2.2-I2V-A14B layout (two experts
   ``transformer``/``transformer_2``, ``boundary_ratio`` 0.9, no image encoder).
 * ``lora_adpts/img/tiny/style.safetensors`` (Flux2 transformer, diffusers key names) and
-  ``lora_adpts/mov/tiny/{motion,camera}.safetensors`` (Wan transformer, original Wan key names).
+  ``lora_adpts/mov/tiny/{motion,camera}.safetensors`` (Wan transformer, original Wan key names),
+  plus stand-ins under the names the presets' LoRAs carry (``ANIMATE_PRESET_LORAS``,
+  ``FFLF_PRESET_LORAS``).
 * ``RealESRGAN_x2plus.pth``: a tiny x2 RRDBNet in the official checkpoint layout.
 * ``htdemucs/``: a tiny HTDemucs (no transformer layers) as ``htdemucs.yaml`` + safetensors.
 * ``rife-v4.25.safetensors``: a tiny RIFE IFNet (frame interpolation) with the official key names.
@@ -49,6 +51,10 @@ WAN_ANIMATE = "wan2.2-animate"
 ANIMATE_PRESET_LORAS = ("lightx2v_elite_it2v_animate_face", "WAN22_MoCap_fullbodyCOPY_ED",
                         "Wan2.2-Fun-A14B-InP-Fusion-Elite", "FullDynamic_Ultimate_Fusion_Elite",
                         "WanAnimate_relight_lora_fp16")
+# Tiny stand-ins, under the same names, for the Wan I2V LoRAs of presets/fflf_auto_loop_v2.yaml.
+FFLF_PRESET_LORAS = ("Wan_2_2_I2V_A14B_HIGH_lightx2v_4step_lora_v1030_rank_64_bf16",
+                     "wan2.2_i2v_A14b_low_noise_lora_rank64_lightx2v_4step_1022",
+                     "Wan2.2-Fun-A14B-InP-low-noise-HPS2.1")
 LORA_ROOT = "lora_adpts"
 LORA_IMG_STYLE = "lora_adpts/img/tiny/style.safetensors"
 LORA_MOV_MOTION = "lora_adpts/mov/tiny/motion.safetensors"
@@ -394,6 +400,9 @@ def _write_wan_lora(dst: Path, seed: int, modules: list[str]) -> None:
     save_file(sd, str(dst), metadata={"format": "pt"})
 
 
+_FFLF_LORA_MODULES = ["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "ffn.0", "ffn.2"]
+
+
 def _write_motion_lora(dst: Path) -> None:
     _write_wan_lora(dst, 3002, ["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "ffn.0", "ffn.2"])
 
@@ -471,6 +480,10 @@ def build_tiny(root: Path) -> dict[str, Path]:
             *[(f"lora_adpts/mov/{name}.safetensors",
                _file_writer(functools.partial(write_tiny_animate_lora, seed=7100 + i), ".safetensors"))
               for i, name in enumerate(ANIMATE_PRESET_LORAS)],
+            *[(f"lora_adpts/mov/{name}.safetensors",
+               _file_writer(functools.partial(_write_wan_lora, seed=7200 + i, modules=_FFLF_LORA_MODULES),
+                            ".safetensors"))
+              for i, name in enumerate(FFLF_PRESET_LORAS)],
         ]
 
         built = False
