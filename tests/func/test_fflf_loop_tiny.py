@@ -93,3 +93,29 @@ def test_an_open_chain_keeps_its_clips_and_drops_the_return(rendered, tmp_path):
     result = render(edited, progress=False)
     assert set(result.outcome.ran) == {"loop.interpolate", "assemble.final"}
     assert probe(edited.parent / OUT / "final.mp4").frames == (33 + 37 + 33 - 2) * 2
+
+
+def test_the_join_drops_each_later_clips_first_frame(rendered, tmp_path):
+    """Without the interpolation the scene is the clips themselves: clip 1 whole, then clips 2..4
+    from their second frame; the output starts on clip 1's first frame (keyframe 1) and ends on
+    clip 4's last (keyframe 1 again, the loop's end image)."""
+    import numpy as np
+
+    from cinesynth_batch.media.video_io import read_frames
+
+    edited = _edited(rendered, tmp_path, "      resolution: 80x48", "      interpolate: false\n      resolution: 80x48")
+    assert _to_run(edited) == {"assemble.final"}
+    render(edited, progress=False)
+    out = edited.parent / OUT
+    final = read_frames(out / "final.mp4").astype(np.float32)
+    clips = [read_frames(out / f"scenes/loop.{k}.mp4").astype(np.float32) for k in range(1, 5)]
+    assert final.shape[0] == sum(LENGTHS) - 3
+    joined = np.concatenate([clips[0]] + [c[1:] for c in clips[1:]])
+    kept_firsts = np.concatenate([clips[0]] + [c[:-1] for c in clips[1:]])
+
+    def diff(a, b):
+        return np.abs(a - b).mean(axis=(1, 2, 3))            # per frame, in 8-bit levels (h264 both ways)
+
+    assert diff(final, joined).max() < 12
+    assert diff(final[LENGTHS[0]:], kept_firsts[LENGTHS[0]:]).mean() > 20
+    assert diff(final[:1], clips[0][:1])[0] < 12 and diff(final[-1:], clips[3][-1:])[0] < 12
