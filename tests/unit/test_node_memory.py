@@ -259,6 +259,11 @@ def test_a_render_within_its_budget_records_its_memory_in_the_manifest_and_repor
         {"loads": 1, "swaps": 0, "bytes_moved": rank["bytes_moved"]}
     report = (out / "report.html").read_text()
     assert "1 model load(s), 0 swap(s)" in report and "moved onto the devices" in report
+    image = next(r for r in json.loads((out / "manifest.json").read_text())["stages"] if r["kind"] == "image")
+    timing = image["facts"]["timing"]                      # the image stage's 2 steps, timed
+    assert timing["steps"] == 2 and timing["load_s"] >= 0 and timing["denoise_s"] > 0
+    assert (f"load {timing['load_s']} s; 2 steps: first {timing['first_step_s']} s, "
+            f"then {timing['step_s']} s each") in report
 
 
 # --------------------------------------------------------------------------- pinned RAM of offloaded blocks
