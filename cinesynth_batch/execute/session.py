@@ -36,10 +36,14 @@ class Session:
 
     @classmethod
     def open(cls, spec_path: str | Path, profile: str | None = None, warn=None,
-             allow_paths: list[str] | None = None, allow_hosts: list[str] | None = None) -> "Session":
+             allow_paths: list[str] | None = None, allow_hosts: list[str] | None = None,
+             cache_root: Path | None = None) -> "Session":
+        """``cache_root``: the cache to use (a worker of a distributed render uses its driver's);
+        None: ``$CINESYNTH_CACHE``, else ``.cinesynth/cache`` beside the spec."""
         loaded, registry = check_spec(spec_path, profile, allow_paths, allow_hosts)
-        cache_root = Path(os.environ["CINESYNTH_CACHE"]) if os.environ.get("CINESYNTH_CACHE") \
-            else loaded.spec_dir / ".cinesynth" / "cache"
+        if cache_root is None:
+            cache_root = Path(os.environ["CINESYNTH_CACHE"]) if os.environ.get("CINESYNTH_CACHE") \
+                else loaded.spec_dir / ".cinesynth" / "cache"
         cache = CacheStore(cache_root, warn=warn)
         digests = DigestState.open(cache.state_path)
         registry.digests = digests
