@@ -1,0 +1,75 @@
+"""The Ray executor's pieces that need no cluster: a lost worker in the scheduling core, Ray
+imported only when used, the command line's refusals."""
+
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from cinesynth_batch.cli import app
+from cinesynth_batch.execute.schedule import Schedule
+
+UP = {"a.image": [], "b.image": [], "a.video": ["a.image"], "b.video": ["b.image"],
+      "assemble": ["a.video", "b.video"]}
+SLOTS = {"a.image": "image", "b.image": "image", "a.video": "video", "b.video": "video", "assemble": None}
+ORDER = ["a.image", "b.image", "a.video", "b.video", "assemble"]
+
+
+def ids(assignments):
+    return [(a.stage, a.ranks) for a in assignments]
+
+
+def test_a_lost_rank_gives_its_stage_back_and_takes_nothing_until_it_is_back():
+    s = Schedule(order=ORDER, upstream=UP, available=set(), world=3, slots=SLOTS)
+    assert ids(s.assign()) == [("a.image", (0,)), ("b.image", (1,))]
+    assert s.held == {0: "image", 1: "image"}
+    assert s.lost(0) == "a.image"                 # rank 0 died running a.image
+    assert s.pending == ["a.image", "a.video", "b.video", "assemble"] and "a.image" not in s.running
+    assert 0 not in s.held and 0 not in s.busy
+    assert ids(s.assign()) == [("a.image", (2,))]     # another rank takes it; never rank 0
+    assert s.assign() == []
+    s.release(1)
+    s.done("b.image", ok=True)
+    assert ids(s.assign()) == [("b.video", (1,))]
+    s.back(0)                                     # restarted: it serves again, holding no model
+    s.release(2)
+    s.done("a.image", ok=True)
+    assert ids(s.assign()) == [("a.video", (0,))]     # the empty rank before one holding image
+    for r, st in ((0, "a.video"), (1, "b.video")):
+        s.release(r)
+        s.done(st, ok=True)
+    assert len(s.assign()) == 1
+    s.release(s.running["assemble"][0])
+    s.done("assemble", ok=True)
+    assert s.finished() and s.available == set(ORDER)
+
+
+def test_a_rank_lost_between_stages_gives_nothing_back():
+    s = Schedule(order=ORDER, upstream=UP, available=set(), world=2, slots=SLOTS)
+    assert s.lost(1) is None and s.pending == ORDER
+    assert ids(s.assign()) == [("a.image", (0,))]
+
+
+def test_the_package_imports_and_plans_without_ray():
+    code = ("import sys; sys.modules['ray'] = None\n"          # `import ray` fails from here on
+            "import cinesynth_batch.cli, cinesynth_batch.execute.ray_executor as r\n"
+            "try:\n    r.import_ray()\nexcept Exception as e:\n    print(type(e).__name__, e.message, e.hint)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("CinesynthError --executor ray needs Ray (")
+    assert done.stdout.rstrip().endswith("pip install 'cinesynth-batch[ray]'")
+
+
+def test_the_command_line_refuses_what_ray_cannot_do(project, monkeypatch):
+    spec = project / "s.yaml"
+    spec.write_text("project: s\ndefaults: {resolution: 32x32}\nscenes:\n  - id: a\n    image: {prompt: x}\n")
+    out = CliRunner().invoke(app, ["render", str(spec), "--executor", "dask"])
+    assert out.exit_code == 2 and "unknown executor 'dask'" in out.output
+    out = CliRunner().invoke(app, ["render", str(spec), "--executor", "ray", "--nproc", "2"])
+    assert out.exit_code == 1 and "--nproc and --parallel sp are for torchrun" in out.output
+    out = CliRunner().invoke(app, ["render", str(spec), "--executor", "ray", "--ray-worker-cpus", "0"])
+    assert out.exit_code == 1 and "--ray-worker-cpus must be above 0, got 0.0" in out.output
+    monkeypatch.setitem(sys.modules, "ray", None)
+    out = CliRunner().invoke(app, ["render", str(spec), "--executor", "ray"])
+    assert out.exit_code == 1 and "--executor ray needs Ray" in out.output
+    assert not (project / "outputs").exists()
