@@ -115,7 +115,8 @@ class RayExecutor(Executor):
         return n
 
     def ensure_workers(self, wanted: int) -> None:
-        """Start actors until there are ``wanted`` (at most the cluster's capacity)."""
+        """Start actors until there are ``wanted`` (at most the cluster's capacity). They are not
+        waited for: Ray places each when the cluster has room, and it serves from then on."""
         ray = import_ray()
         from .ray_worker import StageWorker
 
@@ -123,13 +124,8 @@ class RayExecutor(Executor):
         cls = ray.remote(StageWorker).options(
             num_gpus=1 if cuda else 0, num_cpus=self.options.worker_cpus,
             max_restarts=self.options.max_restarts, max_task_retries=0)
-        new = []
         for rank in range(len(self.actors), min(wanted, self.capacity())):
             self.actors.append(cls.remote(rank, "cuda" if cuda else "cpu"))
-            new.append(rank)
-        if new:
-            found = ray.get([self.actors[r].node.remote() for r in new])
-            self.nodes.update(dict(zip(new, found)))
 
     def placements(self) -> dict[int, list[int]]:
         """Each worker's place on its node (``Placement`` without the rank): its index among the
@@ -224,6 +220,12 @@ class _Dispatch:
     gone: set[int] = dataclasses.field(default_factory=set)                       # out of restarts
     loads: dict[str, int] = dataclasses.field(default_factory=dict)
     swaps: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for rank in range(self.schedule.world):     # a worker not placed yet serves once it is
+            if rank not in self.ex.nodes:
+                self.schedule.lost(rank)
+                self.pings[self.ex.actors[rank].node.remote()] = rank
 
     def loop(self) -> None:
         sched = self.schedule

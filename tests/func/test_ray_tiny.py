@@ -49,7 +49,7 @@ def single(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     for _ in range(2):
         c.add_node(num_cpus=1)
     c.wait_for_nodes()
@@ -100,6 +100,36 @@ def test_three_nodes_render_the_single_process_lock_and_a_second_render_runs_not
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip().splitlines()[-1] == f"0 run, {len(ALL)} cached"
     assert (out_dir(spec) / "render.lock").read_bytes() == (single / "render.lock").read_bytes()
+
+
+def test_a_batch_of_specs_shares_the_workers_and_their_loaded_models(ex, tmp_path):
+    """Two specs in one session on the same workers: a worker that loaded a model for the first
+    spec still holds it for the second (at most one load of each model per worker in all)."""
+    from cinesynth_batch.execute.batch import render_batch
+
+    root = new_project(tmp_path / "nightly")          # one project folder, two specs
+    specs = []
+    for name in ("north", "south"):
+        text = SPEC.read_text().replace("project: twelve", f"project: {name}") \
+            .replace("[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]", "[1, 2, 3]").replace("harbour", name)
+        (root / f"{name}.yaml").write_text(text)
+        specs.append(root / f"{name}.yaml")
+    seen = []
+    result = render_batch(specs, executor=ex, device=ex.device, progress=False, sinks=[seen.append])
+    assert [(r.status, r.ran, r.cached) for r in result.specs] == [("rendered", 7, 0)] * 2
+    assert result.exit_code == 0
+    videos = [e for e in seen if e.event == "stage_finished" and e.stage.endswith(".video")]
+    assert len(videos) == 6
+    for name in ("north", "south"):
+        assert (root / "outputs" / name / "final.mp4").is_file()
+    # no more model loads in the whole batch than workers: none loaded twice on one worker
+    manifests = [json.loads((root / "outputs" / n / "manifest.json").read_text()) for n in ("north", "south")]
+    assert set(manifests[0]["model_loads"]) == {"image", "video"}   # a new project folder: loaded anew
+    total: dict[str, int] = {}
+    for m in manifests:
+        for k, v in m["model_loads"].items():
+            total[k] = total.get(k, 0) + v
+    assert set(total) <= {"image", "video"} and all(v <= len(ex.actors) for v in total.values())
 
 
 def test_a_worker_node_killed_mid_render_has_its_stage_rerun_elsewhere(cluster, ex, single, tmp_path):

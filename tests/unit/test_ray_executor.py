@@ -1,9 +1,11 @@
 """The Ray executor's pieces that need no cluster: a lost worker in the scheduling core, Ray
 imported only when used, the command line's refusals."""
 
+import hashlib
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from cinesynth_batch.cli import app
@@ -73,3 +75,48 @@ def test_the_command_line_refuses_what_ray_cannot_do(project, monkeypatch):
     out = CliRunner().invoke(app, ["render", str(spec), "--executor", "ray"])
     assert out.exit_code == 1 and "--executor ray needs Ray" in out.output
     assert not (project / "outputs").exists()
+
+
+@pytest.mark.slow
+def test_a_worker_runs_a_stage_into_the_shared_cache_and_refuses_a_model_over_its_share(project):
+    """The worker actor's body, called as a plain object (no Ray): what it reports for a stage,
+    and its refusal of a render whose model does not fit its share of the node's budget."""
+    import dataclasses
+
+    from cinesynth_batch.catalog.budget import human
+    from cinesynth_batch.catalog.registry import Registry
+    from cinesynth_batch.catalog.residency import _disk_size
+    from cinesynth_batch.execute.ray_worker import Job, StageWorker
+    from cinesynth_batch.execute.session import Session
+
+    spec = project / "s.yaml"
+    spec.write_text("project: s\ndefaults: {resolution: 32x32, seed: 5}\n"
+                    "scenes:\n  - id: a\n    image: {prompt: x, steps: 2}\n")
+    session = Session.open(spec)
+    plan = session.plan(device="cpu")
+    cache = project / "shared-cache"
+    task = {"stage": "a.image", "ranks": [1], "reason": dataclasses.asdict(plan.stages["a.image"].reason),
+            "entries": {}}
+    size = _disk_size(Registry.load("tiny", project, project).local_path("image"), "float32")
+    # two workers on the node: each gets half of --vram-budget
+    small = dataclasses.asdict(Job(id="r1", spec=str(spec), cache=str(cache), vram=2 * size - 2,
+                                   placements={1: [1, 2, 2]}))
+    worker = StageWorker(1, "cpu")
+    refused = worker.run(small, task)
+    assert refused == {"refused": {"message": f"image: tiny/flux2-klein needs {human(size)}, the budget "
+                                              f"of rank 1 on cpu is {human(size - 1)}",
+                                   "hint": refused["refused"]["hint"]}, "events": []}
+    assert not cache.exists() or not list(cache.glob("objects/*/*"))
+
+    fits = dataclasses.asdict(Job(id="r2", spec=str(spec), cache=str(cache), vram=2 * size,
+                                  placements={1: [1, 2, 2]}))
+    msg = worker.run(fits, task)
+    assert msg["ran"] == ["a.image"] and msg["failed"] == {} and msg["loads"] == {"image": 1}
+    assert [e["event"] for e in msg["events"]][0::len(msg["events"]) - 1] == ["stage_started", "stage_finished"]
+    assert {e["rank"] for e in msg["events"]} == {1}
+    entry = msg["entries"]["a.image"]
+    assert (cache / "objects").is_dir() and hashlib.sha256(
+        next(cache.glob(f"objects/*/{entry['digest']}*")).read_bytes()).hexdigest() == entry["digest"]
+    assert msg["lock"]["a.image"]["key"] == plan.stages["a.image"].key     # keyed as the driver planned
+    again = worker.run(fits, task)               # its cache has it now: found, the model not reloaded
+    assert again["ran"] == [] and again["cached"] == ["a.image"] and again["loads"] == {}
