@@ -94,7 +94,7 @@ class StageWorker:
         session = Session.open(job.spec, profile=job.profile, allow_paths=job.allow_paths or None,
                                allow_hosts=job.allow_hosts or None, cache_root=Path(job.cache))
         plan = session.plan(device=self.device, dtype=job.dtype)   # the driver's seeds are in the lock
-        where = job.placements.get(self.rank) or job.placements.get(str(self.rank)) or [0, 1, 1]  # type: ignore[call-overload]
+        where = job.placements.get(self.rank) or [0, 1, 1]     # not placed yet: alone on its node
         executor = LocalExecutor(device=self.device, dtype=job.dtype,
                                  memory=MemoryRequest(job.vram, job.host),
                                  placement=Placement(self.rank, *where), force=job.force)

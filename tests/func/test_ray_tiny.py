@@ -49,7 +49,8 @@ def single(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                      "_system_config": {"worker_niceness": 0}})
     for _ in range(2):
         c.add_node(num_cpus=1)
     c.wait_for_nodes()
