@@ -23,6 +23,7 @@ Ray is imported here only, when a render uses it: the rest of the package import
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 import uuid
 from pathlib import Path
@@ -220,6 +221,7 @@ class _Dispatch:
     gone: set[int] = dataclasses.field(default_factory=set)                       # out of restarts
     loads: dict[str, int] = dataclasses.field(default_factory=dict)
     swaps: dict[str, int] = dataclasses.field(default_factory=dict)
+    why: str = ""                         # how the last worker out of restarts died
 
     def __post_init__(self) -> None:
         for rank in range(self.schedule.world):     # a worker not placed yet serves once it is
@@ -240,9 +242,10 @@ class _Dispatch:
             if sched.finished():
                 return
             if len(self.gone) == sched.world:
-                raise RenderError("every Ray worker was lost and none can be restarted",
-                                  hint="run the same command again when the cluster is back: "
-                                       "finished stages are cached")
+                raise RenderError(f"every Ray worker was lost and none can be restarted: {self.why}",
+                                  hint="every node needs this package (the same version) and its "
+                                       "models; run the same command again when the cluster is "
+                                       "back: finished stages are cached")
             self._ping_lost()
             waiting = list(self.calls) + list(self.pings)
             if not waiting:             # every worker lost: wait for Ray to restart one
@@ -319,8 +322,9 @@ class _Dispatch:
         rank = self.pings.pop(ref)
         try:
             self.ex.nodes[rank] = self.ray.get(ref)
-        except self.ray.exceptions.ActorDiedError:
+        except self.ray.exceptions.ActorDiedError as exc:
             self.gone.add(rank)                                    # out of restarts
+            self.why = last_line(str(exc))
         except self.ray.exceptions.RayActorError:
             self.retry_at[rank] = time.monotonic() + PING          # still restarting
         else:
@@ -331,3 +335,9 @@ class _Dispatch:
 def _add(total: dict[str, int], more: dict[str, int]) -> None:
     for k, v in more.items():
         total[k] = total.get(k, 0) + v
+
+
+def last_line(text: str) -> str:
+    """The last line of a Ray error (where the cause is), without terminal colours."""
+    lines = [x.strip() for x in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines() if x.strip()]
+    return lines[-1] if lines else "no reason given"

@@ -120,3 +120,14 @@ def test_a_worker_runs_a_stage_into_the_shared_cache_and_refuses_a_model_over_it
     assert msg["lock"]["a.image"]["key"] == plan.stages["a.image"].key     # keyed as the driver planned
     again = worker.run(fits, task)               # its cache has it now: found, the model not reloaded
     assert again["ran"] == [] and again["cached"] == ["a.image"] and again["loads"] == {}
+
+
+def test_a_worker_that_cannot_start_is_reported_by_its_cause():
+    from cinesynth_batch.execute.ray_executor import last_line
+
+    text = ("The actor died because of an error raised in its creation task, \x1b[36mray::StageWorker.__init__()"
+            "\x1b[39m (pid=15174)\n           ^^^^^^\nRuntimeError: The actor with name StageWorker failed to "
+            "import on the worker.\n\n\x1b[36mray::StageWorker.__init__()\x1b[39m (pid=15174)\n"
+            "ModuleNotFoundError: No module named 'cinesynth_batch.execute.ray_worker'\n")
+    assert last_line(text) == "ModuleNotFoundError: No module named 'cinesynth_batch.execute.ray_worker'"
+    assert last_line("") == "no reason given"
