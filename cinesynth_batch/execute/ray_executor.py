@@ -273,6 +273,10 @@ class _Dispatch:
         except self.ray.exceptions.RayActorError as exc:      # the worker or its node died
             self._lost(rank, stage, exc)
             return
+        except self.ray.exceptions.RayError as exc:           # an error outside the stage's code
+            msg = {"ran": [], "cached": [], "failed": {}, "blocked": [], "seconds": {}, "meta": {},
+                   "entries": {}, "lock": {}}
+            self._fail(msg, stage, last_line(str(exc)))
         for data in msg.get("events", []):
             event = Event(**data)
             for sink in self.bus.sinks:
@@ -288,20 +292,26 @@ class _Dispatch:
 
     def _check(self, msg: dict[str, Any]) -> None:
         """Every artifact a worker made is hashed against its digest before it is used."""
-        for nid in msg["ran"]:
+        from ..cache.store import Entry
+
+        for nid in list(msg["ran"]):
             data = msg["entries"].get(nid)
             if data is None:
                 continue
-            from ..cache.store import Entry
-
             entry = Entry(**data)
             if self.plan.cache.check(entry, full=True) != "ok":
                 self.plan.cache.drop_damaged(entry)
                 msg["ran"].remove(nid)
                 msg["entries"].pop(nid)
                 msg["lock"].pop(nid, None)
-                msg["failed"][nid] = (f"the artifact a worker made for {nid} does not match its "
-                                      f"digest {entry.digest[:12]} on this machine")
+                self._fail(msg, nid, f"the artifact a worker made for {nid} does not match its "
+                                     f"digest {entry.digest[:12]} on this machine")
+
+    def _fail(self, msg: dict[str, Any], stage: str, error: str) -> None:
+        node = self.plan.graph[stage]
+        msg["failed"][stage] = error
+        self.bus.emit("stage_failed", stage=stage, kind=node.kind, scene=node.scene,
+                      detail={"error": error})
 
     def _lost(self, rank: int, stage: str, exc: BaseException) -> None:
         node = self.plan.graph[stage]

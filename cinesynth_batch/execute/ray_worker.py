@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..catalog.budget import MemoryRequest, Placement
-from ..errors import ModelError
+from ..errors import CinesynthError, ModelError
 from .distributed import Worker, outcome_to_message
 from .events import Event, EventBus
 from .runner import LocalExecutor, Outcome, _describe, rank_memory
@@ -67,6 +67,10 @@ class StageWorker:
             plan, executor = self._open(Job(**job))
         except ModelError as exc:
             return {"refused": {"message": exc.message, "hint": exc.hint}, "events": []}
+        except (CinesynthError, OSError) as exc:   # e.g. the spec changed or went away meanwhile
+            bus.emit("stage_failed", stage=task["stage"], detail={"error": _describe(exc)})
+            return {**outcome_to_message(Outcome(failed={task["stage"]: _describe(exc)}), set()),
+                    "events": [dataclasses.asdict(e) for e in events]}
         before = (dict(self.residency.loads), dict(self.residency.swaps))
         worker = Worker(self.rank, executor, plan, bus, _residency={1: self.residency})
         try:

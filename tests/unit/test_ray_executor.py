@@ -131,3 +131,39 @@ def test_a_worker_that_cannot_start_is_reported_by_its_cause():
             "ModuleNotFoundError: No module named 'cinesynth_batch.execute.ray_worker'\n")
     assert last_line(text) == "ModuleNotFoundError: No module named 'cinesynth_batch.execute.ray_worker'"
     assert last_line("") == "no reason given"
+
+
+def test_the_driver_refuses_an_artifact_that_does_not_match_its_digest(project):
+    """A worker's report is checked against the shared cache: an object whose bytes are not those
+    its digest names (written damaged, or changed on the way) fails its stage and leaves the cache."""
+    import dataclasses
+
+    from cinesynth_batch.execute.events import EventBus
+    from cinesynth_batch.execute.ray_executor import _Dispatch
+    from cinesynth_batch.execute.runner import Outcome
+    from cinesynth_batch.execute.session import Session
+
+    spec = project / "s.yaml"
+    spec.write_text("project: s\ndefaults: {resolution: 32x32, seed: 5}\n"
+                    "scenes:\n  - id: a\n    image: {prompt: x, steps: 2}\n")
+    plan = Session.open(spec).plan(device="cpu")
+    key = plan.stages["a.image"].key
+    made = plan.cache.scratch() / "out.png"
+    made.write_bytes(b"a picture")
+    entry = plan.cache.commit(key, made, ".png", "a.image", "image", {})
+    seen = []
+    run = _Dispatch(None, None, plan, Schedule(order=[], upstream={}, available=set(), world=0),
+                    Outcome(), EventBus([seen.append]), {})
+    good = {"ran": ["a.image"], "entries": {"a.image": dataclasses.asdict(entry)}, "lock": {"a.image": {}},
+            "failed": {}}
+    run._check(good)
+    assert good["ran"] == ["a.image"] and good["failed"] == {} and seen == []
+    plan.cache.object_path(entry.digest, entry.ext).write_bytes(b"a pictur3")      # same size
+    bad = {"ran": ["a.image"], "entries": {"a.image": dataclasses.asdict(entry)}, "lock": {"a.image": {}},
+           "failed": {}}
+    run._check(bad)
+    error = f"the artifact a worker made for a.image does not match its digest {entry.digest[:12]} on this machine"
+    assert bad == {"ran": [], "entries": {}, "lock": {}, "failed": {"a.image": error}}
+    assert [(e.event, e.stage, e.detail) for e in seen] == [("stage_failed", "a.image", {"error": error})]
+    assert plan.cache.lookup(key) is None
+    assert not plan.cache.object_path(entry.digest, entry.ext).exists()
