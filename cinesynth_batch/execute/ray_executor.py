@@ -46,7 +46,7 @@ def import_ray():
         import ray
     except ImportError as exc:
         raise CinesynthError(f"--executor ray needs Ray ({exc})",
-                             hint="pip install 'cinesynth-batch[ray]'") from exc
+                             hint="install the ray extra: pip install -e '.[ray]' (Ray 2.60)") from exc
     return ray
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'cinesynth-batch[ray]'")
+ray = pytest.importorskip("ray", reason="ray is not installed: pip install -e '.[ray]'")
 
 from ray.cluster_utils import Cluster  # noqa: E402
 

@@ -59,7 +59,7 @@ def test_the_package_imports_and_plans_without_ray():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("CinesynthError --executor ray needs Ray (")
-    assert done.stdout.rstrip().endswith("pip install 'cinesynth-batch[ray]'")
+    assert done.stdout.rstrip().endswith("install the ray extra: pip install -e '.[ray]' (Ray 2.60)")
 
 
 def test_the_command_line_refuses_what_ray_cannot_do(project, monkeypatch):
