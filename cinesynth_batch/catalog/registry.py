@@ -53,7 +53,7 @@ SHAPES_SOURCES = ("catalog/shapes/__init__.py", "catalog/shapes/configs.py", "ca
                   "models/rrdbnet.py", "models/s2v/transformer.py", "models/s2v/components.py",
                   "models/s2v/pipeline.py")
 #: ``shapes_sources_digest()`` of the sources ``SHAPES_REVISION`` was checked against.
-SHAPES_SOURCES_DIGEST = "617df7a115d6c20e81644c3a6cecdd03d28a601e27c88f1533dc9fc392c0f733"
+SHAPES_SOURCES_DIGEST = "6eb261b0891545307e3a899c05fdde9f5e205fa7e3aa2c977c2345942bb25d06"
 #: The profiles that ship with the package (any other profile is a models file).
 BUILTIN_PROFILES = ("tiny", "production", "shapes")
 SMALL_FILE = 1 << 20
