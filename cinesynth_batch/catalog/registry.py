@@ -53,7 +53,7 @@ SHAPES_SOURCES = ("catalog/shapes/__init__.py", "catalog/shapes/configs.py", "ca
                   "models/rrdbnet.py", "models/s2v/transformer.py", "models/s2v/components.py",
                   "models/s2v/pipeline.py")
 #: ``shapes_sources_digest()`` of the sources ``SHAPES_REVISION`` was checked against.
-SHAPES_SOURCES_DIGEST = "09933cfe8ef9f144ca1d8680b361cd8b970162dda7aca5db340ebaa8f25c1e9e"
+SHAPES_SOURCES_DIGEST = "6eb261b0891545307e3a899c05fdde9f5e205fa7e3aa2c977c2345942bb25d06"
 #: The profiles that ship with the package (any other profile is a models file).
 BUILTIN_PROFILES = ("tiny", "production", "shapes")
 SMALL_FILE = 1 << 20
