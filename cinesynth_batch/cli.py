@@ -188,17 +188,68 @@ def render(specs: List[Path] = typer.Argument(..., help="spec files, folders (th
            offline: bool = typer.Option(False, help="download nothing: URL inputs must be cached"),
            allow_path: Optional[List[str]] = _allow_path_option(),
            allow_host: Optional[List[str]] = _allow_host_option(),
+           executor: str = typer.Option("local", help="local (this process, or the ranks of --nproc) | "
+                                                      "ray (worker actors on a Ray cluster)"),
+           ray_address: str = typer.Option("auto", help="--executor ray: auto (this machine's cluster), "
+                                                        "HOST:PORT (its head) or local (a private one)"),
+           ray_worker_cpus: float = typer.Option(1.0, help="--executor ray on a cluster without GPUs: "
+                                                           "CPUs per worker (one worker per GPU otherwise)"),
            summary: Optional[Path] = typer.Option(
                None, help="write a JSON summary here: one entry per spec (status, stages run and "
                           "cached, seconds, error) and the model loads of the session")) -> None:
     """Render specs: run what is not cached, then write outputs, render.lock and the report.
     Several specs (or a folder) render in one session: one line per spec; exit 0 all rendered,
     1 some failed, 2 some spec invalid (the valid ones are still rendered)."""
+    from .catalog.residency import parse_size
+
+    _plain_fallback_warnings()
+    if executor not in ("local", "ray"):
+        _err(CinesynthError(f"unknown executor '{executor}'", hint="use local or ray").render())
+        raise typer.Exit(2)
+    on_ray = None
+    if executor == "ray" and not dry_run:
+        on_ray = _guard(lambda: _ray_executor(
+            nproc, parallel, ray_address, ray_worker_cpus, device=device, dtype=dtype,
+            vram=parse_size(vram_budget) if vram_budget else None,
+            host=parse_size(host_budget) if host_budget else None, keep_going=keep_going,
+            force=force, profile=profile, allow_paths=allow_path, allow_hosts=allow_host))
+        device = on_ray.device
+    try:
+        _render_specs(specs, summary, nproc, parallel, on_ray, only=only, until=until, force=force,
+                      keep_going=keep_going, dry_run=dry_run, profile=profile, events=events,
+                      device=device, dtype=dtype, vram_budget=vram_budget, host_budget=host_budget,
+                      reseed=reseed, progress=progress, offline=offline, allow_path=allow_path,
+                      allow_host=allow_host)
+    finally:
+        if on_ray is not None:
+            on_ray.close()
+
+
+def _ray_executor(nproc: Optional[str], parallel: str, address: str, worker_cpus: float,
+                  **options: Any) -> Any:
+    """The Ray executor, joined to its cluster (the render's device is the workers')."""
+    from .execute.ray_executor import RayExecutor, RayOptions
+
+    if nproc is not None or parallel == "sp":
+        raise CinesynthError("--executor ray spreads whole stages over the cluster's workers: "
+                             "--nproc and --parallel sp are for torchrun",
+                             hint="leave out --nproc / --parallel sp, or use the local executor")
+    if worker_cpus <= 0:
+        raise CinesynthError(f"--ray-worker-cpus must be above 0, got {worker_cpus}")
+    ex = RayExecutor(options=RayOptions(address=address, worker_cpus=worker_cpus), **options)
+    ex.connect()
+    return ex
+
+
+def _render_specs(specs: List[Path], summary: Optional[Path], nproc: Optional[str], parallel: str,
+                  on_ray: Any, *, only, until, force, keep_going, dry_run, profile, events, device,
+                  dtype, vram_budget, host_budget, reseed, progress, offline, allow_path,
+                  allow_host) -> None:
     from .execute.render import render as do_render
     from .execute.batch import is_pattern
     from .catalog.residency import parse_size
 
-    _plain_fallback_warnings()
+    extra = {} if on_ray is None else {"executor": on_ray}
     if len(specs) > 1 or summary is not None or any(p.is_dir() or is_pattern(p) for p in specs):
         return _guard(lambda: _render_batch(
             specs, summary, nproc, parallel, profile=profile, allow_paths=allow_path,
@@ -206,7 +257,7 @@ def render(specs: List[Path] = typer.Argument(..., help="spec files, folders (th
             dry_run=dry_run, reseed=reseed, events=events, device=device, dtype=dtype,
             budget=parse_size(vram_budget) if vram_budget else None,
             host_budget=parse_size(host_budget) if host_budget else None,
-            progress=progress, offline=offline))
+            progress=progress, offline=offline, **extra))
     spec = specs[0]
 
     def go():
@@ -238,7 +289,7 @@ def render(specs: List[Path] = typer.Argument(..., help="spec files, folders (th
                                keep_going=keep_going, dry_run=dry_run, reseed=reseed, events=events,
                                device=device, dtype=dtype, budget=budget, host_budget=pinned,
                                progress=progress, warn=_err,
-                               offline=offline, allow_paths=allow_path, allow_hosts=allow_host)
+                               offline=offline, allow_paths=allow_path, allow_hosts=allow_host, **extra)
         if dry_run:
             for st in result.plan.to_run():
                 typer.echo(f"would run {st.id}: {st.reason}")
@@ -262,7 +313,8 @@ def _render_batch(specs: List[Path], summary: Optional[Path], nproc: Optional[st
         _err(CinesynthError(message, hint=hint).render())
         raise typer.Exit(2)
 
-    if nproc is not None or distributed.in_torchrun() or parallel == "sp":
+    if options.get("executor") is None and (nproc is not None or distributed.in_torchrun()
+                                            or parallel == "sp"):
         refuse("several specs render in one process: --nproc, torchrun and --parallel sp take one "
                "spec", "render each spec on its own")
     files = expand_specs(specs)

@@ -99,7 +99,7 @@ def residency_section(out: dict) -> None:
     for label, budget in (("budget holds both", 70 << 30), ("budget holds one", 32 << 30)):
         build_s = []
 
-        def loader(kind, path, device, dtype):
+        def loader(kind, path, device, dtype, room):
             t0 = time.perf_counter()
             m = expert()
             build_s.append(time.perf_counter() - t0)

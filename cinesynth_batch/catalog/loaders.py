@@ -15,6 +15,12 @@ A ``ShapesSource`` (profile ``shapes``) in place of a path builds the production
 kind at full size with seeded random weights on ``device`` (``catalog/shapes/build.py``); what
 happens after (LoRAs, placement, swaps) is the same code as for a loaded one.
 
+On CUDA, ``room`` (the device bytes the residency leaves the model) decides where the components
+of a pipeline whose stage moves them (``PLACED_KINDS``) are loaded: one that does not fit ``room``
+whole gets its text encoder in pinned host RAM from the start (``runtime/placement.py``
+``host_at_load``), so the device never holds the text encoder and the transformer together; its
+stage brings the encoder to the device only to encode.
+
 ``split_loader`` loads a model as usual and splits it over ranks (``runtime/sequence_parallel.py``).
 """
 
@@ -25,10 +31,12 @@ from typing import Any, Callable
 
 from ..errors import StageError
 from ..runtime.dtypes import quiet_libraries, torch_dtype
-from ..runtime.swap import move_model
-from .shapes import ShapesSource
+from ..runtime.placement import component_sizes, host_at_load, place_loaded
+from .shapes import SIZES, ShapesSource
 
 PIPELINE_KINDS = ("flux2-klein", "wan-i2v")
+#: Kinds whose text encoder waits in pinned host RAM from the load on when they do not fit ``room``.
+PLACED_KINDS = ("flux2-klein",)
 KINDS = PIPELINE_KINDS + ("rrdbnet-x2", "wan-s2v", "wan-animate", "qwen3-tts", "demucs", "rife")
 
 
@@ -55,10 +63,12 @@ def _pipeline_class(kind: str):
     return cls
 
 
-def load_model(kind: str, path: Path | ShapesSource, device: str = "cpu", dtype: str = "float32") -> Any:
-    """Load the model of ``kind`` from ``path`` and move it to ``device`` (or build a shapes model there)."""
+def load_model(kind: str, path: Path | ShapesSource, device: str = "cpu", dtype: str = "float32",
+               room: int | None = None) -> Any:
+    """Load the model of ``kind`` from ``path`` and move it to ``device`` (or build a shapes model
+    there); ``room``: the device bytes it may take (None: no limit)."""
     if isinstance(path, ShapesSource):
-        return _build_shapes(kind, path, device, dtype)
+        return _build_shapes(kind, path, device, dtype, room)
     path = Path(path)
     if kind == "qwen3-tts":  # runs in its own environment: the "model" is a worker process
         from ..tts.qwen_client import QwenWorker
@@ -105,15 +115,25 @@ def load_model(kind: str, path: Path | ShapesSource, device: str = "cpu", dtype:
             hint="use Wan2.2-I2V-A14B-Diffusers (two experts)",
         )
     pipe.set_progress_bar_config(disable=True)
-    return move_model(pipe, device)
+    on_host = host_at(kind, component_sizes(pipe), device, room)
+    return place_loaded(pipe, device, on_host)
 
 
-def _build_shapes(kind: str, source: ShapesSource, device: str, dtype: str) -> Any:
+def host_at(kind: str, sizes: dict[str, int], device: str, room: int | None) -> tuple[str, ...]:
+    """The components of a ``kind`` pipeline of these ``sizes`` loaded into pinned host RAM."""
+    if kind not in PLACED_KINDS:
+        return ()
+    return host_at_load(sizes, room, cuda=str(device).startswith("cuda"))
+
+
+def _build_shapes(kind: str, source: ShapesSource, device: str, dtype: str, room: int | None = None) -> Any:
     from .shapes.build import build_shapes
 
     if source.kind != kind:
         raise StageError(f"shapes model {source.name!r} is of kind {source.kind!r}, not {kind!r}")
-    return build_shapes(source.name, device, dtype)
+    on_host = host_at(kind, {c.name: c.nbytes(dtype) for c in SIZES[source.name]}, device, room)
+    model = build_shapes(source.name, device, dtype, host=on_host)
+    return place_loaded(model, device, on_host) if on_host else model
 
 
 def load_animate_pipeline(path: Path, device: str = "cpu", dtype: str = "float32") -> Any:
@@ -149,11 +169,11 @@ def load_animate_pipeline(path: Path, device: str = "cpu", dtype: str = "float32
     return pipe
 
 
-def split_loader(mesh: Any, degree: int) -> Callable[[str, Path, str, str], Any]:
+def split_loader(mesh: Any, degree: int) -> Callable[..., Any]:
     """A residency loader that loads a model as usual, then splits it ``degree`` ways."""
     from ..runtime.sequence_parallel import enable_split
 
-    def load(kind: str, path: Path, device: str, dtype: str) -> Any:
-        return enable_split(load_model(kind, path, device, dtype), mesh, degree, kind)
+    def load(kind: str, path: Path, device: str, dtype: str, room: int | None = None) -> Any:
+        return enable_split(load_model(kind, path, device, dtype, room), mesh, degree, kind)
 
     return load

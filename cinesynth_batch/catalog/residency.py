@@ -10,6 +10,10 @@ On a GPU a model that leaves the device is kept in pinned host RAM while ``host_
 can report them, with the bytes each brought onto the device (``moved``) and the most pinned host
 RAM its models held at once (``pinned_peak``).
 
+A model is loaded with the device bytes left to it (``room``: the budget less the models that
+stay), which the loader uses to keep the text encoder of a pipeline that does not fit in pinned
+host RAM from the start (``catalog/loaders.py``).
+
 The budgets are this rank's share of its node (``catalog/budget.py``); built without them, a
 residency takes the defaults of a node with one rank.
 """
@@ -27,7 +31,7 @@ from .budget import Placement, rank_budget
 from .registry import Registry
 from .shapes import ShapesSource
 
-Loader = Callable[[str, Path, str, str], Any]
+Loader = Callable[..., Any]            # (kind, path, device, dtype, room) -> model
 Sizer = Callable[[Any], int]
 Mover = Callable[[Any, str], None]     # (model, "host" | device) -> None
 Pinned = Callable[[Any], int]          # bytes of pinned host copies a model holds
@@ -135,9 +139,9 @@ class Residency:
             return model
         path = self.registry.local_path(role, name)
         self._make_room(_disk_size(path, self.dtype))
-        assert self.loader is not None and self.sizer is not None
+        assert self.loader is not None and self.sizer is not None and self.budget is not None
         started = time.perf_counter()
-        model = self.loader(spec.kind, path, self.device, self.dtype)
+        model = self.loader(spec.kind, path, self.device, self.dtype, max(0, self.budget - self.used))
         size = self.sizer(model)
         self.load_seconds[slot] += time.perf_counter() - started
         self.loads[slot] += 1

@@ -147,7 +147,9 @@ def render_batch(specs: list[Path], *, profile: str | None = None,
             continue
         valid.append((i, spec, loaded.spec.project))
     pool = ModelPool()
-    if options.get("dry_run"):
+    if options.get("dry_run") or options.get("executor") is not None:
+        # a dry run plans spec by spec; another executor (Ray) renders the specs one after
+        # another on its own workers, which keep their models from spec to spec
         for i, spec, project in valid:
             results[i] = _render_one(spec, project, pool, profile, allow_paths, allow_hosts, warn, options)
             _tell(on_spec, results[i])

@@ -14,6 +14,7 @@ class Event:
     event: str                       # render_started | stage_started | stage_cached | stage_finished
     #                                  | stage_failed | stage_blocked | stage_progress | fast_paths
     #                                  | render_finished
+    #                                  | stage_assigned | stage_lost (a worker of the Ray executor)
     stage: str | None = None
     kind: str | None = None
     scene: str | None = None

@@ -11,6 +11,12 @@ shapes model's bytes in the load dtype). It fits when
   pinned host RAM budget. (A video pipeline whose one expert at a time fits the budget swaps its
   experts through pinned RAM instead, ``runtime/placement.py``; what passes this check fits that
   way too, so the check stays on the safe side);
+* on CUDA, for a FLUX.2-klein image pipeline larger than the budget (``stages/image.py``), whose
+  text encoder is on the device only while it encodes (and is loaded into pinned RAM, not onto
+  the device: ``catalog/loaders.py``): the larger of the text encoder and the transformer, plus
+  the other components (the VAE), fits the device budget, and the components that wait off the
+  device (the text encoder; the transformer too while the prompts are encoded when the two do
+  not fit together) fit the pinned host RAM budget (``runtime/placement.py`` decides both);
 * on CUDA, for Wan2.2-Animate (``runtime/animate.py``): its transformer's loaded weights stay in
   host RAM and each run puts a working copy on the device, less the ``block_swap`` blocks it
   streams from pinned RAM; what that leaves on the device fits the device budget and the
@@ -22,7 +28,7 @@ components of an offloaded diffusers pipeline, which are offloaded too, count as
 
 On CUDA a model must also fit the GPU itself (the rank's share of it): a pipeline is loaded whole
 onto its device and its blocks are offloaded after, so a budget below the card's size does not
-make a larger model loadable.
+make a larger model loadable (the image pipeline over its budget loads without its text encoder).
 
 A model that does not fit is refused before anything runs, naming the stage role, the model, its
 size and the budget (``ModelFitError``), never a CUDA out-of-memory error halfway through.
@@ -41,9 +47,12 @@ from typing import Iterable
 from ..catalog.budget import RankBudget, human
 from ..catalog.shapes import DTYPE_BYTES, ShapesSource
 from ..errors import ModelError
+from ..runtime.placement import HOST, ONE_TRANSFORMER, least_device_bytes, plan_placement
 
 #: Kinds whose stages offload every transformer block when the pipeline is over the VRAM budget.
 OFFLOADED_OVER_BUDGET = ("wan-i2v", "wan-s2v")
+#: Kinds whose stage keeps only the text encoder or the transformer on the device at a time.
+PLACED = ("flux2-klein",)
 #: Kinds whose transformer rests in host RAM and runs as a working copy on the device.
 WORKING_COPY = ("wan-animate",)
 FP8_STORAGE = ("fp8_e4m3fn", "fp8_e4m3fn_scaled")
@@ -138,6 +147,41 @@ def _shapes_blocks(source: ShapesSource, dtype: str) -> Blocks:
     return Blocks(sum(sizes), max(sizes), len(sizes)) if sizes else Blocks(0, 0, 0)
 
 
+def component_sizes_of(source: Path | ShapesSource, dtype: str) -> dict[str, int]:
+    """Bytes per component of a pipeline: a shapes model's table, or the weight files in each
+    component folder of a diffusers pipeline folder."""
+    from ..catalog.residency import _disk_size
+
+    if isinstance(source, ShapesSource):
+        from ..catalog.shapes import SIZES
+
+        return {c.name: c.nbytes(dtype) for c in SIZES[source.name]}
+    return {sub.name: _disk_size(sub) for sub in sorted(source.iterdir()) if sub.is_dir()} if source.is_dir() else {}
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A FLUX.2-klein pipeline over its budget: bytes on the device at most, and the components
+    waiting off it with their pinned bytes."""
+
+    device: int
+    waiting: tuple[str, ...]
+    pinned: int
+    loaded: int             # on the device once loaded (without what waits in pinned RAM)
+
+
+def placed(sizes: dict[str, int], budget: int) -> Placed:
+    """How a FLUX.2-klein pipeline of these component ``sizes`` runs under ``budget`` device bytes
+    (``runtime/placement.py``: the moves of a run starting from the load, which leaves the text
+    encoder in pinned RAM). Its pinned copies stay once made, so every component that waits
+    counts."""
+    plan = plan_placement(cuda=True, sizes=sizes, where={n: "device" for n in sizes}, available=budget,
+                          experts=ONE_TRANSFORMER)
+    waiting = tuple(sorted({m.component for m in plan.moves if m.to == HOST}, key=lambda n: n != "text_encoder"))
+    loaded = sum(sizes.values()) - (sizes["text_encoder"] if "text_encoder" in waiting else 0)
+    return Placed(least_device_bytes(sizes, ONE_TRANSFORMER), waiting, sum(sizes[n] for n in waiting), loaded)
+
+
 def check_fit(needs: list[Need], budget: RankBudget, dtype: str) -> None:
     """Raise ``ModelFitError`` listing every model that cannot fit ``budget``."""
     problems = [p for p in (_problem(n, budget, dtype) for n in needs) if p]
@@ -155,10 +199,13 @@ def _problem(need: Need, budget: RankBudget, dtype: str) -> str | None:
     head = f"{need.role}: {need.label} needs {human(size)}"
     problem = _over_budget(need, size, head, budget, dtype)
     loads_whole = need.kind not in WORKING_COPY
+    loading = f"{head} on {budget.device} while it loads (it is loaded whole, its blocks are offloaded after)"
+    if problem is None and need.kind in PLACED and size > budget.budget and budget.device.startswith("cuda"):
+        size = placed(component_sizes_of(need.source, dtype), budget.budget).loaded
+        loading = f"{head} ({human(size)} on {budget.device} while it loads, its text encoder in pinned RAM)"
     if problem is None and loads_whole and budget.capacity is not None and size > budget.capacity:
         shared = "" if budget.placement.sharing == 1 else f" for each of its {budget.placement.sharing} ranks"
-        return (f"{head} on {budget.device} while it loads (it is loaded whole, its blocks are offloaded "
-                f"after), and {budget.device} holds {human(budget.capacity)}{shared}")
+        return f"{loading}, and {budget.device} holds {human(budget.capacity)}{shared}"
     return problem
 
 
@@ -168,6 +215,8 @@ def _over_budget(need: Need, size: int, head: str, budget: RankBudget, dtype: st
     if size <= budget.budget and not animate:
         return None
     whole = f"{head}, the budget of {budget.owner} is {human(budget.budget)}"
+    if cuda and need.kind in PLACED:
+        return _placed_problem(need, head, whole, budget, dtype)
     if not (cuda and (need.kind in OFFLOADED_OVER_BUDGET or animate)):
         return whole
     blocks = model_blocks(need.source, dtype)
@@ -191,4 +240,20 @@ def _over_budget(need: Need, size: int, head: str, budget: RankBudget, dtype: st
         return (f"{head} ({human(resident)} {how}, fitting the budget of {budget.owner}), its streamed "
                 f"blocks need {human(streamed)} of pinned RAM, the host budget of {budget.owner} is "
                 f"{human(budget.host_budget)}")
+    return None
+
+
+def _placed_problem(need: Need, head: str, whole: str, budget: RankBudget, dtype: str) -> str | None:
+    sizes = component_sizes_of(need.source, dtype)
+    if "transformer" not in sizes or "text_encoder" not in sizes:
+        return whole
+    fit = placed(sizes, budget.budget)
+    names = " and ".join(f"its {name.replace('_', ' ')}" for name in fit.waiting)
+    how = f"{human(fit.device)} with {names} waiting in pinned RAM when idle"
+    if fit.device > budget.budget:
+        return f"{head} ({how}), the budget of {budget.owner} is {human(budget.budget)}"
+    if fit.pinned > budget.host_budget:
+        verb = "need" if len(fit.waiting) > 1 else "needs"
+        return (f"{head} ({how}, fitting the budget of {budget.owner}), {names} {verb} {human(fit.pinned)} "
+                f"of pinned RAM, the host budget of {budget.owner} is {human(budget.host_budget)}")
     return None

@@ -43,6 +43,7 @@ class Schedule:
     failed: set[str] = field(init=False, default_factory=set)
     blocked: set[str] = field(init=False, default_factory=set)
     held: dict[int, str | None] = field(init=False, default_factory=dict)   # rank -> last model
+    down: set[int] = field(init=False, default_factory=set)   # ranks lost, not (yet) back
 
     def __post_init__(self) -> None:
         self.pending = list(self.order)
@@ -83,7 +84,7 @@ class Schedule:
         """Hand ready stages to idle ranks; marks them running."""
         if self.stopped:
             return []
-        free = [r for r in range(self.world) if r not in self.busy]
+        free = [r for r in range(self.world) if r not in self.busy and r not in self.down]
         out: list[Assignment] = []
         for stage in self.by_priority(self.ready(), free):
             if not free:
@@ -142,3 +143,24 @@ class Schedule:
             self.available.add(stage)
         else:
             self.failed.add(stage)
+
+    # -- ranks that die (a worker whose process or node is lost; execute/ray_executor.py) ---------
+    def lost(self, rank: int) -> str | None:
+        """``rank`` died: the stage it ran goes back among the pending ones (in plan order) for
+        another rank; ``rank`` takes no work and holds no model until ``back(rank)``."""
+        stage = self.busy.pop(rank, None)
+        self.down.add(rank)
+        self.held.pop(rank, None)
+        if stage is None or stage not in self.running:
+            return None
+        ranks = self.running.pop(stage)
+        for r in ranks:
+            if self.busy.get(r) == stage:
+                self.busy.pop(r)
+        again = set(self.pending) | {stage}
+        self.pending = [s for s in self.order if s in again]
+        return stage
+
+    def back(self, rank: int) -> None:
+        """A lost rank is serving again (restarted, with no model loaded)."""
+        self.down.discard(rank)

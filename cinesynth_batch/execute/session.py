@@ -6,7 +6,7 @@ Building a session imports no torch, so ``validate``, ``plan`` and ``status`` st
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,10 +36,15 @@ class Session:
 
     @classmethod
     def open(cls, spec_path: str | Path, profile: str | None = None, warn=None,
-             allow_paths: list[str] | None = None, allow_hosts: list[str] | None = None) -> "Session":
+             allow_paths: list[str] | None = None, allow_hosts: list[str] | None = None,
+             cache_root: Path | None = None) -> "Session":
+        """``cache_root``: the cache to use (a worker of a distributed render uses its driver's);
+        None: ``$CINESYNTH_CACHE``, else ``.cinesynth/cache`` beside the spec."""
         loaded, registry = check_spec(spec_path, profile, allow_paths, allow_hosts)
-        cache = open_store(cache_settings(loaded.config.cache), loaded.spec_dir / ".cinesynth" / "cache",
-                           warn=warn)
+        settings = cache_settings(loaded.config.cache)
+        if cache_root is not None:          # the driver's local cache (and the same remote, if any)
+            settings = replace(settings, local=Path(cache_root))
+        cache = open_store(settings, loaded.spec_dir / ".cinesynth" / "cache", warn=warn)
         digests = DigestState.open(cache.state_path)
         registry.digests = digests
         output_dir = loaded.output_dir

@@ -1,9 +1,12 @@
-"""Which components of a video pipeline sit on the GPU, and when they move.
+"""Which components of a pipeline sit on the GPU, and when they move.
 
 Inside one stage run, a component that is not computing need not hold GPU memory:
 
-* the text encoder (UMT5) is on the device only while the prompts are encoded; it leaves for
-  pinned host RAM right after and comes back when the next run encodes again;
+* the text encoder (UMT5, Qwen3) is on the device only while the prompts are encoded; it leaves
+  for pinned host RAM right after and comes back when the next run encodes again;
+* a pipeline with one transformer (FLUX.2-klein) keeps it on the device, unless it does not fit
+  there together with the text encoder: then it waits in pinned host RAM while the prompts are
+  encoded and comes back before the first step;
 * the two Wan2.2 experts (``transformer`` for the high-noise steps, ``transformer_2`` for the
   low-noise ones) both stay on the device when they fit its budget together (faster: nothing
   moves); when they do not, the idle one waits in pinned host RAM: ``transformer_2`` until the
@@ -15,6 +18,10 @@ is pure (no torch), so the choice is tested with made-up sizes. The stages carry
 through ``runtime/swap.py`` (``swap_component``: pinned host copies, moved at copy speed) and
 record each one in their facts (``placement.moves``). On the CPU every component is in RAM
 already, and a pipeline whose blocks are offloaded streams them from pinned RAM already: no moves.
+
+``host_at_load`` says which components a loader puts in pinned host RAM rather than on the device
+(the text encoder of a pipeline that does not fit its budget whole), so that the device never
+holds the text encoder and the transformer together; ``place_loaded`` puts them there.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import Sequence, Union
 
 TEXT_ENCODER = "text_encoder"
 EXPERTS = ("transformer", "transformer_2")
+ONE_TRANSFORMER = ("transformer",)
 HOST, DEVICE = "host", "device"
 
 # when a move happens: "encode" (before the prompts are encoded), "encoded" (right after), or an
@@ -77,7 +85,8 @@ def plan_placement(*, cuda: bool, sizes: dict[str, int], where: dict[str, str], 
     """The moves of one run. ``sizes``: bytes per component; ``where``: ``"host"``/``"device"`` per
     component now; ``available``: device bytes this pipeline may hold (``None``: no budget);
     ``steps``: the expert each denoising step uses (``step_experts``); ``experts``: the pipeline's
-    experts (none for a single-transformer pipeline); ``encoder_offloaded``: the text encoder streams
+    experts (``ONE_TRANSFORMER`` for a pipeline whose one transformer may wait on the host while the
+    prompts are encoded; none for one that keeps it on the device); ``encoder_offloaded``: the text encoder streams
     from pinned RAM already (block offload); ``experts_streamed``: some expert blocks do."""
     if not cuda:
         return PlacementPlan(reasons=("on the CPU every component is in RAM already",))
@@ -93,6 +102,11 @@ def plan_placement(*, cuda: bool, sizes: dict[str, int], where: dict[str, str], 
     present = [e for e in experts if e in sizes]
     used = [e for e in dict.fromkeys(steps) if e in present]
     swap = False
+    if len(present) == 1 and TEXT_ENCODER in sizes and not encoder_offloaded and not experts_streamed:
+        if available is None or sum(sizes.values()) <= available:
+            reasons.append("the transformer fits the device budget with the text encoder: it stays on the device")
+        else:                           # it waits on the host while the prompts are encoded
+            move("encode", present[0], HOST)
     if len(present) > 1:
         if experts_streamed:
             reasons.append("the experts' blocks stream from pinned RAM already (block offload)")
@@ -122,6 +136,15 @@ def plan_placement(*, cuda: bool, sizes: dict[str, int], where: dict[str, str], 
         for name in present:            # one parked by an earlier run under another budget
             move(0, name, DEVICE)
     return PlacementPlan(tuple(moves), swap, tuple(reasons))
+
+
+def host_at_load(sizes: dict[str, int], available: int | None, *, cuda: bool) -> tuple[str, ...]:
+    """The components to load into pinned host RAM rather than onto the device: the text encoder
+    of a pipeline that does not fit ``available`` device bytes whole (it comes to the device only
+    to encode, ``plan_placement``). None off CUDA or without a budget."""
+    if not cuda or available is None or TEXT_ENCODER not in sizes or sum(sizes.values()) <= available:
+        return ()
+    return (TEXT_ENCODER,)
 
 
 @dataclass
@@ -165,6 +188,22 @@ def component_places(pipe) -> dict[str, str]:
         first = next(iter(module.parameters()), None)
         out[name] = DEVICE if first is not None and first.device.type not in ("cpu", "meta") else HOST
     return out
+
+
+def place_loaded(pipe, device: str, on_host: Sequence[str] = ()):
+    """Put a loaded pipeline's components on ``device``, but those named in ``on_host``, which go
+    to pinned host RAM through the pipeline's pinned copy (``swap_component``: they stay there when
+    the whole pipeline comes back to the device, until a stage moves them by name)."""
+    from .swap import move_model, swap_component
+
+    if not on_host:
+        return move_model(pipe, device)
+    for name, module in components_of(pipe).items():
+        if name in on_host:
+            swap_component(pipe, name, HOST)
+        else:
+            module.to(device)
+    return pipe
 
 
 def carry_out(pipe, moves: Sequence[Move], device: str, log: MoveLog) -> None:

@@ -5,7 +5,14 @@ params: ``prompt``, ``negative_prompt`` (str or None), ``steps``, ``guidance``, 
 
 Flux2-klein's ``__call__`` takes no ``negative_prompt``: with classifier-free guidance on
 (``guidance > 1`` on a non-distilled model) the negative prompt is encoded into
-``negative_prompt_embeds``; without guidance it has no effect and is ignored.
+``negative_prompt_embeds`` (the empty prompt when there is none, as the pipeline does); without
+guidance it has no effect and is ignored.
+
+The stage encodes the prompts itself (the pipeline's own ``encode_prompt``) and hands the
+embeddings to the pipeline, so on CUDA the text encoder is on the device only while it encodes and
+then waits in pinned host RAM; when the transformer and the text encoder do not fit the device
+budget together, the transformer waits there while the prompts are encoded
+(``runtime/placement.py``). The facts' ``placement`` lists the moves.
 """
 
 from __future__ import annotations
@@ -36,10 +43,37 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def encode_prompts(pipe: Any, prompt: str, negative_prompt: str | None, cfg: bool):
+    """(prompt_embeds, negative_prompt_embeds or None) as ``Flux2KleinPipeline.__call__`` computes
+    them: the negative one only with classifier-free guidance, from the empty prompt by default."""
+    device = pipe._execution_device
+    embeds, _ = pipe.encode_prompt(prompt=prompt, device=device)
+    negative = pipe.encode_prompt(prompt=negative_prompt or "", device=device)[0] if cfg else None
+    return embeds, negative
+
+
+def plan_for(pipe: Any, ctx: StageContext):
+    """Where the text encoder and the transformer sit during this run (``runtime/placement.py``)."""
+    from ..runtime.placement import ONE_TRANSFORMER, component_places, component_sizes, plan_placement
+    from ..runtime.swap import model_nbytes
+
+    if not str(ctx.device).startswith("cuda"):
+        return plan_placement(cuda=False, sizes={}, where={}, available=None)
+    budget = getattr(ctx.models, "budget", None)
+    used = getattr(ctx.models, "used", None)
+    available = None
+    if isinstance(budget, int):
+        others = max(0, used - model_nbytes(pipe)) if isinstance(used, int) else 0
+        available = budget - others
+    return plan_placement(cuda=True, sizes=component_sizes(pipe), where=component_places(pipe),
+                          available=available, experts=ONE_TRANSFORMER)
+
+
 def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageContext) -> dict[str, Any]:
     import torch
 
     from ..runtime.lora import apply_loras, image_lora_requests
+    from ..runtime.placement import MoveLog, carry_out
 
     p = check_params(params)
     requests = image_lora_requests(p["loras"], ctx.resolve_lora)
@@ -51,20 +85,22 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
     apply_loras(pipe, requests)
 
     cfg = p["guidance"] > 1.0 and not getattr(pipe.config, "is_distilled", False)
-    negative_embeds = None
+    plan = plan_for(pipe, ctx)
+    moves = MoveLog()
+    total = p["steps"]
+
+    def on_step_end(_pipe, i, _t, _kwargs):
+        ctx.progress(i + 1, total)
+        return {}
+
+    ctx.progress(0, total)
     with torch.no_grad():
-        if cfg and p["negative_prompt"]:
-            negative_embeds, _ = pipe.encode_prompt(prompt=p["negative_prompt"], device=pipe._execution_device)
-
-        total = p["steps"]
-
-        def on_step_end(_pipe, i, _t, _kwargs):
-            ctx.progress(i + 1, total)
-            return {}
-
-        ctx.progress(0, total)
+        carry_out(pipe, plan.at("encode"), ctx.device, moves)
+        prompt_embeds, negative_embeds = encode_prompts(pipe, p["prompt"], p["negative_prompt"], cfg)
+        carry_out(pipe, plan.at("encoded"), ctx.device, moves)
+        carry_out(pipe, plan.at(0), ctx.device, moves)
         result = pipe(
-            prompt=p["prompt"],
+            prompt_embeds=prompt_embeds,
             width=p["width"],
             height=p["height"],
             num_inference_steps=p["steps"],
@@ -76,4 +112,4 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
         )
     image = result.images[0].convert("RGB")
     image.save(out, format="PNG")
-    return {"width": image.width, "height": image.height}
+    return {"width": image.width, "height": image.height, "placement": moves.facts(plan)}

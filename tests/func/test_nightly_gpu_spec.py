@@ -65,3 +65,45 @@ def test_missing_loras_are_named_then_written_at_full_shape_once(spec, monkeypat
                     "harbour.image": "image", "harbour.upscale": "upscale", "harbour.video": "video",
                     "anchor.lipsync": "lipsync", "dancer.animate": "animate",
                     "assemble.nightly.srt": "subtitles", "assemble.nightly": "assemble"}
+
+
+def test_every_model_fits_a_24_gib_budget_before_it_runs_fake_gpu(spec, monkeypatch):
+    """``--vram-budget 24GiB`` on one H200 (141 GiB; the card's size and the node's RAM are
+    given, since no GPU is here): the fit check that precedes every render passes each model of
+    the batch, the FLUX.2-klein pipeline with its text encoder and transformer taking turns on
+    the device; at 17 GiB the image model is refused, naming what it needs on the device and
+    in pinned RAM."""
+    from cinesynth_batch.catalog import budget
+    from cinesynth_batch.catalog.budget import MemoryRequest
+    from cinesynth_batch.execute.fit import ModelFitError
+    from cinesynth_batch.execute.runner import LocalExecutor
+    from cinesynth_batch.execute.session import Session
+
+    gib = 1 << 30
+    monkeypatch.chdir(spec.parent)
+    wrote = CliRunner().invoke(app, ["models", "shapes-loras", spec.name, "--rank", "1", "--device", "cpu"])
+    assert wrote.exit_code == 0, wrote.output
+    monkeypatch.setattr(budget, "device_memory", lambda device: 141 * gib)
+    monkeypatch.setattr(budget, "host_ram", lambda: 128 * gib)
+    plan = Session.open(spec).plan(device="cuda:0")
+    assert {st.node.model_role for st in plan.to_run() if st.node.model_role} >= \
+        {"image", "upscale", "video", "lipsync", "animate"}
+    LocalExecutor(device="cuda:0", memory=MemoryRequest(vram=24 * gib)).preflight(plan)
+    with pytest.raises(ModelFitError) as exc:
+        LocalExecutor(device="cuda:0", memory=MemoryRequest(vram=17 * gib)).preflight(plan)
+    assert exc.value.message.splitlines()[1:] == [
+        "  animate: shapes/wan2.2-animate-14b needs 44.2 GiB (22.4 GiB with 20 of its 40 blocks streamed), the "
+        "budget of rank 0 on cuda:0 is 17.0 GiB",
+        "  image: shapes/flux2-klein-9b needs 32.3 GiB (17.1 GiB with its text encoder and its transformer "
+        "waiting in pinned RAM when idle), the budget of rank 0 on cuda:0 is 17.0 GiB",
+        "  lipsync: shapes/wan2.2-s2v-14b needs 42.3 GiB (17.5 GiB with its transformer blocks offloaded), the "
+        "budget of rank 0 on cuda:0 is 17.0 GiB"]
+    with pytest.raises(ModelFitError) as exc:
+        LocalExecutor(device="cuda:0", memory=MemoryRequest(vram=24 * gib, host=30 * gib)).preflight(plan)
+    assert exc.value.message.splitlines()[1:] == [
+        "  image: shapes/flux2-klein-9b needs 32.3 GiB (17.1 GiB with its text encoder and its transformer "
+        "waiting in pinned RAM when idle, fitting the budget of rank 0 on cuda:0), its text encoder and its "
+        "transformer need 32.2 GiB of pinned RAM, the host budget of rank 0 on cuda:0 is 30.0 GiB",
+        "  video: shapes/wan2.2-i2v-a14b needs 64.2 GiB (13.1 GiB with its transformer blocks offloaded, "
+        "fitting the budget of rank 0 on cuda:0), its streamed blocks need 52.4 GiB of pinned RAM, the host "
+        "budget of rank 0 on cuda:0 is 30.0 GiB"]

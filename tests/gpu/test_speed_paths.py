@@ -189,7 +189,7 @@ def test_residency_swaps_through_pinned_memory_on_cuda():
 
     made = []
 
-    def loader(kind, path, device, dtype):
+    def loader(kind, path, device, dtype, room):
         torch.manual_seed(len(made))
         made.append(kind)
         return torch.nn.Linear(1024, 1024, device=device)

@@ -13,7 +13,7 @@ from cinesynth_batch.catalog.registry import Registry
 from cinesynth_batch.catalog.residency import Residency, _disk_size
 from cinesynth_batch.catalog.shapes import ShapesSource, shapes_nbytes
 from cinesynth_batch.cli import app
-from cinesynth_batch.execute.fit import ModelFitError, Need, check_fit, model_blocks
+from cinesynth_batch.execute.fit import ModelFitError, Need, check_fit, component_sizes_of, model_blocks, placed
 
 GiB = 1 << 30
 RAM = 512 * GiB
@@ -147,11 +147,58 @@ def test_on_cuda_an_offloadable_pipeline_fits_by_its_blocks(registry):
     check_fit([fp8], RankBudget("cuda:0", resident, blocks.total // 2), "bfloat16")
     with pytest.raises(ModelFitError, match="streamed blocks need"):
         check_fit([fp8], RankBudget("cuda:0", resident, blocks.total // 2 - 1), "bfloat16")
-    image = tiny_need(registry, "image")                 # the image pipeline is never offloaded
-    small = _disk_size(image.source, "bfloat16") - 1
-    with pytest.raises(ModelFitError, match=r"^image: tiny/flux2-klein needs .*, the budget of rank 0 on "
-                                            r"cuda:0 is"):
-        check_fit([image], RankBudget("cuda:0", small, 1 << 40), "bfloat16")
+
+
+def test_on_cuda_the_image_pipeline_fits_by_its_text_encoder_and_transformer_in_turn(registry):
+    """Over the budget, FLUX.2-klein's text encoder and transformer take turns on the device
+    (``runtime/placement.py``): the larger of them plus the VAE must fit the device budget, both
+    the pinned RAM budget (each keeps its pinned copy). On the CPU the whole pipeline must fit."""
+    image = tiny_need(registry, "image")
+    sizes = component_sizes_of(image.source, "bfloat16")
+    size = _disk_size(image.source, "bfloat16")
+    assert sum(sizes.values()) == size and sizes["vae"] > 0
+    pinned = sizes["text_encoder"] + sizes["transformer"]
+    least = size - pinned + max(sizes["text_encoder"], sizes["transformer"])
+    assert least < size
+    check_fit([image], RankBudget("cuda:0", least, pinned), "bfloat16")
+    with pytest.raises(ModelFitError) as exc:
+        check_fit([image], RankBudget("cuda:0", least - 1, 1 << 40), "bfloat16")
+    assert exc.value.message == (f"image: tiny/flux2-klein needs {human(size)} ({human(least)} with its text "
+                                 f"encoder and its transformer waiting in pinned RAM when idle), the budget of "
+                                 f"rank 0 on cuda:0 is {human(least - 1)}")
+    with pytest.raises(ModelFitError) as exc:
+        check_fit([image], RankBudget("cuda:0", least, pinned - 1), "bfloat16")
+    assert exc.value.message == (f"image: tiny/flux2-klein needs {human(size)} ({human(least)} with its text "
+                                 f"encoder and its transformer waiting in pinned RAM when idle, fitting the budget "
+                                 f"of rank 0 on cuda:0), its text encoder and its transformer need "
+                                 f"{human(pinned)} of pinned RAM, the host budget of rank 0 on cuda:0 is "
+                                 f"{human(pinned - 1)}")
+    with pytest.raises(ModelFitError, match=r"^image: tiny/flux2-klein needs [^(]*, the budget of rank 0 on cpu is"):
+        check_fit([image], RankBudget("cpu", least, pinned), "float32")
+    # loaded with its text encoder in pinned RAM: the card must hold the rest, not the whole pipeline
+    loaded = size - sizes["text_encoder"]
+    card = rank_budget("cuda:0", gpu_rank(1), MemoryRequest(vram=least), ram_bytes=RAM, device_bytes=loaded)
+    check_fit([image], card, "bfloat16")
+    small = rank_budget("cuda:0", gpu_rank(1), MemoryRequest(vram=least), ram_bytes=RAM, device_bytes=loaded - 1)
+    with pytest.raises(ModelFitError) as exc:
+        check_fit([image], small, "bfloat16")
+    assert exc.value.message == (f"image: tiny/flux2-klein needs {human(size)} ({human(loaded)} on cuda:0 while it "
+                                 f"loads, its text encoder in pinned RAM), and cuda:0 holds {human(loaded - 1)}")
+
+
+def test_the_full_size_image_pipeline_fits_a_24_gib_budget_by_taking_turns():
+    source = ShapesSource("flux2-klein-9b", "flux2-klein", "r")
+    need = Need("image", source.label, "flux2-klein", source)
+    sizes = component_sizes_of(source, "bfloat16")
+    assert sum(sizes.values()) == shapes_nbytes("flux2-klein-9b")
+    fit = placed(sizes, 24 * GiB)
+    assert fit.waiting == ("text_encoder", "transformer")
+    assert (human(fit.device), human(fit.pinned), human(fit.loaded)) == ("17.1 GiB", "32.2 GiB", "17.1 GiB")
+    node = rank_budget("cuda:0", Placement(), MemoryRequest(vram=24 * GiB), ram_bytes=RAM, device_bytes=80 * GiB)
+    check_fit([need], node, "bfloat16")
+    consumer = rank_budget("cuda:0", Placement(), ram_bytes=128 * GiB, device_bytes=24 * GiB)   # a 24 GiB card
+    assert consumer.budget < 24 * GiB and consumer.capacity == 24 * GiB
+    check_fit([need], consumer, "bfloat16")
 
 
 def test_on_cuda_a_model_must_fit_the_card_while_it_loads(registry):
@@ -259,6 +306,11 @@ def test_a_render_within_its_budget_records_its_memory_in_the_manifest_and_repor
         {"loads": 1, "swaps": 0, "bytes_moved": rank["bytes_moved"]}
     report = (out / "report.html").read_text()
     assert "1 model load(s), 0 swap(s)" in report and "moved onto the devices" in report
+    image = next(r for r in json.loads((out / "manifest.json").read_text())["stages"] if r["kind"] == "image")
+    timing = image["facts"]["timing"]                      # the image stage's 2 steps, timed
+    assert timing["steps"] == 2 and timing["load_s"] >= 0 and timing["denoise_s"] > 0
+    assert (f"load {timing['load_s']} s; 2 steps: first {timing['first_step_s']} s, "
+            f"then {timing['step_s']} s each") in report
 
 
 # --------------------------------------------------------------------------- pinned RAM of offloaded blocks

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from cinesynth_batch.runtime.placement import (Move, MoveLog, PlacementPlan, experts_fit, least_device_bytes,
-                                                plan_placement, step_experts)
+from cinesynth_batch.runtime.placement import (ONE_TRANSFORMER, Move, MoveLog, PlacementPlan, experts_fit,
+                                                host_at_load, least_device_bytes, plan_placement, step_experts)
 
 GIB = 1 << 30
 # Wan2.2-I2V-A14B in bf16, roughly: two 14B experts, UMT5-XXL, the VAE
@@ -111,6 +111,45 @@ def test_a_single_transformer_pipeline_moves_only_its_text_encoder():
     plan = plan_placement(cuda=True, sizes=sizes, where={n: "device" for n in sizes}, available=GIB,
                           experts=())
     assert plan.moves == (Move("encoded", "text_encoder", "host"),) and plan.reasons == ()
+
+
+# FLUX.2-klein-9B in bf16, roughly: the transformer, Qwen3-8B, the VAE
+FLUX = {"text_encoder": 15 * GIB, "transformer": 17 * GIB, "vae": GIB // 8}
+
+
+def test_a_flux_pipeline_within_its_budget_moves_only_its_text_encoder():
+    plan = plan_placement(cuda=True, sizes=FLUX, where={n: "device" for n in FLUX}, available=40 * GIB,
+                          experts=ONE_TRANSFORMER)
+    assert plan.moves == (Move("encoded", "text_encoder", "host"),) and not plan.swap_experts
+    assert plan.reasons == ("the transformer fits the device budget with the text encoder: it stays on the device",)
+
+
+def test_a_flux_pipeline_over_its_budget_takes_turns_from_the_load_on():
+    """Loaded with its text encoder in pinned RAM (``host_at_load``), every run parks the
+    transformer while the prompts are encoded and brings it back before the first step."""
+    loaded = {"text_encoder": "host", "transformer": "device", "vae": "device"}
+    plan = plan_placement(cuda=True, sizes=FLUX, where=loaded, available=24 * GIB, experts=ONE_TRANSFORMER)
+    assert plan.moves == (Move("encode", "transformer", "host"), Move("encode", "text_encoder", "device"),
+                          Move("encoded", "text_encoder", "host"), Move(0, "transformer", "device"))
+    assert plan.reasons == ()
+    assert least_device_bytes(FLUX, ONE_TRANSFORMER) == 17 * GIB + GIB // 8 <= 24 * GIB
+    again = plan_placement(cuda=True, sizes=FLUX, where=loaded, available=24 * GIB, experts=ONE_TRANSFORMER)
+    assert again == plan                            # a run ends where the load left things
+    whole = plan_placement(cuda=True, sizes=FLUX, where={n: "device" for n in FLUX}, available=24 * GIB,
+                           experts=ONE_TRANSFORMER)
+    assert whole.moves == (Move("encode", "transformer", "host"), Move("encoded", "text_encoder", "host"),
+                           Move(0, "transformer", "device"))
+    exact = sum(FLUX.values())                      # exactly the whole size: nothing parks
+    assert plan_placement(cuda=True, sizes=FLUX, where=loaded, available=exact, experts=ONE_TRANSFORMER).moves == (
+        Move("encode", "text_encoder", "device"), Move("encoded", "text_encoder", "host"))
+
+
+def test_the_text_encoder_loads_into_pinned_ram_only_on_cuda_over_the_budget():
+    assert host_at_load(FLUX, 24 * GIB, cuda=True) == ("text_encoder",)
+    assert host_at_load(FLUX, sum(FLUX.values()), cuda=True) == ()
+    assert host_at_load(FLUX, 24 * GIB, cuda=False) == ()
+    assert host_at_load(FLUX, None, cuda=True) == ()
+    assert host_at_load({"transformer": 40 * GIB}, 24 * GIB, cuda=True) == ()
 
 
 def test_least_device_bytes_is_the_rest_plus_the_largest_mover():

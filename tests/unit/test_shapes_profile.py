@@ -212,8 +212,8 @@ def test_residency_passes_the_source_to_the_loader_and_budgets_its_size(tmp_path
     seen = []
     sizes = {"video": shapes_nbytes("wan2.2-i2v-a14b"), "upscale": shapes_nbytes("realesrgan-x2plus")}
 
-    def loader(kind, source, device, dtype):
-        seen.append((kind, source, device, dtype))
+    def loader(kind, source, device, dtype, room):
+        seen.append((kind, source, device, dtype, room))
         return {"role": source.name}
 
     res = Residency(reg, device="cpu", dtype="bfloat16", budget=70 << 30, host_budget=0, loader=loader,
@@ -222,11 +222,13 @@ def test_residency_passes_the_source_to_the_loader_and_budgets_its_size(tmp_path
     res.get("upscale")
     res.get("video")            # 64.2 GiB: fits beside the upscaler (70 GiB budget)
     assert res.resident() == ["upscale", "video"]
-    assert seen[1] == ("wan-i2v", ShapesSource("wan2.2-i2v-a14b", "wan-i2v", SHAPES_REVISION), "cpu", "bfloat16")
+    assert seen[1] == ("wan-i2v", ShapesSource("wan2.2-i2v-a14b", "wan-i2v", SHAPES_REVISION), "cpu", "bfloat16",
+                       (70 << 30) - sizes["upscale"])       # the room the upscaler leaves it
     res.budget = sizes["video"] + (1 << 20)
     res.release("video")
     res.get("video")            # does not fit beside it now: the upscaler leaves first
     assert res.resident() == ["video"] and res.evictions["upscale"] == 1
+    assert seen[2][4] == res.budget             # loaded again with the whole budget as its room
 
 
 def test_load_model_builds_a_shapes_source_and_checks_its_kind():

@@ -49,7 +49,9 @@ def test_constants():
 def test_writes_png_of_requested_size_and_reports_progress(ctx, tmp_path):
     facts, data, pixels = render(ctx, tmp_path, width=64, height=32, steps=3)
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    assert facts == {"width": 64, "height": 32}
+    assert facts == {"width": 64, "height": 32,
+                     "placement": {"moves": [], "swap_experts": False, "bytes_moved": 0,
+                                   "kept": ["on the CPU every component is in RAM already"]}}
     assert pixels.shape == (32, 64, 3)
     assert pixels.std() > 1  # not a flat image
     assert ctx.extra["progress_calls"] == [(0, 3), (1, 3), (2, 3), (3, 3)]

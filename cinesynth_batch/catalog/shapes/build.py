@@ -4,7 +4,9 @@
 (``catalog/loaders.py``) returns for the same role, of the same classes and configurations, with
 random weights instead of the released ones:
 
-* ``flux2-klein-9b``: ``Flux2KleinPipeline`` (transformer, Qwen3-8B text encoder, FLUX.2 VAE);
+* ``flux2-klein-9b``: ``Flux2KleinPipeline`` (transformer, Qwen3-8B text encoder, FLUX.2 VAE); a
+  component named in ``host`` (the text encoder, when the loader keeps it off the device) is built
+  in host RAM (drawn on the GPU when there is one, then copied: the same values);
 * ``wan2.2-i2v-a14b``: ``WanImageToVideoPipeline`` with both experts, UMT5-XXL and the Wan VAE;
 * ``wan2.2-s2v-14b``: our ``WanS2VPipeline`` (transformer, Wan2.1 VAE, UMT5-XXL, wav2vec2-large);
 * ``wan2.2-animate-14b``: ``WanAnimatePipeline`` with its CLIP ViT-H/14 image encoder; as
@@ -78,15 +80,27 @@ def _wan_scheduler():
 # --------------------------------------------------------------------------- pipelines
 
 
-def build_flux2_klein(device: str, dtype) -> Any:
+def _home(device: str, host: bool) -> tuple[str, str | None]:
+    """(where a component is built, where its random values are drawn): host RAM for one kept off
+    the GPU, drawn on the GPU so its values are those it would have there."""
+    import torch
+
+    dev = torch.device(device)
+    if not host or dev.type in ("cpu", "meta"):
+        return device, None
+    return "cpu", device
+
+
+def build_flux2_klein(device: str, dtype, host: tuple[str, ...] = ()) -> Any:
     from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from ..tiny.build import _qwen2_tokenizer
 
     tokenizer = _qwen2_tokenizer()
-    text_encoder = build_module(lambda: Qwen3ForCausalLM(Qwen3Config(**C.QWEN3_8B)), device, dtype,
-                                _SEEDS["text_encoder"])
+    home, draw = _home(device, "text_encoder" in host)
+    text_encoder = build_module(lambda: Qwen3ForCausalLM(Qwen3Config(**C.QWEN3_8B)), home, dtype,
+                                _SEEDS["text_encoder"], draw_on=draw)
     vae = build_module(lambda: AutoencoderKLFlux2(**C.FLUX2_VAE), device, dtype, _SEEDS["vae"])
     transformer = build_module(lambda: Flux2Transformer2DModel(**C.FLUX2_KLEIN_9B), device, dtype,
                                _SEEDS["transformer"])
@@ -181,12 +195,18 @@ BUILDERS: dict[str, Callable[[str, Any], Any]] = {
 }
 
 
-def build_shapes(name: str, device: str = "cuda", dtype: str = "bfloat16") -> Any:
-    """The production pipeline ``name`` at full size with seeded random weights on ``device``."""
+def build_shapes(name: str, device: str = "cuda", dtype: str = "bfloat16", host: tuple[str, ...] = ()) -> Any:
+    """The production pipeline ``name`` at full size with seeded random weights on ``device``;
+    ``host``: components of the FLUX.2-klein pipeline built in host RAM instead."""
     from ...errors import ModelError
     from ...runtime.dtypes import quiet_libraries
 
     if name not in BUILDERS:
         raise ModelError(f"no shapes model named {name!r}", hint=f"known: {', '.join(sorted(BUILDERS))}")
     quiet_libraries()
-    return BUILDERS[name](device, _dtype(dtype) if isinstance(dtype, str) else dtype)
+    td = _dtype(dtype) if isinstance(dtype, str) else dtype
+    if host:
+        if name != FLUX2_KLEIN_9B:
+            raise ModelError(f"shapes model {name!r} builds every component on its device")
+        return build_flux2_klein(device, td, tuple(host))
+    return BUILDERS[name](device, td)
