@@ -27,7 +27,7 @@ def render_report(manifest: dict[str, Any]) -> str:
     return env.from_string(TEMPLATE.read_text(encoding="utf-8")).render(
         m=manifest, scenes=scene_rows(manifest), finals=final_rows(manifest),
         failures=failures(manifest), resume=resume_command(manifest), fig=fig,
-        carried=bool(earlier and fig and fig.get("rendered_at") != manifest.get("rendered_at")),
+        carried=bool(earlier and fig and "figures" in (earlier.get("carried") or ())),
         timeline=Markup(timeline_svg(fig["bars"]) if fig else ""), colour=colour,
         history=history, history_kinds=kinds)
 

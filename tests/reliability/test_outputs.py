@@ -136,6 +136,15 @@ def test_a_render_that_runs_nothing_keeps_the_last_loads_and_timings(rendered, c
     assert report.count('class="bar"') == len(ran)
     assert f"{first['figures']['loads']}</b>model loads" in report
     assert again["history"] == first["history"] and len(first["history"]) == 1
+    # a render that runs something again: its figures, and the last two renders side by side
+    render(copy / "k.yaml", progress=False, force=True, only=["assemble.final"])
+    third = json.loads((copy / OUT / "manifest.json").read_text())
+    assert "earlier_render" not in third
+    assert sorted(b["stage"] for b in third["figures"]["bars"]) == \
+        sorted(r["id"] for r in third["stages"] if r["status"] == "ran") != []
+    assert [h["rendered_at"] for h in third["history"]] == [third["rendered_at"], first["rendered_at"]]
+    report = (copy / OUT / "report.html").read_text()
+    assert "Last renders" in report and f"<th>{first['rendered_at']}</th>" in report
 
 
 @pytest.mark.parametrize("rel", ["/etc/passwd", "../x", "a/../../x", "scenes/../../x", "..", "", ".",
