@@ -28,7 +28,7 @@ def still_thumb(src: Path, dest: Path, side: int = THUMB) -> tuple[int, int]:
 def clip_previews(src: Path, poster: Path, strip: Path, side: int = THUMB,
                   strip_height: int = STRIP_HEIGHT) -> dict[str, int]:
     """Write the poster (the middle frame) and the strip (first, middle, last frames side by
-    side) of the video ``src``. Returns the number of frames and the previews' sizes."""
+    side) of the video ``src``. Returns the previews' sizes in pixels."""
     frames = _pick_frames(src)
     middle = frames[len(frames) // 2]
     poster_im = _fit(middle, side)
@@ -50,21 +50,27 @@ def clip_previews(src: Path, poster: Path, strip: Path, side: int = THUMB,
 
 def _pick_frames(src: Path) -> list[Image.Image]:
     """The first, middle and last frames of ``src`` (fewer when it has fewer frames); only
-    those three are converted to pictures."""
+    those three are converted to pictures. When the container does not say how many frames it
+    holds (or says wrong), the first pass counts them and a second one picks them."""
     with av.open(str(src)) as container:
         if not container.streams.video:
             raise ValueError(f"{src}: no video stream")
         total = container.streams.video[0].frames
-    kept, decoded = _decode_at(src, total) if total else ({}, 0)
-    if not total or len(kept) < len({0, (total - 1) // 2, total - 1}):   # count unknown or wrong
-        kept, decoded = _decode_at(src, _count(src))
+    kept, decoded = _decode_at(src, total)
+    if len(kept) < len(_wanted(total)):
+        kept, _ = _decode_at(src, decoded)
     if not kept:
         raise ValueError(f"{src}: no video frames")
     return [kept[i] for i in sorted(kept)]
 
 
+def _wanted(total: int) -> set[int]:
+    return {0, (total - 1) // 2, total - 1} if total > 0 else set()
+
+
 def _decode_at(src: Path, total: int) -> tuple[dict[int, Image.Image], int]:
-    wanted = {0, (total - 1) // 2, total - 1} if total else set()
+    """The frames at ``_wanted(total)`` as pictures, and how many frames were decoded."""
+    wanted = _wanted(total)
     kept: dict[int, Image.Image] = {}
     n = 0
     with av.open(str(src)) as container:
@@ -72,11 +78,6 @@ def _decode_at(src: Path, total: int) -> tuple[dict[int, Image.Image], int]:
             if n - 1 in wanted:
                 kept[n - 1] = frame.to_image()
     return kept, n
-
-
-def _count(src: Path) -> int:
-    with av.open(str(src)) as container:
-        return sum(1 for _ in container.decode(video=0))
 
 
 def _fit(im: Image.Image, side: int) -> Image.Image:
