@@ -24,7 +24,6 @@ from ..cache.store import Entry
 from ..errors import RenderError
 from ..plan.planner import Plan
 from ..report.figures import carried_figures, figures, history, history_entry
-from ..report.previews import THUMBS, make_previews
 from .runner import Outcome
 
 Warn = Callable[[str], None]
@@ -230,6 +229,8 @@ def _previews(output_dir: Path, published: dict[str, Any], previous: dict[str, A
     """Previews of the published stills and clips in ``thumbs/`` (``report/previews.py``); the
     previews of an earlier render that no output uses now are removed (when their bytes are the
     ones its manifest recorded)."""
+    from ..report.previews import THUMBS, make_previews
+
     _dest(output_dir, f"{THUMBS}/-", warn)               # a real folder, not a link
     earlier = previous.get("thumbs") if isinstance(previous.get("thumbs"), dict) else {}
     previews, thumbs = make_previews(output_dir, published, earlier, warn)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..cache.digest import sha256_file
-from ..media.thumbs import clip_previews, still_thumb
 
 THUMBS = "thumbs"
 STILLS = {".png", ".jpg", ".jpeg", ".webp"}
@@ -39,6 +38,8 @@ def make_previews(output_dir: Path, published: dict[str, dict[str, Any]], earlie
             thumbs.update({n: thumbs.get(n) or earlier[n] for n in names.values()})
             continue
         paths = {role: output_dir / name for role, name in names.items()}
+        from ..media.thumbs import clip_previews, still_thumb   # PyAV and Pillow: only to make one
+
         try:
             if roles == ("thumb",):
                 w, h = still_thumb(output_dir / rel, paths["thumb"])
