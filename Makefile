@@ -6,7 +6,7 @@ SPEC   ?= specs/examples/short.yaml
 
 TTS_VENV ?= .venv-tts
 
-.PHONY: install gpu tts-env fonts demo test test-fast bench tiny clean
+.PHONY: install gpu tts-env fonts browser demo test test-fast bench tiny clean report-screenshot
 
 # torch is pinned: torch==2.13.0 resolves to the CPU build; a looser pin pulls CUDA wheels.
 $(VENV)/.installed: pyproject.toml
@@ -53,10 +53,26 @@ fonts:
 	  fi; \
 	fi
 
+# The report's browser test drives the system's Chromium through Playwright (its own browser
+# download is not used): Debian's chromium, installed (as root, with apt-get) when none is found.
+# Elsewhere the test is skipped and says why; CINESYNTH_CHROMIUM names another Chromium.
+browser:
+	@if [ -z "$$CINESYNTH_CHROMIUM" ] && ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "no Chromium: apt-get install chromium (the report's browser test is skipped)" >&2; \
+	  fi; \
+	fi
+
+# docs/report.png: the report of specs/examples/short.yaml, rendered in a scratch folder.
+report-screenshot: install browser
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python tests/report_screenshot.py docs/report.png
+
 demo: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/cinesynth render $(SPEC)
 
-test: install tts-env fonts
+test: install tts-env fonts browser
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 test-fast: install

@@ -85,6 +85,7 @@ def outcome_to_message(out: Outcome, stages: set[str]) -> dict[str, Any]:
     return {
         "ran": list(out.ran), "cached": list(out.cached), "failed": dict(out.failed),
         "blocked": list(out.blocked), "seconds": dict(out.seconds), "meta": dict(out.meta),
+        "spans": dict(out.spans),
         "entries": {k: dataclasses.asdict(v) for k, v in out.entries.items() if k in stages},
         "lock": {k: v.to_dict() for k, v in out.lock.items()},
     }
@@ -105,6 +106,7 @@ def merge_message(total: Outcome, msg: dict[str, Any], plan: Plan) -> None:
     total.failed.update(msg["failed"])
     total.blocked.extend(b for b in msg["blocked"] if b not in total.blocked)
     total.seconds.update(msg["seconds"])
+    total.spans.update(msg.get("spans", {}))
     total.meta.update(msg["meta"])
     total.entries.update({k: _entry(v) for k, v in msg["entries"].items()})
     for k, v in msg["lock"].items():

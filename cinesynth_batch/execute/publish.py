@@ -23,6 +23,7 @@ from ..cache.lock import Lock
 from ..cache.store import Entry
 from ..errors import RenderError
 from ..plan.planner import Plan
+from ..report.figures import carried_figures, figures, history, history_entry
 from .runner import Outcome
 
 Warn = Callable[[str], None]
@@ -54,6 +55,7 @@ def publish(plan: Plan, outcome: Outcome, output_dir: Path, lock_path: Path,
     plan.digests.save()
 
     rows = [_stage_row(plan, outcome, nid) for nid in plan.order]
+    previews, thumbs = _previews(output_dir, published, previous, warn)
     manifest = {
         "project": plan.project,
         "spec": plan.loaded.display,
@@ -65,10 +67,18 @@ def publish(plan: Plan, outcome: Outcome, output_dir: Path, lock_path: Path,
         "model_swaps": outcome.model_swaps,
         "memory": memory_table(outcome.memory, [outcome.meta[n] for n in outcome.ran if n in outcome.meta]),
         "fast_paths": outcome.fast_paths,
+        "scene_order": scene_order(plan),
         "stages": rows,
         "files": published,
+        "previews": previews,
+        "thumbs": thumbs,
     }
-    carry_over(manifest, previous, nothing_ran=not outcome.ran and not outcome.failed)
+    nothing_ran = not outcome.ran and not outcome.failed
+    fig = figures(rows, manifest["memory"], manifest["rendered_at"], manifest["seconds"])
+    manifest["figures"] = fig
+    manifest["history"] = history(previous.get("history"),
+                                  None if nothing_ran else history_entry(fig, manifest["summary"]))
+    carry_over(manifest, previous, nothing_ran=nothing_ran)
     write_atomic(output_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=False))
     from ..report.html import render_report
 
@@ -212,6 +222,37 @@ def _show(rel: Any) -> str:
     return (text[:120] + "…") if len(text) > 120 else text
 
 
+# -- previews -----------------------------------------------------------------------------------
+
+def _previews(output_dir: Path, published: dict[str, Any], previous: dict[str, Any],
+              warn: Warn) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Previews of the published stills and clips in ``thumbs/`` (``report/previews.py``); the
+    previews of an earlier render that no output uses now are removed (when their bytes are the
+    ones its manifest recorded)."""
+    from ..report.previews import THUMBS, make_previews
+
+    _dest(output_dir, f"{THUMBS}/-", warn)               # a real folder, not a link
+    earlier = previous.get("thumbs") if isinstance(previous.get("thumbs"), dict) else {}
+    previews, thumbs = make_previews(output_dir, published, earlier, warn)
+    for old, info in earlier.items():
+        if old in thumbs or not isinstance(old, str) or not old.startswith(f"{THUMBS}/"):
+            continue
+        path, problem = published_before(output_dir, old, info)
+        if problem:
+            warn(f"manifest.json lists '{_show(old)}' as an earlier preview, but {problem}; leaving it alone")
+        elif path is not None:
+            path.unlink()
+    return previews, thumbs
+
+
+def scene_order(plan: Plan) -> list[str]:
+    """Scenes in the order the first assembled video plays them, then the others as written."""
+    spec = plan.loaded.spec
+    written = [s.id for s in spec.scenes]
+    first = spec.assemble[0].scenes if spec.assemble and spec.assemble[0].scenes else []
+    return list(dict.fromkeys([s for s in first if s in written] + written))
+
+
 # -- lock and manifest -------------------------------------------------------------------------
 
 def _write_lock(plan: Plan, outcome: Outcome, published: dict[str, Any], lock_path: Path) -> None:
@@ -245,8 +286,9 @@ def memory_table(ranks: list[dict[str, Any]], facts: list[dict[str, Any]] = ()) 
 
 def carry_over(manifest: dict[str, Any], previous: dict[str, Any], nothing_ran: bool) -> None:
     """Keep what earlier renders measured, marked as theirs: a cached stage keeps the seconds
-    it took when it last ran (same key); a render that ran nothing keeps the model loads of
-    the last render that did."""
+    it took when it last ran (same key); a render that ran nothing keeps the model loads and
+    the figures (timeline, seconds by kind and model, loads, memory) of the last render that
+    did, dated by it."""
     before = {r.get("id"): r for r in previous.get("stages", []) if isinstance(r, dict)}
     for row in manifest["stages"]:
         old = before.get(row["id"])
@@ -254,14 +296,22 @@ def carry_over(manifest: dict[str, Any], previous: dict[str, Any], nothing_ran: 
                 and isinstance(old.get("seconds"), (int, float)):
             row["seconds"] = old["seconds"]
             row["seconds_from"] = "earlier render"
-    loads = previous.get("model_loads")
-    if not nothing_ran or not isinstance(loads, dict) or not loads:
+    if not nothing_ran:
         return
     earlier = previous.get("earlier_render")
     when = earlier.get("rendered_at") if isinstance(earlier, dict) else previous.get("rendered_at")
-    manifest["model_loads"] = loads
-    manifest["model_swaps"] = previous.get("model_swaps") or {}
-    manifest["earlier_render"] = {"rendered_at": when, "carried": ["model_loads", "model_swaps"]}
+    carried = []
+    loads = previous.get("model_loads")
+    if isinstance(loads, dict) and loads:
+        manifest["model_loads"] = loads
+        manifest["model_swaps"] = previous.get("model_swaps") or {}
+        carried += ["model_loads", "model_swaps"]
+    fig = carried_figures(previous.get("figures"))
+    if fig is not None and fig.get("bars"):
+        manifest["figures"] = fig
+        carried.append("figures")
+    if carried:
+        manifest["earlier_render"] = {"rendered_at": when, "carried": carried}
 
 
 def _media_facts(meta: dict[str, Any]) -> dict[str, Any]:
@@ -289,6 +339,11 @@ def _stage_row(plan: Plan, outcome: Outcome, nid: str) -> dict[str, Any]:
         row["seconds"] = round(outcome.seconds.get(nid, 0.0), 3)
     if status == "failed":
         row["error"] = outcome.failed[nid]
+    span = outcome.spans.get(nid)
+    if span and status in ("ran", "failed"):
+        row["started_at"] = round(span["start"], 3)
+        row["ended_at"] = round(span["end"], 3)
+        row["lane"] = span.get("lane", "rank 0")
     if st.model:
         row["model"] = f"{st.model['id']}@{st.model['revision']}"
     if entry is not None:

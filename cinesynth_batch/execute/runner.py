@@ -44,6 +44,7 @@ class Outcome:
     model_swaps: dict[str, int] = field(default_factory=dict)
     memory: list[dict[str, Any]] = field(default_factory=list)     # one entry per rank
     fast_paths: dict[str, Any] = field(default_factory=dict)       # runtime/fastpaths.py survey
+    spans: dict[str, dict[str, Any]] = field(default_factory=dict) # stage -> start, end (epoch s), lane
     dry_run: bool = False
 
     def summary(self, skipped: int = 0) -> str:
@@ -251,16 +252,19 @@ class LocalExecutor(Executor):
             st.reason.forced = self.force
         bus.emit("stage_started", stage=node.id, kind=node.kind, scene=node.scene, key=key,
                  reason=str(st.reason))
-        started = time.perf_counter()
+        started, began = time.perf_counter(), time.time()
+        lane = f"rank {self.placement.rank}"
         try:
             entry = self._produce(plan, st, key, out, bus, residency)
         except Exception as exc:  # a stage failure must not lose the rest of the render
             message = _describe(exc)
             out.failed[node.id] = message
+            out.spans[node.id] = {"start": began, "end": time.time(), "lane": lane}
             bus.emit("stage_failed", stage=node.id, kind=node.kind, scene=node.scene, key=key,
                      seconds=round(time.perf_counter() - started, 4), detail={"error": message})
             return
         seconds = time.perf_counter() - started
+        out.spans[node.id] = {"start": began, "end": time.time(), "lane": lane}
         known[node.id] = entry.digest
         out.entries[node.id] = entry
         out.ran.append(node.id)

@@ -70,6 +70,12 @@ def test_two_ranks_render_each_stage_once_and_write_the_single_process_lock(tmp_
     assert memory["bytes_moved"] == sum(r["bytes_moved"] for r in memory["ranks"]) > 0
     report = (root / "outputs/short/report.html").read_text()
     assert f"{memory['loads']} model load(s), 0 swap(s)" in report
+    # the timeline: one bar per stage, each in the lane of the rank that ran it
+    bars = manifest["figures"]["bars"]
+    assert sorted(b["stage"] for b in bars) == sorted(s["id"] for s in manifest["stages"])
+    assert {b["lane"] for b in bars} == {"rank 0", "rank 1"}
+    assert all(s["ended_at"] >= s["started_at"] for s in manifest["stages"])
+    assert report.count('class="bar"') == len(bars)
 
     again = run_cli(root / "short.yaml", "--nproc", "2", "--events", str(events))
     assert again.returncode == 0, again.stderr

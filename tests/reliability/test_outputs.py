@@ -64,6 +64,10 @@ def test_crafted_manifest_deletes_nothing_outside(rendered, copy, tmp_path):
         "scenes/old.png": {"stage": "gone.image", "digest": sha(old)},
         "scenes/edited.png": {"stage": "gone.image", "digest": hashlib.sha256(b"original").hexdigest()},
     }
+    stale = out / "thumbs/0123.thumb.webp"                       # a preview no output uses now
+    stale.write_bytes(b"an earlier preview")
+    manifest["thumbs"] = {f"thumbs/{rel_escape}": {"digest": sha(victims["victim_rel"])},
+                          "thumbs/0123.thumb.webp": {"digest": sha(stale)}}
     (out / "manifest.json").write_text(json.dumps(manifest))
 
     result = cli_render(copy)
@@ -73,8 +77,11 @@ def test_crafted_manifest_deletes_nothing_outside(rendered, copy, tmp_path):
     assert (out / "scenes/link.png").is_symlink()               # not ours to remove either
     assert not old.exists()                                      # a file this project published: removed
     assert edited.exists()
+    assert not stale.exists()                                    # an earlier preview: removed
     lines = [line for line in result.output.splitlines() if line.startswith("manifest.json lists")]
-    assert len(lines) == 4, result.output
+    assert len(lines) == 5, result.output
+    assert any(f"thumbs/{rel_escape}" in line and "earlier preview" in line
+               and "not inside the output folder" in line for line in lines)
     assert any(str(victims["victim_abs"]) in line and "not inside the output folder" in line
                for line in lines)
     assert any(rel_escape in line and "not inside the output folder" in line for line in lines)
@@ -121,6 +128,23 @@ def test_a_render_that_runs_nothing_keeps_the_last_loads_and_timings(rendered, c
     report = (copy / OUT / "report.html").read_text()
     assert f"from the render of {first['rendered_at']}; nothing ran in this one" in report
     assert report.count("(earlier render)") == len(again["stages"])
+    # the figures (timeline, seconds by kind, loads) are the first render's, dated by it
+    assert again["figures"] == first["figures"]
+    assert again["earlier_render"]["carried"] == ["model_loads", "model_swaps", "figures"]
+    assert {b["stage"] for b in first["figures"]["bars"]} == set(ran)
+    assert f"made <b>{first['rendered_at']}</b>: nothing ran in this one (0 run, 6 cached" in report
+    assert report.count('class="bar"') == len(ran)
+    assert f"{first['figures']['loads']}</b>model loads" in report
+    assert again["history"] == first["history"] and len(first["history"]) == 1
+    # a render that runs something again: its figures, and the last two renders side by side
+    render(copy / "k.yaml", progress=False, force=True, only=["assemble.final"])
+    third = json.loads((copy / OUT / "manifest.json").read_text())
+    assert "earlier_render" not in third
+    assert sorted(b["stage"] for b in third["figures"]["bars"]) == \
+        sorted(r["id"] for r in third["stages"] if r["status"] == "ran") != []
+    assert [h["rendered_at"] for h in third["history"]] == [third["rendered_at"], first["rendered_at"]]
+    report = (copy / OUT / "report.html").read_text()
+    assert "Last renders" in report and f"<th>{first['rendered_at']}</th>" in report
 
 
 @pytest.mark.parametrize("rel", ["/etc/passwd", "../x", "a/../../x", "scenes/../../x", "..", "", ".",
