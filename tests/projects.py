@@ -26,3 +26,22 @@ def new_project(root: Path, spec: str | None = None, text: str | None = None, pr
     else:
         path.write_text(text)
     return path
+
+
+def edited_copy(spec: Path, tmp_path: Path, old: str, new: str) -> Path:
+    """A copy of ``spec``'s project (its cache too) under ``tmp_path``, with ``old`` replaced by
+    ``new`` in the spec; returns the copied spec's path."""
+    work = tmp_path / "p"
+    shutil.copytree(spec.parent, work)
+    path = work / spec.name
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    return path
+
+
+def to_run(spec: Path) -> set[str]:
+    """The stage ids a render of ``spec`` would run now."""
+    from cinesynth_batch.execute.session import Session
+
+    return {st.id for st in Session.open(spec).plan().to_run()}

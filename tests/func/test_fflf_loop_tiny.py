@@ -5,14 +5,13 @@ without doubled seams; an edit re-runs exactly the clips that touch what changed
 from __future__ import annotations
 
 import hashlib
-import shutil
 
 import pytest
 
 from cinesynth_batch.execute.render import render
 from cinesynth_batch.execute.session import Session
 from cinesynth_batch.media.video_io import probe
-from projects import new_project
+from projects import edited_copy, new_project, to_run
 
 OUT = "outputs/fflf_loop"
 LENGTHS = [33, 37, 33, 33]          # the preset's clip lengths
@@ -26,18 +25,11 @@ def rendered(tmp_path_factory):
 
 
 def _edited(rendered, tmp_path, old: str, new: str):
-    spec, _ = rendered
-    work = tmp_path / "p"
-    shutil.copytree(spec.parent, work)
-    path = work / spec.name
-    text = path.read_text()
-    assert old in text
-    path.write_text(text.replace(old, new))
-    return path
+    return edited_copy(rendered[0], tmp_path, old, new)
 
 
 def _to_run(spec) -> set[str]:
-    return {st.id for st in Session.open(spec).plan().to_run()}
+    return to_run(spec)
 
 
 def test_the_loop_renders_one_clip_per_pair_joined_without_doubled_seams(rendered):

@@ -4,15 +4,13 @@ exactly the stages that depend on it."""
 
 from __future__ import annotations
 
-import shutil
 
 import av
 import pytest
 
 from cinesynth_batch.execute.render import render
-from cinesynth_batch.execute.session import Session
 from cinesynth_batch.media.video_io import probe
-from projects import new_project
+from projects import edited_copy, new_project, to_run
 
 OUT = "outputs/postprocess"
 
@@ -24,18 +22,11 @@ def rendered(tmp_path_factory):
 
 
 def _edited(rendered, tmp_path, old: str, new: str):
-    spec, _ = rendered
-    work = tmp_path / "p"
-    shutil.copytree(spec.parent, work)
-    path = work / spec.name
-    text = path.read_text()
-    assert old in text
-    path.write_text(text.replace(old, new))
-    return path
+    return edited_copy(rendered[0], tmp_path, old, new)
 
 
 def _to_run(spec) -> set[str]:
-    return {st.id for st in Session.open(spec).plan().to_run()}
+    return to_run(spec)
 
 
 def _audio_packets(path) -> list[bytes]:
