@@ -33,7 +33,9 @@ from .events import Event, EventBus, event_sinks
 from .parallel import (Options, SplitFacts, Topology, split_facts, stage_degrees,
                        topology_from_env)
 from .progress import RankProgress
-from .runner import Executor, LocalExecutor, Outcome, _describe, _lock_entry, rank_memory, recheck_cached
+from .runner import (
+    Executor, LocalExecutor, Outcome, _describe, _lock_entry, rank_memory, recheck_cached, record_cached,
+)
 from .schedule import Schedule
 
 POLL = 0.01            # seconds between the coordinator's looks at the store
@@ -325,13 +327,7 @@ class DistributedExecutor(Executor):
         setup.announce({"degrees": sorted({d for d in degrees.values() if d > 1})})
         shown = [RankProgress(0)] if self.progress else []
         shared = EventBus([_Serialized(bus.sinks + shown)], rank=0)
-        for nid in plan.order:
-            st = plan.stages[nid]
-            if st.status == "cached" and st.entry is not None:
-                out.entries[nid] = st.entry
-                out.cached.append(nid)
-                out.lock[nid] = _lock_entry(st, st.key, st.inputs, st.entry)
-                shared.emit("stage_cached", stage=nid, kind=st.node.kind, scene=st.node.scene, key=st.key)
+        record_cached(plan, out, shared)
         costs = plan_costs(plan) if to_run else {}
         schedule = Schedule(order=[s.id for s in to_run],
                             upstream={n: list(plan.graph[n].upstream()) for n in plan.order},

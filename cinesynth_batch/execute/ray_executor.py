@@ -33,7 +33,7 @@ from ..errors import CinesynthError, ModelError, RenderError
 from ..plan.planner import Plan
 from .distributed import _slot, merge_message
 from .events import Event, EventBus
-from .runner import Executor, Outcome, _lock_entry, recheck_cached
+from .runner import Executor, Outcome, recheck_cached, record_cached
 from .schedule import Schedule
 
 PING = 1.0          # seconds between looks at a lost worker (is it back?)
@@ -158,13 +158,7 @@ class RayExecutor(Executor):
         out = Outcome()
         plan.cache.clean_stale_tmp()
         recheck_cached(plan)
-        for nid in plan.order:
-            st = plan.stages[nid]
-            if st.status == "cached" and st.entry is not None:
-                out.entries[nid] = st.entry
-                out.cached.append(nid)
-                out.lock[nid] = _lock_entry(st, st.key, st.inputs, st.entry)
-                bus.emit("stage_cached", stage=nid, kind=st.node.kind, scene=st.node.scene, key=st.key)
+        record_cached(plan, out, bus)
         to_run = plan.to_run()
         if not to_run:
             return out

@@ -114,15 +114,7 @@ class LocalExecutor(Executor):
             out.fast_paths = self.announce_fast_paths(plan, bus)
         before_loads = dict(getattr(residency, "loads", {}))
         before_swaps = dict(getattr(residency, "swaps", {}))
-        known: dict[str, str] = {}
-        for nid in plan.order:
-            st = plan.stages[nid]
-            if st.status == "cached" and st.entry is not None:
-                known[nid] = st.entry.digest
-                out.entries[nid] = st.entry
-                out.cached.append(nid)
-                out.lock[nid] = _lock_entry(st, st.key, st.inputs, st.entry)
-                bus.emit("stage_cached", stage=nid, kind=st.node.kind, scene=st.node.scene, key=st.key)
+        known = record_cached(plan, out, bus)
         try:
             for nid in plan.order:
                 st = plan.stages[nid]
@@ -407,6 +399,21 @@ def pick_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def record_cached(plan: Plan, out: Outcome, bus: EventBus) -> dict[str, str]:
+    """Each cached stage into ``out`` (its entry and lock line) with a ``stage_cached`` event;
+    returns ``{stage: digest}`` of them."""
+    known: dict[str, str] = {}
+    for nid in plan.order:
+        st = plan.stages[nid]
+        if st.status == "cached" and st.entry is not None:
+            known[nid] = st.entry.digest
+            out.entries[nid] = st.entry
+            out.cached.append(nid)
+            out.lock[nid] = _lock_entry(st, st.key, st.inputs, st.entry)
+            bus.emit("stage_cached", stage=nid, kind=st.node.kind, scene=st.node.scene, key=st.key)
+    return known
 
 
 def _lock_entry(st: PlannedStage, key: str | None, inputs: dict[str, Any], entry: Entry) -> LockEntry:

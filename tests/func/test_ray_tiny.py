@@ -156,10 +156,13 @@ def test_a_worker_node_killed_mid_render_has_its_stage_rerun_elsewhere(cluster, 
     finally:
         cluster.add_node(num_cpus=1)            # three nodes again for whatever runs next
     assert killed, "no video stage went to a worker node"
+    # what the killed worker held in flight is lost (the video that triggered the kill, or a
+    # stage queued on that worker before it): each lost stage finishes once, on another worker
     lost = [e for e in seen if e.event == "stage_lost"]
-    assert [e.stage for e in lost] == [killed["stage"]] and lost[0].detail["worker"] == killed["worker"]
-    done = [e for e in seen if e.event == "stage_finished" and e.stage == killed["stage"]]
-    assert len(done) == 1 and done[0].rank != killed["worker"]     # re-run on another worker
+    assert lost and {e.detail["worker"] for e in lost} == {killed["worker"]}
+    for stage in {e.stage for e in lost}:
+        done = [e for e in seen if e.event == "stage_finished" and e.stage == stage]
+        assert len(done) == 1 and done[0].rank != killed["worker"]   # re-run on another worker
     assert sorted(result.outcome.ran) == sorted(ALL) and not result.outcome.failed
 
     assert (out_dir(spec) / "render.lock").read_bytes() == (single / "render.lock").read_bytes()
