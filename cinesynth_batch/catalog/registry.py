@@ -249,7 +249,7 @@ class Registry:
         """The file of LoRA ``name``: ``NAME.safetensors`` (or ``NAME`` when it already ends so)
         in a LoRA folder or its ``family`` subfolder. A name never leaves the LoRA folders: an
         absolute path, ``..``, a backslash or a link out of the folder finds nothing."""
-        if not _plain_lora_name(name):
+        if not plain_lora_name(name):
             return None
         file = name if name.endswith(".safetensors") else f"{name}.safetensors"
         for d in self.lora_search_dirs():
@@ -284,7 +284,7 @@ class Registry:
         return p
 
 
-def _plain_lora_name(name: str) -> bool:
+def plain_lora_name(name: str) -> bool:
     """A relative name of plain parts: no absolute path, drive, ``~``, ``..``, ``.``, empty
     part, backslash or control character (the spec loader explains each refusal)."""
     if not name or "\\" in name or name.startswith(("/", "~")) or (len(name) > 1 and name[1] == ":"):

@@ -175,11 +175,7 @@ def _remove_stale(plan: Plan, previous: dict[str, Any], published: dict[str, Any
         stage = info.get("stage") if isinstance(info, dict) else None
         if isinstance(stage, str) and stage in plan.graph.nodes:
             continue
-        path, problem = published_before(output_dir, old, info)
-        if problem:
-            warn(f"manifest.json lists '{_show(old)}' as an earlier output, but {problem}; leaving it alone")
-        elif path is not None:
-            path.unlink()
+        remove_earlier(output_dir, old, info, "output", warn)
 
 
 def published_before(output_dir: Path, rel: Any, info: Any) -> tuple[Path | None, str | None]:
@@ -237,11 +233,7 @@ def _previews(output_dir: Path, published: dict[str, Any], previous: dict[str, A
     for old, info in earlier.items():
         if old in thumbs or not isinstance(old, str) or not old.startswith(f"{THUMBS}/"):
             continue
-        path, problem = published_before(output_dir, old, info)
-        if problem:
-            warn(f"manifest.json lists '{_show(old)}' as an earlier preview, but {problem}; leaving it alone")
-        elif path is not None:
-            path.unlink()
+        remove_earlier(output_dir, old, info, "preview", warn)
     return previews, thumbs
 
 
@@ -267,6 +259,16 @@ def _write_lock(plan: Plan, outcome: Outcome, published: dict[str, Any], lock_pa
         if plan.graph[info["stage"]].kind == "assemble":
             new_lock.outputs[rel] = {"stage": info["stage"], "digest": info["digest"]}
     new_lock.write(lock_path)
+
+
+def remove_earlier(output_dir: Path, old: str, info: Any, what: str, warn: Warn) -> None:
+    """Remove a file an earlier manifest lists as its ``what`` (output, preview) when it is still
+    the file that render published (``published_before``); otherwise leave it and say why."""
+    path, problem = published_before(output_dir, old, info)
+    if problem:
+        warn(f"manifest.json lists '{_show(old)}' as an earlier {what}, but {problem}; leaving it alone")
+    elif path is not None:
+        path.unlink()
 
 
 def memory_table(ranks: list[dict[str, Any]], facts: list[dict[str, Any]] = ()) -> dict[str, Any]:

@@ -59,3 +59,15 @@ class StageContext:
     work_dir: Path | None = None  # scratch folder, removed after the stage
     extra: dict[str, Any] = field(default_factory=dict)
     memo: dict[str, Any] = field(default_factory=dict)  # shared by the stages of one render
+
+
+def pipeline_room(pipe: Any, ctx: StageContext) -> int | None:
+    """Device bytes ``pipe`` may use: the residency's budget less what its other models hold
+    (None when the models have no budget)."""
+    from ..runtime.swap import model_nbytes
+
+    budget = getattr(ctx.models, "budget", None)
+    if not isinstance(budget, int):
+        return None
+    used = getattr(ctx.models, "used", None)
+    return budget - (max(0, used - model_nbytes(pipe)) if isinstance(used, int) else 0)

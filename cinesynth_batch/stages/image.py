@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..spec.params import ImageParams, check
-from .base import StageContext, StageError
+from .base import StageContext, StageError, pipeline_room
 
 KIND = "image"
 OUTPUT_EXT = ".png"
@@ -55,18 +55,11 @@ def encode_prompts(pipe: Any, prompt: str, negative_prompt: str | None, cfg: boo
 def plan_for(pipe: Any, ctx: StageContext):
     """Where the text encoder and the transformer sit during this run (``runtime/placement.py``)."""
     from ..runtime.placement import ONE_TRANSFORMER, component_places, component_sizes, plan_placement
-    from ..runtime.swap import model_nbytes
 
     if not str(ctx.device).startswith("cuda"):
         return plan_placement(cuda=False, sizes={}, where={}, available=None)
-    budget = getattr(ctx.models, "budget", None)
-    used = getattr(ctx.models, "used", None)
-    available = None
-    if isinstance(budget, int):
-        others = max(0, used - model_nbytes(pipe)) if isinstance(used, int) else 0
-        available = budget - others
     return plan_placement(cuda=True, sizes=component_sizes(pipe), where=component_places(pipe),
-                          available=available, experts=ONE_TRANSFORMER)
+                          available=pipeline_room(pipe, ctx), experts=ONE_TRANSFORMER)
 
 
 def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageContext) -> dict[str, Any]:

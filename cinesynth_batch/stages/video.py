@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..spec.params import VideoParams, check
-from .base import StageContext, StageError
+from .base import StageContext, StageError, pipeline_room
 from .params import one_path
 
 KIND = "video"
@@ -180,19 +180,13 @@ def plan_for(pipe: Any, ctx: StageContext, steps: int, boundary: float, schedule
     from ..runtime.memory import offloaded
     from ..runtime.placement import (TEXT_ENCODER, component_places, component_sizes, plan_placement,
                                      step_experts)
-    from ..runtime.swap import model_nbytes
 
     if not str(ctx.device).startswith("cuda"):
         return plan_placement(cuda=False, sizes={}, where={}, available=None)
     scheduler.set_timesteps(steps)
     boundary_t = boundary * pipe.scheduler.config.num_train_timesteps
     sizes = component_sizes(pipe)
-    budget = getattr(ctx.models, "budget", None)
-    used = getattr(ctx.models, "used", None)
-    available = None
-    if isinstance(budget, int):
-        others = max(0, used - model_nbytes(pipe)) if isinstance(used, int) else 0
-        available = budget - others
+    available = pipeline_room(pipe, ctx)
     encoder = getattr(pipe, TEXT_ENCODER, None)
     return plan_placement(cuda=True, sizes=sizes, where=component_places(pipe), available=available,
                           steps=step_experts(scheduler.timesteps, boundary_t),

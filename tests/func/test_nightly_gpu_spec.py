@@ -107,3 +107,23 @@ def test_every_model_fits_a_24_gib_budget_before_it_runs_fake_gpu(spec, monkeypa
         "  video: shapes/wan2.2-i2v-a14b needs 64.2 GiB (13.1 GiB with its transformer blocks offloaded, "
         "fitting the budget of rank 0 on cuda:0), its streamed blocks need 52.4 GiB of pinned RAM, the host "
         "budget of rank 0 on cuda:0 is 30.0 GiB"]
+
+
+@pytest.mark.parametrize("name", ["../../outside", "/tmp/abs", "a/../../b"])
+def test_a_lora_name_that_leaves_the_lora_folder_is_refused_and_nothing_is_written(tmp_path, name):
+    from cinesynth_batch.catalog.shapes.loras import write_missing_loras
+    from cinesynth_batch.errors import ModelError
+
+    (tmp_path / "spec").mkdir()
+    with pytest.raises(ModelError, match="leaves"):
+        write_missing_loras(tmp_path / "spec", [(name, "mov")], rank=1)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_only_wan_loras_have_a_full_shape_writer(tmp_path):
+    from cinesynth_batch.catalog.shapes.loras import write_missing_loras
+    from cinesynth_batch.errors import ModelError
+
+    with pytest.raises(ModelError, match="no full-shape writer for lora_adpts/img/"):
+        write_missing_loras(tmp_path, [("style", "img")], rank=1)
+    assert not (tmp_path / "lora_adpts").exists()

@@ -57,6 +57,7 @@ def write_missing_loras(spec_dir: str | Path, wanted: list[tuple[str, str]], ran
     ``<spec_dir>/lora_adpts/<family>/<name>.safetensors``. Only the Wan family (``mov``: I2V,
     S2V and Animate share the 14B block shapes) has a writer; a name that would leave the LoRA
     folder is refused."""
+    from cinesynth_batch.catalog.registry import plain_lora_name
     from cinesynth_batch.errors import ModelError
 
     root = (Path(spec_dir) / "lora_adpts").resolve()
@@ -67,8 +68,8 @@ def write_missing_loras(spec_dir: str | Path, wanted: list[tuple[str, str]], ran
                              hint="put a real file there; shapes LoRAs are written for Wan stages only")
         file = name if name.endswith(".safetensors") else f"{name}.safetensors"
         dst = (root / family / file).resolve()
-        if root not in dst.parents:
-            raise ModelError(f"LoRA name '{name}' leaves {root}", hint="use a plain relative name")
+        if not plain_lora_name(name) or (root / family) not in dst.parents:
+            raise ModelError(f"LoRA name '{name}' leaves {root / family}", hint="use a plain relative name")
         tmp = dst.with_name(dst.name + ".part")
         write_wan_lora(tmp, rank, seed=lora_seed(name), device=device)
         tmp.replace(dst)
