@@ -136,7 +136,7 @@ def _video_node(loaded: LoadedSpec, at: tuple, scene: m.Scene, node_id: str, inp
             **extra, **_quantize_param(vid),
         },
         inputs=inputs, loras=tuple((lo.name, "mov") for lo in vid.loras),
-        runtime={**_speed_runtime(vid), **chain}, publish=publish,
+        runtime={**_speed_runtime(vid), "lora_fuse": vid.lora_fuse, **chain}, publish=publish,
         where=loaded.where(*at), parallel=vid.parallel)
 
 

@@ -333,6 +333,10 @@ class VideoStage(SpeedOptions):
     _interp = field_validator("interpolate", mode="before")(_interp_number)
     block_swap: BlockSwap = Field(0, description="blocks of each expert kept in RAM and streamed in (CUDA; "
                                                   "exact, not keyed)")
+    lora_fuse: Compile = Field(
+        "auto", description="fuse the LoRAs into the experts' weights (no per-step LoRA cost; a clip with "
+                            "other LoRAs gets a fresh copy of the model); auto: on CUDA, resident bf16 experts")
+    _lora_fuse = field_validator("lora_fuse", mode="before")(SpeedOptions._yaml_on_off.__func__)
 
     @model_validator(mode="after")
     def _chain(self) -> "VideoStage":

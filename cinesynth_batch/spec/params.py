@@ -118,6 +118,7 @@ class VideoParams(WanSpeed):
     fps: Fps
     seed: Seed
     loras: list[VideoLoraParams] = Field(default_factory=list)
+    lora_fuse: Compile | None = None
     two_pass: TwoPassParams | None = None
 
     @model_validator(mode="after")

@@ -27,6 +27,11 @@ class Provider:
             self.loaded[role] = load_model(kind, self.root / folder)
         return self.loaded[role]
 
+    def reload(self, role: str):
+        """A fresh copy from disk, as ``Residency.reload`` gives."""
+        self.loaded.pop(role, None)
+        return self.get(role)
+
 
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory) -> Path:

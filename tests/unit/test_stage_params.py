@@ -313,7 +313,7 @@ def test_check_params_returns_what_the_run_uses():
     assert p == {"prompt": "walk", "negative_prompt": None, "frames": 9, "steps": 4, "guidance": 5.0,
                  "guidance_2": 5.0, "shift": 5.0, "boundary": 0.9, "scheduler": "unipc",
                  "cache": {"kind": "teacache", "threshold": 0.2, "start_step": 1, "coefficients": True},
-                 "width": 64, "height": 64, "fps": 16, "seed": 7, "loras": VIDEO["loras"], "two_pass": None,
+                 "width": 64, "height": 64, "fps": 16, "seed": 7, "loras": VIDEO["loras"], "two_pass": None, "lora_fuse": "auto",
                  "attention": "sdpa", "compile": "auto", "quantize": None, "block_swap": 0}
     assert image.check_params(IMAGE) == {**IMAGE}
     assert lipsync.check_params({**LIPSYNC, "compile": "off"}) == {**LIPSYNC, "compile": "off"}
