@@ -13,7 +13,7 @@ from typing import Any
 
 HISTORY = 6          # renders kept side by side
 MAX_BARS = 5000      # a timeline never draws more bars than this
-MAX_RANKS = 4096     # ranks a split stage may name
+MAX_SPLIT = 64       # ranks one stage may be split over (one node's GPUs)
 
 
 def figures(rows: list[dict[str, Any]], memory: dict[str, Any], rendered_at: str,
@@ -55,7 +55,7 @@ def _bar(r: dict[str, Any], origin: float) -> dict[str, Any]:
     bar = {"stage": r["id"], "kind": r["kind"], "lane": lane, "status": r["status"],
            "start": round(r["started_at"] - origin, 3), "end": round(r["ended_at"] - origin, 3)}
     ranks = r.get("ranks")
-    if isinstance(ranks, list) and len(ranks) > 1 and all(_rank_ok(k) for k in ranks):
+    if isinstance(ranks, list) and 1 < len(ranks) <= MAX_SPLIT and all(_rank_ok(k) for k in ranks):
         bar["shares"] = [f"rank {k}" for k in dict.fromkeys(ranks) if f"rank {k}" != lane]
     if isinstance(r.get("node"), str):
         bar["node"] = r["node"]
@@ -63,7 +63,7 @@ def _bar(r: dict[str, Any], origin: float) -> dict[str, Any]:
 
 
 def _rank_ok(k: Any) -> bool:
-    return isinstance(k, int) and not isinstance(k, bool) and 0 <= k < MAX_RANKS
+    return isinstance(k, int) and not isinstance(k, bool) and 0 <= k < 1_000_000
 
 
 def history_entry(fig: dict[str, Any], summary: str) -> dict[str, Any]:
@@ -98,7 +98,7 @@ def _bar_ok(b: Any) -> bool:
     shares = b.get("shares", []) if isinstance(b, dict) else None
     return isinstance(b, dict) and all(isinstance(b.get(k), str) for k in ("stage", "kind", "lane", "status")) \
         and _number(b.get("start")) is not None and _number(b.get("end")) is not None \
-        and isinstance(shares, list) and len(shares) < MAX_RANKS and all(isinstance(x, str) for x in shares) \
+        and isinstance(shares, list) and len(shares) < MAX_SPLIT and all(isinstance(x, str) for x in shares) \
         and isinstance(b.get("node", ""), str)
 
 
