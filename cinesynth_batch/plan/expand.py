@@ -16,6 +16,7 @@ from ..runtime.attention import LOSSY
 from ..spec import model as m
 from ..spec.load import LoadedSpec
 from ..spec.params import UpscaleParams
+from ..spec.rules import INTERPOLATE_ROLES
 from ..tts import espeak_revision
 from .graph import FileInput, Graph, NodeInput, StageNode
 from .sources import source_input
@@ -201,11 +202,11 @@ def _post_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, fi
     if interp is not None:
         node_id = f"{scene.id}.interpolate"
         params: dict = {"fps": interp.target(loaded.spec.defaults.fps), "backend": interp.backend}
-        if interp.backend == "rife":
+        role = INTERPOLATE_ROLES.get(interp.backend)
+        if role is not None:
             params["scale"] = float(interp.scale)
         graph.add(StageNode(
-            id=node_id, kind="interpolate", scene=scene.id,
-            model_role="interpolate" if interp.backend == "rife" else None, params=params,
+            id=node_id, kind="interpolate", scene=scene.id, model_role=role, params=params,
             inputs={"clip": clip}, publish=f"scenes/{scene.id}.interpolated.mp4",
             where=loaded.where(*at, "interpolate")))
         clip = (NodeInput(node_id),)

@@ -15,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 from .rules import parse_resolution  # noqa: F401  (the planner reads sizes through the spec model)
 from .rules import (
     AnimateAttention, AnimateMode, AnimateQuantize, BlockSwap, Boundary, CacheKind, CacheStartStep, CacheThreshold,
-    Compile, Crf, DuckDb, End, FramePosition, Frames, Fps, Guidance, Loudness, LoraWeight, MusicGain, Precision,
-    PrevFrames, PreprocessBackend, Resolution, RmsNorm, Scheduler, SegmentFrames, Shift, Size, SpecSeed, Start,
-    Steps, Stem, TtsBackend, WanAttention, WanQuantize, end_after_start, no_prescaled, prev_below_window,
+    Compile, Crf, DuckDb, End, FlowScale, FramePosition, Frames, Fps, Guidance, InterpolateBackend, Loudness,
+    LoraWeight, MusicGain, Precision, PrevFrames, PreprocessBackend, Resolution, RmsNorm, Scheduler, SegmentFrames,
+    Shift, Size, SpecSeed, Start, Steps, Stem, TtsBackend, WanAttention, WanQuantize, end_after_start, no_prescaled,
+    prev_below_window, scale_fits_backend,
 )
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -222,16 +223,18 @@ class Interpolate(Strict):
     fps: Fps | None = Field(None, description="the clip's new rate, e.g. 48 or 64; give fps or factor")
     factor: int | None = Field(None, ge=2, le=8, description="multiply the clip's rate: 2 (16 -> 32) or 4 "
                                                              "(16 -> 64)")
-    backend: Literal["minterpolate", "rife"] = Field(
+    backend: InterpolateBackend = Field(
         "minterpolate", description="minterpolate: ffmpeg motion-compensated interpolation (no weights); "
-                                    "rife: the profile's RIFE model")
-    scale: Literal[0.25, 0.5, 1.0, 2.0, 4.0] = Field(
-        1.0, description="rife: the flow estimation's scale (0.5 for 4K frames)")
+                                    "rife: the profile's RIFE model (role interpolate); amt: the profile's "
+                                    "AMT model (role interpolate_amt; AMT-G in production)")
+    scale: FlowScale = Field(
+        1.0, description="rife, amt: the flow estimation's scale (0.5 for 4K frames; amt: at most 1)")
 
     @model_validator(mode="after")
     def _one_rate(self) -> "Interpolate":
         if (self.fps is None) == (self.factor is None):
             raise ValueError("give exactly one of fps (the new rate) or factor (the multiple of the clip's rate)")
+        scale_fits_backend(self.backend, self.scale)
         return self
 
     def target(self, fps: int) -> int:

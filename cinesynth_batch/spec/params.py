@@ -12,7 +12,7 @@ left to the stage.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Mapping, TypeVar
+from typing import Annotated, Any, Mapping, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -21,10 +21,10 @@ from .errortext import describe
 from .model import AnimateLora, ImageLora, StepCache, VideoLora
 from .rules import (
     AnimateAttention, AnimateMode, AnimateRunQuantize, BlockSwap, Boundary, Compile, Crf, DuckDb, End, EvenSide,
-    Fraction, FramePosition, Frames, Fps, Guidance, Loudness, MusicGain, Overlap, Precision, PreprocessBackend,
-    PrepOutput, PrevFrames, RmsNorm, Scheduler, Seed, SegmentFrames, Shift, Size, SpeechResampler, Start, Steps, Stem,
-    TtsBackend,
-    WanAttention, WanQuantize, end_after_start, prev_below_window,
+    FlowScale, Fraction, FramePosition, Frames, Fps, Guidance, InterpolateBackend, Loudness, MusicGain, Overlap,
+    Precision, PreprocessBackend, PrepOutput, PrevFrames, RmsNorm, Scheduler, Seed, SegmentFrames, Shift, Size,
+    SpeechResampler, Start, Steps, Stem, TtsBackend,
+    WanAttention, WanQuantize, end_after_start, prev_below_window, scale_fits_backend,
 )
 from .yamlpos import format_path
 
@@ -244,12 +244,17 @@ class UpscaleParams(StageParams):
 
 class InterpolateParams(StageParams):
     """Frame interpolation of a clip (``stages/interpolate.py``): ``fps`` is the new rate (the
-    clip's own is read from it); ``scale`` is used by ``rife`` only."""
+    clip's own is read from it); ``scale`` is used by ``rife`` and ``amt`` only."""
 
     fps: Fps
-    backend: Literal["minterpolate", "rife"] = "minterpolate"
-    scale: Literal[0.25, 0.5, 1.0, 2.0, 4.0] = 1.0
+    backend: InterpolateBackend = "minterpolate"
+    scale: FlowScale = 1.0
     crf: Crf = 12
+
+    @model_validator(mode="after")
+    def _scale(self) -> "InterpolateParams":
+        scale_fits_backend(self.backend, self.scale)
+        return self
 
 
 class ShadowParams(StageParams):

@@ -179,6 +179,10 @@ PreprocessBackend = Literal["mediapipe", "onnx"]
 PrepOutput = Literal["pose", "face", "mask", "background"]
 Stem = Literal["vocals", "accompaniment"]
 TtsBackend = Literal["espeak", "qwen3-tts"]
+InterpolateBackend = Literal["minterpolate", "rife", "amt"]
+FlowScale = Literal[0.25, 0.5, 1.0, 2.0, 4.0]
+#: The profile role of each learned interpolator's model (``minterpolate`` needs none).
+INTERPOLATE_ROLES = {"rife": "interpolate", "amt": "interpolate_amt"}
 
 
 def no_prescaled(v: Any) -> Any:
@@ -186,6 +190,14 @@ def no_prescaled(v: Any) -> Any:
         raise ValueError(f"{PRESCALED_FP8} needs pre-scaled weights, which the bf16 model does "
                          "not have (use fp8_e4m3fn)")
     return v
+
+
+def scale_fits_backend(backend: str, scale: float) -> None:
+    """AMT's all-pairs correlation grows with the square of the pixels it is run on: it takes
+    scales up to 1 (the official ``scale_factor`` only shrinks)."""
+    if backend == "amt" and scale > 1:
+        raise ValueError(f"scale {scale} is not at most 1 for backend amt (its correlation volume grows with "
+                         "the fourth power of the scale; use 1.0, or 0.5 for 4K frames)")
 
 
 def prev_below_window(prev: int, window: int) -> None:

@@ -114,6 +114,10 @@ def test_pipelines_are_the_production_classes_and_configs(built):
     v = animate.image_encoder.config
     assert (v.hidden_size, v.num_hidden_layers, v.patch_size, v.image_size) == (1280, 32, 14, 224)
 
+    amt = built["amt-g"]
+    assert type(amt).__name__ == "AmtInterpolator" and amt.net.config.refine_full      # AMT-G's structure
+    assert type(amt.net).__name__ == "AMT" and amt.net.config.channels == (84, 96, 112, 128)
+
     up = built["realesrgan-x2plus"].net
     assert (up.scale, up.num_feat, up.num_block, up.num_grow_ch) == (2, 64, 23, 32)
     demucs = built["htdemucs"].models[0]
@@ -132,6 +136,7 @@ def test_dtypes_follow_from_pretrained(built):
     assert i2v.text_encoder.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == torch.bfloat16
     assert {p.dtype for p in built["wan2.2-s2v-14b"].audio_model.parameters()} == {torch.float32}
     assert {p.dtype for p in built["htdemucs"].parameters()} == {torch.float32}
+    assert {p.dtype for p in built["amt-g"].net.parameters()} == {torch.float32}      # load_amt's dtype
     assert i2v.transformer.rope.freqs_cos.device.type == "meta"       # buffers go where the model goes
 
 
@@ -169,7 +174,7 @@ def test_registry_resolves_every_role_of_the_profile(tmp_path):
     assert reg.dtype == "bfloat16"
     for role, name in (("image", "flux2-klein-9b"), ("video", "wan2.2-i2v-a14b"), ("lipsync", "wan2.2-s2v-14b"),
                        ("animate", "wan2.2-animate-14b"), ("upscale", "realesrgan-x2plus"),
-                       ("separate", "htdemucs")):
+                       ("separate", "htdemucs"), ("interpolate_amt", "amt-g")):
         ident = reg.identity(role)
         assert ident == {"role": role, "kind": KINDS[name], "id": f"shapes/{name}", "revision": SHAPES_REVISION}
         assert reg.local_path(role) == ShapesSource(name, KINDS[name], SHAPES_REVISION)
@@ -286,8 +291,8 @@ def test_models_list_names_every_role_of_shapes(tmp_path, monkeypatch):
     monkeypatch.setenv("CINESYNTH_HOME", str(tmp_path))
     out = CliRunner().invoke(app, ["models", "list", "--profile", "shapes"]).output
     lines = out.splitlines()
-    assert [line.split()[1] for line in lines] == ["animate", "image", "interpolate", "lipsync", "separate", "tts",
-                                                   "upscale", "video"]
+    assert [line.split()[1] for line in lines] == ["animate", "image", "interpolate", "interpolate_amt", "lipsync",
+                                                   "separate", "tts", "upscale", "video"]
     video = next(line for line in lines if line.split()[1] == "video")
     assert video.startswith("ok ") and f"shapes/wan2.2-i2v-a14b  rev {SHAPES_REVISION}" in video
     assert "built on the device" in video

@@ -57,11 +57,13 @@ SIZES: dict[str, tuple[Component, ...]] = {
     ),
     "realesrgan-x2plus": (Component("net", 16_703_171),),
     "htdemucs": (Component("model", 27_410_376, 27_410_376),),
+    "amt-g": (Component("net", 30_638_919, 30_638_919),),
 }
 
 #: The loader kind each shapes model serves (``catalog/loaders.py``).
 KINDS = {"flux2-klein-9b": "flux2-klein", "wan2.2-i2v-a14b": "wan-i2v", "wan2.2-s2v-14b": "wan-s2v",
-         "wan2.2-animate-14b": "wan-animate", "realesrgan-x2plus": "rrdbnet-x2", "htdemucs": "demucs"}
+         "wan2.2-animate-14b": "wan-animate", "realesrgan-x2plus": "rrdbnet-x2", "htdemucs": "demucs",
+         "amt-g": "amt"}
 
 
 def shapes_params(name: str) -> int:

@@ -13,7 +13,8 @@ random weights instead of the released ones:
   ``load_animate_pipeline`` does, the transformer stays in host RAM (its rest copy: drawn on the GPU
   when there is one, then copied) and the other components go to ``device``;
 * ``realesrgan-x2plus``: an RRDBNet 64/23/32 x2 ``Upscaler``;
-* ``htdemucs``: a ``BagOfModels`` of one ``HTDemucs`` at the released size.
+* ``htdemucs``: a ``BagOfModels`` of one ``HTDemucs`` at the released size;
+* ``amt-g``: an AMT-G ``AmtInterpolator`` (float32, as ``load_amt`` runs it).
 
 Tokenizers and processors are the tiny profile's (``catalog/tiny``): a T5 tokenizer built offline
 for UMT5, a byte-level Qwen2 tokenizer for Qwen3, the CLIP image processor of the real size. Every
@@ -34,10 +35,11 @@ WAN_S2V_14B = "wan2.2-s2v-14b"
 WAN_ANIMATE_14B = "wan2.2-animate-14b"
 RRDBNET_X2PLUS = "realesrgan-x2plus"
 HTDEMUCS = "htdemucs"
+AMT_G = "amt-g"
 
 # One seed per component, so each is the same tensor whatever else is built.
 _SEEDS = {"transformer": 11, "transformer_2": 12, "text_encoder": 13, "vae": 14, "image_encoder": 15,
-          "audio_model": 16, "net": 17, "demucs": 18}
+          "audio_model": 16, "net": 17, "demucs": 18, "amt": 19}
 
 
 def _dtype(dtype: str):
@@ -185,6 +187,16 @@ def build_htdemucs(device: str, dtype) -> Any:
     return BagOfModels([model]).eval().to(device)
 
 
+def build_amt(device: str, dtype) -> Any:
+    import torch
+
+    from ...models.amt.network import AMT, VARIANTS
+    from ...models.amt.runner import AmtInterpolator
+
+    net = build_module(lambda: AMT(VARIANTS[C.AMT_VARIANT]), device, torch.float32, _SEEDS["amt"])
+    return AmtInterpolator(net, device)
+
+
 BUILDERS: dict[str, Callable[[str, Any], Any]] = {
     FLUX2_KLEIN_9B: build_flux2_klein,
     WAN_I2V_A14B: build_wan_i2v,
@@ -192,6 +204,7 @@ BUILDERS: dict[str, Callable[[str, Any], Any]] = {
     WAN_ANIMATE_14B: build_wan_animate,
     RRDBNET_X2PLUS: build_rrdbnet,
     HTDEMUCS: build_htdemucs,
+    AMT_G: build_amt,
 }
 
 

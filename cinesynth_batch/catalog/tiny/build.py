@@ -14,6 +14,7 @@
 * ``RealESRGAN_x2plus.pth``: a tiny x2 RRDBNet in the official checkpoint layout.
 * ``htdemucs/``: a tiny HTDemucs (no transformer layers) as ``htdemucs.yaml`` + safetensors.
 * ``rife-v4.25.safetensors``: a tiny RIFE IFNet (frame interpolation) with the official key names.
+* ``amt-g.safetensors``: a tiny AMT of AMT-G's structure (frame interpolation), official key names.
 * ``tiny.json``: every component with the sha256 digest of its contents (used as model revisions).
 
 Every weight is drawn from a fixed seed, so two builds give byte-identical files. Each component is
@@ -38,6 +39,7 @@ from typing import Callable
 from ...procs import pid_alive
 from .rrdbnet import build_tiny_rrdbnet
 from .rife import TINY_RIFE, build_tiny_rife
+from .amt import TINY_AMT, build_tiny_amt
 from .animate import build_tiny_animate, write_tiny_animate_lora
 from .demucs import TINY_DEMUCS, build_tiny_demucs
 from .parts import seeded, t5_tokenizer, tiny_umt5
@@ -72,6 +74,7 @@ KINDS = {
     LORA_MOV_CAMERA: "lora",
     TINY_DEMUCS: "demucs",
     TINY_RIFE: "rife",
+    TINY_AMT: "amt",
 }
 
 # Weights are drawn from torch's global RNG under fixed seeds: builds in one process take turns.
@@ -477,6 +480,7 @@ def build_tiny(root: Path) -> dict[str, Path]:
             (WAN_ANIMATE, build_tiny_animate),
             (TINY_DEMUCS, build_tiny_demucs),
             (TINY_RIFE, _file_writer(build_tiny_rife, ".safetensors")),
+            (TINY_AMT, _file_writer(build_tiny_amt, ".safetensors")),
             *[(f"lora_adpts/mov/{name}.safetensors",
                _file_writer(functools.partial(write_tiny_animate_lora, seed=7100 + i), ".safetensors"))
               for i, name in enumerate(ANIMATE_PRESET_LORAS)],
