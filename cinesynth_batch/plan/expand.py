@@ -1,10 +1,11 @@
 """Spec -> Graph: one scene at a time, every stage a node with explicit inputs.
 
-Node ids: ``<scene>.image``, ``<scene>.upscale``, ``<scene>.video`` (or ``<scene>.video.<k>``
-when a clip has several segments), ``<scene>.shadow`` and ``<scene>.interpolate`` (a clip's
+Node ids: ``<scene>.image``, ``<scene>.upscale``, ``<scene>.fit``, ``<scene>.video`` (or
+``<scene>.video.<k>`` when a clip has several segments), ``<scene>.shadow`` and ``<scene>.interpolate`` (a clip's
 post-processing), ``<scene>.tts``, ``assemble.<name>`` and its subtitles
 ``assemble.<name>.srt``; downloads, frames and separated or extracted audio come from
-``plan/sources.py``.
+``plan/sources.py``; an image's references (face crops, inline edits) from
+``plan/references.py``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..spec.params import UpscaleParams
 from ..spec.rules import INTERPOLATE_ROLES
 from ..tts import espeak_revision
 from .graph import FileInput, Graph, NodeInput, StageNode
+from .references import ReferencePlanner
 from .sources import source_input
 
 SeedSource = Callable[[str], int]
@@ -31,8 +33,10 @@ def build_graph(loaded: LoadedSpec, seed_for: SeedSource) -> Graph:
     graph = Graph()
     visuals: dict[str, tuple[str, tuple[NodeInput, ...] | NodeInput]] = {}
     sounds: dict[str, FileInput | NodeInput] = {}
+    refs = ReferencePlanner(graph, loaded, seed_for)
     for index, scene in enumerate(spec.scenes):
-        visuals[scene.id] = _scene_nodes(graph, loaded, index, scene, seed_for, sounds)
+        visuals[scene.id] = _scene_nodes(graph, loaded, index, scene, seed_for, sounds, refs)
+    refs.check()
     for j, asm in enumerate(spec.assemblies()):
         _assemble_node(graph, loaded, j, asm, visuals, sounds)
     return graph
@@ -50,7 +54,8 @@ def _file(loaded: LoadedSpec, value: str) -> FileInput:
 
 
 def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, seed_for: SeedSource,
-                 sounds: dict[str, FileInput | NodeInput]) -> tuple[str, tuple[NodeInput, ...] | NodeInput]:
+                 sounds: dict[str, FileInput | NodeInput],
+                 refs: ReferencePlanner) -> tuple[str, tuple[NodeInput, ...] | NodeInput]:
     """The scene's nodes; its sound (lip-sync speech, else its ``audio``) goes into ``sounds``."""
     spec = loaded.spec
     sid = scene.id
@@ -59,17 +64,7 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, s
     if scene.image is not None:
         img = scene.image
         node_id = f"{sid}.image"
-        seed = _seed(img.seed, scene, spec)
-        graph.add(StageNode(
-            id=node_id, kind="image", scene=sid, model_role="image",
-            params={
-                "prompt": img.prompt, "negative_prompt": img.negative_prompt, "steps": img.steps,
-                "guidance": img.guidance, "width": img.width or width, "height": img.height or height,
-                "seed": seed if seed >= 0 else seed_for(node_id),
-                "loras": [{"name": lo.name, "weight": lo.weight} for lo in img.loras],
-            },
-            loras=tuple((lo.name, "img") for lo in img.loras),
-            publish=f"scenes/{sid}.png", where=loaded.where("scenes", index, "image")))
+        refs.image_node(scene, img, node_id, ("scenes", index, "image"), (width, height), f"scenes/{sid}.png")
         still = NodeInput(node_id)
         if img.upscale:
             up_id = f"{sid}.upscale"
@@ -79,6 +74,8 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, s
                 inputs={"image": still}, publish=f"scenes/{sid}_x2.png",
                 where=loaded.where("scenes", index, "image", "upscale")))
             still = NodeInput(up_id)
+        if img.fit:
+            still = refs.fit_node(scene, index, still)
     if scene.audio is not None and scene.lipsync is None:
         sounds[sid] = _audio_input(graph, loaded, index, scene, scene.audio, ("scenes", index, "audio"),
                                    seed_for)

@@ -16,9 +16,9 @@ from .rules import parse_resolution  # noqa: F401  (the planner reads sizes thro
 from .rules import (
     AnimateAttention, AnimateMode, AnimateQuantize, BlockSwap, Boundary, CacheKind, CacheStartStep, CacheThreshold,
     Compile, Crf, DuckDb, End, FlowScale, FramePosition, Frames, Fps, Guidance, InterpolateBackend, Loudness,
-    LoraWeight, MusicGain, Precision, PrevFrames, PreprocessBackend, Resolution, RmsNorm, Scheduler, SegmentFrames,
-    Shift, Size, SpecSeed, Start, Steps, Stem, TtsBackend, WanAttention, WanQuantize, end_after_start, no_prescaled,
-    prev_below_window, scale_fits_backend,
+    LoraWeight, MusicGain, PictureSize, Precision, PrevFrames, PreprocessBackend, Resolution, RmsNorm, Scheduler,
+    SegmentFrames, Shift, Size, SpecSeed, Start, Steps, Stem, TtsBackend, WanAttention, WanQuantize, end_after_start,
+    no_prescaled, prev_below_window, scale_fits_backend,
 )
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -157,19 +157,79 @@ class VideoLora(Strict):
     low: LoraWeight = Field(1.0, description="weight on the low-noise expert (late steps)")
 
 
-class ImageStage(Strict):
-    """FLUX.2-klein text to image."""
+# --- image references: what a FLUX.2-klein edit is given (image.references, image.prepare) -------
+
+MAX_REFERENCES = 10
+ImageModel = Literal["distilled", "base"]
+REFERENCE_KEYS = ("frame", "scene", "stage", "face_crop", "edit", "reference")
+
+
+class FaceCropFrom(Strict):
+    """The head of a photo, cropped as the seed's ``crop_face_head`` does (stage ``face_crop``)."""
+
+    source: "ReferenceRef" = Field(description="the photo: a path, URL or any reference")
+
+
+class Reference(Strict):
+    """An image for an edit that is not a plain path or URL: exactly one key."""
+
+    frame: FrameFrom | None = Field(None, description="one frame of a video")
+    scene: str | None = Field(None, description="that scene's image as the scene ends it (fitted, else "
+                                                "upscaled, else as generated)")
+    stage: str | None = Field(None, description="the output of an image stage, by id (e.g. body.image)")
+    face_crop: FaceCropFrom | None = Field(None, description="the head of a photo (stage face_crop)")
+    edit: "ImageEdit | None" = Field(None, description="an image edit made by its own stage")
+    reference: int | None = Field(None, ge=1, description="image.prepare only: the Nth of the stage's "
+                                                          "references, from 1")
+
+    def kind(self) -> str:
+        """The one key that is set."""
+        return next(k for k in REFERENCE_KEYS if getattr(self, k) is not None)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Reference":
+        given = [k for k in REFERENCE_KEYS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one image source, not {' and '.join(given) if given else 'none'} "
+                             f"(one of: {', '.join(REFERENCE_KEYS)}, or a path)")
+        return self
+
+
+ReferenceRef = plain_or(str, Reference)
+
+
+class ImageEdit(Strict):
+    """FLUX.2-klein: text to image, or an edit of the images in ``references``."""
 
     preset: str | None = Field(None, description="preset applied under this stage's values")
     prompt: str = Field(min_length=1)
     negative_prompt: str | None = None
     steps: Steps = Field(4)
     guidance: Guidance = Field(1.0)
-    width: Size | None = Field(None, description="defaults to the scene resolution's width")
-    height: Size | None = Field(None, description="defaults to the scene resolution's height")
+    model: ImageModel = Field("distilled", description="distilled: FLUX.2-klein-9B (no CFG); base: the "
+                                                       "undistilled FLUX.2-klein-base-9B (CFG with guidance > 1)")
+    width: Size | None = Field(None, description="default: the scene's width; with references, the first "
+                                                 "reference's (as the pipeline scales it)")
+    height: Size | None = Field(None, description="default: the scene's height; with references, the first "
+                                                  "reference's")
     seed: SpecSeed | None = Field(None, description="-1 draws a seed at plan time (written to render.lock)")
     loras: list[ImageLora] = Field(default_factory=list)
+    references: list[ReferenceRef] = Field(
+        default_factory=list, max_length=MAX_REFERENCES,
+        description="images the edit is given, in order (image 1 first): paths, URLs, {frame}, {scene}, "
+                    "{stage}, {face_crop}, {edit}")
+
+
+class ImageStage(ImageEdit):
+    """FLUX.2-klein text to image, or a multi-reference edit."""
+
+    prepare: list[ReferenceRef] | None = Field(
+        None, min_length=1, max_length=MAX_REFERENCES,
+        description="the references the model sees, made from the given ones ({reference: N}): "
+                    "set by presets such as avatar_prepare")
     upscale: Literal["x2", False] = Field(False, description="'x2' runs Real-ESRGAN x2 after the image")
+    fit: PictureSize | None = Field(None, description="WIDTHxHEIGHT: crop to that aspect (centred; a too tall "
+                                                     "image keeps its top) and resize (LANCZOS), last")
 
     @field_validator("upscale", mode="before")
     @classmethod
@@ -179,6 +239,11 @@ class ImageStage(Strict):
         if v is False or v is None:
             return False
         raise ValueError(f"{v!r} is not an upscale factor (use x2, or false for none)")
+
+
+FaceCropFrom.model_rebuild()
+Reference.model_rebuild()
+ImageEdit.model_rebuild()
 
 
 class StepCache(Strict):

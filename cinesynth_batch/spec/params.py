@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..errors import StageError
 from .errortext import describe
-from .model import AnimateLora, ImageLora, StepCache, VideoLora
+from .model import AnimateLora, ImageLora, ImageModel, StepCache, VideoLora
 from .rules import (
     AnimateAttention, AnimateMode, AnimateRunQuantize, BlockSwap, Boundary, Compile, Crf, DuckDb, End, EvenSide,
     FlowScale, Fraction, FramePosition, Frames, Fps, Guidance, InterpolateBackend, Loudness, MusicGain, Overlap,
@@ -65,17 +65,29 @@ def check(model: type[M], params: Mapping[str, Any], label: str, sep: str = ": "
 
 # --- generation ---------------------------------------------------------------------------------
 
+#: The profile role of each FLUX.2-klein model an image stage may ask for (``image.model``).
+IMAGE_ROLES = {"distilled": "image", "base": "image_base"}
+
+
 class ImageParams(StageParams):
-    """FLUX.2-klein text to image (``stages/image.py``)."""
+    """FLUX.2-klein text to image, or an edit of its ``references`` input (``stages/image.py``).
+    ``width``/``height`` may be left out (None) only for an edit: the first reference sets them."""
 
     prompt: str
     negative_prompt: str | None = None
     steps: Steps
     guidance: Guidance
-    width: Size
-    height: Size
+    width: Size | None
+    height: Size | None
     seed: Seed
     loras: list[ImageLoraParams] = Field(default_factory=list)
+    model: ImageModel = "distilled"
+
+    @model_validator(mode="after")
+    def _both_sides(self) -> "ImageParams":
+        if (self.width is None) != (self.height is None):
+            raise ValueError("give both width and height, or neither (an edit takes the first reference's)")
+        return self
 
 
 class WanSpeed(StageParams):
@@ -262,6 +274,26 @@ class ShadowParams(StageParams):
 
     opacity: float = Field(0.45, gt=0.0, le=1.0)
     crf: Crf = 12
+
+
+class FaceCropParams(StageParams):
+    """The seed's ``crop_face_head`` (``stages/face_crop.py``, ``preprocess/face_crop.py``): every
+    value is the seed's; ``detector`` names the face detector (its model file's identity)."""
+
+    detector: str
+    confidence: Fraction = 0.4
+    max_face_area: Fraction = 0.15
+    padding: float = Field(2.5, gt=0.0, le=20.0)
+    above: float = Field(1.0, ge=0.0, le=10.0)
+    below: float = Field(1.5, ge=0.0, le=10.0)
+
+
+class FitParams(StageParams):
+    """A still cropped to an aspect and resized (``stages/fit.py``): the seed's avatar rule."""
+
+    width: int = Field(ge=1, le=8192)
+    height: int = Field(ge=1, le=8192)
+    tolerance: float = Field(0.02, ge=0.0, le=1.0, description="aspect difference left uncropped")
 
 
 # --- sources ------------------------------------------------------------------------------------

@@ -65,7 +65,26 @@ def even_side(v: int) -> int:
     return v
 
 
+def parse_picture_size(value: str) -> tuple[int, int]:
+    """``"1080x1920"`` -> ``(1080, 1920)``: a still's size, any whole number of pixels per side."""
+    m = RES_RE.match(value.strip()) if isinstance(value, str) else None
+    if not m:
+        raise ValueError(f"'{value}' is not a size (write WIDTHxHEIGHT, e.g. 1080x1920)")
+    w, h = int(m.group(1)), int(m.group(2))
+    if not (1 <= w <= SIDE_MAX and 1 <= h <= SIDE_MAX):
+        raise ValueError(f"'{value}' is out of range (each side 1..{SIDE_MAX})")
+    return w, h
+
+
+def check_picture_size(v: str | None) -> str | None:
+    if v is None:
+        return v
+    parse_picture_size(v)
+    return v.strip()
+
+
 Size = Annotated[int, AfterValidator(multiple_of_16)]
+PictureSize = Annotated[str, AfterValidator(check_picture_size)]
 EvenSide = Annotated[int, AfterValidator(even_side)]
 Resolution = Annotated[str, AfterValidator(check_resolution)]
 

@@ -315,7 +315,7 @@ def test_check_params_returns_what_the_run_uses():
                  "cache": {"kind": "teacache", "threshold": 0.2, "start_step": 1, "coefficients": True},
                  "width": 64, "height": 64, "fps": 16, "seed": 7, "loras": VIDEO["loras"], "two_pass": None, "lora_fuse": "auto",
                  "attention": "sdpa", "compile": "auto", "quantize": None, "block_swap": 0}
-    assert image.check_params(IMAGE) == {**IMAGE}
+    assert image.check_params(IMAGE) == {**IMAGE, "model": "distilled"}   # the role when unset
     assert lipsync.check_params({**LIPSYNC, "compile": "off"}) == {**LIPSYNC, "compile": "off"}
     a = animate.check_params({**ANIMATE, "steps": None, "cache": {"kind": "none"}})
     assert (a["steps"], a["cache"]) == (20, None)

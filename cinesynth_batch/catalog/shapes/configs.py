@@ -42,6 +42,8 @@ FLUX2_SCHEDULER: dict[str, Any] = dict(
 
 #: ``Flux2KleinPipeline(is_distilled=...)`` of FLUX.2-klein-9B (the step-distilled release).
 FLUX2_KLEIN_9B_DISTILLED = True
+#: ... of FLUX.2-klein-base-9B (the undistilled release of the same architecture: CFG, more steps).
+FLUX2_KLEIN_BASE_9B_DISTILLED = False
 
 # --------------------------------------------------------------------------- Wan2.2 (shared parts)
 
