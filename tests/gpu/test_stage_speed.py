@@ -88,3 +88,46 @@ def test_pipeline_over_the_budget_is_offloaded_and_gives_the_same_frames(folder)
     assert report["offload"] == "blocks"
     got, _ = _clip(pipe_small)
     assert abs(got.astype("float32") - want.astype("float32")).max() < 1e-2
+
+
+def test_video_stage_fuses_its_loras_on_cuda_and_other_loras_get_a_fresh_model(folder, tmp_path):
+    """``lora_fuse: auto`` on CUDA: two LoRAs with different high/low weights are fused into the
+    resident compiled experts; the clip stays within bf16 rounding of the unfused one, the same
+    LoRAs reuse the fused model and other weights reload it."""
+    import numpy as np
+    from PIL import Image
+
+    from cinesynth_batch.catalog.tiny.build import _write_camera_lora, _write_motion_lora
+    from cinesynth_batch.media.video_io import read_frames
+    from cinesynth_batch.stages import video as video_stage
+    from cinesynth_batch.stages.base import StageContext
+
+    loras = tmp_path / "mov"
+    loras.mkdir()
+    _write_motion_lora(loras / "motion.safetensors")
+    _write_camera_lora(loras / "camera.safetensors")
+    still = tmp_path / "still.png"
+    Image.new("RGB", (64, 48), (100, 50, 20)).save(still)
+    models = _Models(folder, budget=1 << 40)
+    ctx = StageContext(models=models, resolve_lora=lambda name, family: loras / f"{name}.safetensors",
+                       device="cuda", dtype="bfloat16")
+    pair = [{"name": "motion", "high": 1.0, "low": 0.5}, {"name": "camera", "high": 0.6, "low": 1.0}]
+    base = {"prompt": "a cat", "negative_prompt": None, "frames": 9, "steps": 4, "guidance": 3.0,
+            "guidance_2": 3.0, "shift": 5.0, "boundary": 0.9, "scheduler": "unipc", "width": 64, "height": 48,
+            "fps": 8, "seed": 1}
+
+    def clip(name, **over):
+        facts = video_stage.run({**base, **over}, {"image": still}, tmp_path / f"{name}.mp4", ctx)
+        return facts, read_frames(tmp_path / f"{name}.mp4").astype(np.int16)
+
+    facts, unfused = clip("unfused", loras=pair, lora_fuse="off")
+    assert facts["loras"]["fused"] is False
+    facts, fused = clip("fused", loras=pair)
+    assert facts["loras"] == {"fused": True, "why": "resident unquantized transformers", "fresh_model": False}
+    assert np.abs(fused - unfused).mean() < 2.0
+    loads = models.loads
+    facts, again = clip("again", loras=pair)
+    assert facts["loras"]["fresh_model"] is False and models.loads == loads
+    assert np.array_equal(again, fused)
+    facts, _ = clip("other", loras=pair[:1])
+    assert facts["loras"]["fresh_model"] is True and models.loads == loads + 1
