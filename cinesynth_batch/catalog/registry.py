@@ -37,14 +37,15 @@ from .shapes import ShapesSource
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 #: What the tiny builders make. Give it a new value whenever a builder's output changes.
-TINY_REVISION = "tiny-bf82d448277cdb7a"
+TINY_REVISION = "tiny-b0fb347db0aade25"
 #: The package files the tiny models are built from (relative to the package).
 TINY_SOURCES = ("catalog/tiny/build.py", "catalog/tiny/rrdbnet.py", "catalog/tiny/animate.py",
                 "catalog/tiny/s2v.py", "catalog/tiny/demucs.py", "catalog/tiny/parts.py",
                 "models/rrdbnet.py", "models/s2v/transformer.py", "models/s2v/components.py",
-                "models/separation.py", "tts/qwen_tiny.py", "catalog/tiny/rife.py", "models/rife.py")
+                "models/separation.py", "tts/qwen_tiny.py", "catalog/tiny/rife.py", "models/rife.py",
+                "catalog/tiny/segment.py")
 #: ``tiny_sources_digest()`` of the sources ``TINY_REVISION`` was checked against.
-TINY_SOURCES_DIGEST = "bf82d448277cdb7a6338a0649e38c8341e277827e2d8123ae51aa3a00b2229c5"
+TINY_SOURCES_DIGEST = "b0fb347db0aade253545b35e3eadeb5dae0c80b9d73adccb0cb348c05cbc4980"
 #: What the shapes builders make (architectures, dtypes, weight draws). New value when it changes.
 SHAPES_REVISION = "shapes-3f6c1a2e9b8d4c70"
 #: The package files the shapes models are built from (relative to the package).
@@ -53,7 +54,7 @@ SHAPES_SOURCES = ("catalog/shapes/__init__.py", "catalog/shapes/configs.py", "ca
                   "models/rrdbnet.py", "models/s2v/transformer.py", "models/s2v/components.py",
                   "models/s2v/pipeline.py")
 #: ``shapes_sources_digest()`` of the sources ``SHAPES_REVISION`` was checked against.
-SHAPES_SOURCES_DIGEST = "f3125cf40202e1659ee93798cbef28f36b9188393602a262c18d416a8f4d152c"
+SHAPES_SOURCES_DIGEST = "33c91427e653bbe3d9bbee47cf739a9dbc2aef7433211b05e681ad4584ffad44"
 #: The profiles that ship with the package (any other profile is a models file).
 BUILTIN_PROFILES = ("tiny", "production", "shapes")
 SMALL_FILE = 1 << 20

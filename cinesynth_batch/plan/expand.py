@@ -1,6 +1,7 @@
 """Spec -> Graph: one scene at a time, every stage a node with explicit inputs.
 
-Node ids: ``<scene>.image``, ``<scene>.upscale``, ``<scene>.video`` (or ``<scene>.video.<k>``
+Node ids: ``<scene>.image`` (a masked edit's ``<scene>.detect`` and ``<scene>.segment`` come from
+``plan/masks.py``), ``<scene>.upscale``, ``<scene>.video`` (or ``<scene>.video.<k>``
 when a clip has several segments), ``<scene>.shadow`` and ``<scene>.interpolate`` (a clip's
 post-processing), ``<scene>.tts``, ``assemble.<name>`` and its subtitles
 ``assemble.<name>.srt``; downloads, frames and separated or extracted audio come from
@@ -18,6 +19,7 @@ from ..spec.load import LoadedSpec
 from ..spec.params import UpscaleParams
 from ..tts import espeak_revision
 from .graph import FileInput, Graph, NodeInput, StageNode
+from .masks import edit_inputs, edit_params
 from .sources import source_input
 
 SeedSource = Callable[[str], int]
@@ -59,14 +61,18 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, s
         img = scene.image
         node_id = f"{sid}.image"
         seed = _seed(img.seed, scene, spec)
+        params = {
+            "prompt": img.full_prompt(), "negative_prompt": img.negative_prompt, "steps": img.steps,
+            "guidance": img.guidance, "width": img.width or width, "height": img.height or height,
+            "seed": seed if seed >= 0 else seed_for(node_id),
+            "loras": [{"name": lo.name, "weight": lo.weight} for lo in img.loras],
+        }
+        inputs = {}
+        if img.mask is not None:                     # a masked edit (plan/masks.py)
+            inputs = edit_inputs(graph, loaded, index, scene)
+            params.update(edit_params(img))
         graph.add(StageNode(
-            id=node_id, kind="image", scene=sid, model_role="image",
-            params={
-                "prompt": img.prompt, "negative_prompt": img.negative_prompt, "steps": img.steps,
-                "guidance": img.guidance, "width": img.width or width, "height": img.height or height,
-                "seed": seed if seed >= 0 else seed_for(node_id),
-                "loras": [{"name": lo.name, "weight": lo.weight} for lo in img.loras],
-            },
+            id=node_id, kind="image", scene=sid, model_role="image", params=params, inputs=inputs,
             loras=tuple((lo.name, "img") for lo in img.loras),
             publish=f"scenes/{sid}.png", where=loaded.where("scenes", index, "image")))
         still = NodeInput(node_id)

@@ -18,9 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..errors import StageError
 from .errortext import describe
-from .model import AnimateLora, ImageLora, StepCache, VideoLora
+from .model import AnimateLora, ImageLora, Inpaint, StepCache, VideoLora
 from .rules import (
-    AnimateAttention, AnimateMode, AnimateRunQuantize, BlockSwap, Boundary, Compile, Crf, DuckDb, End, EvenSide,
+    AnimateAttention, AnimateMode, AnimateRunQuantize, BlockSwap, Boundary, Compile, Crf, DetectThreshold, DuckDb, End,
+    EvenSide,
     Fraction, FramePosition, Frames, Fps, Guidance, Loudness, MusicGain, Overlap, Precision, PreprocessBackend,
     PrepOutput, PrevFrames, RmsNorm, Scheduler, Seed, SegmentFrames, Shift, Size, SpeechResampler, Start, Steps, Stem,
     TtsBackend,
@@ -66,7 +67,8 @@ def check(model: type[M], params: Mapping[str, Any], label: str, sep: str = ": "
 # --- generation ---------------------------------------------------------------------------------
 
 class ImageParams(StageParams):
-    """FLUX.2-klein text to image (``stages/image.py``)."""
+    """FLUX.2-klein text to image (``stages/image.py``); with ``inpaint``, a masked edit of its
+    ``source`` input at ``width`` x ``height`` (the crop's size)."""
 
     prompt: str
     negative_prompt: str | None = None
@@ -76,6 +78,20 @@ class ImageParams(StageParams):
     height: Size
     seed: Seed
     loras: list[ImageLoraParams] = Field(default_factory=list)
+    inpaint: Inpaint | None = None
+
+
+# --- text-prompted masks (``preprocess/segment.py``) --------------------------------------------
+
+class DetectParams(StageParams):
+    """Grounding DINO boxes for a phrase (``stages/detect.py``)."""
+
+    text: str = Field(min_length=1)
+    threshold: DetectThreshold
+
+
+class SegmentParams(StageParams):
+    """SAM's masks in a detector's boxes, united (``stages/segment.py``): no settings of its own."""
 
 
 class WanSpeed(StageParams):

@@ -1,7 +1,8 @@
 """Text to image with FLUX.2-klein (``Flux2KleinPipeline``).
 
 params: ``prompt``, ``negative_prompt`` (str or None), ``steps``, ``guidance``, ``width``, ``height``,
-``seed`` (>= 0), ``loras`` (``[{name, weight}]``). inputs: none. Writes one PNG.
+``seed`` (>= 0), ``loras`` (``[{name, weight}]``), ``inpaint`` (None, or a masked edit's crop settings).
+inputs: none; a masked edit has ``source`` and ``mask`` (``stages/masked_edit.py``). Writes one PNG.
 
 Flux2-klein's ``__call__`` takes no ``negative_prompt``: with classifier-free guidance on
 (``guidance > 1`` on a non-distilled model) the negative prompt is encoded into
@@ -40,6 +41,7 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
         "height": p.height,
         "seed": p.seed,
         "loras": params.get("loras") or [],
+        "inpaint": p.inpaint.model_dump() if p.inpaint is not None else None,
     }
 
 
@@ -92,17 +94,24 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
         prompt_embeds, negative_embeds = encode_prompts(pipe, p["prompt"], p["negative_prompt"], cfg)
         carry_out(pipe, plan.at("encoded"), ctx.device, moves)
         carry_out(pipe, plan.at(0), ctx.device, moves)
-        result = pipe(
-            prompt_embeds=prompt_embeds,
-            width=p["width"],
-            height=p["height"],
-            num_inference_steps=p["steps"],
-            guidance_scale=p["guidance"],
-            negative_prompt_embeds=negative_embeds,
-            generator=torch.Generator("cpu").manual_seed(p["seed"]),
-            output_type="pil",
-            callback_on_step_end=on_step_end,
-        )
-    image = result.images[0].convert("RGB")
+        generator = torch.Generator("cpu").manual_seed(p["seed"])
+        if p["inpaint"] is not None:
+            from . import masked_edit
+
+            image, edit = masked_edit.run(pipe, p, inputs, prompt_embeds, negative_embeds, generator, on_step_end)
+        else:
+            result = pipe(
+                prompt_embeds=prompt_embeds,
+                width=p["width"],
+                height=p["height"],
+                num_inference_steps=p["steps"],
+                guidance_scale=p["guidance"],
+                negative_prompt_embeds=negative_embeds,
+                generator=generator,
+                output_type="pil",
+                callback_on_step_end=on_step_end,
+            )
+            image, edit = result.images[0], {}
+    image = image.convert("RGB")
     image.save(out, format="PNG")
-    return {"width": image.width, "height": image.height, "placement": moves.facts(plan)}
+    return {"width": image.width, "height": image.height, "placement": moves.facts(plan), **edit}

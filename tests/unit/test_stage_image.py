@@ -118,3 +118,80 @@ def test_missing_lora_and_bad_sizes_raise_stage_error(ctx, tmp_path):
     with pytest.raises(StageError, match="^image: seed: -1 is not a seed$") as err:
         render(ctx, tmp_path, seed=-1)
     assert err.value.hint == "use 0..4294967295"
+
+
+# --- masked edits (stages/masked_edit.py) ------------------------------------------------------
+
+from cinesynth_batch.catalog.tiny.build import IMAGE_PRESET_LORAS  # noqa: E402
+from cinesynth_batch.media.inpaint_crop import CropSettings, blend_region, crop  # noqa: E402
+from projects import EXAMPLES  # noqa: E402
+
+SOURCE = EXAMPLES / "assets" / "model.png"
+INPAINT = {"size": 64, "padding": 32, "context": 1.2, "expand": 10, "blend": 16, "fill_holes": True,
+           "hipass": 0.1, "strength": 1.0}
+EDIT = {**BASE, "width": 64, "height": 64, "inpaint": INPAINT}
+
+
+def shirt_mask(tmp_path, box=(50, 80, 110, 160), size=(160, 288)):
+    mask = np.zeros(size[::-1], np.uint8)
+    mask[box[1]:box[3], box[0]:box[2]] = 255
+    path = tmp_path / "mask.png"
+    Image.fromarray(mask).save(path)
+    return path, mask.astype(np.float32) / 255.0
+
+
+def edit(ctx, tmp_path, name="edit", inputs=None, **over):
+    out = tmp_path / f"{name}.png"
+    facts = image_stage.run({**EDIT, **over}, inputs, out, ctx)
+    with Image.open(out) as im:
+        return facts, np.asarray(im.convert("RGB"))
+
+
+def test_a_masked_edit_keeps_the_sources_size_and_every_pixel_outside_the_blend(ctx, tmp_path):
+    mask_file, mask = shirt_mask(tmp_path)
+    src = np.asarray(Image.open(SOURCE).convert("RGB"))
+    facts, out = edit(ctx, tmp_path, inputs={"source": SOURCE, "mask": mask_file})
+    assert out.shape == src.shape
+    settings = CropSettings(**{k: v for k, v in INPAINT.items() if k != "strength"})
+    region = blend_region(crop(src, mask, settings))
+    assert 0.2 < (region > 0).mean() < 0.8
+    assert np.array_equal(out[region == 0], src[region == 0])
+    assert (out[mask > 0] != src[mask > 0]).any(axis=-1).mean() > 0.9
+    c = crop(src, mask, settings)
+    assert facts["crop"] == [c.context.x - c.origin[0], c.context.y - c.origin[1], c.context.w, c.context.h]
+    assert facts["crop_size"] == 64 and facts["width"] == 160 and facts["height"] == 288
+    assert ctx.extra["progress_calls"][-1] == (2, 2)
+
+
+def test_a_masked_edit_follows_its_seed_prompt_and_reference(ctx, tmp_path):
+    mask_file, _ = shirt_mask(tmp_path)
+    inputs = {"source": SOURCE, "mask": mask_file}
+    _, a = edit(ctx, tmp_path, "a", inputs)
+    _, again = edit(ctx, tmp_path, "again", inputs)
+    _, seed = edit(ctx, tmp_path, "seed", inputs, seed=8)
+    _, ref = edit(ctx, tmp_path, "ref", {**inputs, "references": [EXAMPLES / "assets" / "avatar.png"]})
+    assert np.array_equal(a, again)
+    assert not np.array_equal(a, seed) and not np.array_equal(a, ref)
+    with pytest.raises(StageError, match="one reference picture"):
+        edit(ctx, tmp_path, "two", {**inputs, "references": [SOURCE, SOURCE]})
+
+
+def test_the_try_on_lora_stand_in_changes_the_edit(ctx, tmp_path):
+    assert IMAGE_PRESET_LORAS == ("KleinBase9B_TryOn",)
+    mask_file, _ = shirt_mask(tmp_path)
+    inputs = {"source": SOURCE, "mask": mask_file}
+    _, plain = edit(ctx, tmp_path, "plain", inputs)
+    _, zero = edit(ctx, tmp_path, "zero", inputs, loras=[{"name": "KleinBase9B_TryOn", "weight": 0.0}])
+    _, tryon = edit(ctx, tmp_path, "tryon", inputs, loras=[{"name": "KleinBase9B_TryOn", "weight": 1.5}])
+    assert np.array_equal(plain, zero) and not np.array_equal(plain, tryon)
+
+
+def test_a_masked_edit_refuses_an_empty_or_mismatched_mask(ctx, tmp_path):
+    empty, _ = shirt_mask(tmp_path, box=(0, 0, 0, 0))
+    with pytest.raises(StageError, match="^image: the mask is empty, there is nothing to repaint$"):
+        edit(ctx, tmp_path, inputs={"source": SOURCE, "mask": empty})
+    small, _ = shirt_mask(tmp_path, size=(64, 64), box=(0, 0, 10, 10))
+    with pytest.raises(StageError, match="^image: the mask is 64x64, its picture 160x288$"):
+        edit(ctx, tmp_path, inputs={"source": SOURCE, "mask": small})
+    with pytest.raises(StageError, match="needs the 'mask' input"):
+        edit(ctx, tmp_path, inputs={"source": SOURCE})
