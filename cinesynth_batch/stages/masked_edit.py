@@ -58,9 +58,12 @@ def run(pipe: Any, p: dict[str, Any], inputs: dict[str, Any], prompt_embeds: Any
     cut = crop(source, mask, CropSettings(**settings))
     editor = Flux2KleinInpaintPipeline.from_pipe(pipe)
     editor.set_progress_bar_config(disable=True)
-    references = [Image.open(Path(r)).convert("RGB") for r in inputs.get("references") or []]
-    if len(references) > 1:
+    if len(inputs.get("references") or []) > 1:
         raise StageError("image: a masked edit takes one reference picture besides its source")
+    references = []
+    for ref in inputs.get("references") or []:
+        with Image.open(Path(ref)) as im:
+            references.append(im.convert("RGB"))
     result = editor(
         image=Image.fromarray(cut.image),
         mask_image=Image.fromarray(np.rint(cut.mask * 255.0).astype(np.uint8)),

@@ -15,6 +15,8 @@ from cinesynth_batch.execute.render import render
 from cinesynth_batch.media.inpaint_crop import CropSettings, blend_region, crop
 from projects import EXAMPLES, edited_copy, new_project, to_run
 
+pytestmark = pytest.mark.slow
+
 OUT = "outputs/fashion_change"
 AVATARS = {"model": "assets/model.png", "face": "assets/avatar.png"}
 STYLES = ["1", "2", "4", "5", "6", "101", "151", "201"]
