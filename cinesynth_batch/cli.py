@@ -196,7 +196,11 @@ def render(specs: List[Path] = typer.Argument(..., help="spec files, folders (th
                                                            "CPUs per worker (one worker per GPU otherwise)"),
            summary: Optional[Path] = typer.Option(
                None, help="write a JSON summary here: one entry per spec (status, stages run and "
-                          "cached, seconds, error) and the model loads of the session")) -> None:
+                          "cached, seconds, error) and the model loads of the session"),
+           index: Optional[Path] = typer.Option(
+               None, help="several specs: write the batch's index page (one line per spec, a link "
+                          "to its report) here; default: outputs/index.html of the first spec's "
+                          "project")) -> None:
     """Render specs: run what is not cached, then write outputs, render.lock and the report.
     Several specs (or a folder) render in one session: one line per spec; exit 0 all rendered,
     1 some failed, 2 some spec invalid (the valid ones are still rendered)."""
@@ -215,8 +219,8 @@ def render(specs: List[Path] = typer.Argument(..., help="spec files, folders (th
             force=force, profile=profile, allow_paths=allow_path, allow_hosts=allow_host))
         device = on_ray.device
     try:
-        _render_specs(specs, summary, nproc, parallel, on_ray, only=only, until=until, force=force,
-                      keep_going=keep_going, dry_run=dry_run, profile=profile, events=events,
+        _render_specs(specs, summary, index, nproc, parallel, on_ray, only=only, until=until,
+                      force=force, keep_going=keep_going, dry_run=dry_run, profile=profile, events=events,
                       device=device, dtype=dtype, vram_budget=vram_budget, host_budget=host_budget,
                       reseed=reseed, progress=progress, offline=offline, allow_path=allow_path,
                       allow_host=allow_host)
@@ -241,8 +245,8 @@ def _ray_executor(nproc: Optional[str], parallel: str, address: str, worker_cpus
     return ex
 
 
-def _render_specs(specs: List[Path], summary: Optional[Path], nproc: Optional[str], parallel: str,
-                  on_ray: Any, *, only, until, force, keep_going, dry_run, profile, events, device,
+def _render_specs(specs: List[Path], summary: Optional[Path], index: Optional[Path],
+                  nproc: Optional[str], parallel: str, on_ray: Any, *, only, until, force, keep_going, dry_run, profile, events, device,
                   dtype, vram_budget, host_budget, reseed, progress, offline, allow_path,
                   allow_host) -> None:
     from .execute.render import render as do_render
@@ -250,9 +254,10 @@ def _render_specs(specs: List[Path], summary: Optional[Path], nproc: Optional[st
     from .catalog.residency import parse_size
 
     extra = {} if on_ray is None else {"executor": on_ray}
-    if len(specs) > 1 or summary is not None or any(p.is_dir() or is_pattern(p) for p in specs):
+    if len(specs) > 1 or summary is not None or index is not None or \
+            any(p.is_dir() or is_pattern(p) for p in specs):
         return _guard(lambda: _render_batch(
-            specs, summary, nproc, parallel, profile=profile, allow_paths=allow_path,
+            specs, summary, nproc, parallel, index=index, profile=profile, allow_paths=allow_path,
             allow_hosts=allow_host, only=only, until=until, force=force, keep_going=keep_going,
             dry_run=dry_run, reseed=reseed, events=events, device=device, dtype=dtype,
             budget=parse_size(vram_budget) if vram_budget else None,
@@ -340,6 +345,8 @@ def _render_batch(specs: List[Path], summary: Optional[Path], nproc: Optional[st
     result = render_batch(files, warn=_err, on_spec=line, **options)
     if result.model_loads:
         typer.echo("model loads: " + ", ".join(f"{k} {v}" for k, v in result.model_loads.items()))
+    if result.index is not None:
+        typer.echo(f"index: {os.path.relpath(result.index)}")
     counts = {s: sum(r.status == s for r in result.specs) for s in ("rendered", "planned", "failed", "invalid")}
     typer.echo(", ".join(f"{n} {s}" for s, n in counts.items() if n or s == "rendered") + " spec(s)")
     if summary is not None:

@@ -47,8 +47,6 @@ from typing import Any, Callable
 import torch
 
 HERE = Path(__file__).resolve().parent
-# next to this folder's scripts, but after the installed packages (this folder has a kernels.py)
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
 sys.path.insert(0, str(HERE.parents[1]))
 
 from _common import A14B_EXPERT, TEXT_LEN, gib, sync as _sync, timed_on as _timed  # noqa: E402

@@ -12,6 +12,7 @@ Kinds:
 * ``"rife"``: a RIFE IFNet ``.safetensors`` file (see ``models/rife.py``).
 * ``"grounding-dino"``, ``"sam"``: transformers folders of the text-prompted mask's detector and
   segmenter (see ``preprocess/segment.py``).
+* ``"amt"``: an AMT ``.safetensors`` file, any of its variants (see ``models/amt/``).
 
 A ``ShapesSource`` (profile ``shapes``) in place of a path builds the production pipeline of that
 kind at full size with seeded random weights on ``device`` (``catalog/shapes/build.py``); what
@@ -39,8 +40,8 @@ from .shapes import SIZES, ShapesSource
 PIPELINE_KINDS = ("flux2-klein", "wan-i2v")
 #: Kinds whose text encoder waits in pinned host RAM from the load on when they do not fit ``room``.
 PLACED_KINDS = ("flux2-klein",)
-KINDS = PIPELINE_KINDS + ("rrdbnet-x2", "wan-s2v", "wan-animate", "qwen3-tts", "demucs", "rife", "grounding-dino",
-                          "sam")
+KINDS = PIPELINE_KINDS + ("rrdbnet-x2", "wan-s2v", "wan-animate", "qwen3-tts", "demucs", "rife", "amt",
+                          "grounding-dino", "sam")
 
 
 def _check_pipeline_folder(kind: str, path: Path) -> None:
@@ -85,6 +86,10 @@ def load_model(kind: str, path: Path | ShapesSource, device: str = "cpu", dtype:
         from ..models.rife import load_rife
 
         return load_rife(path, device, dtype)
+    if kind == "amt":
+        from ..models.amt.runner import load_amt
+
+        return load_amt(path, device, dtype)
     if kind == "demucs":
         from ..models.separation import load_demucs
 

@@ -173,6 +173,7 @@ class Residency:
         self._note_pinned()               # its offloaded blocks, pinned while it ran, count too
         model, size = self._resident.pop(role)
         self.evictions[role] += 1
+        dropped = True
         if self.host_budget and size <= self.host_budget:
             while self._host and self.host_used + size > self.host_budget:
                 self._host.popitem(last=False)
@@ -180,8 +181,11 @@ class Residency:
             self.mover(model, "host")
             self._host[role] = (model, size)
             self._note_pinned()
+            dropped = False             # its device tensors are freed as the pointers swap; the
+                                        # caching allocator hands their blocks to the next model
         del model
-        self._collect()
+        if dropped:
+            self._collect()
 
     def pinned_bytes(self) -> int:
         """Pinned host RAM held now by the models this residency keeps (on the device or off it)."""

@@ -4,7 +4,8 @@ into one DAG and run with one set of loaded models (``batch_dag.py``).
 Each spec keeps its own plan, lock, outputs, manifest and report, written exactly as
 ``cinesynth render SPEC`` writes them, and uses the cache a single render of it would use. A
 stage that several specs share by key (in one cache) runs once; models stay loaded for the whole
-batch (``ModelPool``); a failure stays inside its spec, the others still render.
+batch (``ModelPool``); a failure stays inside its spec, the others still render. An index page
+lists the specs with links to their reports (``batch_index.py``).
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class SpecResult:
     status: str                   # rendered | failed | invalid | planned (dry run)
     ran: int = 0
     cached: int = 0
+    failed: int = 0
     seconds: float = 0.0
     error: str | None = None
     output_dir: str | None = None
@@ -109,6 +111,7 @@ class SpecResult:
 class BatchResult:
     specs: list[SpecResult]
     model_loads: dict[str, int]
+    index: Path | None = None             # the index page written (none for a dry run)
 
     @property
     def exit_code(self) -> int:
@@ -129,11 +132,23 @@ def render_batch(specs: list[Path], *, profile: str | None = None,
                  allow_paths: list[str] | None = None, allow_hosts: list[str] | None = None,
                  warn: Callable[[str], None] | None = None,
                  on_spec: Callable[[SpecResult], None] | None = None,
-                 **options: Any) -> BatchResult:
+                 index: Path | None = None, **options: Any) -> BatchResult:
     """Check every spec, then render the valid ones as one DAG with one ``ModelPool``
     (``batch_dag.py``). ``options`` are ``render``'s (``keep_going``, ``dry_run``, ``device``...),
     the same for every spec; ``on_spec`` hears each spec's result (an invalid spec at once,
-    the others when the batch has run)."""
+    the others when the batch has run). Then the batch's index page is written at ``index``
+    (None: ``outputs/index.html`` of the first spec's project; none for a dry run)."""
+    result = _render_all(specs, profile, allow_paths, allow_hosts, warn, on_spec, options)
+    if not options.get("dry_run") and specs:
+        from .batch_index import default_index, write_index
+
+        result.index = write_index(result, index or default_index(specs))
+    return result
+
+
+def _render_all(specs: list[Path], profile: str | None, allow_paths: list[str] | None,
+                allow_hosts: list[str] | None, warn: Callable[[str], None] | None,
+                on_spec: Callable[[SpecResult], None] | None, options: dict[str, Any]) -> BatchResult:
     from .session import check_spec
 
     results: dict[int, SpecResult] = {}
@@ -178,6 +193,7 @@ def _row(spec: Path, project: str, result: Any, error: BaseException | None) -> 
         row.error = error.render() if isinstance(error, CinesynthError) else f"{type(error).__name__}: {error}"
     if result is not None:
         row.ran, row.cached = len(result.outcome.ran), len(result.outcome.cached)
+        row.failed = len(result.outcome.failed)
         row.summary, row.output_dir = result.summary, str(result.output_dir)
         row.seconds = round(sum(result.outcome.seconds.values()), 3)
     return row
@@ -202,6 +218,7 @@ def _render_one(spec: Path, project: str, pool: ModelPool, profile: str | None,
         result = getattr(exc, "result", None) if isinstance(exc, RenderError) else None
     if result is not None:
         row.ran, row.cached = len(result.outcome.ran), len(result.outcome.cached)
+        row.failed = len(result.outcome.failed)
         row.summary, row.output_dir = result.summary, str(result.output_dir)
         if result.outcome.dry_run:
             row.status = "planned"

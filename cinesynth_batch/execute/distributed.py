@@ -249,6 +249,8 @@ class Worker:
             self._follow(st, out, residency)
             return {"follower": True}
         self.executor.run_one(self.plan, st, known, out, self.bus, residency)
+        if len(ranks) > 1 and task["stage"] in out.spans:      # its time counts on every rank
+            out.spans[task["stage"]]["ranks"] = list(ranks)
         return outcome_to_message(out, {task["stage"], *out.ran, *out.cached})
 
     def _follow(self, st, out: Outcome, residency: Any) -> None:

@@ -101,6 +101,9 @@ def _place_all(plan: Plan, outcome: Outcome, output_dir: Path, warn: Warn) -> di
             continue
         published[node.publish] = {"stage": nid, "kind": node.kind, "scene": node.scene,
                                    "digest": entry.digest, "size": entry.size, **_media_facts(entry.meta)}
+        speech = outcome.lock[nid].inputs.get("audio") if nid in outcome.lock else None
+        if isinstance(speech, str):            # a clip made from speech (lipsync): its waveform
+            published[node.publish]["audio_digest"] = speech
     if damaged:
         raise DamagedOnPublish(damaged)
     return published
@@ -346,6 +349,10 @@ def _stage_row(plan: Plan, outcome: Outcome, nid: str) -> dict[str, Any]:
         row["started_at"] = round(span["start"], 3)
         row["ended_at"] = round(span["end"], 3)
         row["lane"] = span.get("lane", "rank 0")
+        if len(span.get("ranks", ())) > 1:     # split over several ranks (sequence parallel)
+            row["ranks"] = list(span["ranks"])
+        if span.get("node"):                   # the Ray node its worker ran on
+            row["node"] = span["node"]
     if st.model:
         row["model"] = f"{st.model['id']}@{st.model['revision']}"
     if entry is not None:

@@ -13,6 +13,8 @@ and runs on another actor, while Ray restarts the lost actor (``max_restarts``) 
 cluster has room, and it rejoins empty-handed. A stage's artifact enters the cache only by the
 rename that ends a finished stage (``CacheStore.commit``), so a killed stage leaves nothing
 there; the driver hashes every artifact a worker reports against its digest before taking it.
+Each stage's span (when it started and ended) comes back with its report and goes into the
+manifest in its worker's lane (``worker N``, with its node), for the report's timeline.
 
 Every node must see the spec, its assets and the cache folder at the same paths (a shared
 filesystem), and have this package and its models installed.
@@ -38,6 +40,7 @@ from .schedule import Schedule
 
 PING = 1.0          # seconds between looks at a lost worker (is it back?)
 MEMORY_WAIT = 10.0  # seconds to wait for each worker's memory report at the end
+SKEW = 1.0          # seconds a worker's clock may differ from the driver's before its spans move
 
 
 def import_ray():
@@ -210,6 +213,7 @@ class _Dispatch:
     bus: EventBus
     job: dict[str, Any]
     calls: dict[Any, tuple[int, str]] = dataclasses.field(default_factory=dict)   # ref -> (rank, stage)
+    sent_at: dict[Any, float] = dataclasses.field(default_factory=dict)           # ref -> when (epoch s)
     pings: dict[Any, int] = dataclasses.field(default_factory=dict)               # ref -> lost rank
     retry_at: dict[int, float] = dataclasses.field(default_factory=dict)          # lost rank -> when
     gone: set[int] = dataclasses.field(default_factory=set)                       # out of restarts
@@ -256,12 +260,14 @@ class _Dispatch:
         st = self.plan.stages[stage]
         task = {"stage": stage, "ranks": [rank], "reason": dataclasses.asdict(st.reason),
                 "entries": {u: dataclasses.asdict(self.out.entries[u]) for u in st.node.upstream()}}
-        self.calls[self.ex.actors[rank].run.remote(self.job, task)] = (rank, stage)
+        ref = self.ex.actors[rank].run.remote(self.job, task)
+        self.calls[ref], self.sent_at[ref] = (rank, stage), time.time()
         self.bus.emit("stage_assigned", stage=stage, kind=st.node.kind, scene=st.node.scene,
                       detail={"worker": rank, "node": self.ex.nodes.get(rank)})
 
     def _report(self, ref) -> None:
         rank, stage = self.calls.pop(ref)
+        sent = self.sent_at.pop(ref, time.time())
         try:
             msg = self.ray.get(ref)
         except self.ray.exceptions.RayActorError as exc:      # the worker or its node died
@@ -280,6 +286,7 @@ class _Dispatch:
         _add(self.loads, msg.get("loads", {}))
         _add(self.swaps, msg.get("swaps", {}))
         self._check(msg)
+        msg["spans"] = worker_spans(msg, stage, f"worker {rank}", self.ex.nodes.get(rank), sent, time.time())
         self.schedule.release(rank)
         merge_message(self.out, msg, self.plan)
         self.schedule.done(stage, ok=stage not in msg["failed"] and stage not in msg["blocked"])
@@ -334,6 +341,36 @@ class _Dispatch:
         else:
             self.schedule.back(rank)
             self.job["placements"] = self.ex.placements()
+
+
+def worker_spans(msg: dict[str, Any], stage: str, lane: str, node: str | None, sent: float,
+                 received: float) -> dict[str, dict[str, Any]]:
+    """The spans of one call's report, for the timeline: in the worker's lane, with the first 12
+    characters of its node's id, on the driver's clock (``on_driver_clock``). A stage that failed
+    without a span of its own (an error outside its code) spans the whole call."""
+    where = {"lane": lane, **({"node": node[:12]} if node else {})}
+    spans = {nid: {**on_driver_clock(span, sent, received), **where}
+             for nid, span in (msg.get("spans") or {}).items() if _span_ok(span)}
+    if stage in msg.get("failed", {}) and stage not in spans:
+        spans[stage] = {"start": sent, "end": received, **where}
+    return spans
+
+
+def on_driver_clock(span: dict[str, Any], sent: float, received: float) -> dict[str, Any]:
+    """A worker's span (seconds since the epoch on its own clock) as the driver saw it: as
+    reported when it lies within the call, from ``sent`` to ``received`` give or take ``SKEW``;
+    otherwise (the worker's clock is not the driver's) moved to end when the report came,
+    keeping its length (at most the call's)."""
+    start, end = float(span["start"]), float(span["end"])
+    if sent - SKEW <= start <= end <= received + SKEW:
+        return dict(span)
+    took = min(max(end - start, 0.0), max(received - sent, 0.0))
+    return {**span, "start": received - took, "end": received}
+
+
+def _span_ok(span: Any) -> bool:
+    return isinstance(span, dict) and all(
+        isinstance(span.get(k), (int, float)) and not isinstance(span.get(k), bool) for k in ("start", "end"))
 
 
 def _add(total: dict[str, int], more: dict[str, int]) -> None:

@@ -21,7 +21,7 @@ def still_thumb(src: Path, dest: Path, side: int = THUMB) -> tuple[int, int]:
     with Image.open(src) as im:
         im.draft("RGB", (side, side))
         small = _fit(im.convert("RGB"), side)
-    _save(small, dest)
+    save_webp(small, dest)
     return small.size
 
 
@@ -32,7 +32,7 @@ def clip_previews(src: Path, poster: Path, strip: Path, side: int = THUMB,
     frames = _pick_frames(src)
     middle = frames[len(frames) // 2]
     poster_im = _fit(middle, side)
-    _save(poster_im, poster)
+    save_webp(poster_im, poster)
     strip_height = min(strip_height, min(f.height for f in frames))    # never enlarged
     scaled = [f.resize((max(1, round(f.width * strip_height / f.height)), strip_height), Image.BILINEAR)
               for f in frames]
@@ -43,7 +43,7 @@ def clip_previews(src: Path, poster: Path, strip: Path, side: int = THUMB,
     for s in scaled:
         sheet.paste(s, (x, 0))
         x += s.width + gap
-    _save(sheet, strip)
+    save_webp(sheet, strip)
     return {"poster_width": poster_im.width, "poster_height": poster_im.height,
             "strip_width": sheet.width, "strip_height": sheet.height}
 
@@ -87,15 +87,16 @@ def _fit(im: Image.Image, side: int) -> Image.Image:
     return im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.LANCZOS)
 
 
-def _save(im: Image.Image, dest: Path) -> None:
-    """Write ``im`` to a fresh temporary file (never through a link) and move it to ``dest``."""
+def save_webp(im: Image.Image, dest: Path, lossless: bool = False) -> None:
+    """Write ``im`` as WebP to a fresh temporary file (never through a link) and move it to
+    ``dest``. ``lossless`` for drawings (a waveform), lossy for pictures."""
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     if os.path.lexists(tmp):
         os.unlink(tmp)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         with os.fdopen(fd, "wb") as f:
-            im.save(f, format="WEBP", quality=QUALITY, method=4)
+            im.save(f, format="WEBP", quality=100 if lossless else QUALITY, lossless=lossless, method=4)
         os.replace(tmp, dest)
     finally:
         if os.path.lexists(tmp):

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import StageError
+from .warp import backward_warp
 
 #: The official 4.25 widths: 16 encoder channels, blocks of 192, 128, 96, 64, 32, 8 residual convs.
 OFFICIAL = {"head": 16, "blocks": (192, 128, 96, 64, 32), "res_convs": 8}
@@ -105,17 +106,6 @@ class _FlowBlock(nn.Module):
         if scale != 1:
             out = F.interpolate(out, scale_factor=scale, mode="bilinear", align_corners=False)
         return out[:, :FLOW] * scale, out[:, FLOW:FLOW + MASK], out[:, FLOW + MASK:]
-
-
-def backward_warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """Sample ``image`` at each pixel's position plus ``flow`` (pixels; bilinear, edges clamped)."""
-    b, _, h, w = flow.shape
-    ys = torch.arange(h, device=flow.device, dtype=flow.dtype).view(1, h, 1)
-    xs = torch.arange(w, device=flow.device, dtype=flow.dtype).view(1, 1, w)
-    gx = (xs + flow[:, 0]) * (2.0 / (w - 1)) - 1.0
-    gy = (ys + flow[:, 1]) * (2.0 / (h - 1)) - 1.0
-    grid = torch.stack((gx, gy), dim=-1)
-    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 class IFNet(nn.Module):

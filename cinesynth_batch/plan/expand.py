@@ -1,11 +1,12 @@
 """Spec -> Graph: one scene at a time, every stage a node with explicit inputs.
 
-Node ids: ``<scene>.image`` (a masked edit's ``<scene>.detect`` and ``<scene>.segment`` come from
-``plan/masks.py``), ``<scene>.upscale``, ``<scene>.video`` (or ``<scene>.video.<k>``
-when a clip has several segments), ``<scene>.shadow`` and ``<scene>.interpolate`` (a clip's
+Node ids: ``<scene>.image``, ``<scene>.upscale``, ``<scene>.fit``, ``<scene>.video`` (or
+``<scene>.video.<k>`` when a clip has several segments), ``<scene>.shadow`` and ``<scene>.interpolate`` (a clip's
 post-processing), ``<scene>.tts``, ``assemble.<name>`` and its subtitles
 ``assemble.<name>.srt``; downloads, frames and separated or extracted audio come from
-``plan/sources.py``.
+``plan/sources.py``; an image's references (face crops, inline edits) from
+``plan/references.py``; a masked edit's ``<scene>.detect`` and ``<scene>.segment`` from
+``plan/masks.py``.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from ..runtime.attention import LOSSY
 from ..spec import model as m
 from ..spec.load import LoadedSpec
 from ..spec.params import UpscaleParams
+from ..spec.rules import INTERPOLATE_ROLES
 from ..tts import espeak_revision
 from .graph import FileInput, Graph, NodeInput, StageNode
-from .masks import edit_inputs, edit_params
+from .references import ReferencePlanner
 from .sources import source_input
 
 SeedSource = Callable[[str], int]
@@ -32,8 +34,10 @@ def build_graph(loaded: LoadedSpec, seed_for: SeedSource) -> Graph:
     graph = Graph()
     visuals: dict[str, tuple[str, tuple[NodeInput, ...] | NodeInput]] = {}
     sounds: dict[str, FileInput | NodeInput] = {}
+    refs = ReferencePlanner(graph, loaded, seed_for)
     for index, scene in enumerate(spec.scenes):
-        visuals[scene.id] = _scene_nodes(graph, loaded, index, scene, seed_for, sounds)
+        visuals[scene.id] = _scene_nodes(graph, loaded, index, scene, seed_for, sounds, refs)
+    refs.check()
     for j, asm in enumerate(spec.assemblies()):
         _assemble_node(graph, loaded, j, asm, visuals, sounds)
     return graph
@@ -51,7 +55,8 @@ def _file(loaded: LoadedSpec, value: str) -> FileInput:
 
 
 def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, seed_for: SeedSource,
-                 sounds: dict[str, FileInput | NodeInput]) -> tuple[str, tuple[NodeInput, ...] | NodeInput]:
+                 sounds: dict[str, FileInput | NodeInput],
+                 refs: ReferencePlanner) -> tuple[str, tuple[NodeInput, ...] | NodeInput]:
     """The scene's nodes; its sound (lip-sync speech, else its ``audio``) goes into ``sounds``."""
     spec = loaded.spec
     sid = scene.id
@@ -60,21 +65,7 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, s
     if scene.image is not None:
         img = scene.image
         node_id = f"{sid}.image"
-        seed = _seed(img.seed, scene, spec)
-        params = {
-            "prompt": img.full_prompt(), "negative_prompt": img.negative_prompt, "steps": img.steps,
-            "guidance": img.guidance, "width": img.width or width, "height": img.height or height,
-            "seed": seed if seed >= 0 else seed_for(node_id),
-            "loras": [{"name": lo.name, "weight": lo.weight} for lo in img.loras],
-        }
-        inputs = {}
-        if img.mask is not None:                     # a masked edit (plan/masks.py)
-            inputs = edit_inputs(graph, loaded, index, scene)
-            params.update(edit_params(img))
-        graph.add(StageNode(
-            id=node_id, kind="image", scene=sid, model_role="image", params=params, inputs=inputs,
-            loras=tuple((lo.name, "img") for lo in img.loras),
-            publish=f"scenes/{sid}.png", where=loaded.where("scenes", index, "image")))
+        refs.image_node(scene, img, node_id, ("scenes", index, "image"), (width, height), f"scenes/{sid}.png")
         still = NodeInput(node_id)
         if img.upscale:
             up_id = f"{sid}.upscale"
@@ -84,6 +75,8 @@ def _scene_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, s
                 inputs={"image": still}, publish=f"scenes/{sid}_x2.png",
                 where=loaded.where("scenes", index, "image", "upscale")))
             still = NodeInput(up_id)
+        if img.fit:
+            still = refs.fit_node(scene, index, still)
     if scene.audio is not None and scene.lipsync is None:
         sounds[sid] = _audio_input(graph, loaded, index, scene, scene.audio, ("scenes", index, "audio"),
                                    seed_for)
@@ -142,7 +135,7 @@ def _video_node(loaded: LoadedSpec, at: tuple, scene: m.Scene, node_id: str, inp
             **extra, **_quantize_param(vid),
         },
         inputs=inputs, loras=tuple((lo.name, "mov") for lo in vid.loras),
-        runtime={**_speed_runtime(vid), **chain}, publish=publish,
+        runtime={**_speed_runtime(vid), "lora_fuse": vid.lora_fuse, **chain}, publish=publish,
         where=loaded.where(*at), parallel=vid.parallel)
 
 
@@ -207,11 +200,11 @@ def _post_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene, fi
     if interp is not None:
         node_id = f"{scene.id}.interpolate"
         params: dict = {"fps": interp.target(loaded.spec.defaults.fps), "backend": interp.backend}
-        if interp.backend == "rife":
+        role = INTERPOLATE_ROLES.get(interp.backend)
+        if role is not None:
             params["scale"] = float(interp.scale)
         graph.add(StageNode(
-            id=node_id, kind="interpolate", scene=scene.id,
-            model_role="interpolate" if interp.backend == "rife" else None, params=params,
+            id=node_id, kind="interpolate", scene=scene.id, model_role=role, params=params,
             inputs={"clip": clip}, publish=f"scenes/{scene.id}.interpolated.mp4",
             where=loaded.where(*at, "interpolate")))
         clip = (NodeInput(node_id),)

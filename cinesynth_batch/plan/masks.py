@@ -17,11 +17,10 @@ from .graph import FileInput, Graph, NodeInput, StageNode
 from .sources import source_input
 
 
-def edit_inputs(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene) -> dict[str, FileInput | NodeInput]:
-    """``{"source": …, "mask": …}`` for the image stage of a masked edit."""
+def edit_inputs(graph: Graph, loaded: LoadedSpec, scene: m.Scene, at: tuple) -> dict[str, FileInput | NodeInput]:
+    """``{"source": …, "mask": …}`` for the image stage of a masked edit (``at``: its spec place)."""
     img = scene.image
     assert img is not None and img.mask is not None
-    at = ("scenes", index, "image")
     if not isinstance(img.mask, m.MaskSource):
         return {"source": source_input(graph, loaded, img.source, (*at, "source")),
                 "mask": source_input(graph, loaded, img.mask, (*at, "mask"))}

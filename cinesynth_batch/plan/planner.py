@@ -230,7 +230,7 @@ def _made_by(value: object, scene: str) -> str:
     if not isinstance(value, NodeInput) or not value.node.startswith(scene + "."):
         return "image"
     kind = value.node[len(scene) + 1:].split(".")[0]
-    return "image" if kind == "upscale" else kind
+    return "image" if kind in ("upscale", "fit") else kind
 
 
 def _keyed_loras(node: StageNode, registry: Registry, loaded: LoadedSpec, problems: Problems):
@@ -258,6 +258,9 @@ def _keyed_loras(node: StageNode, registry: Registry, loaded: LoadedSpec, proble
 
 
 def _lora_where(loaded: LoadedSpec, node: StageNode, j: int):
+    at = node.runtime.get("loras_at")           # a stage the spec nests (an image reference's edit)
+    if at:
+        return loaded.where(*at, "loras", j, "name"), loaded.path_text(*at, "loras", j, "name")
     for i, scene in enumerate(loaded.spec.scenes):
         if scene.id == node.scene:
             loc = ("scenes", i, node.kind, "loras", j, "name")

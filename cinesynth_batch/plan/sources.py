@@ -36,10 +36,12 @@ def download_format(max_height: int) -> str:
     return DOWNLOAD_FORMAT.format(h=max_height)
 
 
-def source_input(graph: Graph, loaded: LoadedSpec, value: Any, loc: tuple) -> FileInput | NodeInput:
-    """The input for a file field at ``loc`` (spec path): a file, or the node that makes it."""
+def source_input(graph: Graph, loaded: LoadedSpec, value: Any, loc: tuple,
+                 name: str | None = None) -> FileInput | NodeInput:
+    """The input for a file field at ``loc`` (spec path): a file, or the node that makes it
+    (``name``: the field part of a frame node's id, when ``loc`` does not give a unique one)."""
     if isinstance(value, m.ImageSource):
-        return _frame_node(graph, loaded, value.frame, loc)
+        return _frame_node(graph, loaded, value.frame, loc, name)
     if isinstance(value, m.AudioSource):
         if value.file is not None:
             return source_input(graph, loaded, value.file, (*loc, "file"))
@@ -86,10 +88,11 @@ def _download_node(graph: Graph, loaded: LoadedSpec, url: str, loc: tuple) -> No
     return NodeInput(node_id)
 
 
-def _frame_node(graph: Graph, loaded: LoadedSpec, frame: m.FrameFrom, loc: tuple) -> NodeInput:
+def _frame_node(graph: Graph, loaded: LoadedSpec, frame: m.FrameFrom, loc: tuple,
+                name: str | None = None) -> NodeInput:
     sid = _scene_id(loaded, loc)
-    field = next(p for p in reversed(loc) if isinstance(p, str))
-    if isinstance(loc[-1], int):            # an item of a list (keyframes): its place, from 1
+    field = name or next(p for p in reversed(loc) if isinstance(p, str))
+    if name is None and isinstance(loc[-1], int):   # an item of a list (keyframes): its place, from 1
         field = f"{field}_{loc[-1] + 1}"
     node_id = f"{sid}.{field}_frame"
     graph.add(StageNode(

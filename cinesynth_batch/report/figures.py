@@ -13,21 +13,22 @@ from typing import Any
 
 HISTORY = 6          # renders kept side by side
 MAX_BARS = 5000      # a timeline never draws more bars than this
+MAX_SPLIT = 64       # ranks one stage may be split over (one node's GPUs)
 
 
 def figures(rows: list[dict[str, Any]], memory: dict[str, Any], rendered_at: str,
             seconds: float) -> dict[str, Any]:
-    """The figures of one render (``rows``: the manifest's stage rows with their spans)."""
+    """The figures of one render (``rows``: the manifest's stage rows with their spans). A stage
+    split over several ranks (``ranks``) counts its seconds once per rank in the totals by kind
+    and by model (device-seconds), and its bar has the other ranks' lanes as ``shares``."""
     spans = [r for r in rows if _number(r.get("started_at")) is not None
              and _number(r.get("ended_at")) is not None]
     origin = min((r["started_at"] for r in spans), default=0.0)
-    bars = [{"stage": r["id"], "kind": r["kind"], "lane": str(r.get("lane") or "rank 0"),
-             "status": r["status"], "start": round(r["started_at"] - origin, 3),
-             "end": round(r["ended_at"] - origin, 3)} for r in spans[:MAX_BARS]]
+    bars = [_bar(r, origin) for r in spans[:MAX_BARS]]
     by_kind: dict[str, float] = {}
     by_model: dict[str, float] = {}
     for b, r in zip(bars, spans):
-        took = b["end"] - b["start"]
+        took = (b["end"] - b["start"]) * (1 + len(b.get("shares", ())))
         by_kind[b["kind"]] = by_kind.get(b["kind"], 0.0) + took
         if r.get("model"):
             by_model[r["model"]] = by_model.get(r["model"], 0.0) + took
@@ -47,6 +48,22 @@ def figures(rows: list[dict[str, Any]], memory: dict[str, Any], rendered_at: str
         "pinned_bytes": memory.get("pinned_bytes", 0),
         "bars": bars,
     }
+
+
+def _bar(r: dict[str, Any], origin: float) -> dict[str, Any]:
+    lane = str(r.get("lane") or "rank 0")
+    bar = {"stage": r["id"], "kind": r["kind"], "lane": lane, "status": r["status"],
+           "start": round(r["started_at"] - origin, 3), "end": round(r["ended_at"] - origin, 3)}
+    ranks = r.get("ranks")
+    if isinstance(ranks, list) and 1 < len(ranks) <= MAX_SPLIT and all(_rank_ok(k) for k in ranks):
+        bar["shares"] = [f"rank {k}" for k in dict.fromkeys(ranks) if f"rank {k}" != lane]
+    if isinstance(r.get("node"), str):
+        bar["node"] = r["node"]
+    return bar
+
+
+def _rank_ok(k: Any) -> bool:
+    return isinstance(k, int) and not isinstance(k, bool) and 0 <= k < 1_000_000
 
 
 def history_entry(fig: dict[str, Any], summary: str) -> dict[str, Any]:
@@ -78,8 +95,11 @@ def _entry_ok(h: Any) -> bool:
 
 
 def _bar_ok(b: Any) -> bool:
+    shares = b.get("shares", []) if isinstance(b, dict) else None
     return isinstance(b, dict) and all(isinstance(b.get(k), str) for k in ("stage", "kind", "lane", "status")) \
-        and _number(b.get("start")) is not None and _number(b.get("end")) is not None
+        and _number(b.get("start")) is not None and _number(b.get("end")) is not None \
+        and isinstance(shares, list) and len(shares) < MAX_SPLIT and all(isinstance(x, str) for x in shares) \
+        and isinstance(b.get("node", ""), str)
 
 
 def _number(v: Any) -> float | None:

@@ -1,5 +1,6 @@
 """The report's rows: one per scene in assembly order (its stills, upscaled stills, clips with
-their previews, status), the final videos, and the failures to show first."""
+their previews, sounds with their waveforms, status), the final videos, and the failures to
+show first."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import shlex
 from pathlib import PurePosixPath
 from typing import Any
 
-from .previews import CLIPS, STILLS
+from .previews import CLIPS, SOUNDS, STILLS
 
 
 def scene_rows(m: dict[str, Any]) -> list[dict[str, Any]]:
@@ -48,7 +49,7 @@ def _row(name: str, stages: list[dict[str, Any]], m: dict[str, Any]) -> dict[str
     files = m.get("files") if isinstance(m.get("files"), dict) else {}
     previews = m.get("previews") if isinstance(m.get("previews"), dict) else {}
     thumbs = m.get("thumbs") if isinstance(m.get("thumbs"), dict) else {}
-    row: dict[str, Any] = {"id": name, "stills": [], "upscaled": [], "clips": [], "other": [],
+    row: dict[str, Any] = {"id": name, "stills": [], "upscaled": [], "clips": [], "sounds": [], "other": [],
                            "stages": stages, "status": _status(stages), "error": ""}
     failed = [s for s in stages if s.get("status") == "failed"]
     if failed:
@@ -65,8 +66,14 @@ def _row(name: str, stages: list[dict[str, Any]], m: dict[str, Any]) -> dict[str
             row["clips"].append(item)
         elif suffix in STILLS:
             row["upscaled" if s.get("kind") == "upscale" else "stills"].append(item)
+        elif suffix in SOUNDS:
+            row["sounds"].append(item)
         else:
             row["other"].append(item)
+    heard = {i["wave"]["src"] for i in row["sounds"] if i.get("wave")}
+    for clip in row["clips"]:       # speech shown once: beside its sound when both are published
+        if clip.get("wave") and clip["wave"]["src"] in heard:
+            del clip["wave"]
     return row
 
 
@@ -78,7 +85,10 @@ def _status(stages: list[dict[str, Any]]) -> str:
     return "cached" if states else "nothing"
 
 
-def _size(info: Any) -> dict[str, int]:
+def _size(info: Any) -> dict[str, Any]:
     if not isinstance(info, dict):
         return {}
-    return {k: info[k] for k in ("width", "height") if isinstance(info.get(k), int)}
+    out: dict[str, Any] = {k: info[k] for k in ("width", "height") if isinstance(info.get(k), int)}
+    if isinstance(info.get("seconds"), (int, float)) and not isinstance(info["seconds"], bool):
+        out["seconds"] = float(info["seconds"])
+    return out

@@ -1,6 +1,8 @@
 """The timeline of a render as a self-contained SVG: one lane per rank or worker, one bar per
 stage that ran (a failed one outlined in red), coloured by stage kind, with a time axis and a
-legend. Every text is escaped; numbers are the figures' own (``report/figures.py``)."""
+legend. A stage split over several ranks has its bar in its leading rank's lane and a paler
+``share`` in each other rank's lane. Every text is escaped; numbers are the figures' own
+(``report/figures.py``)."""
 
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ def timeline_svg(bars: list[dict[str, Any]]) -> str:
     """The SVG markup (empty when no bar)."""
     if not bars:
         return ""
-    lanes = sorted({b["lane"] for b in bars}, key=_lane_order)
+    lanes = sorted({b["lane"] for b in bars} | {x for b in bars for x in b.get("shares", ())},
+                   key=_lane_order)
     span = max(max(b["end"] for b in bars), 1e-3)
     plot = WIDTH - LABEL - 10
     kinds = list(dict.fromkeys(b["kind"] for b in bars))
@@ -32,7 +35,7 @@ def timeline_svg(bars: list[dict[str, Any]]) -> str:
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="timeline" width="{WIDTH}" height="{height}" '
            f'viewBox="0 0 {WIDTH} {height}" role="img" aria-label="stage timeline">',
            '<style>text{font:11px system-ui,sans-serif;fill:#333}.bar{stroke:#fff;stroke-width:.5}'
-           '.bar.failed{stroke:#c00;stroke-width:2}</style>']
+           '.bar.failed{stroke:#c00;stroke-width:2}.share{opacity:.45}</style>']
     for i, lane in enumerate(lanes):
         y = i * LANE
         out.append(f'<rect x="{LABEL}" y="{y}" width="{plot}" height="{LANE - 2}" fill="#f3f3f3"/>')
@@ -43,10 +46,18 @@ def timeline_svg(bars: list[dict[str, Any]]) -> str:
         y = lanes.index(b["lane"]) * LANE + 2
         took = b["end"] - b["start"]
         cls = "bar failed" if b["status"] == "failed" else "bar"
+        shares = b.get("shares", [])
+        where = f" · on {len(shares) + 1} ranks" if shares else ""
+        where += f" · node {escape(b['node'])}" if b.get("node") else ""
+        title = (f'<title>{escape(b["stage"])} · {escape(b["kind"])} · {took:.2f} s{where}'
+                 f'{" · failed" if b["status"] == "failed" else ""}</title>')
         out.append(f'<rect class="{cls}" data-stage="{escape(b["stage"])}" data-kind="{escape(b["kind"])}" '
                    f'x="{x:.1f}" y="{y}" width="{w:.1f}" height="{LANE - 6}" fill="{colour(b["kind"])}">'
-                   f'<title>{escape(b["stage"])} · {escape(b["kind"])} · {took:.2f} s'
-                   f'{" · failed" if b["status"] == "failed" else ""}</title></rect>')
+                   f'{title}</rect>')
+        for lane in shares:
+            out.append(f'<rect class="share" data-stage="{escape(b["stage"])}" x="{x:.1f}" '
+                       f'y="{lanes.index(lane) * LANE + 2}" width="{w:.1f}" height="{LANE - 6}" '
+                       f'fill="{colour(b["kind"])}">{title}</rect>')
     base = len(lanes) * LANE
     out.append(f'<line x1="{LABEL}" y1="{base}" x2="{LABEL + plot}" y2="{base}" stroke="#999"/>')
     for t in _ticks(span):

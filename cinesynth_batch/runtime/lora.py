@@ -192,6 +192,17 @@ def _drop_stale_versions(pipe: Any, path: Path, component: str, current: str) ->
         pipe.delete_adapters(stale)
 
 
+def wanted_adapters(requests: Sequence[LoraRequest]) -> dict[str, float]:
+    """``{adapter_name: weight}`` that ``apply_loras`` makes active for ``requests``."""
+    wanted: dict[str, float] = {}
+    for req in requests:
+        for component, weight in req.weights.items():
+            if weight != 0.0:
+                name = adapter_name(req.path, component)
+                wanted[name] = wanted.get(name, 0.0) + weight
+    return wanted
+
+
 def apply_loras(pipe: Any, requests: Sequence[LoraRequest], max_loaded: int = DEFAULT_MAX_LOADED) -> dict[str, float]:
     """Make ``pipe`` use exactly ``requests``; returns ``{adapter_name: weight}`` now active."""
     active: dict[str, float] = {}

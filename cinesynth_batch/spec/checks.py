@@ -13,6 +13,7 @@ from typing import Any
 from ..config import Limits, Trust
 from ..errors import Problems
 from . import trust as t
+from .references import edits
 from .rules import RES_RE
 from .yamlpos import LDict, format_path, locate
 
@@ -83,7 +84,7 @@ def _text_problem(key: str, value: str, limits: Limits) -> tuple[str, str] | Non
             if len(value) > limits.name_chars else None
     if len(value) > limits.path_chars:
         return f"the value is {len(value)} characters", "path_chars"
-    if key == "resolution":
+    if key in ("resolution", "fit"):
         match = RES_RE.match(value.strip())
         if match and max(int(match.group(1)), int(match.group(2))) > limits.side:
             return f"'{value}' has a side of {max(int(match.group(1)), int(match.group(2)))} pixels", "side"
@@ -157,13 +158,15 @@ def check_lora_names(data: LDict, sources: list[int], problems: Problems) -> Non
     """A LoRA ``name`` is a name inside the LoRA folders, never a path out of them."""
     scenes = data.get("scenes") if isinstance(data.get("scenes"), list) else []
     for i, scene in enumerate(scenes):
-        for kind in ("image", "video", "lipsync", "animate"):
-            stage = scene.get(kind) if isinstance(scene, dict) else None
+        stages = [(("scenes", i, kind), scene.get(kind) if isinstance(scene, dict) else None)
+                  for kind in ("image", "video", "lipsync", "animate")]
+        stages += list(edits(stages[0][1], stages[0][0]))       # inline edits of the image's references
+        for at, stage in stages:
             loras = stage.get("loras") if isinstance(stage, dict) else None
             for j, lora in enumerate(loras if isinstance(loras, list) else []):
                 name = lora.get("name") if isinstance(lora, dict) else None
                 bad = t.lora_name_problem(name) if isinstance(name, str) else None
                 if bad is not None:
-                    loc = ("scenes", i, kind, "loras", j, "name")
+                    loc = (*at, "loras", j, "name")
                     problems.add(f"LoRA '{t.printable(name)}': {bad.message}", locate(data, loc),
                                  format_path(loc, sources), hint=bad.hint)

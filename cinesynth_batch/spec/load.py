@@ -26,6 +26,7 @@ from . import model as m
 from . import trust as t
 from .matrix_files import read_matrix_files
 from .presets import PresetLibrary, merge
+from .references import apply_edit_presets, check_references
 from .checks import check_limits, check_lora_names, check_output, narrow_trust
 from .errortext import describe
 from .templating import Templater
@@ -386,6 +387,8 @@ def _apply_presets(scene: LDict, library: PresetLibrary, path: str, problems: Pr
             if preset is not None:
                 scene.set(key, merge(preset, stage), scene.key_locs.get(key),
                           scene.value_locs.get(key))
+    apply_edit_presets(scene.get("image"), lambda name, where, at: library.resolve(name, where, at, problems),
+                       f"{path}.image")
     return scene
 
 
@@ -521,6 +524,8 @@ def check_semantics(data: LDict, sources: list[int], spec_dir: Path, root: Path,
                 for key in ("detector", "pose_model"):
                     check_file(prep.get(key), ("scenes", i, "animate", "preprocess", key), "model file",
                                url_ok=False)
+
+    check_references(data, sources, problems, check_file)
 
     assemblies = data.get("assemble") if isinstance(data.get("assemble"), list) else []
     names: dict[str, int] = {}

@@ -15,10 +15,10 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 from .rules import parse_resolution  # noqa: F401  (the planner reads sizes through the spec model)
 from .rules import (
     AnimateAttention, AnimateMode, AnimateQuantize, BlockSwap, Boundary, CacheKind, CacheStartStep, CacheThreshold,
-    Compile, Crf, DetectThreshold, DuckDb, End, FramePosition, Frames, Fps, Guidance, InpaintPadding, InpaintSize,
-    Loudness, LoraWeight, MusicGain, Precision,
-    PrevFrames, PreprocessBackend, Resolution, RmsNorm, Scheduler, SegmentFrames, Shift, Size, SpecSeed, Start,
-    Steps, Stem, TtsBackend, WanAttention, WanQuantize, end_after_start, no_prescaled, prev_below_window,
+    Compile, Crf, DetectThreshold, DuckDb, End, FlowScale, FramePosition, Frames, Fps, Guidance, InpaintPadding,
+    InpaintSize, InterpolateBackend, Loudness, LoraWeight, MusicGain, PictureSize, Precision, PrevFrames,
+    PreprocessBackend, Resolution, RmsNorm, Scheduler, SegmentFrames, Shift, Size, SpecSeed, Start, Steps, Stem,
+    TtsBackend, WanAttention, WanQuantize, end_after_start, no_prescaled, prev_below_window, scale_fits_backend,
 )
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -190,25 +190,89 @@ class Inpaint(Strict):
     strength: float = Field(1.0, gt=0.0, le=1.0, description="1.0 repaints from pure noise inside the mask")
 
 
-class ImageStage(Strict):
-    """FLUX.2-klein text to image; with ``mask``, a masked edit of ``source``."""
+# --- image references: what a FLUX.2-klein edit is given (image.references, image.prepare) -------
+
+MAX_REFERENCES = 10
+ImageModel = Literal["distilled", "base"]
+REFERENCE_KEYS = ("frame", "scene", "stage", "face_crop", "edit", "reference")
+
+
+class FaceCropFrom(Strict):
+    """The head of a photo, cropped as the seed's ``crop_face_head`` does (stage ``face_crop``)."""
+
+    source: "ReferenceRef" = Field(description="the photo: a path, URL or any reference")
+
+
+class Reference(Strict):
+    """An image for an edit that is not a plain path or URL: exactly one key."""
+
+    frame: FrameFrom | None = Field(None, description="one frame of a video")
+    scene: str | None = Field(None, description="that scene's image as the scene ends it (fitted, else "
+                                                "upscaled, else as generated)")
+    stage: str | None = Field(None, description="the output of an image stage, by id (e.g. body.image)")
+    face_crop: FaceCropFrom | None = Field(None, description="the head of a photo (stage face_crop)")
+    edit: "ImageEdit | None" = Field(None, description="an image edit made by its own stage")
+    reference: int | None = Field(None, ge=1, description="image.prepare only: the Nth of the stage's "
+                                                          "references, from 1")
+
+    def kind(self) -> str:
+        """The one key that is set."""
+        return next(k for k in REFERENCE_KEYS if getattr(self, k) is not None)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Reference":
+        given = [k for k in REFERENCE_KEYS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one image source, not {' and '.join(given) if given else 'none'} "
+                             f"(one of: {', '.join(REFERENCE_KEYS)}, or a path)")
+        return self
+
+
+ReferenceRef = plain_or(str, Reference)
+
+
+class ImageEdit(Strict):
+    """FLUX.2-klein: text to image, or an edit of the images in ``references``."""
 
     preset: str | None = Field(None, description="preset applied under this stage's values")
     prompt: str = Field(min_length=1)
     negative_prompt: str | None = None
     steps: Steps = Field(4)
     guidance: Guidance = Field(1.0)
-    width: Size | None = Field(None, description="defaults to the scene resolution's width")
-    height: Size | None = Field(None, description="defaults to the scene resolution's height")
+    model: ImageModel = Field("distilled", description="distilled: FLUX.2-klein-9B (no CFG); base: the "
+                                                       "undistilled FLUX.2-klein-base-9B (CFG with guidance > 1)")
+    width: Size | None = Field(None, description="default: the scene's width; with references, the first "
+                                                 "reference's (as the pipeline scales it)")
+    height: Size | None = Field(None, description="default: the scene's height; with references, the first "
+                                                  "reference's")
     seed: SpecSeed | None = Field(None, description="-1 draws a seed at plan time (written to render.lock)")
     loras: list[ImageLora] = Field(default_factory=list)
+    references: list[ReferenceRef] = Field(
+        default_factory=list, max_length=MAX_REFERENCES,
+        description="images the edit is given, in order (image 1 first): paths, URLs, {frame}, {scene}, "
+                    "{stage}, {face_crop}, {edit}")
+    prompt_prefix: str | None = Field(None, description="put before the prompt (a preset's trigger phrase)")
+
+    def full_prompt(self) -> str:
+        """The prompt the model reads: ``prompt_prefix`` then ``prompt``."""
+        return f"{self.prompt_prefix}{self.prompt}" if self.prompt_prefix else self.prompt
+
+
+class ImageStage(ImageEdit):
+    """FLUX.2-klein text to image, a multi-reference edit, or (with ``mask``) a masked edit of ``source``."""
+
+    prepare: list[ReferenceRef] | None = Field(
+        None, min_length=1, max_length=MAX_REFERENCES,
+        description="the references the model sees, made from the given ones ({reference: N}): "
+                    "set by presets such as avatar_prepare")
     upscale: Literal["x2", False] = Field(False, description="'x2' runs Real-ESRGAN x2 after the image")
+    fit: PictureSize | None = Field(None, description="WIDTHxHEIGHT: crop to that aspect (centred; a too tall "
+                                                     "image keeps its top) and resize (LANCZOS), last")
     source: ImageRef | None = Field(None, description="the picture a masked edit repaints (default: the "
                                                        "mask's segment source)")
     mask: MaskRef | None = Field(None, description="where to repaint: a mask file (white repaints) or "
                                                    "{segment: {source, text, threshold}}")
     inpaint: Inpaint = Field(default_factory=Inpaint, description="crop and paste-back of a masked edit")
-    prompt_prefix: str | None = Field(None, description="put before the prompt (a preset's trigger phrase)")
 
     @model_validator(mode="after")
     def _masked(self) -> "ImageStage":
@@ -225,9 +289,6 @@ class ImageStage(Strict):
             raise ValueError(f"a masked edit keeps its source's size: remove {' and '.join(sizes)}")
         return self
 
-    def full_prompt(self) -> str:
-        return f"{self.prompt_prefix}{self.prompt}" if self.prompt_prefix else self.prompt
-
     @field_validator("upscale", mode="before")
     @classmethod
     def _upscale(cls, v: Any) -> Any:
@@ -236,6 +297,11 @@ class ImageStage(Strict):
         if v is False or v is None:
             return False
         raise ValueError(f"{v!r} is not an upscale factor (use x2, or false for none)")
+
+
+FaceCropFrom.model_rebuild()
+Reference.model_rebuild()
+ImageEdit.model_rebuild()
 
 
 class StepCache(Strict):
@@ -280,16 +346,18 @@ class Interpolate(Strict):
     fps: Fps | None = Field(None, description="the clip's new rate, e.g. 48 or 64; give fps or factor")
     factor: int | None = Field(None, ge=2, le=8, description="multiply the clip's rate: 2 (16 -> 32) or 4 "
                                                              "(16 -> 64)")
-    backend: Literal["minterpolate", "rife"] = Field(
+    backend: InterpolateBackend = Field(
         "minterpolate", description="minterpolate: ffmpeg motion-compensated interpolation (no weights); "
-                                    "rife: the profile's RIFE model")
-    scale: Literal[0.25, 0.5, 1.0, 2.0, 4.0] = Field(
-        1.0, description="rife: the flow estimation's scale (0.5 for 4K frames)")
+                                    "rife: the profile's RIFE model (role interpolate); amt: the profile's "
+                                    "AMT model (role interpolate_amt; AMT-G in production)")
+    scale: FlowScale = Field(
+        1.0, description="rife, amt: the flow estimation's scale (0.5 for 4K frames; amt: at most 1)")
 
     @model_validator(mode="after")
     def _one_rate(self) -> "Interpolate":
         if (self.fps is None) == (self.factor is None):
             raise ValueError("give exactly one of fps (the new rate) or factor (the multiple of the clip's rate)")
+        scale_fits_backend(self.backend, self.scale)
         return self
 
     def target(self, fps: int) -> int:
@@ -391,6 +459,10 @@ class VideoStage(SpeedOptions):
     _interp = field_validator("interpolate", mode="before")(_interp_number)
     block_swap: BlockSwap = Field(0, description="blocks of each expert kept in RAM and streamed in (CUDA; "
                                                   "exact, not keyed)")
+    lora_fuse: Compile = Field(
+        "auto", description="fuse the LoRAs into the experts' weights (no per-step LoRA cost; a clip with "
+                            "other LoRAs gets a fresh copy of the model); auto: on CUDA, resident bf16 experts")
+    _lora_fuse = field_validator("lora_fuse", mode="before")(SpeedOptions._yaml_on_off.__func__)
 
     @model_validator(mode="after")
     def _chain(self) -> "VideoStage":

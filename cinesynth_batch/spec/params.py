@@ -12,20 +12,19 @@ left to the stage.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Mapping, TypeVar
+from typing import Annotated, Any, Mapping, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import StageError
 from .errortext import describe
-from .model import AnimateLora, ImageLora, Inpaint, StepCache, VideoLora
+from .model import AnimateLora, ImageLora, ImageModel, Inpaint, StepCache, VideoLora
 from .rules import (
     AnimateAttention, AnimateMode, AnimateRunQuantize, BlockSwap, Boundary, Compile, Crf, DetectThreshold, DuckDb, End,
-    EvenSide,
-    Fraction, FramePosition, Frames, Fps, Guidance, Loudness, MusicGain, Overlap, Precision, PreprocessBackend,
-    PrepOutput, PrevFrames, RmsNorm, Scheduler, Seed, SegmentFrames, Shift, Size, SpeechResampler, Start, Steps, Stem,
-    TtsBackend,
-    WanAttention, WanQuantize, end_after_start, prev_below_window,
+    EvenSide, FlowScale, Fraction, FramePosition, Frames, Fps, Guidance, InterpolateBackend, Loudness, MusicGain,
+    Overlap, Precision, PreprocessBackend, PrepOutput, PrevFrames, RmsNorm, Scheduler, Seed, SegmentFrames, Shift,
+    Size, SpeechResampler, Start, Steps, Stem, TtsBackend,
+    WanAttention, WanQuantize, end_after_start, prev_below_window, scale_fits_backend,
 )
 from .yamlpos import format_path
 
@@ -66,19 +65,34 @@ def check(model: type[M], params: Mapping[str, Any], label: str, sep: str = ": "
 
 # --- generation ---------------------------------------------------------------------------------
 
+#: The profile role of each FLUX.2-klein model an image stage may ask for (``image.model``).
+IMAGE_ROLES = {"distilled": "image", "base": "image_base"}
+
+
 class ImageParams(StageParams):
-    """FLUX.2-klein text to image (``stages/image.py``); with ``inpaint``, a masked edit of its
-    ``source`` input at ``width`` x ``height`` (the crop's size)."""
+    """FLUX.2-klein text to image, or an edit of its ``references`` input (``stages/image.py``).
+    ``width``/``height`` may be left out (None) only for an edit: the first reference sets them. With
+    ``inpaint``, a masked edit of its ``source`` input at ``width`` x ``height`` (the crop's size),
+    its one reference (if any) given as image 2."""
 
     prompt: str
     negative_prompt: str | None = None
     steps: Steps
     guidance: Guidance
-    width: Size
-    height: Size
+    width: Size | None
+    height: Size | None
     seed: Seed
     loras: list[ImageLoraParams] = Field(default_factory=list)
+    model: ImageModel = "distilled"
     inpaint: Inpaint | None = None
+
+    @model_validator(mode="after")
+    def _both_sides(self) -> "ImageParams":
+        if (self.width is None) != (self.height is None):
+            raise ValueError("give both width and height, or neither (an edit takes the first reference's)")
+        if self.inpaint is not None and self.width is None:
+            raise ValueError("a masked edit runs at its crop's size: give width and height")
+        return self
 
 
 # --- text-prompted masks (``preprocess/segment.py``) --------------------------------------------
@@ -134,6 +148,7 @@ class VideoParams(WanSpeed):
     fps: Fps
     seed: Seed
     loras: list[VideoLoraParams] = Field(default_factory=list)
+    lora_fuse: Compile | None = None
     two_pass: TwoPassParams | None = None
 
     @model_validator(mode="after")
@@ -259,12 +274,17 @@ class UpscaleParams(StageParams):
 
 class InterpolateParams(StageParams):
     """Frame interpolation of a clip (``stages/interpolate.py``): ``fps`` is the new rate (the
-    clip's own is read from it); ``scale`` is used by ``rife`` only."""
+    clip's own is read from it); ``scale`` is used by ``rife`` and ``amt`` only."""
 
     fps: Fps
-    backend: Literal["minterpolate", "rife"] = "minterpolate"
-    scale: Literal[0.25, 0.5, 1.0, 2.0, 4.0] = 1.0
+    backend: InterpolateBackend = "minterpolate"
+    scale: FlowScale = 1.0
     crf: Crf = 12
+
+    @model_validator(mode="after")
+    def _scale(self) -> "InterpolateParams":
+        scale_fits_backend(self.backend, self.scale)
+        return self
 
 
 class ShadowParams(StageParams):
@@ -272,6 +292,26 @@ class ShadowParams(StageParams):
 
     opacity: float = Field(0.45, gt=0.0, le=1.0)
     crf: Crf = 12
+
+
+class FaceCropParams(StageParams):
+    """The seed's ``crop_face_head`` (``stages/face_crop.py``, ``preprocess/face_crop.py``): every
+    value is the seed's; ``detector`` names the face detector (its model file's identity)."""
+
+    detector: str
+    confidence: Fraction = 0.4
+    max_face_area: Fraction = 0.15
+    padding: float = Field(2.5, gt=0.0, le=20.0)
+    above: float = Field(1.0, ge=0.0, le=10.0)
+    below: float = Field(1.5, ge=0.0, le=10.0)
+
+
+class FitParams(StageParams):
+    """A still cropped to an aspect and resized (``stages/fit.py``): the seed's avatar rule."""
+
+    width: int = Field(ge=1, le=8192)
+    height: int = Field(ge=1, le=8192)
+    tolerance: float = Field(0.02, ge=0.0, le=1.0, description="aspect difference left uncropped")
 
 
 # --- sources ------------------------------------------------------------------------------------

@@ -65,7 +65,26 @@ def even_side(v: int) -> int:
     return v
 
 
+def parse_picture_size(value: str) -> tuple[int, int]:
+    """``"1080x1920"`` -> ``(1080, 1920)``: a still's size, any whole number of pixels per side."""
+    m = RES_RE.match(value.strip()) if isinstance(value, str) else None
+    if not m:
+        raise ValueError(f"'{value}' is not a size (write WIDTHxHEIGHT, e.g. 1080x1920)")
+    w, h = int(m.group(1)), int(m.group(2))
+    if not (1 <= w <= SIDE_MAX and 1 <= h <= SIDE_MAX):
+        raise ValueError(f"'{value}' is out of range (each side 1..{SIDE_MAX})")
+    return w, h
+
+
+def check_picture_size(v: str | None) -> str | None:
+    if v is None:
+        return v
+    parse_picture_size(v)
+    return v.strip()
+
+
 Size = Annotated[int, AfterValidator(multiple_of_16)]
+PictureSize = Annotated[str, AfterValidator(check_picture_size)]
 EvenSide = Annotated[int, AfterValidator(even_side)]
 Resolution = Annotated[str, AfterValidator(check_resolution)]
 
@@ -183,6 +202,10 @@ PreprocessBackend = Literal["mediapipe", "onnx"]
 PrepOutput = Literal["pose", "face", "mask", "background"]
 Stem = Literal["vocals", "accompaniment"]
 TtsBackend = Literal["espeak", "qwen3-tts"]
+InterpolateBackend = Literal["minterpolate", "rife", "amt"]
+FlowScale = Literal[0.25, 0.5, 1.0, 2.0, 4.0]
+#: The profile role of each learned interpolator's model (``minterpolate`` needs none).
+INTERPOLATE_ROLES = {"rife": "interpolate", "amt": "interpolate_amt"}
 
 
 def no_prescaled(v: Any) -> Any:
@@ -190,6 +213,14 @@ def no_prescaled(v: Any) -> Any:
         raise ValueError(f"{PRESCALED_FP8} needs pre-scaled weights, which the bf16 model does "
                          "not have (use fp8_e4m3fn)")
     return v
+
+
+def scale_fits_backend(backend: str, scale: float) -> None:
+    """AMT's all-pairs correlation grows with the square of the pixels it is run on: it takes
+    scales up to 1 (the official ``scale_factor`` only shrinks)."""
+    if backend == "amt" and scale > 1:
+        raise ValueError(f"scale {scale} is not at most 1 for backend amt (its correlation volume grows with "
+                         "the fourth power of the scale; use 1.0, or 0.5 for 4K frames)")
 
 
 def prev_below_window(prev: int, window: int) -> None:

@@ -1,14 +1,16 @@
 """Raise a clip's frame rate by interpolation, keeping its sound.
 
 params (``InterpolateParams``): ``fps`` (the new rate), ``backend`` (``minterpolate``: ffmpeg,
-no weights; ``rife``: the profile's ``interpolate`` model), ``scale`` (rife's flow scale),
-``crf``. inputs: ``{"clip": [mp4, ...]}``: the segments of one clip in order; each after the
+no weights; ``rife``: the profile's ``interpolate`` model; ``amt``: its ``interpolate_amt`` model),
+``scale`` (the learned interpolators' flow scale), ``crf``. inputs: ``{"clip": [mp4, ...]}``: the segments of one clip in order; each after the
 first starts on the previous one's last frame, so its first frame is dropped (as ``assemble``
 joins them).
 
 The output lasts as long as the clip, to the frame: ``round(n * fps / source_fps)`` frames
 (``media/interpolate.py`` gives the timing rule). A one-segment clip's audio stream (an
 Animate clip carries its reference video's) is copied as is; segments' own audio is not used.
+Both learned backends are asked for each output frame at its own time ``t`` between two source
+frames (``t`` = 1/4, 1/2, 3/4 for x4), through the same ``between(frames, samples, scale)``.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from cinesynth_batch.media.ffmpeg import FFmpegError
 from cinesynth_batch.media.interpolate import FrameSink, minterpolate, output_frames, positions, rate
 from cinesynth_batch.media.video_io import probe
 from cinesynth_batch.spec.params import InterpolateParams, check
+from cinesynth_batch.spec.rules import INTERPOLATE_ROLES
 from cinesynth_batch.stages.base import StageContext, StageError
 
 KIND = "interpolate"
 OUTPUT_EXT = ".mp4"
-MODEL_ROLE = "interpolate"
+MODEL_ROLE = "interpolate"        # rife's; amt's is "interpolate_amt" (spec/rules.py: INTERPOLATE_ROLES)
 
 
 def check_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -85,10 +88,10 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
             except FFmpegError as exc:
                 raise StageError(f"interpolate: {exc}") from exc
         else:
-            model = ctx.models.get(MODEL_ROLE)
+            model = ctx.models.get(INTERPOLATE_ROLES[p["backend"]])
             sink = FrameSink(out, first.width, first.height, dst_fps, p["crf"], audio_from=audio)
             try:
-                _rife(model, _frames(paths), n, src_fps, dst_fps, p["scale"], sink, progress)
+                _learned(model, _frames(paths), n, src_fps, dst_fps, p["scale"], sink, progress)
             except BaseException:
                 sink.abort()
                 raise
@@ -111,8 +114,8 @@ def _write(path: Path, frames: Iterator[np.ndarray], width: int, height: int, fp
     sink.close()
 
 
-def _rife(model: Any, frames: Iterator[np.ndarray], n: int, src_fps: Fraction, dst_fps: Fraction,
-          scale: float, sink: FrameSink, progress) -> None:
+def _learned(model: Any, frames: Iterator[np.ndarray], n: int, src_fps: Fraction, dst_fps: Fraction,
+             scale: float, sink: FrameSink, progress) -> None:
     """Walk the source once, two frames at a time, writing each output frame in order."""
     current = next(frames, None)
     if current is None:

@@ -7,8 +7,8 @@ and every pixel outside the blend region keeps its value.
 The inpaint pipeline does what the seed's graph does with ``VAEEncode`` + ``SetLatentNoiseMask``:
 the crop is encoded and, at every step, the latents outside the (binarised, latent-size) mask are
 reset to the crop's, noised to that step; ``strength`` 1.0 starts from pure noise inside it. The
-crop is also the first reference image (the seed's "image 1"); a ``references`` input, when the
-stage has one, is passed as the next (``image_reference``, scaled to at most 1 MP by the pipeline).
+crop is also the first reference image (the seed's "image 1"); the stage's one reference, when it
+has one, is passed as the next (``image_reference``, scaled to at most 1 MP by the pipeline).
 """
 
 from __future__ import annotations
@@ -44,9 +44,10 @@ def read_source_and_mask(inputs: dict[str, Any]):
     return source, mask.astype(np.float32) / 255.0
 
 
-def run(pipe: Any, p: dict[str, Any], inputs: dict[str, Any], prompt_embeds: Any, negative_embeds: Any,
-        generator: Any, on_step_end: Callable) -> tuple[Any, dict[str, Any]]:
-    """The edited picture (PIL, the source's size) and the facts of the edit."""
+def run(pipe: Any, p: dict[str, Any], inputs: dict[str, Any], references: list[Any], prompt_embeds: Any,
+        negative_embeds: Any, generator: Any, on_step_end: Callable) -> tuple[Any, dict[str, Any]]:
+    """The edited picture (PIL, the source's size) and the facts of the edit. ``references``: the
+    stage's reference pictures (PIL, at most one)."""
     import numpy as np
     from diffusers import Flux2KleinInpaintPipeline
     from PIL import Image
@@ -58,16 +59,14 @@ def run(pipe: Any, p: dict[str, Any], inputs: dict[str, Any], prompt_embeds: Any
     cut = crop(source, mask, CropSettings(**settings))
     editor = Flux2KleinInpaintPipeline.from_pipe(pipe)
     editor.set_progress_bar_config(disable=True)
-    if len(inputs.get("references") or []) > 1:
-        raise StageError("image: a masked edit takes one reference picture besides its source")
-    references = []
-    for ref in inputs.get("references") or []:
-        with Image.open(Path(ref)) as im:
-            references.append(im.convert("RGB"))
+    if len(references) > 1:
+        raise StageError(f"image: a masked edit takes one reference picture besides its source, not "
+                         f"{len(references)}")
+    reference = references[0] if references else None
     result = editor(
         image=Image.fromarray(cut.image),
         mask_image=Image.fromarray(np.rint(cut.mask * 255.0).astype(np.uint8)),
-        image_reference=references[0] if references else None,
+        image_reference=reference,
         strength=p["inpaint"]["strength"],
         prompt_embeds=prompt_embeds,
         negative_prompt_embeds=negative_embeds,

@@ -24,3 +24,18 @@ def one_path(stage: str, inputs: dict[str, Any], key: str, required: bool = Fals
     if not path.is_file():
         raise StageError(f"{stage}: input {key!r} not found: {path}")
     return path
+
+
+def open_still(stage: str, path: Path, label: str):
+    """The image at ``path`` as PIL RGB, turned upright by its EXIF orientation (as the seed's
+    OpenCV and ComfyUI readers do); a ``StageError`` naming ``label`` when it is not a readable
+    image or is bigger than PIL's decompression-bomb bound."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return ImageOps.exif_transpose(im).convert("RGB")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise StageError(f"{stage}: {label} is not a readable image: {path.name} ({exc})",
+                         hint="give a PNG, JPEG or WebP image") from exc

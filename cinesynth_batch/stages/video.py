@@ -73,6 +73,7 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
         "seed": p.seed,
         "loras": params.get("loras") or [],
         "two_pass": p.two_pass.model_dump() if p.two_pass is not None else None,
+        "lora_fuse": p.lora_fuse or "auto",
         **p.speed(),
     }
 
@@ -195,26 +196,51 @@ def plan_for(pipe: Any, ctx: StageContext, steps: int, boundary: float, schedule
                                                for name in ("transformer", "transformer_2")))
 
 
+def lora_pipeline(ctx: StageContext, p: dict[str, Any], requests: list) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The prepared pipeline with the run's LoRAs active, fused into the experts' weights when the
+    run can take them so (``runtime/lora_fuse.py``); a pipeline holding other fused LoRAs is
+    swapped for a fresh copy first. Returns (pipeline, speed report, LoRA facts)."""
+    from ..runtime.accel import prepared_pipeline
+    from ..runtime.lora import HIGH, LOW, apply_loras, wanted_adapters
+    from ..runtime.lora_fuse import can_fuse, fuse, fused_loras, needs_fresh
+    from ..runtime.placement import component_sizes, least_device_bytes
+
+    def prepared():
+        return prepared_pipeline(ctx, MODEL_ROLE, p, need=lambda pipe: least_device_bytes(component_sizes(pipe)))
+
+    pipe, speed = prepared()
+    if getattr(pipe, "transformer", None) is None or getattr(pipe, "transformer_2", None) is None:
+        raise StageError("video: the video model must be a Wan2.2 A14B pipeline with transformer and transformer_2")
+    wanted = wanted_adapters(requests)
+    fusing, why = can_fuse(p["lora_fuse"], ctx.device, speed)
+    fusing = fusing and bool(wanted)
+    fresh = needs_fresh(pipe, wanted, fusing)
+    if fresh:
+        ctx.models.reload(MODEL_ROLE)
+        pipe, speed = prepared()
+    if not (fusing and fused_loras(pipe) == wanted):
+        active = apply_loras(pipe, requests)
+        if fusing:
+            fuse(pipe, active, tuple(c for c in (HIGH, LOW) if any(r.weights.get(c) for r in requests)))
+    return pipe, speed, {"fused": fusing, "why": why if wanted else "no LoRA", "fresh_model": fresh}
+
+
 def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageContext) -> dict[str, Any]:
     import torch
 
     from ..media.video_io import write_video
-    from ..runtime.lora import apply_loras, video_lora_requests
+    from ..runtime.lora import video_lora_requests
 
     p = check_params(params)
     first, last = start_images(inputs, p["width"], p["height"])
     requests = video_lora_requests(p["loras"], ctx.resolve_lora)
 
-    from ..runtime.accel import prepared_pipeline
     from .effective import checked_speed
 
-    from ..runtime.placement import MoveLog, carry_out, component_sizes, least_device_bytes
+    from ..runtime.placement import MoveLog, carry_out
 
-    pipe, speed = prepared_pipeline(ctx, MODEL_ROLE, p, need=lambda pipe: least_device_bytes(component_sizes(pipe)))
+    pipe, speed, loras = lora_pipeline(ctx, p, requests)
     fell = checked_speed(KIND, p, speed, ctx.device, ctx.dtype)
-    if getattr(pipe, "transformer", None) is None or getattr(pipe, "transformer_2", None) is None:
-        raise StageError("video: the video model must be a Wan2.2 A14B pipeline with transformer and transformer_2")
-    apply_loras(pipe, requests)
     pipe.register_to_config(boundary_ratio=p["boundary"])
     pipe.scheduler = make_scheduler(pipe, p["scheduler"], p["shift"])
 
@@ -280,6 +306,8 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
     write_video(frames, out, fps=p["fps"])
     meta = {"frames": int(frames.shape[0]), "width": int(frames.shape[2]), "height": int(frames.shape[1]),
             "fps": p["fps"], "speed": speed, "placement": moves.facts(plan)}
+    if requests:
+        meta["loras"] = loras
     if two_pass is not None:
         meta["two_pass"] = {"base": [two_pass["base_width"], two_pass["base_height"]],
                             "high_steps": two_pass["high_steps"]}

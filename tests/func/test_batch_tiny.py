@@ -1,6 +1,8 @@
 """Many specs in one session on the tiny profile: real renders through the CLI."""
 
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -92,6 +94,21 @@ def test_failed_spec_is_named_and_the_rest_still_renders(batch):
     assert f"{root / 'broken.yaml'}: failed" in result.stdout
     assert not (root / "outputs/broken/final.mp4").exists()
     assert result.stdout.splitlines()[-1] == "2 rendered, 1 failed, 1 invalid spec(s)"
+
+
+def test_the_index_page_lists_each_spec_with_its_status_and_a_link_to_its_report(batch):
+    root, result, _ = batch
+    index = root / "outputs" / "index.html"
+    assert f"index: {os.path.relpath(index)}" in result.stdout
+    page = index.read_text()
+    lines = re.findall(r'<tr class="spec" data-spec="([^"]*)" data-status="([^"]*)">(.*?)</tr>', page, re.S)
+    assert [(Path(spec).name, status) for spec, status, _ in lines] == [
+        ("alpha.yaml", "ok"), ("beta.yaml", "ok"), ("broken.yaml", "partial"), ("zz_invalid.yaml", "failed")]
+    links = [re.findall(r'href="([^"]*)"', cells) for _, _, cells in lines]
+    assert links == [["alpha/report.html"], ["beta/report.html"], ["broken/report.html"], []]
+    cells = [re.findall(r'<td class="num">([^<]*)</td>', c) for _, _, c in lines]
+    assert [c[1:] for c in cells] == [["2", "0", "0"], ["2", "1", "0"], ["0", "1", "1"], ["0", "0", "0"]]
+    assert "invalid spec: " in lines[3][2] and "YAML syntax error" in lines[3][2]
 
 
 def test_each_lock_is_the_one_a_single_render_writes(batch, tmp_path):

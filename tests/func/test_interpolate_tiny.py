@@ -1,5 +1,5 @@
 """Frame interpolation on real files: a 16 fps clip with sound becomes 32 and 64 fps through
-ffmpeg's minterpolate and through the tiny RIFE model, same duration, the sound untouched."""
+ffmpeg's minterpolate and through the tiny RIFE and AMT models, same duration, the sound untouched."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import av
 import numpy as np
 import pytest
 
+from cinesynth_batch.catalog.tiny.amt import build_tiny_amt
 from cinesynth_batch.catalog.tiny.rife import build_tiny_rife
 from cinesynth_batch.media.ffmpeg import ffmpeg_path_arg, run_ffmpeg
 from cinesynth_batch.media.interpolate import output_frames, positions
 from cinesynth_batch.media.video_io import probe, read_frames, write_video
+from cinesynth_batch.models.amt.runner import load_amt
 from cinesynth_batch.models.rife import load_rife
 from cinesynth_batch.stages import interpolate as stage
 from cinesynth_batch.stages.base import StageContext, StageError
@@ -22,15 +24,17 @@ SRC_FRAMES = 33          # 2.0625 s at 16 fps
 
 
 class _Models:
-    """The model provider of one stage run: the tiny RIFE file, loaded by the real loader."""
+    """The model provider of one stage run: the tiny RIFE and AMT files, by the profiles' roles,
+    loaded by the real loaders."""
 
-    def __init__(self, path: Path):
-        self.path, self.loaded = path, 0
+    def __init__(self, rife: Path, amt: Path):
+        self.paths = {"interpolate": (load_rife, rife), "interpolate_amt": (load_amt, amt)}
+        self.loaded: list[str] = []
 
     def get(self, role: str):
-        assert role == "interpolate"
-        self.loaded += 1
-        return load_rife(self.path)
+        self.loaded.append(role)
+        load, path = self.paths[role]
+        return load(path)
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +59,31 @@ def rife_path(tmp_path_factory) -> Path:
     return build_tiny_rife(tmp_path_factory.mktemp("rife") / "rife.safetensors")
 
 
+@pytest.fixture(scope="module")
+def amt_path(tmp_path_factory) -> Path:
+    return build_tiny_amt(tmp_path_factory.mktemp("amt") / "amt-g.safetensors")
+
+
+@pytest.fixture
+def models(rife_path, amt_path) -> _Models:
+    return _Models(rife_path, amt_path)
+
+
+@pytest.fixture(scope="module")
+def interpolated(clip, rife_path, amt_path, tmp_path_factory):
+    """``(backend, fps) -> (output, facts, roles loaded)``: each stage run once for the module."""
+    runs: dict[tuple[str, int], tuple[Path, dict, list[str]]] = {}
+    root = tmp_path_factory.mktemp("runs")
+
+    def get(backend: str, fps: int):
+        if (backend, fps) not in runs:
+            models = _Models(rife_path, amt_path)
+            out, facts = _run(clip, root, {"fps": fps, "backend": backend}, models)
+            runs[backend, fps] = out, facts, models.loaded
+        return runs[backend, fps]
+    return get
+
+
 def _audio_packets(path: Path) -> list[bytes]:
     with av.open(str(path)) as c:
         return [bytes(p) for p in c.demux(audio=0) if p.size]
@@ -72,11 +101,10 @@ def _run(clip, tmp_path, params, models=None) -> tuple[Path, dict]:
     return out, facts
 
 
-@pytest.mark.parametrize("backend", ["minterpolate", "rife"])
-@pytest.mark.parametrize("fps", [32, 64])
-def test_16_fps_becomes_32_and_64_with_its_sound(clip, rife_path, tmp_path, backend, fps):
-    models = _Models(rife_path)
-    out, facts = _run(clip, tmp_path, {"fps": fps, "backend": backend}, models)
+@pytest.mark.parametrize("backend,fps", [("minterpolate", 32), ("minterpolate", 64), ("rife", 32), ("rife", 64),
+                                         ("amt", 32)])
+def test_16_fps_becomes_32_and_64_with_its_sound(clip, interpolated, backend, fps):
+    out, facts, loaded = interpolated(backend, fps)
     src, got = probe(clip), probe(out)
     assert (src.fps, src.frames) == (16.0, SRC_FRAMES)
     factor = fps // 16
@@ -84,7 +112,8 @@ def test_16_fps_becomes_32_and_64_with_its_sound(clip, rife_path, tmp_path, back
     assert got.frames == SRC_FRAMES * factor == facts["frames"]          # same duration, to the frame
     assert abs(got.frames / fps - SRC_FRAMES / 16) < 1 / fps
     assert (got.width, got.height) == (96, 64)
-    assert models.loaded == (1 if backend == "rife" else 0)               # minterpolate needs no weights
+    assert loaded == {"minterpolate": [], "rife": ["interpolate"],          # minterpolate needs no weights
+                             "amt": ["interpolate_amt"]}[backend]
     # the sound: present, the very packets of the source, so the same samples
     assert got.audio_codec == "aac" and got.audio_rate == 48000 and facts["audio"] is True
     assert _audio_packets(out) == _audio_packets(clip)
@@ -96,14 +125,23 @@ def test_16_fps_becomes_32_and_64_with_its_sound(clip, rife_path, tmp_path, back
     assert kept < 3.0, kept                                                # re-encoding only
 
 
-def test_rife_frames_between_are_the_models(clip, rife_path, tmp_path):
-    """The in-between frames are the network's output, not copies of a neighbour."""
-    out, _ = _run(clip, tmp_path, {"fps": 32, "backend": "rife"}, _Models(rife_path))
-    src = read_frames(clip)
+@pytest.mark.parametrize("backend", ["rife", "amt"])
+def test_frames_between_are_the_models(clip, models, tmp_path, backend):
+    """The in-between frames are the network's output at their own times (x4: 1/4, 1/2, 3/4),
+    not copies of a neighbour (on the clip's first 6 frames, silent)."""
+    short = tmp_path / "short.mp4"
+    write_video(read_frames(clip)[:6], short, fps=16)
+    out, facts = _run(short, tmp_path, {"fps": 64, "backend": backend}, models)
+    assert facts["frames"] == 24 and facts["audio"] is False
+    src = read_frames(short)
     ours = read_frames(out)
-    expected = load_rife(rife_path).between(src[4:6], [(0, 0.5)])[0].astype(int)
-    assert np.abs(ours[9].astype(int) - expected).mean() < 3.0
-    assert np.abs(ours[9].astype(int) - src[4].astype(int)).mean() > 3.0
+    load, path = models.paths[{"rife": "interpolate", "amt": "interpolate_amt"}[backend]]
+    expected = load(path).between(src[2:4], [(0, 0.25), (0, 0.5), (0, 0.75)]).astype(int)
+    for k in range(3):
+        assert np.abs(ours[9 + k].astype(int) - expected[k]).mean() < 3.0, k
+    for neighbour in (src[2], src[3]):
+        assert np.abs(ours[10].astype(int) - neighbour.astype(int)).mean() > 3.0
+    assert not np.array_equal(expected[0], expected[2])                    # the time reaches the network
 
 
 def test_segments_join_and_a_silent_clip_stays_silent(clip, tmp_path):
@@ -131,4 +169,6 @@ def test_timing_rule():
 def test_bad_params_name_the_field(clip, tmp_path):
     ctx = StageContext(models=None, resolve_lora=None, work_dir=tmp_path)
     with pytest.raises(StageError, match="interpolate: backend"):
-        stage.run({"fps": 32, "backend": "amt"}, {"clip": [clip]}, tmp_path / "x.mp4", ctx)
+        stage.run({"fps": 32, "backend": "dain"}, {"clip": [clip]}, tmp_path / "x.mp4", ctx)
+    with pytest.raises(StageError, match="scale 2.0 is not at most 1 for backend amt"):
+        stage.run({"fps": 32, "backend": "amt", "scale": 2.0}, {"clip": [clip]}, tmp_path / "x.mp4", ctx)

@@ -59,6 +59,10 @@ def test_render_runs_the_post_stages_at_the_new_rate(rendered):
     ("interpolate: {fps: 64}", "interpolate: {fps: 64, backend: rife}", {"fox.interpolate", "assemble.final"}),
     ("interpolate: {factor: 4, backend: rife}", "interpolate: {factor: 4, backend: rife, scale: 0.5}",
      {"dance.interpolate", "assemble.final"}),
+    ("interpolate: {factor: 4, backend: rife}", "interpolate: {factor: 4, backend: amt}",
+     {"dance.interpolate", "assemble.final"}),
+    ("interpolate: {factor: 4, backend: rife}", "interpolate: {factor: 4, backend: amt, scale: 0.5}",
+     {"dance.interpolate", "assemble.final"}),
     ("shadow: true", "shadow: {opacity: 0.3}", {"dance.shadow", "dance.interpolate", "assemble.final"}),
     ("shadow: true", "shadow: false", {"dance.interpolate", "assemble.final"}),
 ])
@@ -75,3 +79,23 @@ def test_unchanged_spec_is_all_cached_and_a_rate_edit_renders(rendered, tmp_path
     final = probe(edited.parent / OUT / "final.mp4")
     assert final.fps == 64.0                                   # the highest rate of its clips
     assert probe(edited.parent / OUT / "scenes/fox.interpolated.mp4").frames == 17 * 2
+
+
+def test_switching_to_amt_renders_only_the_interpolation_and_the_assembly(rendered, tmp_path):
+    """The dancer's clip through the profile's AMT (tiny: AMT-G's structure) instead of RIFE: the
+    same frame count and rate, the reference video's sound packet for packet."""
+    spec, _ = rendered
+    edited = _edited(rendered, tmp_path, "interpolate: {factor: 4, backend: rife}",
+                     "interpolate: {factor: 4, backend: amt}")
+    result = render(edited, progress=False)
+    assert set(result.outcome.ran) == {"dance.interpolate", "assemble.final"}
+    assert result.outcome.meta["dance.interpolate"]["backend"] == "amt"
+    root = edited.parent / OUT
+    animate, interp = probe(root / "scenes/dance.mp4"), probe(root / "scenes/dance.interpolated.mp4")
+    assert (interp.fps, interp.frames) == (64.0, animate.frames * 4)
+    assert abs(interp.frames / 64 - animate.frames / 16) < 1 / 16            # the same duration
+    assert _audio_packets(root / "scenes/dance.interpolated.mp4") == _audio_packets(root / "scenes/dance.mp4")
+    rife = spec.parent / OUT / "scenes/dance.interpolated.mp4"
+    assert (root / "scenes/dance.interpolated.mp4").read_bytes() != rife.read_bytes()
+    final = probe(root / "final.mp4")
+    assert final.fps == 64.0 and final.audio_codec == "aac"

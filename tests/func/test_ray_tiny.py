@@ -87,6 +87,16 @@ def test_three_nodes_render_the_single_process_lock_and_a_second_render_runs_not
     manifest = json.loads((out_dir(spec) / "manifest.json").read_text())
     assert [r["rank"] for r in manifest["memory"]["ranks"]] == [0, 1, 2]
     assert sum(r["loads"] for r in manifest["memory"]["ranks"]) == sum(loads.values())
+    # the timeline: each stage in the lane of the worker that ran it, with that worker's node
+    rows = {r["id"]: r for r in manifest["stages"]}
+    assert {n: rows[n]["lane"] for n in ALL} == {n: f"worker {w}" for n, w in assigned.items()}
+    assert {n: rows[n]["node"] for n in ALL} == {n: ex.nodes[w][:12] for n, w in assigned.items()}
+    assert all(rows[f"{s}.image"]["ended_at"] <= rows[f"{s}.video"]["started_at"] for s in SCENES)
+    bars = manifest["figures"]["bars"]
+    assert sorted(b["stage"] for b in bars) == sorted(ALL)
+    assert {b["lane"] for b in bars} == {"worker 0", "worker 1", "worker 2"}
+    report = (out_dir(spec) / "report.html").read_text()
+    assert report.count('class="bar"') == len(ALL) and all(f">worker {w}<" in report for w in range(3))
 
     assert (out_dir(spec) / "render.lock").read_bytes() == (single / "render.lock").read_bytes()
     assert sha(out_dir(spec) / "final.mp4") == sha(single / "final.mp4")

@@ -1,18 +1,22 @@
 """The report people open after a render, checked in a real browser (headless Chromium driven
-by Playwright): a three-scene render whose middle scene cannot run shows every scene's row with
-its pictures loaded, a poster for every clip, the failure at the top with the command that
-resumes, and one timeline bar per stage that ran. A screenshot is kept with the test's files."""
+by Playwright). One session renders a batch: a three-scene spec whose middle scene cannot run, a
+spec with a lip-synced line of speech, and a spec that is not valid (its name hostile). The
+first spec's report shows every scene's row with its pictures loaded, a poster for every clip,
+the failure at the top with the command that resumes, and one timeline bar per stage that ran;
+the second's shows the waveform of its speech; the batch's index page lists the three specs
+and its links open their reports. Screenshots are kept with the test's files."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 import browser
-from cinesynth_batch.errors import RenderError
-from cinesynth_batch.execute.render import render
+from cinesynth_batch.cli import app
 from projects import new_project
 
 SPEC = """project: morning
@@ -30,18 +34,40 @@ scenes:
     video: {prompt: "the light turns", frames: 5, steps: 1, segments: 2}
 """
 
+TALK = """project: evening
+profile: tiny
+defaults: {resolution: 64x48, fps: 8, seed: 5}
+scenes:
+  - id: hello
+    lipsync:
+      avatar: assets/avatar.png
+      audio: {tts: {text: "Good evening. Here is the news.", language: en, backend: espeak}}
+      infer_frames: 16
+      steps: 1
+"""
+
+HOSTILE = 'x<img src=y onerror=alert(1)>&"q".yaml'
+
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
+def batch(tmp_path_factory) -> Path:
     why = browser.missing()
     if why:
         pytest.skip(f"browser test skipped: {why}")
     root = tmp_path_factory.mktemp("report")
     spec = new_project(root, "morning.yaml", SPEC)
     (root / "assets" / "broken.png").write_text("not an image")
-    with pytest.raises(RenderError):
-        render(spec, progress=False, keep_going=True)
-    return root / "outputs/morning/report.html"
+    (root / "evening.yaml").write_text(TALK)
+    (root / HOSTILE).write_text("project: bad\nscenes: [\n")
+    done = CliRunner().invoke(app, ["render", str(spec), str(root / "evening.yaml"), str(root / HOSTILE),
+                                    "--keep-going", "--no-progress"])
+    assert done.exit_code == 2, done.output            # one spec is invalid, the others rendered
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(batch) -> Path:
+    return batch / "outputs/morning/report.html"
 
 
 @pytest.mark.slow
@@ -90,3 +116,43 @@ def test_report_in_a_browser(report, tmp_path):
     assert failed_bars == ["noon.video"]
     assert all(url.startswith("file://") for url in requests), requests
     assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_batch_index_and_a_waveform_in_a_browser(batch, tmp_path):
+    index = batch / "outputs" / "index.html"
+    requests: list[str] = []
+    with browser.page() as page:
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(index.resolve().as_uri())
+        lines = page.eval_on_selector_all(
+            "tr.spec", "rows => rows.map(r => [r.dataset.spec, r.dataset.status,"
+                       " r.querySelector('a.report') ? r.querySelector('a.report').getAttribute('href') : null])")
+        injected = page.evaluate("() => document.querySelectorAll('tr.spec img').length")
+        page.screenshot(path=str(tmp_path / "index.png"), full_page=True)
+        opened = {}
+        for spec, _, href in lines:
+            if href:
+                page.goto(index.resolve().as_uri())
+                page.click(f'tr.spec[data-spec="{spec}"] a.report')
+                page.wait_for_load_state()
+                opened[Path(spec).name] = (page.url, page.eval_on_selector("h1", "h => h.textContent"))
+        page.goto((batch / "outputs/evening/report.html").resolve().as_uri())
+        talk = page.eval_on_selector_all(
+            'tr.scene[data-scene="hello"] img', "imgs => imgs.map(i => [i.className, i.naturalWidth])")
+        page.screenshot(path=str(tmp_path / "evening.png"), full_page=True)
+    print(f"index screenshot: {tmp_path / 'index.png'}")
+
+    assert [(Path(s).name, st, h) for s, st, h in lines] == [
+        ("morning.yaml", "partial", "morning/report.html"), ("evening.yaml", "ok", "evening/report.html"),
+        (HOSTILE, "failed", None)]
+    assert injected == 0                                  # the hostile name is text, not markup
+    assert opened == {"morning.yaml": ((batch / "outputs/morning/report.html").resolve().as_uri(), "morning"),
+                      "evening.yaml": ((batch / "outputs/evening/report.html").resolve().as_uri(), "evening")}
+    # the lip-synced scene: a poster and a strip of its clip, and the waveform of its speech
+    assert sorted(c for c, _ in talk) == ["poster", "strip", "wave"] and all(w > 0 for _, w in talk), talk
+    assert all(url.startswith("file://") for url in requests), requests
+    text = index.read_text()
+    assert re.search(r"1 ok, 1 partial, 1 failed", text) and "&lt;img src=y onerror=alert(1)&gt;" in text
+    manifest = json.loads((batch / "outputs/evening/manifest.json").read_text())
+    assert manifest["files"]["scenes/hello.mp4"]["audio_digest"] == manifest["files"]["scenes/hello.tts.wav"]["digest"]

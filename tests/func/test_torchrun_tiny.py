@@ -253,3 +253,14 @@ def test_lipsync_split_over_two_gloo_ranks_writes_the_single_process_lock_fake_g
     assert "lipsync@sp2 2" in loads
     assert (roots[1] / "outputs/talk/render.lock").read_bytes() == \
         (roots[0] / "outputs/talk/render.lock").read_bytes()
+    # the split stage's seconds count on both ranks; its bar leads in rank 0, shared with rank 1
+    manifest = json.loads((roots[1] / "outputs/talk/manifest.json").read_text())
+    row = next(r for r in manifest["stages"] if r["id"] == "guest.lipsync")
+    assert row["ranks"] == [0, 1] and row["lane"] == "rank 0"
+    assert "ranks" not in next(r for r in manifest["stages"] if r["id"] == "still.image")
+    fig = manifest["figures"]
+    (bar,) = [b for b in fig["bars"] if b["stage"] == "guest.lipsync"]
+    assert bar["shares"] == ["rank 1"]
+    assert fig["by_kind"]["lipsync"] == pytest.approx(2 * (bar["end"] - bar["start"]), abs=1e-3)
+    report = (roots[1] / "outputs/talk/report.html").read_text()
+    assert report.count('<rect class="share" data-stage="guest.lipsync"') == 1

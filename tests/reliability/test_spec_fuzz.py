@@ -52,6 +52,13 @@ BASES: list[dict[str, Any]] = [
     {"project": "s", "allow_hosts": ["youtube.com"],
      "scenes": [{"id": "dance", "image": {"prompt": "x"},
                  "animate": {"reference_video": "assets/dance.mp4", "frame_window": 5, "max_frames": 9}}]},
+    {"project": "t",
+     "scenes": [{"id": "body", "image": {"prompt": "a dancer", "upscale": "x2"}},
+                {"id": "swap", "image": {"prompt": "swap", "model": "base", "fit": "90x160", "references": [
+                    {"scene": "body"}, {"face_crop": {"source": "assets/avatar.png"}},
+                    {"edit": {"prompt": "pose", "references": [{"frame": {"source": "assets/dance.mp4"}}]}}]}},
+                {"id": "prep", "image": {"prompt": "p", "references": ["assets/avatar.png"], "prepare": [
+                    {"reference": 1}, {"face_crop": {"source": {"reference": 1}}}]}}]},
 ]
 
 HOSTILE_TEXT = [

@@ -10,7 +10,8 @@ from cinesynth_batch.catalog.loaders import load_model
 from cinesynth_batch.catalog.tiny.build import build_tiny
 from cinesynth_batch.stages.base import StageContext
 
-KINDS = {"image": ("flux2-klein", "flux2-klein"), "video": ("wan-i2v", "wan2.2-i2v"),
+KINDS = {"image": ("flux2-klein", "flux2-klein"), "image_base": ("flux2-klein", "flux2-klein-base"),
+         "video": ("wan-i2v", "wan2.2-i2v"),
          "animate": ("wan-animate", "wan2.2-animate"), "detect": ("grounding-dino", "grounding-dino"),
          "segment": ("sam", "sam")}
 
@@ -27,6 +28,11 @@ class Provider:
             kind, folder = KINDS[role]
             self.loaded[role] = load_model(kind, self.root / folder)
         return self.loaded[role]
+
+    def reload(self, role: str):
+        """A fresh copy from disk, as ``Residency.reload`` gives."""
+        self.loaded.pop(role, None)
+        return self.get(role)
 
 
 @pytest.fixture(scope="session")

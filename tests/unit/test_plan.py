@@ -173,15 +173,15 @@ def test_lora_path_may_not_leave_the_project(project, tmp_path_factory):
 
 def test_speed_options_key_only_what_changes_the_output(project):
     keyed = {}
-    for label, opts in {"default": "", "exact": ", attention: fa3, compile: off, block_swap: 20",
+    for label, opts in {"default": "", "exact": ", attention: fa3, compile: off, block_swap: 20, lora_fuse: off",
                         "fp8": ", quantize: fp8", "fp8_e4m3fn": ", quantize: fp8_e4m3fn"}.items():
         plan = session(project, SPEC.replace("frames: 9, segments: 2", "frames: 9, segments: 2" + opts)).plan()
         keyed[label] = {n: plan.stages[n].params for n in plan.order}      # what the content keys hash
         node = plan.graph["s-red.video.1"]
-        speed = {"attention": "fa3", "compile": "off", "block_swap": 20} if label == "exact" else \
-            {"attention": "auto", "compile": "auto", "block_swap": 0}
+        speed = {"attention": "fa3", "compile": "off", "block_swap": 20, "lora_fuse": "off"} if label == "exact" \
+            else {"attention": "auto", "compile": "auto", "block_swap": 0, "lora_fuse": "auto"}
         assert node.runtime == {**speed, "segment": 1, "segments": 2}     # its place in the chain
-    assert keyed["exact"] == keyed["default"]        # kernels, compile, block swap: same output, same keys
+    assert keyed["exact"] == keyed["default"]   # kernels, compile, block swap, LoRA fusing: same output, same keys
     for quantize in ("fp8", "fp8_e4m3fn"):
         changed = {n for n in keyed[quantize] if keyed[quantize][n] != keyed["default"][n]}
         assert changed == {"s-red.video.1", "s-red.video.2", "s-blue.video.1", "s-blue.video.2"}

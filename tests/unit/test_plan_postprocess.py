@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from cinesynth_batch.catalog.registry import TINY_REVISION
 from cinesynth_batch.errors import SpecError
 from cinesynth_batch.execute.session import Session
 
@@ -56,10 +57,23 @@ def test_rife_keys_its_model_and_scale(project):
     assert p.stages["a.interpolate"].model["kind"] == "rife"
 
 
+def test_amt_keys_its_own_model_and_scale(project):
+    """AMT is served by the profile's ``interpolate_amt`` model: a key apart from RIFE's."""
+    p = plan(project, SPEC.replace("interpolate: 2", "interpolate: {fps: 48, backend: amt, scale: 0.5}"))
+    node = p.graph["a.interpolate"]
+    assert node.model_role == "interpolate_amt"
+    assert node.params == {"fps": 48, "backend": "amt", "scale": 0.5}
+    assert p.stages["a.interpolate"].model == {"role": "interpolate_amt", "kind": "amt",
+                                               "id": "tiny/amt-g.safetensors", "revision": TINY_REVISION}
+    rife = plan(project, SPEC.replace("interpolate: 2", "interpolate: {fps: 48, backend: rife, scale: 0.5}"))
+    assert rife.stages["a.interpolate"].model["id"] == "tiny/rife-v4.25.safetensors"
+
+
 @pytest.mark.parametrize("value,words", [
     ("{fps: 32, factor: 2}", "give exactly one of fps"),
     ("{factor: 9}", "factor"),
-    ("{fps: 32, backend: amt}", "backend"),
+    ("{fps: 32, backend: dain}", "backend"),
+    ("{fps: 32, backend: amt, scale: 2.0}", "scale 2.0 is not at most 1 for backend amt"),
 ])
 def test_bad_interpolate_points_at_the_line(project, value, words):
     with pytest.raises(SpecError) as err:

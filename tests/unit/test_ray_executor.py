@@ -167,3 +167,25 @@ def test_the_driver_refuses_an_artifact_that_does_not_match_its_digest(project):
     assert [(e.event, e.stage, e.detail) for e in seen] == [("stage_failed", "a.image", {"error": error})]
     assert plan.cache.lookup(key) is None
     assert not plan.cache.object_path(entry.digest, entry.ext).exists()
+
+
+def test_a_workers_spans_land_in_its_lane_on_the_drivers_clock():
+    """A report's spans go to the worker's lane with its node; a span outside the call (the
+    worker's clock is not the driver's) is moved to end when the report came; a stage failed
+    outside its code spans the whole call."""
+    from cinesynth_batch.execute.ray_executor import worker_spans
+
+    node = "f3a9c2d81b7e" + "0" * 44
+    msg = {"failed": {}, "spans": {"a.image": {"start": 100.2, "end": 101.0, "lane": "rank 1"}}}
+    assert worker_spans(msg, "a.image", "worker 1", node, 100.0, 101.5) == {
+        "a.image": {"start": 100.2, "end": 101.0, "lane": "worker 1", "node": "f3a9c2d81b7e"}}
+    ahead = {"failed": {}, "spans": {"a.image": {"start": 3700.2, "end": 3701.0}}}     # an hour ahead
+    assert worker_spans(ahead, "a.image", "worker 0", None, 100.0, 101.5) == {
+        "a.image": {"start": pytest.approx(100.7), "end": 101.5, "lane": "worker 0"}}
+    long = {"failed": {}, "spans": {"a.image": {"start": 0.0, "end": 50.0}}}          # longer than the call
+    assert worker_spans(long, "a.image", "worker 0", None, 100.0, 101.5)["a.image"]["start"] == 100.0
+    lost = {"failed": {"a.image": "RayTaskError: the worker's process ended"}, "spans": {}}
+    assert worker_spans(lost, "a.image", "worker 2", None, 100.0, 103.0) == {
+        "a.image": {"start": 100.0, "end": 103.0, "lane": "worker 2"}}
+    odd = {"failed": {}, "spans": {"a.image": {"start": "soon", "end": 1.0}, "b.image": None}}
+    assert worker_spans(odd, "a.image", "worker 0", None, 100.0, 101.0) == {}

@@ -96,6 +96,21 @@ def test_alternating_models_budget_holds_one_pays_copies_not_loads_fake_mover(re
     assert [w for _, w in mover.moves].count("cpu") == 6
 
 
+def test_eviction_to_host_leaves_freed_memory_to_the_allocator_a_drop_collects_fake_mover(registry, monkeypatch):
+    """A model sent to pinned RAM frees its device tensors as the pointers swap: the next model
+    reuses those blocks, so the switch costs the copy only (no collection, no empty_cache). A
+    dropped model may sit in reference cycles: that eviction collects."""
+    sizes = _two_model_sizes(registry)
+    collects = []
+    monkeypatch.setattr(Residency, "_collect", lambda self: collects.append(self.resident()))
+    kept = Residency(registry, budget=max(sizes.values()) + 1, host_budget=1 << 30, mover=_RecordingMoverFake())
+    _alternate(kept)
+    assert kept.evictions["video"] == 4 and collects == []
+    dropping = Residency(registry, budget=max(sizes.values()) + 1, host_budget=0, mover=_RecordingMoverFake())
+    _alternate(dropping, 4)
+    assert sum(dropping.evictions.values()) == 3 and len(collects) == 3
+
+
 def test_no_host_budget_reloads_from_disk(registry):
     sizes = _two_model_sizes(registry)
     res = Residency(registry, budget=max(sizes.values()) + 1, host_budget=0, mover=_RecordingMoverFake())

@@ -79,6 +79,9 @@ def test_pipelines_are_the_production_classes_and_configs(built):
 
     flux = built["flux2-klein-9b"]
     assert type(flux).__name__ == "Flux2KleinPipeline" and flux.config.is_distilled is True
+    base = built["flux2-klein-base-9b"]                  # the undistilled release: same shapes, CFG on
+    assert type(base).__name__ == "Flux2KleinPipeline" and base.config.is_distilled is False
+    assert base.transformer.config == flux.transformer.config
     t = flux.transformer.config
     assert (t.num_layers, t.num_single_layers, t.num_attention_heads, t.attention_head_dim,
             t.joint_attention_dim, t.in_channels) == (8, 24, 32, 128, 12288, 128)
@@ -114,6 +117,10 @@ def test_pipelines_are_the_production_classes_and_configs(built):
     v = animate.image_encoder.config
     assert (v.hidden_size, v.num_hidden_layers, v.patch_size, v.image_size) == (1280, 32, 14, 224)
 
+    amt = built["amt-g"]
+    assert type(amt).__name__ == "AmtInterpolator" and amt.net.config.refine_full      # AMT-G's structure
+    assert type(amt.net).__name__ == "AMT" and amt.net.config.channels == (84, 96, 112, 128)
+
     up = built["realesrgan-x2plus"].net
     assert (up.scale, up.num_feat, up.num_block, up.num_grow_ch) == (2, 64, 23, 32)
     demucs = built["htdemucs"].models[0]
@@ -132,6 +139,7 @@ def test_dtypes_follow_from_pretrained(built):
     assert i2v.text_encoder.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == torch.bfloat16
     assert {p.dtype for p in built["wan2.2-s2v-14b"].audio_model.parameters()} == {torch.float32}
     assert {p.dtype for p in built["htdemucs"].parameters()} == {torch.float32}
+    assert {p.dtype for p in built["amt-g"].net.parameters()} == {torch.float32}      # load_amt's dtype
     assert i2v.transformer.rope.freqs_cos.device.type == "meta"       # buffers go where the model goes
 
 
@@ -167,9 +175,10 @@ def test_materialize_fills_seeded_values_and_keeps_ties():
 def test_registry_resolves_every_role_of_the_profile(tmp_path):
     reg = Registry.load("shapes", spec_dir=tmp_path, root=tmp_path, home=tmp_path)
     assert reg.dtype == "bfloat16"
-    for role, name in (("image", "flux2-klein-9b"), ("video", "wan2.2-i2v-a14b"), ("lipsync", "wan2.2-s2v-14b"),
+    for role, name in (("image", "flux2-klein-9b"), ("image_base", "flux2-klein-base-9b"),
+                       ("video", "wan2.2-i2v-a14b"), ("lipsync", "wan2.2-s2v-14b"),
                        ("animate", "wan2.2-animate-14b"), ("upscale", "realesrgan-x2plus"),
-                       ("separate", "htdemucs")):
+                       ("separate", "htdemucs"), ("interpolate_amt", "amt-g")):
         ident = reg.identity(role)
         assert ident == {"role": role, "kind": KINDS[name], "id": f"shapes/{name}", "revision": SHAPES_REVISION}
         assert reg.local_path(role) == ShapesSource(name, KINDS[name], SHAPES_REVISION)
@@ -286,8 +295,9 @@ def test_models_list_names_every_role_of_shapes(tmp_path, monkeypatch):
     monkeypatch.setenv("CINESYNTH_HOME", str(tmp_path))
     out = CliRunner().invoke(app, ["models", "list", "--profile", "shapes"]).output
     lines = out.splitlines()
-    assert [line.split()[1] for line in lines] == ["animate", "detect", "image", "interpolate", "lipsync", "segment",
-                                                   "separate", "tts", "upscale", "video"]
+    assert [line.split()[1] for line in lines] == ["animate", "detect", "image", "image_base", "interpolate",
+                                                   "interpolate_amt", "lipsync", "segment", "separate", "tts",
+                                                   "upscale", "video"]
     video = next(line for line in lines if line.split()[1] == "video")
     assert video.startswith("ok ") and f"shapes/wan2.2-i2v-a14b  rev {SHAPES_REVISION}" in video
     assert "built on the device" in video

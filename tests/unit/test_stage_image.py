@@ -11,12 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
+from cinesynth_batch.catalog.tiny.build import IMAGE_PRESET_LORAS
+from cinesynth_batch.media.inpaint_crop import CropSettings, blend_region, crop
 from cinesynth_batch.stages import image as image_stage
 from cinesynth_batch.stages.base import StageContext, StageError
+from projects import EXAMPLES
 
 torch.set_flush_denormal(True)
 torch.set_num_threads(1)
-
 
 
 BASE = {
@@ -88,16 +90,28 @@ def test_repeated_lora_entries_add_their_weights(ctx, tmp_path):
     assert one == two_halves
 
 
-def test_negative_prompt_used_only_with_guidance(ctx, tmp_path):
-    _, plain, _ = render(ctx, tmp_path, "p", guidance=1.0)
-    _, neg, _ = render(ctx, tmp_path, "n", guidance=1.0, negative_prompt="fog, blur")
+def test_negative_prompt_used_only_with_guidance_on_the_base_model(ctx, tmp_path):
+    _, plain, _ = render(ctx, tmp_path, "p", guidance=1.0, model="base")
+    _, neg, _ = render(ctx, tmp_path, "n", guidance=1.0, negative_prompt="fog, blur", model="base")
     assert plain == neg  # no CFG: nothing to apply it to
-    _, cfg, _ = render(ctx, tmp_path, "c", guidance=4.0)
-    _, cfg_neg, _ = render(ctx, tmp_path, "cn", guidance=4.0, negative_prompt="fog, blur")
+    _, cfg, _ = render(ctx, tmp_path, "c", guidance=4.0, model="base")
+    _, cfg_neg, _ = render(ctx, tmp_path, "cn", guidance=4.0, negative_prompt="fog, blur", model="base")
     _, cfg_empty, _ = render(ctx, tmp_path, "ce", guidance=4.0, negative_prompt="")
     assert cfg != plain
     assert cfg_neg != cfg
-    assert cfg_empty == cfg  # an empty negative prompt is the pipeline's default
+    assert cfg_empty != cfg  # the distilled model (the default) is another network
+
+
+def test_the_distilled_model_ignores_guidance_and_the_base_model_is_another_network(ctx, provider, tmp_path):
+    """FLUX.2-klein-9B is step-distilled (``is_distilled``: the pipeline runs no CFG whatever the
+    guidance); FLUX.2-klein-base-9B is not, and has weights of its own."""
+    _, one, _ = render(ctx, tmp_path, "d1", guidance=1.0)
+    _, four, _ = render(ctx, tmp_path, "d4", guidance=4.0, negative_prompt="fog, blur")
+    assert one == four
+    assert provider.get("image").config.is_distilled is True
+    assert provider.get("image_base").config.is_distilled is False
+    _, base, _ = render(ctx, tmp_path, "b1", guidance=1.0, model="base")
+    assert base != one
 
 
 def test_refuses_non_safetensors_lora(provider, tmp_path):
@@ -120,11 +134,79 @@ def test_missing_lora_and_bad_sizes_raise_stage_error(ctx, tmp_path):
     assert err.value.hint == "use 0..4294967295"
 
 
-# --- masked edits (stages/masked_edit.py) ------------------------------------------------------
+# --------------------------------------------------------------------------- references (edits)
 
-from cinesynth_batch.catalog.tiny.build import IMAGE_PRESET_LORAS  # noqa: E402
-from cinesynth_batch.media.inpaint_crop import CropSettings, blend_region, crop  # noqa: E402
-from projects import EXAMPLES  # noqa: E402
+
+def _solid(tmp_path, name, size, colour):
+    path = tmp_path / f"{name}.png"
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def test_references_reach_the_pipeline_in_order(ctx, provider, tmp_path, monkeypatch):
+    """The stage hands ``image=[...]`` to the pipeline in the order of its ``references`` input:
+    the latents it encodes are the first reference's, then the second's (told apart by size and
+    colour), and the facts list their digests in that order."""
+    import hashlib
+
+    red = _solid(tmp_path, "red", (128, 64), (220, 20, 20))
+    blue = _solid(tmp_path, "blue", (64, 96), (20, 20, 220))
+    pipe = provider.get("image_base")
+    seen = []
+    real = pipe.prepare_image_latents
+
+    def spy(images, *args, **kwargs):
+        seen.append([(tuple(im.shape[-2:]), im[0].mean(dim=(1, 2)).tolist()) for im in images])
+        return real(images, *args, **kwargs)
+
+    monkeypatch.setattr(pipe, "prepare_image_latents", spy)
+    params = {**BASE, "width": None, "height": None, "model": "base", "guidance": 4.0}
+    out = tmp_path / "edit.png"
+    facts = image_stage.run(params, {"references": [red, blue]}, out, ctx)
+    (size1, rgb1), (size2, rgb2) = seen[0]
+    assert (size1, size2) == ((64, 128), (96, 64))              # (height, width) of each, in order
+    assert rgb1[0] > 0.5 > rgb1[2] and rgb2[2] > 0.5 > rgb2[0]   # red first, then blue (in [-1, 1])
+    assert [r["sha256"] for r in facts["references"]] == [hashlib.sha256(p.read_bytes()).hexdigest()
+                                                          for p in (red, blue)]
+    assert (facts["width"], facts["height"]) == (128, 64)        # the first reference's size
+    with Image.open(out) as im:
+        assert im.size == (128, 64)
+
+
+def test_reference_order_and_content_change_the_edit(ctx, tmp_path):
+    red = _solid(tmp_path, "red", (64, 64), (220, 20, 20))
+    blue = _solid(tmp_path, "blue", (64, 64), (20, 20, 220))
+    params = {**BASE, "width": None, "height": None}
+    outs = {}
+    for name, refs in (("rb", [red, blue]), ("br", [blue, red]), ("rb2", [red, blue]), ("r", [red])):
+        image_stage.run(params, {"references": refs}, tmp_path / f"{name}.png", ctx)
+        outs[name] = (tmp_path / f"{name}.png").read_bytes()
+    assert outs["rb"] == outs["rb2"]
+    assert len({outs["rb"], outs["br"], outs["r"]}) == 3
+    plain, _, _ = render(ctx, tmp_path, "t2i")
+    assert plain["width"] == 64 and (tmp_path / "t2i.png").read_bytes() != outs["rb"]
+
+
+def test_an_edit_with_a_size_resizes_and_a_tiny_reference_is_refused(ctx, tmp_path):
+    red = _solid(tmp_path, "red", (96, 64), (220, 20, 20))
+    facts = image_stage.run({**BASE, "width": 32, "height": 48}, {"references": [red]}, tmp_path / "o.png", ctx)
+    assert (facts["width"], facts["height"]) == (32, 48)
+    small = _solid(tmp_path, "small", (40, 30), (0, 200, 0))        # under the pipeline's 64 a side
+    facts = image_stage.run({**BASE, "width": None, "height": None}, {"references": [small]}, tmp_path / "s.png", ctx)
+    assert facts["references"][0]["size"] == [40, 30] and facts["references"][0]["enlarged_to"] == [85, 64]
+    assert (facts["width"], facts["height"]) == (80, 64)             # 85x64, cropped to multiples of 16
+    strip = _solid(tmp_path, "strip", (600, 70), (0, 0, 0))
+    with pytest.raises(StageError, match=r"^image: reference 2 is 600x70, longer than 8:1$"):
+        image_stage.run({**BASE, "width": None, "height": None}, {"references": [red, strip]}, tmp_path / "x.png", ctx)
+    with pytest.raises(StageError, match="width and height are needed without references"):
+        image_stage.run({**BASE, "width": None, "height": None}, {}, tmp_path / "y.png", ctx)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(StageError, match="^image: reference 1 is not a readable image: bad.png"):
+        image_stage.run({**BASE, "width": None, "height": None}, {"references": [bad]}, tmp_path / "z.png", ctx)
+
+
+# --- masked edits (stages/masked_edit.py) ------------------------------------------------------
 
 SOURCE = EXAMPLES / "assets" / "model.png"
 INPAINT = {"size": 64, "padding": 32, "context": 1.2, "expand": 10, "blend": 16, "fill_holes": True,
@@ -177,7 +259,7 @@ def test_a_masked_edit_follows_its_seed_prompt_and_reference(ctx, tmp_path):
 
 
 def test_the_try_on_lora_stand_in_changes_the_edit(ctx, tmp_path):
-    assert IMAGE_PRESET_LORAS == ("KleinBase9B_TryOn",)
+    assert "KleinBase9B_TryOn" in IMAGE_PRESET_LORAS
     mask_file, _ = shirt_mask(tmp_path)
     inputs = {"source": SOURCE, "mask": mask_file}
     _, plain = edit(ctx, tmp_path, "plain", inputs)

@@ -313,14 +313,16 @@ def test_check_params_returns_what_the_run_uses():
     assert p == {"prompt": "walk", "negative_prompt": None, "frames": 9, "steps": 4, "guidance": 5.0,
                  "guidance_2": 5.0, "shift": 5.0, "boundary": 0.9, "scheduler": "unipc",
                  "cache": {"kind": "teacache", "threshold": 0.2, "start_step": 1, "coefficients": True},
-                 "width": 64, "height": 64, "fps": 16, "seed": 7, "loras": VIDEO["loras"], "two_pass": None,
+                 "width": 64, "height": 64, "fps": 16, "seed": 7, "loras": VIDEO["loras"], "two_pass": None, "lora_fuse": "auto",
                  "attention": "sdpa", "compile": "auto", "quantize": None, "block_swap": 0}
-    assert image.check_params(IMAGE) == {**IMAGE, "inpaint": None}
+    assert image.check_params(IMAGE) == {**IMAGE, "model": "distilled", "inpaint": None}   # the role when unset
     crop = {"size": 1024, "padding": 32, "context": 1.2, "expand": 10, "blend": 64, "fill_holes": True,
             "hipass": 0.1, "strength": 1.0}
     assert image.check_params({**IMAGE, "inpaint": crop})["inpaint"] == crop
     assert stage_problem(image, {**IMAGE, "inpaint": {**crop, "blend": 65}}) == (
         "image: inpaint.blend: 65: input should be less than or equal to 64", None)
+    assert stage_problem(image, {**IMAGE, "width": None, "height": None, "inpaint": crop})[0] == (
+        "image: a masked edit runs at its crop's size: give width and height")
     assert detect.check_params({"text": "shirt", "threshold": 0.3, "other": 1}) == {"text": "shirt", "threshold": 0.3}
     assert stage_problem(detect, {"text": "", "threshold": 0.3})[0].startswith("detect: text: ")
     assert segment.check_params({}) == {}

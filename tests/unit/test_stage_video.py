@@ -208,6 +208,53 @@ def test_two_loras_on_both_experts_use_one_set_adapters_call(ctx, provider, tmp_
     assert len(loaded["transformer"]) == 2 and len(loaded["transformer_2"]) == 2
 
 
+def test_fused_loras_match_unfused_and_other_loras_get_a_fresh_model(ctx, provider, tmp_path, stills):
+    """``lora_fuse: on`` adds the weighted LoRA products into the experts' weights once: the clip
+    equals the unfused one up to float rounding, a second clip with the same LoRAs reuses the fused
+    model, and a clip with other weights or none gets a fresh copy, so its bytes are exactly those
+    of a model that never held a LoRA."""
+    inp = {"image": stills["noise"]}
+    loras = [{"name": "tiny/motion", "high": 0.7, "low": 0.3}, {"name": "tiny/camera", "high": 1.0, "low": 0.6}]
+    provider.reload("video")
+    _, base = render(ctx, tmp_path, inp, "base")
+    unfused_facts, unfused = render(ctx, tmp_path, inp, "unfused", loras=loras, lora_fuse="off")
+    assert unfused_facts["loras"] == {"fused": False, "why": "lora_fuse: off", "fresh_model": False}
+    first = provider.get("video")
+    facts, fused = render(ctx, tmp_path, inp, "fused", loras=loras, lora_fuse="on")
+    assert facts["loras"]["fused"] is True and facts["loras"]["fresh_model"] is False
+    assert provider.get("video") is first
+    weights = sorted(first.transformer.blocks[0].attn1.to_q.base_layer.weight.flatten()[:4].tolist())
+    assert np.abs(frames_of(fused) - frames_of(unfused)).max() <= 1
+    assert np.abs(frames_of(fused) - frames_of(base)).mean() > 0.5
+    facts, again = render(ctx, tmp_path, inp, "again", loras=loras, lora_fuse="on")
+    assert facts["loras"]["fresh_model"] is False and provider.get("video") is first
+    assert again.read_bytes() == fused.read_bytes()
+    assert sorted(first.transformer.blocks[0].attn1.to_q.base_layer.weight.flatten()[:4].tolist()) == weights
+    facts, other = render(ctx, tmp_path, inp, "other", loras=loras[:1], lora_fuse="on")
+    assert facts["loras"]["fresh_model"] is True and provider.get("video") is not first
+    assert np.abs(frames_of(other) - frames_of(fused)).max() > 0
+    second = provider.get("video")
+    facts, after = render(ctx, tmp_path, inp, "after")
+    assert provider.get("video") is not second
+    assert after.read_bytes() == base.read_bytes()
+    assert "loras" not in facts
+
+
+@pytest.mark.parametrize("mode, device, speed, fuses", [
+    ("auto", "cuda", {"transformer": {}, "transformer_2": {}, "offload": None}, True),
+    ("auto", "cpu", {"offload": None}, False),
+    ("on", "cpu", {"offload": None}, True),
+    ("off", "cuda", {"offload": None}, False),
+    ("on", "cuda", {"offload": "blocks"}, False),
+    ("on", "cuda", {"transformer": {"block_swap": 20}}, False),
+    ("on", "cuda", {"transformer_2": {"quantize": "fp8"}}, False),
+])
+def test_which_runs_fuse_their_loras(mode, device, speed, fuses):
+    from cinesynth_batch.runtime.lora_fuse import can_fuse
+
+    assert can_fuse(mode, device, speed)[0] is fuses
+
+
 def test_boundary_picks_the_expert(ctx, provider, tmp_path, stills):
     pipe = provider.get("video")
     inp = {"image": stills["noise"]}

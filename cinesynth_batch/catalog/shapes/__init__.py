@@ -37,6 +37,11 @@ SIZES: dict[str, tuple[Component, ...]] = {
         Component("text_encoder", 8_190_735_360, 0, 512),
         Component("vae", 84_046_115, 0, 1032),
     ),
+    "flux2-klein-base-9b": (                     # the undistilled release: the same architecture
+        Component("transformer", 9_078_581_248),
+        Component("text_encoder", 8_190_735_360, 0, 512),
+        Component("vae", 84_046_115, 0, 1032),
+    ),
     "wan2.2-i2v-a14b": (
         Component("transformer", 14_288_901_184, 29_184_000, 1_048_576),
         Component("transformer_2", 14_288_901_184, 29_184_000, 1_048_576),
@@ -57,11 +62,13 @@ SIZES: dict[str, tuple[Component, ...]] = {
     ),
     "realesrgan-x2plus": (Component("net", 16_703_171),),
     "htdemucs": (Component("model", 27_410_376, 27_410_376),),
+    "amt-g": (Component("net", 30_638_919, 30_638_919),),
 }
 
 #: The loader kind each shapes model serves (``catalog/loaders.py``).
-KINDS = {"flux2-klein-9b": "flux2-klein", "wan2.2-i2v-a14b": "wan-i2v", "wan2.2-s2v-14b": "wan-s2v",
-         "wan2.2-animate-14b": "wan-animate", "realesrgan-x2plus": "rrdbnet-x2", "htdemucs": "demucs"}
+KINDS = {"flux2-klein-9b": "flux2-klein", "flux2-klein-base-9b": "flux2-klein", "wan2.2-i2v-a14b": "wan-i2v",
+         "wan2.2-s2v-14b": "wan-s2v", "wan2.2-animate-14b": "wan-animate", "realesrgan-x2plus": "rrdbnet-x2",
+         "htdemucs": "demucs", "amt-g": "amt"}
 
 
 def shapes_params(name: str) -> int:

@@ -7,13 +7,15 @@ random weights instead of the released ones:
 * ``flux2-klein-9b``: ``Flux2KleinPipeline`` (transformer, Qwen3-8B text encoder, FLUX.2 VAE); a
   component named in ``host`` (the text encoder, when the loader keeps it off the device) is built
   in host RAM (drawn on the GPU when there is one, then copied: the same values);
+  ``flux2-klein-base-9b`` is the same pipeline undistilled (``is_distilled=False``);
 * ``wan2.2-i2v-a14b``: ``WanImageToVideoPipeline`` with both experts, UMT5-XXL and the Wan VAE;
 * ``wan2.2-s2v-14b``: our ``WanS2VPipeline`` (transformer, Wan2.1 VAE, UMT5-XXL, wav2vec2-large);
 * ``wan2.2-animate-14b``: ``WanAnimatePipeline`` with its CLIP ViT-H/14 image encoder; as
   ``load_animate_pipeline`` does, the transformer stays in host RAM (its rest copy: drawn on the GPU
   when there is one, then copied) and the other components go to ``device``;
 * ``realesrgan-x2plus``: an RRDBNet 64/23/32 x2 ``Upscaler``;
-* ``htdemucs``: a ``BagOfModels`` of one ``HTDemucs`` at the released size.
+* ``htdemucs``: a ``BagOfModels`` of one ``HTDemucs`` at the released size;
+* ``amt-g``: an AMT-G ``AmtInterpolator`` (float32, as ``load_amt`` runs it).
 
 Tokenizers and processors are the tiny profile's (``catalog/tiny``): a T5 tokenizer built offline
 for UMT5, a byte-level Qwen2 tokenizer for Qwen3, the CLIP image processor of the real size. Every
@@ -29,15 +31,17 @@ from . import configs as C
 from .materialize import build_module, empty_model, materialize
 
 FLUX2_KLEIN_9B = "flux2-klein-9b"
+FLUX2_KLEIN_BASE_9B = "flux2-klein-base-9b"
 WAN_I2V_A14B = "wan2.2-i2v-a14b"
 WAN_S2V_14B = "wan2.2-s2v-14b"
 WAN_ANIMATE_14B = "wan2.2-animate-14b"
 RRDBNET_X2PLUS = "realesrgan-x2plus"
 HTDEMUCS = "htdemucs"
+AMT_G = "amt-g"
 
 # One seed per component, so each is the same tensor whatever else is built.
 _SEEDS = {"transformer": 11, "transformer_2": 12, "text_encoder": 13, "vae": 14, "image_encoder": 15,
-          "audio_model": 16, "net": 17, "demucs": 18}
+          "audio_model": 16, "net": 17, "demucs": 18, "amt": 19}
 
 
 def _dtype(dtype: str):
@@ -91,7 +95,8 @@ def _home(device: str, host: bool) -> tuple[str, str | None]:
     return "cpu", device
 
 
-def build_flux2_klein(device: str, dtype, host: tuple[str, ...] = ()) -> Any:
+def build_flux2_klein(device: str, dtype, host: tuple[str, ...] = (),
+                      distilled: bool = C.FLUX2_KLEIN_9B_DISTILLED) -> Any:
     from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
@@ -106,9 +111,13 @@ def build_flux2_klein(device: str, dtype, host: tuple[str, ...] = ()) -> Any:
                                _SEEDS["transformer"])
     pipe = Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**C.FLUX2_SCHEDULER), vae=vae,
                               text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer,
-                              is_distilled=C.FLUX2_KLEIN_9B_DISTILLED)
+                              is_distilled=distilled)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def build_flux2_klein_base(device: str, dtype, host: tuple[str, ...] = ()) -> Any:
+    return build_flux2_klein(device, dtype, host, distilled=C.FLUX2_KLEIN_BASE_9B_DISTILLED)
 
 
 def build_wan_i2v(device: str, dtype) -> Any:
@@ -185,13 +194,25 @@ def build_htdemucs(device: str, dtype) -> Any:
     return BagOfModels([model]).eval().to(device)
 
 
+def build_amt(device: str, dtype) -> Any:
+    import torch
+
+    from ...models.amt.network import AMT, VARIANTS
+    from ...models.amt.runner import AmtInterpolator
+
+    net = build_module(lambda: AMT(VARIANTS[C.AMT_VARIANT]), device, torch.float32, _SEEDS["amt"])
+    return AmtInterpolator(net, device)
+
+
 BUILDERS: dict[str, Callable[[str, Any], Any]] = {
     FLUX2_KLEIN_9B: build_flux2_klein,
+    FLUX2_KLEIN_BASE_9B: build_flux2_klein_base,
     WAN_I2V_A14B: build_wan_i2v,
     WAN_S2V_14B: build_wan_s2v,
     WAN_ANIMATE_14B: build_wan_animate,
     RRDBNET_X2PLUS: build_rrdbnet,
     HTDEMUCS: build_htdemucs,
+    AMT_G: build_amt,
 }
 
 
@@ -206,7 +227,7 @@ def build_shapes(name: str, device: str = "cuda", dtype: str = "bfloat16", host:
     quiet_libraries()
     td = _dtype(dtype) if isinstance(dtype, str) else dtype
     if host:
-        if name != FLUX2_KLEIN_9B:
+        if name not in (FLUX2_KLEIN_9B, FLUX2_KLEIN_BASE_9B):
             raise ModelError(f"shapes model {name!r} builds every component on its device")
-        return build_flux2_klein(device, td, tuple(host))
+        return BUILDERS[name](device, td, tuple(host))
     return BUILDERS[name](device, td)

@@ -42,6 +42,8 @@ FLUX2_SCHEDULER: dict[str, Any] = dict(
 
 #: ``Flux2KleinPipeline(is_distilled=...)`` of FLUX.2-klein-9B (the step-distilled release).
 FLUX2_KLEIN_9B_DISTILLED = True
+#: ... of FLUX.2-klein-base-9B (the undistilled release of the same architecture: CFG, more steps).
+FLUX2_KLEIN_BASE_9B_DISTILLED = False
 
 # --------------------------------------------------------------------------- Wan2.2 (shared parts)
 
@@ -105,7 +107,7 @@ WAV2VEC2_LARGE_XLSR53: dict[str, Any] = dict(
     attention_dropout=0.0, activation_dropout=0.0, layerdrop=0.0, pad_token_id=0, bos_token_id=1,
     eos_token_id=2, architectures=["Wav2Vec2ForCTC"])
 
-# --------------------------------------------------------------------------- Real-ESRGAN, HTDemucs
+# --------------------------------------------------------------------------- Real-ESRGAN, HTDemucs, AMT
 
 #: ``models.rrdbnet.RRDBNet`` arguments of RealESRGAN_x2plus.pth (num_feat 64, 23 blocks, growth 32).
 RRDBNET_X2PLUS: dict[str, Any] = dict(num_in_ch=3, num_out_ch=3, scale=2, num_feat=64, num_block=23, num_grow_ch=32)
@@ -115,3 +117,7 @@ RRDBNET_X2PLUS: dict[str, Any] = dict(num_in_ch=3, num_out_ch=3, scale=2, num_fe
 HTDEMUCS: dict[str, Any] = dict(sources=["drums", "bass", "other", "vocals"], audio_channels=2, channels=48,
                                 growth=2, nfft=4096, depth=4, t_layers=5, dconv_mode=3, bottom_channels=0,
                                 samplerate=44100, segment=Fraction(39, 5))
+
+#: The AMT configuration of ``models.amt.network.VARIANTS`` the shapes profile builds: AMT-G, the
+#: model the seed's post-processing runs (``amt_interpolate.py``: ``amt-g.pth``, AMT-L only as a fallback).
+AMT_VARIANT = "amt-g"

@@ -2,21 +2,24 @@
 
 ``build_tiny(root)`` writes, once:
 
-* ``flux2-klein/``: a ``Flux2KleinPipeline`` folder (``save_pretrained`` layout, ``model_index.json``).
+* ``flux2-klein/``: a ``Flux2KleinPipeline`` folder (``save_pretrained`` layout, ``model_index.json``),
+  step-distilled as FLUX.2-klein-9B is (``is_distilled=True``: no classifier-free guidance).
   Its Qwen3 text encoder has 28 narrow layers, so the pipeline's default
   ``text_encoder_out_layers=(9, 18, 27)`` works unchanged.
+* ``flux2-klein-base/``: the same architecture, text encoder and VAE with a transformer of its own
+  and ``is_distilled=False``, as FLUX.2-klein-base-9B (guidance > 1 runs classifier-free guidance).
 * ``wan2.2-i2v/``: a ``WanImageToVideoPipeline`` folder in the Wan2.2-I2V-A14B layout (two experts
   ``transformer``/``transformer_2``, ``boundary_ratio`` 0.9, no image encoder).
 * ``lora_adpts/img/tiny/style.safetensors`` (Flux2 transformer, diffusers key names) and
   ``lora_adpts/mov/tiny/{motion,camera}.safetensors`` (Wan transformer, original Wan key names),
   plus stand-ins under the names the presets' LoRAs carry (``ANIMATE_PRESET_LORAS``,
-  ``FFLF_PRESET_LORAS``).
+  ``FFLF_PRESET_LORAS``, ``IMAGE_PRESET_LORAS``).
 * ``RealESRGAN_x2plus.pth``: a tiny x2 RRDBNet in the official checkpoint layout.
 * ``htdemucs/``: a tiny HTDemucs (no transformer layers) as ``htdemucs.yaml`` + safetensors.
 * ``rife-v4.25.safetensors``: a tiny RIFE IFNet (frame interpolation) with the official key names.
+* ``amt-g.safetensors``: a tiny AMT of AMT-G's structure (frame interpolation), official key names.
 * ``grounding-dino/`` and ``sam/``: the text-prompted mask's detector and segmenter
-  (``catalog/tiny/segment.py``), plus ``lora_adpts/img/`` stand-ins for the image presets' LoRAs
-  (``IMAGE_PRESET_LORAS``).
+  (``catalog/tiny/segment.py``).
 * ``tiny.json``: every component with the sha256 digest of its contents (used as model revisions).
 
 Every weight is drawn from a fixed seed, so two builds give byte-identical files. Each component is
@@ -41,12 +44,14 @@ from typing import Callable
 from ...procs import pid_alive
 from .rrdbnet import build_tiny_rrdbnet
 from .rife import TINY_RIFE, build_tiny_rife
+from .amt import TINY_AMT, build_tiny_amt
 from .animate import build_tiny_animate, write_tiny_animate_lora
 from .demucs import TINY_DEMUCS, build_tiny_demucs
 from .parts import seeded, t5_tokenizer, tiny_umt5
 from .segment import TINY_DINO, TINY_SAM, build_tiny_grounding_dino, build_tiny_sam
 
 FLUX2_KLEIN = "flux2-klein"
+FLUX2_KLEIN_BASE = "flux2-klein-base"
 WAN_I2V = "wan2.2-i2v"
 RRDBNET_X2 = "RealESRGAN_x2plus.pth"
 WAN_S2V = "wan2.2-s2v"
@@ -60,8 +65,8 @@ FFLF_PRESET_LORAS = ("Wan_2_2_I2V_A14B_HIGH_lightx2v_4step_lora_v1030_rank_64_bf
                      "wan2.2_i2v_A14b_low_noise_lora_rank64_lightx2v_4step_1022",
                      "Wan2.2-Fun-A14B-InP-low-noise-HPS2.1")
 # Tiny stand-ins, under the same names, for the FLUX.2-klein LoRAs of the image presets
-# (presets/fashion_change_tryon.yaml).
-IMAGE_PRESET_LORAS = ("KleinBase9B_TryOn",)
+# (presets/face_swap_bfs.yaml, presets/fashion_change_tryon.yaml).
+IMAGE_PRESET_LORAS = ("bfs_head_v1_flux-klein_9b_step3500_rank128", "KleinBase9B_TryOn")
 LORA_ROOT = "lora_adpts"
 LORA_IMG_STYLE = "lora_adpts/img/tiny/style.safetensors"
 LORA_MOV_MOTION = "lora_adpts/mov/tiny/motion.safetensors"
@@ -72,6 +77,7 @@ TINY_FORMAT = 1
 # Component -> loader kind (see catalog/loaders.py).
 KINDS = {
     FLUX2_KLEIN: "flux2-klein",
+    FLUX2_KLEIN_BASE: "flux2-klein",
     WAN_I2V: "wan-i2v",
     RRDBNET_X2: "rrdbnet-x2",
     LORA_IMG_STYLE: "lora",
@@ -79,6 +85,7 @@ KINDS = {
     LORA_MOV_CAMERA: "lora",
     TINY_DEMUCS: "demucs",
     TINY_RIFE: "rife",
+    TINY_AMT: "amt",
     TINY_DINO: "grounding-dino",
     TINY_SAM: "sam",
 }
@@ -205,7 +212,7 @@ _FLUX2_TEXT_HIDDEN = 16
 _FLUX2_VAE_LATENT = 4
 
 
-def _write_flux2_klein(dst: Path) -> None:
+def _write_flux2_klein(dst: Path, distilled: bool = True) -> None:
     import torch
     from diffusers import (
         AutoencoderKLFlux2,
@@ -243,7 +250,7 @@ def _write_flux2_klein(dst: Path) -> None:
         with torch.no_grad():
             vae.bn.running_mean.normal_(0.0, 0.1)
             vae.bn.running_var.uniform_(0.5, 1.5)
-    with seeded(1003):
+    with seeded(1003 if distilled else 1004):
         transformer = Flux2Transformer2DModel(
             patch_size=1,
             in_channels=_FLUX2_VAE_LATENT * 4,
@@ -273,7 +280,7 @@ def _write_flux2_klein(dst: Path) -> None:
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         transformer=transformer,
-        is_distilled=False,
+        is_distilled=distilled,
     )
     pipe.save_pretrained(dst)
 
@@ -477,6 +484,7 @@ def build_tiny(root: Path) -> dict[str, Path]:
     with _BUILD_LOCK, torch.no_grad():
         steps: list[tuple[str, Callable[[Path], None]]] = [
             (FLUX2_KLEIN, _write_flux2_klein),
+            (FLUX2_KLEIN_BASE, functools.partial(_write_flux2_klein, distilled=False)),
             (WAN_I2V, _write_wan_i2v),
             (LORA_IMG_STYLE, _file_writer(_write_flux2_lora, ".safetensors")),
             (LORA_MOV_MOTION, _file_writer(_write_motion_lora, ".safetensors")),
@@ -486,6 +494,7 @@ def build_tiny(root: Path) -> dict[str, Path]:
             (WAN_ANIMATE, build_tiny_animate),
             (TINY_DEMUCS, build_tiny_demucs),
             (TINY_RIFE, _file_writer(build_tiny_rife, ".safetensors")),
+            (TINY_AMT, _file_writer(build_tiny_amt, ".safetensors")),
             *[(f"lora_adpts/mov/{name}.safetensors",
                _file_writer(functools.partial(write_tiny_animate_lora, seed=7100 + i), ".safetensors"))
               for i, name in enumerate(ANIMATE_PRESET_LORAS)],

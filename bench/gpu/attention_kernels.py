@@ -18,7 +18,7 @@ of ``--fa4-configs``: ``MxN`` (M query rows x N key rows a tile), ``MxN:ss`` (pr
 through shared memory instead of registers), ``MxN:seq`` (softmax not overlapped with the
 matrix products).
 
-    python bench/gpu/kernels.py [--sizes 480p,720p] [--fa4-configs 128x176,128x192:seq] [--no-matmul]
+    python bench/gpu/attention_kernels.py [--sizes 480p,720p] [--fa4-configs 128x176,128x192:seq] [--no-matmul]
 """
 
 from __future__ import annotations

@@ -1,0 +1,198 @@
+"""What the renderer adds to a heavy stage: the stage's wall time inside ``cinesynth render``
+against the same model's pure text encoding + denoising + VAE time, in one process.
+
+For each kind (``video``: Wan2.2-I2V-A14B with two LoRAs of different high/low weights,
+``image``: FLUX.2-klein-9B), a project of two scenes of that kind (different seeds) is rendered
+through the CLI in this process (``--only KIND``). The first scene (``--warm-steps``) pays the
+load, the one-off compile and the LoRA fusing; the second (``--steps``) is the warm clip a batch
+pays for each further scene: its row's ``stage s`` is the manifest's time for it, less the load
+time it reports (none when warm). Then the same pipeline is loaded on its own through the
+catalog's loader, given the same attention kernel, compile and LoRAs (fused as the stage fuses
+them), and timed for what the model must do: the prompt encoding, then one ``pipe(...)`` call
+(the image encode, the steps, the VAE decode) after an untimed warm-up call of ``--warm-steps``. The text
+encoder leaves the GPU between the two, untimed, as the stage's placement does. What the stage
+spends beyond that (planning, placement moves, LoRA switching, writing and hashing the clip,
+publishing) is ``× pure − 1``.
+
+    python bench/gpu/overhead.py [--kinds video,image] [--steps 40] [--warm-steps 2]   # shapes, CUDA
+    python bench/gpu/overhead.py --tiny                                 # tiny profile: checks it runs
+
+JSON goes to ``$OUT/overhead.json`` when OUT is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from _common import ROOT, gib, save, table
+
+ASSETS = ROOT / "specs" / "examples" / "assets"
+LORAS = [{"name": "shapes/motion", "high": 1.0, "low": 0.5}, {"name": "shapes/camera", "high": 0.6, "low": 1.0}]
+
+
+def spec_for(kind: str, tiny: bool, steps: int, warm_steps: int) -> dict:
+    if kind == "video":
+        stage = {"image": "assets/avatar.png", "prompt": "the last ferry crosses the bay at dusk",
+                 "resolution": "64x64" if tiny else "480x832", "frames": 9 if tiny else 81, "steps": steps,
+                 "loras": [] if tiny else LORAS}
+    else:
+        stage = {"prompt": "a harbour at dusk, ferries crossing, rain clouds", "steps": steps}
+    scenes = [{"id": f"s{i}", kind: {**stage, "seed": 100 + i, "steps": n}} for i, n in enumerate((warm_steps, steps))]
+    return {"project": f"overhead_{kind}", "profile": "tiny" if tiny else "shapes",
+            "defaults": {"resolution": "64x64" if tiny else "720x1280", "fps": 16}, "scenes": scenes}
+
+
+def cli(argv: list[str]) -> None:
+    from cinesynth_batch.cli import main
+
+    try:
+        main(argv)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise RuntimeError(f"cinesynth {argv[0]} exited with {exc.code}")
+
+
+def render(project: Path, spec: Path, kind: str) -> dict:
+    cli(["render", str(spec), "--keep-going", "--only", kind])
+    manifest = next((project / "outputs").glob("*/manifest.json"))
+    return json.loads(manifest.read_text())
+
+
+def free() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def clock(device: str, fn):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, out
+
+
+def pure(kind: str, spec: Path, stage_id: str, reps: int, warm_steps: int) -> dict:
+    """The planned stage's model, loaded on its own, timed for its compute only."""
+    from PIL import Image
+
+    from cinesynth_batch.catalog.loaders import load_model
+    from cinesynth_batch.execute.session import Session
+    from cinesynth_batch.runtime.accel import prepare_pipeline, settings_from_params
+    from cinesynth_batch.runtime.lora import HIGH, LOW, apply_loras, image_lora_requests, video_lora_requests
+    from cinesynth_batch.runtime.lora_fuse import can_fuse, fuse
+    from cinesynth_batch.runtime.placement import TEXT_ENCODER
+    from cinesynth_batch.runtime.swap import swap_component
+
+    session = Session.open(spec)
+    planned = session.plan().stages[stage_id]
+    registry = session.registry
+    role = "video" if kind == "video" else "image"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = registry.dtype if device == "cuda" else "float32"
+    pipe = load_model(registry.spec(role).kind, registry.local_path(role), device, dtype)
+    module = __import__(f"cinesynth_batch.stages.{kind}", fromlist=["check_params"])
+    p = module.check_params(planned.params)
+    if kind == "video":
+        speed = prepare_pipeline(pipe, settings_from_params(p), device)
+        active = apply_loras(pipe, video_lora_requests(p["loras"], registry.resolve_lora))
+        if can_fuse(p["lora_fuse"], device, speed)[0]:      # as the stage runs them
+            fuse(pipe, active, (HIGH, LOW))
+        first = Image.open(ASSETS / "avatar.png").convert("RGB").resize((p["width"], p["height"]))
+
+        def encode():
+            return module.encode_prompts(pipe, p["prompt"], p["negative_prompt"], p["guidance"])
+
+        def call(embeds, steps):
+            return pipe(image=first, prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1],
+                        height=p["height"], width=p["width"], num_frames=p["frames"],
+                        num_inference_steps=steps, guidance_scale=p["guidance"],
+                        guidance_scale_2=p["guidance_2"], generator=torch.Generator("cpu").manual_seed(p["seed"]),
+                        output_type="np").frames
+    else:
+        apply_loras(pipe, image_lora_requests(p["loras"], registry.resolve_lora))
+        cfg = p["guidance"] > 1.0 and not getattr(pipe.config, "is_distilled", False)
+
+        def encode():
+            return module.encode_prompts(pipe, p["prompt"], p["negative_prompt"], cfg)
+
+        def call(embeds, steps):
+            return pipe(prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1], width=p["width"],
+                        height=p["height"], num_inference_steps=steps, guidance_scale=p["guidance"],
+                        generator=torch.Generator("cpu").manual_seed(p["seed"]), output_type="pil").images
+    rows = []
+    with torch.no_grad():
+        for rep in range(reps + 1):             # the first is the warm-up (compile), with fewer steps
+            steps = p["steps"] if rep else warm_steps
+            enc_s, embeds = clock(device, encode)
+            if device == "cuda" and kind == "video":
+                swap_component(pipe, TEXT_ENCODER, "host")     # untimed, as the stage's placement
+            call_s, _ = clock(device, lambda: call(embeds, steps))
+            if device == "cuda" and kind == "video":
+                swap_component(pipe, TEXT_ENCODER, "cuda")
+            rows.append({"encode_s": enc_s, "call_s": call_s})
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else 0
+    del pipe
+    free()
+    timed = rows[1:]
+    best = min(timed, key=lambda r: r["encode_s"] + r["call_s"])
+    return {"encode_s": round(best["encode_s"], 3), "call_s": round(best["call_s"], 3),
+            "pure_s": round(best["encode_s"] + best["call_s"], 3), "warmup_s": round(sum(rows[0].values()), 2),
+            "peak_gib": gib(peak)}
+
+
+def measure(kind: str, tiny: bool, steps: int, reps: int, warm_steps: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix=f"overhead-{kind}-") as tmp:
+        project = Path(tmp)
+        shutil.copytree(ASSETS, project / "assets")
+        spec = project / "spec.yaml"
+        spec.write_text(yaml.safe_dump(spec_for(kind, tiny, steps, warm_steps), sort_keys=False))
+        if kind == "video" and not tiny:
+            cli(["models", "shapes-loras", str(spec), "--rank", "64"])
+        t0 = time.perf_counter()
+        manifest = render(project, spec, kind)
+        render_s = time.perf_counter() - t0
+        free()
+        stages = {st["id"]: st for st in manifest["stages"]}
+        cold, warm = stages[f"s0.{kind}"], stages[f"s1.{kind}"]
+        timing = warm.get("facts", {}).get("timing", {})
+        stage_s = warm["seconds"] - float(timing.get("load_s") or 0.0)
+        base = pure(kind, spec, f"s1.{kind}", reps, warm_steps)
+    return {"kind": kind, "steps": steps, "loras": warm.get("facts", {}).get("loras"), "render_s": round(render_s, 2), "cold_stage_s": cold["seconds"],
+            "stage_s": round(stage_s, 3), "stage_load_s": timing.get("load_s"), **base,
+            "x_pure": round(stage_s / base["pure_s"], 4), "renderer_s": round(stage_s - base["pure_s"], 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kinds", default="video,image")
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--warm-steps", type=int, default=2, help="steps of the first (compiling) clip")
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--tiny", action="store_true", help="tiny profile (on the CPU: checks that it runs)")
+    args = ap.parse_args()
+    if not args.tiny and not torch.cuda.is_available():
+        raise SystemExit("overhead.py needs CUDA for profile shapes (use --tiny to check it on the CPU)")
+    rows = []
+    for kind in args.kinds.split(","):
+        rows.append(measure(kind, args.tiny, args.steps, args.reps, args.warm_steps))
+        print(kind, rows[-1], flush=True)
+    print(table(rows, ["kind", "cold_stage_s", "stage_s", "encode_s", "call_s", "pure_s", "x_pure", "renderer_s",
+                 "peak_gib"]))
+    save("overhead", {"steps": args.steps, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
