@@ -188,6 +188,8 @@ class Inpaint(Strict):
     fill_holes: bool = Field(True, description="fill areas the mask encloses")
     hipass: float = Field(0.1, ge=0.0, le=1.0, description="mask values under this are dropped")
     strength: float = Field(1.0, gt=0.0, le=1.0, description="1.0 repaints from pure noise inside the mask")
+    reference_megapixels: float = Field(1.0, gt=0.0, le=4.0, description="a reference picture (image 2) is "
+                                                                          "scaled to this many megapixels")
 
 
 # --- image references: what a FLUX.2-klein edit is given (image.references, image.prepare) -------
@@ -287,6 +289,10 @@ class ImageStage(ImageEdit):
         sizes = [k for k in ("width", "height") if getattr(self, k) is not None]
         if sizes:
             raise ValueError(f"a masked edit keeps its source's size: remove {' and '.join(sizes)}")
+        seen = self.prepare if self.prepare is not None else self.references
+        if len(seen) > 1:
+            raise ValueError(f"a masked edit is given its crop as image 1 and at most one reference as image 2, "
+                             f"not {len(seen)}")
         return self
 
     @field_validator("upscale", mode="before")

@@ -8,7 +8,9 @@ The inpaint pipeline does what the seed's graph does with ``VAEEncode`` + ``SetL
 the crop is encoded and, at every step, the latents outside the (binarised, latent-size) mask are
 reset to the crop's, noised to that step; ``strength`` 1.0 starts from pure noise inside it. The
 crop is also the first reference image (the seed's "image 1"); the stage's one reference, when it
-has one, is passed as the next (``image_reference``, scaled to at most 1 MP by the pipeline).
+has one (Fashion Change's clothing picture), is the next (``image_reference``): scaled first to
+``inpaint.reference_megapixels`` as the seed's ``ImageScaleToTotalPixels`` does (nearest-exact,
+aspect kept, sides rounded), then cropped to multiples of 16 by the pipeline.
 """
 
 from __future__ import annotations
@@ -44,6 +46,25 @@ def read_source_and_mask(inputs: dict[str, Any]):
     return source, mask.astype(np.float32) / 255.0
 
 
+def scale_to_megapixels(image: Any, megapixels: float) -> Any:
+    """``image`` (PIL) resized to about ``megapixels`` x 1024 x 1024 pixels, aspect kept, by
+    nearest-exact sampling: ComfyUI's ``ImageScaleToTotalPixels`` (``resolution_steps`` 1)."""
+    import math
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    w, h = image.size
+    scale = math.sqrt(megapixels * 1024 * 1024 / (w * h))
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    if size == (h, w):
+        return image
+    pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)[None].float()
+    scaled = torch.nn.functional.interpolate(pixels, size=size, mode="nearest-exact")
+    return Image.fromarray(scaled[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy())
+
+
 def run(pipe: Any, p: dict[str, Any], inputs: dict[str, Any], references: list[Any], prompt_embeds: Any,
         negative_embeds: Any, generator: Any, on_step_end: Callable) -> tuple[Any, dict[str, Any]]:
     """The edited picture (PIL, the source's size) and the facts of the edit. ``references``: the
@@ -55,14 +76,14 @@ def run(pipe: Any, p: dict[str, Any], inputs: dict[str, Any], references: list[A
     from ..media.inpaint_crop import CropSettings, blend_region, crop, stitch
 
     source, mask = read_source_and_mask(inputs)
-    settings = {k: v for k, v in p["inpaint"].items() if k != "strength"}
+    settings = {k: v for k, v in p["inpaint"].items() if k not in ("strength", "reference_megapixels")}
     cut = crop(source, mask, CropSettings(**settings))
     editor = Flux2KleinInpaintPipeline.from_pipe(pipe)
     editor.set_progress_bar_config(disable=True)
     if len(references) > 1:
         raise StageError(f"image: a masked edit takes one reference picture besides its source, not "
                          f"{len(references)}")
-    reference = references[0] if references else None
+    reference = scale_to_megapixels(references[0], p["inpaint"]["reference_megapixels"]) if references else None
     result = editor(
         image=Image.fromarray(cut.image),
         mask_image=Image.fromarray(np.rint(cut.mask * 255.0).astype(np.uint8)),
@@ -82,4 +103,6 @@ def run(pipe: Any, p: dict[str, Any], inputs: dict[str, Any], references: list[A
     left, top = cut.origin
     facts = {"crop": [ctx_box.x - left, ctx_box.y - top, ctx_box.w, ctx_box.h], "crop_size": cut.image.shape[0],
              "blended": round(float((blend_region(cut) > 0).mean()), 4)}
+    if reference is not None:
+        facts["reference_scaled_to"] = [reference.width, reference.height]
     return Image.fromarray(edited), facts

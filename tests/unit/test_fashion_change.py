@@ -4,6 +4,7 @@ and matrix values read from a file (the seed's style list)."""
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -49,18 +50,38 @@ def test_fashion_change_holds_the_seeds_values(project, monkeypatch):
     seg = img.mask.segment
     assert (seg.source, seg.text, seg.threshold) == ("a.png", PHRASE, 0.3)            # FC#202
     assert img.inpaint.model_dump() == {"size": 1024, "padding": 32, "context": 1.2, "expand": 10, "blend": 64,
-                                        "fill_holes": True, "hipass": 0.1, "strength": 1.0}   # FC#106:88, denoise 1
+                                        "fill_holes": True, "hipass": 0.1, "strength": 1.0,   # FC#106:88, denoise 1
+                                        "reference_megapixels": 1.0}                          # FC#106:85
     assert (img.steps, img.guidance, img.negative_prompt) == (4, 1.0, None)             # FC#106:70/62
+    assert img.model == "base"                                                          # FC#106:70
+    assert img.references == [] and img.prepare is None
     assert img.prompt == "Oversized graphic t-shirt with biker shorts and chunky sneakers"   # S:181
     assert img.loras == [] and img.prompt_prefix is None
 
 
 def test_the_try_on_variant_adds_the_lora_and_the_prompt_prefix(project, monkeypatch):
     img = image_of(project, monkeypatch, "preset: fashion_change_tryon\nmask: {segment: {source: a.png}}\n"
-                                         "prompt: red satin dress\n")
+                                         "references: [b.png]\nprompt: red satin dress\n")
     assert [(lo.name, lo.weight) for lo in img.loras] == [("KleinBase9B_TryOn", 1.5)]   # S:3944-3958
     assert img.full_prompt() == TRYON_PREFIX + "red satin dress"
-    assert img.mask.segment.threshold == 0.3 and img.steps == 4                         # the rest from fashion_change
+    assert img.references == ["b.png"] and [r.reference for r in img.prepare] == [1]   # the clothing is image 2
+    assert img.mask.segment.threshold == 0.3 and img.steps == 4 and img.model == "base"   # from fashion_change
+    assert img.inpaint.reference_megapixels == 1.0                                      # FC#106:85
+
+
+@pytest.mark.parametrize("references,expected", [
+    ("", "spec.yaml:6:7: scenes[0].image: image.prepare (preset fashion_change_tryon) makes the references from "
+         "the ones you give: image.references is empty"),
+    ("references: [a.png, b.png]", "scenes[0].image.references[1]: references[1] is not used: prepare (preset "
+                                   "fashion_change_tryon) takes reference 1"),
+])
+def test_the_try_on_variant_needs_exactly_one_clothing_picture(project, monkeypatch, references, expected):
+    monkeypatch.chdir(project)
+    shutil.copytree(REPO / "presets", project / "presets")
+    write(project, "- id: s\n  image:\n    preset: fashion_change_tryon\n    mask: {segment: {source: a.png}}\n"
+                   + (f"    {references}\n" if references else ""))
+    lines = errors_of(Path("spec.yaml"))
+    assert any(expected in line for line in lines), "\n".join(lines)
 
 
 def test_the_tiny_profile_has_the_try_on_lora_and_the_presets_cite_the_seed():
@@ -90,6 +111,8 @@ def test_the_tiny_profile_has_the_try_on_lora_and_the_presets_cite_the_seed():
     ("{prompt: x, mask: {segment: {source: nope.png, text: shirt}}}",
      "scenes[0].image.mask.segment.source: segment source 'nope.png' not found"),
     ("{prompt: x, source: nope.png, mask: m.png}", "scenes[0].image.source: image 'nope.png' not found"),
+    ("{prompt: x, source: a.png, mask: m.png, references: [a.png, b.png]}",
+     "a masked edit is given its crop as image 1 and at most one reference as image 2, not 2"),
 ])
 def test_a_masked_edit_is_checked_where_it_is_written(project, monkeypatch, image, expected):
     monkeypatch.chdir(project)
@@ -115,6 +138,23 @@ def test_a_segment_mask_is_a_detect_and_a_segment_stage(project):
     assert (image.params["width"], image.params["height"]) == (224, 224)     # 208 rounded up to the padding 32
     assert image.params["inpaint"]["size"] == 208 and image.params["prompt"] == "red dress"
     assert plan.order.index("s.segment") < plan.order.index("s.image")
+
+
+def test_the_try_on_edit_takes_the_clothing_as_its_reference_on_the_base_model(project):
+    shutil.copytree(REPO / "presets", project / "presets")
+    plan = Session.open(write(project, """
+        - id: s
+          image: {preset: fashion_change_tryon, prompt: red dress, references: [b.png],
+                  mask: {segment: {source: a.png}}}
+        """)).plan()
+    image = plan.graph["s.image"]
+    a, b = FileInput(project / "a.png", "a.png"), FileInput(project / "b.png", "b.png")
+    assert image.inputs == {"references": (b,), "source": a, "mask": NodeInput("s.segment")}
+    assert image.model_role == "image_base" and image.params["model"] == "base"
+    assert image.params["prompt"] == TRYON_PREFIX + "red dress"
+    assert image.params["loras"] == [{"name": "KleinBase9B_TryOn", "weight": 1.5}]
+    assert image.params["inpaint"]["reference_megapixels"] == 1.0
+    assert plan.graph["s.detect"].inputs == {"image": a}          # the clothing is not looked at for the mask
 
 
 def test_a_mask_file_and_its_source_are_plain_inputs(project):

@@ -317,7 +317,7 @@ def test_check_params_returns_what_the_run_uses():
                  "attention": "sdpa", "compile": "auto", "quantize": None, "block_swap": 0}
     assert image.check_params(IMAGE) == {**IMAGE, "model": "distilled", "inpaint": None}   # the role when unset
     crop = {"size": 1024, "padding": 32, "context": 1.2, "expand": 10, "blend": 64, "fill_holes": True,
-            "hipass": 0.1, "strength": 1.0}
+            "hipass": 0.1, "strength": 1.0, "reference_megapixels": 1.0}
     assert image.check_params({**IMAGE, "inpaint": crop})["inpaint"] == crop
     assert stage_problem(image, {**IMAGE, "inpaint": {**crop, "blend": 65}}) == (
         "image: inpaint.blend: 65: input should be less than or equal to 64", None)
