@@ -10,6 +10,8 @@ Kinds:
   ``runtime/animate.py``).
 * ``"qwen3-tts"``: a worker process in its own environment; ``"demucs"``: an HTDemucs package.
 * ``"rife"``: a RIFE IFNet ``.safetensors`` file (see ``models/rife.py``).
+* ``"grounding-dino"``, ``"sam"``: transformers folders of the text-prompted mask's detector and
+  segmenter (see ``preprocess/segment.py``).
 * ``"amt"``: an AMT ``.safetensors`` file, any of its variants (see ``models/amt/``).
 
 A ``ShapesSource`` (profile ``shapes``) in place of a path builds the production pipeline of that
@@ -38,7 +40,8 @@ from .shapes import SIZES, ShapesSource
 PIPELINE_KINDS = ("flux2-klein", "wan-i2v")
 #: Kinds whose text encoder waits in pinned host RAM from the load on when they do not fit ``room``.
 PLACED_KINDS = ("flux2-klein",)
-KINDS = PIPELINE_KINDS + ("rrdbnet-x2", "wan-s2v", "wan-animate", "qwen3-tts", "demucs", "rife", "amt")
+KINDS = PIPELINE_KINDS + ("rrdbnet-x2", "wan-s2v", "wan-animate", "qwen3-tts", "demucs", "rife", "amt",
+                          "grounding-dino", "sam")
 
 
 def _check_pipeline_folder(kind: str, path: Path) -> None:
@@ -91,6 +94,11 @@ def load_model(kind: str, path: Path | ShapesSource, device: str = "cpu", dtype:
         from ..models.separation import load_demucs
 
         return load_demucs(path, device)
+    if kind in ("grounding-dino", "sam"):
+        from ..preprocess.segment import load_grounding_dino, load_sam
+
+        quiet_libraries()
+        return (load_grounding_dino if kind == "grounding-dino" else load_sam)(path, device, dtype)
     if kind == "wan-animate":
         quiet_libraries()
         return load_animate_pipeline(path, device, dtype)

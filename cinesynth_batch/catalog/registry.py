@@ -37,15 +37,15 @@ from .shapes import ShapesSource
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 #: What the tiny builders make. Give it a new value whenever a builder's output changes.
-TINY_REVISION = "tiny-3422d6d8d07c5775"
+TINY_REVISION = "tiny-d396d20387dd96d3"
 #: The package files the tiny models are built from (relative to the package).
 TINY_SOURCES = ("catalog/tiny/build.py", "catalog/tiny/rrdbnet.py", "catalog/tiny/animate.py",
                 "catalog/tiny/s2v.py", "catalog/tiny/demucs.py", "catalog/tiny/parts.py",
                 "models/rrdbnet.py", "models/s2v/transformer.py", "models/s2v/components.py",
                 "models/separation.py", "tts/qwen_tiny.py", "catalog/tiny/rife.py", "models/rife.py",
-                "catalog/tiny/amt.py", "models/amt/network.py", "models/amt/blocks.py")
+                "catalog/tiny/amt.py", "models/amt/network.py", "models/amt/blocks.py", "catalog/tiny/segment.py")
 #: ``tiny_sources_digest()`` of the sources ``TINY_REVISION`` was checked against.
-TINY_SOURCES_DIGEST = "3422d6d8d07c5775ab4b12ab3d5897fcb20ccb49f7d5fc8fac90d8365b28144b"
+TINY_SOURCES_DIGEST = "d396d20387dd96d3b54d03518cd476fbbbaa2c23942bc98ce1bb09a6ae9fa5fd"
 #: What the shapes builders make (architectures, dtypes, weight draws). New value when it changes.
 SHAPES_REVISION = "shapes-3f6c1a2e9b8d4c70"
 #: The package files the shapes models are built from (relative to the package).
@@ -54,7 +54,7 @@ SHAPES_SOURCES = ("catalog/shapes/__init__.py", "catalog/shapes/configs.py", "ca
                   "models/rrdbnet.py", "models/s2v/transformer.py", "models/s2v/components.py",
                   "models/s2v/pipeline.py", "models/amt/network.py", "models/amt/blocks.py")
 #: ``shapes_sources_digest()`` of the sources ``SHAPES_REVISION`` was checked against.
-SHAPES_SOURCES_DIGEST = "0821db71b55c74efaf48875d40134d5fd4af5caac2a756df480a06c070f6ea22"
+SHAPES_SOURCES_DIGEST = "23265f86d3d21213b7b888745d95f397d129f10a63816eb1ce72c0d240ab3a7a"
 #: The profiles that ship with the package (any other profile is a models file).
 BUILTIN_PROFILES = ("tiny", "production", "shapes")
 SMALL_FILE = 1 << 20

@@ -5,7 +5,8 @@ Node ids: ``<scene>.image``, ``<scene>.upscale``, ``<scene>.fit``, ``<scene>.vid
 post-processing), ``<scene>.tts``, ``assemble.<name>`` and its subtitles
 ``assemble.<name>.srt``; downloads, frames and separated or extracted audio come from
 ``plan/sources.py``; an image's references (face crops, inline edits) from
-``plan/references.py``.
+``plan/references.py``; a masked edit's ``<scene>.detect`` and ``<scene>.segment`` from
+``plan/masks.py``.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ import heapq
 from .graph import Graph
 
 KIND_RANK = {"tts": 0, "fetch": 0, "download": 0, "audio": 1, "extract_audio": 1, "extract_frame": 1,
-             "separate": 1, "animate_prep": 1, "face_crop": 1, "image": 2, "upscale": 3, "fit": 3,
-             "video": 4, "lipsync": 5,
+             "separate": 1, "animate_prep": 1, "face_crop": 1, "detect": 1, "segment": 1, "image": 2, "upscale": 3,
+             "fit": 3, "video": 4, "lipsync": 5,
              "animate": 6, "shadow": 7, "interpolate": 8, "assemble": 9}
 
 

@@ -185,6 +185,8 @@ SPEC_FIELDS = {
     "extract_frame": {"video": "source"},
     "extract_audio": {"media": "source"},
     "separate": {"audio": "source"},
+    "detect": {"image": "mask.segment.source"},
+    "segment": {"image": "mask.segment.source"},
 }
 
 

@@ -3,7 +3,8 @@ and inline edits, in the order the spec gives them (image 1 first).
 
 Node ids, for scene ``S`` (``N`` counts from 1):
 
-* ``S.image`` — the stage itself; ``S.fit`` — its ``fit`` (after ``S.upscale``, if any);
+* ``S.image`` — the stage itself (a masked edit's source and mask come from ``plan/masks.py``);
+  ``S.fit`` — its ``fit`` (after ``S.upscale``, if any);
 * ``S.references_N`` — a ``{face_crop}`` (kind ``face_crop``) or ``{edit}`` (kind ``image``) given
   as reference N; ``S.prepare_N`` — the same for item N of ``prepare``;
 * ``S.references_N_frame`` — a ``{frame}`` given as reference N;
@@ -30,6 +31,7 @@ from ..spec.load import LoadedSpec
 from ..spec.params import IMAGE_ROLES, FaceCropParams, FitParams
 from ..spec.rules import parse_picture_size
 from .graph import FileInput, Graph, NodeInput, StageNode
+from .masks import edit_inputs, edit_params
 from .sources import source_input
 
 IMAGE_KINDS = ("image", "upscale", "fit", "face_crop", "extract_frame")
@@ -82,7 +84,7 @@ class ReferencePlanner:
         spec = self.loaded.spec
         seed = next((v for v in (stage.seed, scene.seed, spec.defaults.seed) if v is not None), -1)
         params = {
-            "prompt": stage.prompt, "negative_prompt": stage.negative_prompt, "steps": stage.steps,
+            "prompt": stage.full_prompt(), "negative_prompt": stage.negative_prompt, "steps": stage.steps,
             "guidance": stage.guidance,
             "width": stage.width or (None if refs else size[0]),
             "height": stage.height or (None if refs else size[1]),
@@ -91,9 +93,13 @@ class ReferencePlanner:
         }
         if stage.model != "distilled":              # keyed only when set: earlier keys stay
             params["model"] = stage.model
+        inputs: dict = {"references": refs} if refs else {}
+        if isinstance(stage, m.ImageStage) and stage.mask is not None:      # a masked edit (plan/masks.py)
+            inputs.update(edit_inputs(self.graph, self.loaded, scene, loc))
+            params.update(edit_params(stage))
         node = StageNode(
             id=node_id, kind="image", scene=scene.id, model_role=IMAGE_ROLES[stage.model], params=params,
-            inputs={"references": refs} if refs else {}, loras=tuple((lo.name, "img") for lo in stage.loras),
+            inputs=inputs, loras=tuple((lo.name, "img") for lo in stage.loras),
             runtime={} if isinstance(stage, m.ImageStage) else {"loras_at": list(loc)},
             publish=publish, where=self.loaded.where(*loc))
         return self.graph.add(node)

@@ -49,7 +49,7 @@ def _leaves(node: Any, loc: tuple[Any, ...]):
         yield loc, key, node
 
 
-NUMBER_LIMITS = {"steps": "steps", "segments": "segments", "width": "side", "height": "side",
+NUMBER_LIMITS = {"steps": "steps", "segments": "segments", "width": "side", "height": "side", "size": "side",
                  **{k: "frames" for k in FRAME_KEYS}, **{k: "duration" for k in SECOND_KEYS}}
 
 

@@ -1,5 +1,5 @@
-"""Load a spec file: YAML -> matrix -> presets -> templates -> limits -> pydantic -> trust
--> file checks.
+"""Load a spec file: YAML -> matrix (values from files too) -> presets -> templates -> limits ->
+pydantic -> trust -> file checks.
 
 Every step adds to one list of problems; ``load_spec`` raises a single ``SpecError`` holding
 all of them, each with ``file:line:col``. Limits and trust come from the project's
@@ -24,6 +24,7 @@ from ..config import ConfigError, Limits, ProjectConfig, Trust
 from ..errors import Problems, SpecError, Where
 from . import model as m
 from . import trust as t
+from .matrix_files import read_matrix_files
 from .presets import PresetLibrary, merge
 from .references import apply_edit_presets, check_references
 from .checks import check_limits, check_lora_names, check_output, narrow_trust
@@ -32,7 +33,7 @@ from .templating import Templater
 from .yamlpos import LDict, LList, format_path, load_yaml, locate, locate_key
 
 STAGE_KEYS = ("image", "video", "lipsync", "animate", "audio")
-SOURCE_KEYS = ("frame", "separate", "extract")   # mappings whose `source` is a file or URL
+SOURCE_KEYS = ("frame", "separate", "extract", "segment")   # mappings whose `source` is a file or URL
 ROOT_MARKERS = (".git", "pyproject.toml", "cinesynth.toml")
 
 
@@ -215,6 +216,8 @@ def expand(raw: LDict, spec_dir: Path, root: Path, problems: Problems, limits: L
     scenes = data.get("scenes")
     sources: list[int] = []
     if isinstance(scenes, list):
+        if not read_matrix_files(scenes, spec_dir, root, limits, problems, display_path):
+            raise Runaway()
         _within_scene_limit(scenes, limits, problems)
         data["scenes"] = _expand_scenes(scenes, library, templater, base_ctx, problems, sources, hints,
                                         limits.expanded_nodes)
@@ -451,7 +454,7 @@ def check_semantics(data: LDict, sources: list[int], spec_dir: Path, root: Path,
     hosts = list(trust.allow_hosts)
 
     def check_file(value: Any, loc: tuple[Any, ...], what: str, url_ok: bool = True) -> None:
-        if isinstance(value, dict):  # {file}, {frame: {source}}, {separate: {source}}, {extract: {source}}
+        if isinstance(value, dict):  # {file}, {frame|separate|extract|segment: {source}}
             for key, inner in value.items():
                 if isinstance(inner, dict) and key in SOURCE_KEYS:
                     check_file(inner.get("source"), (*loc, key, "source"), f"{key} source")
@@ -493,6 +496,10 @@ def check_semantics(data: LDict, sources: list[int], spec_dir: Path, root: Path,
                 problems.add(f"duplicate scene id '{sid}'", locate(data, ("scenes", i, "id")),
                              format_path(("scenes", i, "id"), sources), hint=hint)
             seen.setdefault(sid, i)
+        image = scene.get("image")
+        if isinstance(image, dict):             # a masked edit's picture and mask
+            check_file(image.get("source"), ("scenes", i, "image", "source"), "image")
+            check_file(image.get("mask"), ("scenes", i, "image", "mask"), "mask")
         video = scene.get("video")
         if isinstance(video, dict):
             check_file(video.get("image"), ("scenes", i, "video", "image"), "image")

@@ -15,10 +15,10 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 from .rules import parse_resolution  # noqa: F401  (the planner reads sizes through the spec model)
 from .rules import (
     AnimateAttention, AnimateMode, AnimateQuantize, BlockSwap, Boundary, CacheKind, CacheStartStep, CacheThreshold,
-    Compile, Crf, DuckDb, End, FlowScale, FramePosition, Frames, Fps, Guidance, InterpolateBackend, Loudness,
-    LoraWeight, MusicGain, PictureSize, Precision, PrevFrames, PreprocessBackend, Resolution, RmsNorm, Scheduler,
-    SegmentFrames, Shift, Size, SpecSeed, Start, Steps, Stem, TtsBackend, WanAttention, WanQuantize, end_after_start,
-    no_prescaled, prev_below_window, scale_fits_backend,
+    Compile, Crf, DetectThreshold, DuckDb, End, FlowScale, FramePosition, Frames, Fps, Guidance, InpaintPadding,
+    InpaintSize, InterpolateBackend, Loudness, LoraWeight, MusicGain, PictureSize, Precision, PrevFrames,
+    PreprocessBackend, Resolution, RmsNorm, Scheduler, SegmentFrames, Shift, Size, SpecSeed, Start, Steps, Stem,
+    TtsBackend, WanAttention, WanQuantize, end_after_start, no_prescaled, prev_below_window, scale_fits_backend,
 )
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -157,6 +157,41 @@ class VideoLora(Strict):
     low: LoraWeight = Field(1.0, description="weight on the low-noise expert (late steps)")
 
 
+# --- masked edits: image.source, image.mask, image.inpaint --------------------------------------
+
+class SegmentFrom(Strict):
+    """A mask found by a phrase: Grounding DINO boxes above ``threshold``, SAM's masks in them, united."""
+
+    source: ImageRef = Field(description="the picture to look in (a path, URL or {frame: {source, at}})")
+    text: str = Field(min_length=1, description="what to mask, e.g. 'clothing, garment, dress'")
+    threshold: DetectThreshold = Field(0.3, description="keep the boxes scoring above this (0..1)")
+
+
+class MaskSource(Strict):
+    """A mask made by a stage: ``{segment: {source, text, threshold}}``."""
+
+    segment: SegmentFrom
+
+
+MaskRef = plain_or(str, MaskSource)
+
+
+class Inpaint(Strict):
+    """How a masked edit is cropped and pasted back (ComfyUI's InpaintCropImproved; the defaults are
+    the seed's Fashion Change values)."""
+
+    size: InpaintSize = Field(1024, description="the crop around the mask is resized to size x size for the model")
+    padding: InpaintPadding = Field(32, description="size is rounded up to a multiple of this")
+    context: float = Field(1.2, ge=1.0, le=100.0, description="the mask's box grown by this factor for context")
+    expand: int = Field(10, ge=0, le=512, description="grow the mask by this many pixels (the node's rule)")
+    blend: int = Field(64, ge=0, le=64, description="pixels over which the edit fades into the picture")
+    fill_holes: bool = Field(True, description="fill areas the mask encloses")
+    hipass: float = Field(0.1, ge=0.0, le=1.0, description="mask values under this are dropped")
+    strength: float = Field(1.0, gt=0.0, le=1.0, description="1.0 repaints from pure noise inside the mask")
+    reference_megapixels: float = Field(1.0, gt=0.0, le=4.0, description="a reference picture (image 2) is "
+                                                                          "scaled to this many megapixels")
+
+
 # --- image references: what a FLUX.2-klein edit is given (image.references, image.prepare) -------
 
 MAX_REFERENCES = 10
@@ -218,10 +253,15 @@ class ImageEdit(Strict):
         default_factory=list, max_length=MAX_REFERENCES,
         description="images the edit is given, in order (image 1 first): paths, URLs, {frame}, {scene}, "
                     "{stage}, {face_crop}, {edit}")
+    prompt_prefix: str | None = Field(None, description="put before the prompt (a preset's trigger phrase)")
+
+    def full_prompt(self) -> str:
+        """The prompt the model reads: ``prompt_prefix`` then ``prompt``."""
+        return f"{self.prompt_prefix}{self.prompt}" if self.prompt_prefix else self.prompt
 
 
 class ImageStage(ImageEdit):
-    """FLUX.2-klein text to image, or a multi-reference edit."""
+    """FLUX.2-klein text to image, a multi-reference edit, or (with ``mask``) a masked edit of ``source``."""
 
     prepare: list[ReferenceRef] | None = Field(
         None, min_length=1, max_length=MAX_REFERENCES,
@@ -230,6 +270,30 @@ class ImageStage(ImageEdit):
     upscale: Literal["x2", False] = Field(False, description="'x2' runs Real-ESRGAN x2 after the image")
     fit: PictureSize | None = Field(None, description="WIDTHxHEIGHT: crop to that aspect (centred; a too tall "
                                                      "image keeps its top) and resize (LANCZOS), last")
+    source: ImageRef | None = Field(None, description="the picture a masked edit repaints (default: the "
+                                                       "mask's segment source)")
+    mask: MaskRef | None = Field(None, description="where to repaint: a mask file (white repaints) or "
+                                                   "{segment: {source, text, threshold}}")
+    inpaint: Inpaint = Field(default_factory=Inpaint, description="crop and paste-back of a masked edit")
+
+    @model_validator(mode="after")
+    def _masked(self) -> "ImageStage":
+        if self.mask is None:
+            if self.source is not None:
+                raise ValueError("source is the picture a masked edit repaints: add a mask")
+            if "inpaint" in self.model_fields_set:
+                raise ValueError("inpaint settings belong to a masked edit: add a mask, or remove inpaint")
+            return self
+        if self.source is None and not isinstance(self.mask, MaskSource):
+            raise ValueError("a mask file needs the picture it applies to: set source")
+        sizes = [k for k in ("width", "height") if getattr(self, k) is not None]
+        if sizes:
+            raise ValueError(f"a masked edit keeps its source's size: remove {' and '.join(sizes)}")
+        seen = self.prepare if self.prepare is not None else self.references
+        if len(seen) > 1:
+            raise ValueError(f"a masked edit is given its crop as image 1 and at most one reference as image 2, "
+                             f"not {len(seen)}")
+        return self
 
     @field_validator("upscale", mode="before")
     @classmethod

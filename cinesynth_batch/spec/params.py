@@ -18,12 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..errors import StageError
 from .errortext import describe
-from .model import AnimateLora, ImageLora, ImageModel, StepCache, VideoLora
+from .model import AnimateLora, ImageLora, ImageModel, Inpaint, StepCache, VideoLora
 from .rules import (
-    AnimateAttention, AnimateMode, AnimateRunQuantize, BlockSwap, Boundary, Compile, Crf, DuckDb, End, EvenSide,
-    FlowScale, Fraction, FramePosition, Frames, Fps, Guidance, InterpolateBackend, Loudness, MusicGain, Overlap,
-    Precision, PreprocessBackend, PrepOutput, PrevFrames, RmsNorm, Scheduler, Seed, SegmentFrames, Shift, Size,
-    SpeechResampler, Start, Steps, Stem, TtsBackend,
+    AnimateAttention, AnimateMode, AnimateRunQuantize, BlockSwap, Boundary, Compile, Crf, DetectThreshold, DuckDb, End,
+    EvenSide, FlowScale, Fraction, FramePosition, Frames, Fps, Guidance, InterpolateBackend, Loudness, MusicGain,
+    Overlap, Precision, PreprocessBackend, PrepOutput, PrevFrames, RmsNorm, Scheduler, Seed, SegmentFrames, Shift,
+    Size, SpeechResampler, Start, Steps, Stem, TtsBackend,
     WanAttention, WanQuantize, end_after_start, prev_below_window, scale_fits_backend,
 )
 from .yamlpos import format_path
@@ -71,7 +71,9 @@ IMAGE_ROLES = {"distilled": "image", "base": "image_base"}
 
 class ImageParams(StageParams):
     """FLUX.2-klein text to image, or an edit of its ``references`` input (``stages/image.py``).
-    ``width``/``height`` may be left out (None) only for an edit: the first reference sets them."""
+    ``width``/``height`` may be left out (None) only for an edit: the first reference sets them. With
+    ``inpaint``, a masked edit of its ``source`` input at ``width`` x ``height`` (the crop's size),
+    its one reference (if any) given as image 2."""
 
     prompt: str
     negative_prompt: str | None = None
@@ -82,12 +84,28 @@ class ImageParams(StageParams):
     seed: Seed
     loras: list[ImageLoraParams] = Field(default_factory=list)
     model: ImageModel = "distilled"
+    inpaint: Inpaint | None = None
 
     @model_validator(mode="after")
     def _both_sides(self) -> "ImageParams":
         if (self.width is None) != (self.height is None):
             raise ValueError("give both width and height, or neither (an edit takes the first reference's)")
+        if self.inpaint is not None and self.width is None:
+            raise ValueError("a masked edit runs at its crop's size: give width and height")
         return self
+
+
+# --- text-prompted masks (``preprocess/segment.py``) --------------------------------------------
+
+class DetectParams(StageParams):
+    """Grounding DINO boxes for a phrase (``stages/detect.py``)."""
+
+    text: str = Field(min_length=1)
+    threshold: DetectThreshold
+
+
+class SegmentParams(StageParams):
+    """SAM's masks in a detector's boxes, united (``stages/segment.py``): no settings of its own."""
 
 
 class WanSpeed(StageParams):

@@ -88,6 +88,9 @@ PictureSize = Annotated[str, AfterValidator(check_picture_size)]
 EvenSide = Annotated[int, AfterValidator(even_side)]
 Resolution = Annotated[str, AfterValidator(check_resolution)]
 
+InpaintSize = Annotated[int, AfterValidator(multiple_of_16), Field(ge=64)]
+InpaintPadding = Literal[0, 8, 16, 32, 64, 128, 256, 512]
+
 # --- frame counts ------------------------------------------------------------------------------
 
 VAE_TEMPORAL = 4   # the Wan VAE packs 4 frames into one latent frame (after the first)
@@ -156,6 +159,7 @@ Crf = Annotated[int, Field(ge=0, le=51)]
 Loudness = Annotated[float, Field(ge=-70.0, le=-5.0)]      # integrated LUFS
 MusicGain = Annotated[float, Field(ge=-60.0, le=12.0)]
 DuckDb = Annotated[float, Field(gt=0.0, le=40.0)]
+DetectThreshold = Annotated[float, Field(gt=0.0, lt=1.0)]     # a box's score, a sigmoid
 
 
 def end_after_start(start: float, end: float | None) -> None:

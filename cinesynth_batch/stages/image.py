@@ -2,16 +2,18 @@
 
 params: ``prompt``, ``negative_prompt`` (str or None), ``steps``, ``guidance``, ``width``, ``height``
 (None for an edit that takes the first reference's size), ``seed`` (>= 0), ``loras``
-(``[{name, weight}]``), ``model`` (``distilled``: role ``image``; ``base``: role ``image_base``).
-inputs: ``references`` (optional, a list of images in order: ``image=[...]`` of the pipeline, image
-1 first). Writes one PNG.
+(``[{name, weight}]``), ``model`` (``distilled``: role ``image``; ``base``: role ``image_base``),
+``inpaint`` (None, or a masked edit's crop settings). inputs: ``references`` (optional, a list of
+images in order: ``image=[...]`` of the pipeline, image 1 first); a masked edit also has ``source``
+and ``mask`` (``stages/masked_edit.py``). Writes one PNG.
 
 An edit's references are given to the pipeline as they are (one under its 64 pixels a side is
 enlarged to that first); it scales each to at most 1024x1024 pixels (aspect kept) and crops it
 to multiples of 16, and without ``width``/``height`` the output takes the first reference's
 scaled size (the seed's graphs size the latent by the scaled body
-image the same way). The facts list each reference's digest and size in the order the pipeline
-received them.
+image the same way). A masked edit's crop is its image 1 and its one reference, scaled to
+``inpaint.reference_megapixels``, image 2. The facts list each reference's digest and size in the
+order the pipeline received them.
 
 Flux2-klein's ``__call__`` takes no ``negative_prompt``: with classifier-free guidance on
 (``guidance > 1`` on a non-distilled model) the negative prompt is encoded into
@@ -56,13 +58,15 @@ def check_params(params: dict[str, Any]) -> dict[str, Any]:
         "seed": p.seed,
         "loras": params.get("loras") or [],
         "model": p.model,
+        "inpaint": p.inpaint.model_dump() if p.inpaint is not None else None,
     }
 
 
-def reference_images(inputs: dict[str, Any]) -> tuple[list[Any], list[dict[str, Any]]]:
+def reference_images(inputs: dict[str, Any], enlarge: bool = True) -> tuple[list[Any], list[dict[str, Any]]]:
     """The ``references`` input as PIL images in order, and their facts (digest, size). A
     reference under the pipeline's 64 pixels a side is enlarged to it (Lanczos, aspect kept: the
-    seed's graphs scale every reference up to about 1 MP); one longer than 8:1 is refused."""
+    seed's graphs scale every reference up to about 1 MP) unless ``enlarge`` is off (a masked edit
+    scales its reference itself); one longer than 8:1 is refused."""
     import hashlib
 
     from PIL import Image
@@ -77,7 +81,7 @@ def reference_images(inputs: dict[str, Any]) -> tuple[list[Any], list[dict[str, 
             raise StageError(f"image: reference {n} is {w}x{h}, longer than {REFERENCE_MAX_ASPECT}:1",
                              hint="crop it closer to the subject")
         fact = {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "size": [w, h]}
-        if min(w, h) < REFERENCE_MIN_SIDE:
+        if enlarge and min(w, h) < REFERENCE_MIN_SIDE:
             scale = REFERENCE_MIN_SIDE / min(w, h)
             size = (max(REFERENCE_MIN_SIDE, round(w * scale)), max(REFERENCE_MIN_SIDE, round(h * scale)))
             image = image.resize(size, Image.Resampling.LANCZOS)
@@ -117,7 +121,8 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
 
     pipe = ctx.models.get(IMAGE_ROLES[p["model"]])
     multiple = int(getattr(pipe, "vae_scale_factor", 8)) * 2
-    references, reference_facts = reference_images(inputs)
+    masked = p["inpaint"] is not None
+    references, reference_facts = reference_images(inputs, enlarge=not masked)
     if p["width"] is None and not references:
         raise StageError("image: width and height are needed without references", hint="set width and height")
     if p["width"] is not None and (p["width"] % multiple or p["height"] % multiple):
@@ -139,21 +144,29 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
         prompt_embeds, negative_embeds = encode_prompts(pipe, p["prompt"], p["negative_prompt"], cfg)
         carry_out(pipe, plan.at("encoded"), ctx.device, moves)
         carry_out(pipe, plan.at(0), ctx.device, moves)
-        result = pipe(
-            prompt_embeds=prompt_embeds,
-            width=p["width"],
-            height=p["height"],
-            num_inference_steps=p["steps"],
-            guidance_scale=p["guidance"],
-            negative_prompt_embeds=negative_embeds,
-            generator=torch.Generator("cpu").manual_seed(p["seed"]),
-            output_type="pil",
-            callback_on_step_end=on_step_end,
-            **({"image": references} if references else {}),
-        )
-    image = result.images[0].convert("RGB")
+        generator = torch.Generator("cpu").manual_seed(p["seed"])
+        if masked:
+            from . import masked_edit
+
+            image, edit = masked_edit.run(pipe, p, inputs, references, prompt_embeds, negative_embeds, generator,
+                                          on_step_end)
+        else:
+            result = pipe(
+                prompt_embeds=prompt_embeds,
+                width=p["width"],
+                height=p["height"],
+                num_inference_steps=p["steps"],
+                guidance_scale=p["guidance"],
+                negative_prompt_embeds=negative_embeds,
+                generator=generator,
+                output_type="pil",
+                callback_on_step_end=on_step_end,
+                **({"image": references} if references else {}),
+            )
+            image, edit = result.images[0], {}
+    image = image.convert("RGB")
     image.save(out, format="PNG")
-    facts = {"width": image.width, "height": image.height, "placement": moves.facts(plan)}
+    facts = {"width": image.width, "height": image.height, "placement": moves.facts(plan), **edit}
     if references:
         facts["references"] = reference_facts
     return facts

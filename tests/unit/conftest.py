@@ -12,7 +12,8 @@ from cinesynth_batch.stages.base import StageContext
 
 KINDS = {"image": ("flux2-klein", "flux2-klein"), "image_base": ("flux2-klein", "flux2-klein-base"),
          "video": ("wan-i2v", "wan2.2-i2v"),
-         "animate": ("wan-animate", "wan2.2-animate")}
+         "animate": ("wan-animate", "wan2.2-animate"), "detect": ("grounding-dino", "grounding-dino"),
+         "segment": ("sam", "sam")}
 
 
 class Provider:

@@ -79,11 +79,12 @@ def test_schema_is_json_schema(project):
 def test_models_list_names_every_role():
     out = CliRunner().invoke(app, ["models", "list", "--profile", "production"]).output
     roles = [line.split()[1] for line in out.splitlines()]
-    assert roles == ["animate", "image", "image_base", "interpolate", "interpolate_amt", "lipsync", "separate", "tts",
-                     "upscale", "video"]
+    assert roles == ["animate", "detect", "image", "image_base", "interpolate", "interpolate_amt", "lipsync", "segment",
+                     "separate", "tts", "upscale", "video"]
     assert "black-forest-labs/FLUX.2-klein-9B" in out and "Wan-AI/Wan2.2-I2V-A14B-Diffusers" in out
     assert "weights/amt-g.safetensors" in out
     assert "black-forest-labs/FLUX.2-klein-base-9B" in out
+    assert "IDEA-Research/grounding-dino-tiny" in out and "facebook/sam-vit-huge" in out
     assert "Wan-AI/Wan2.2-S2V-14B" in out
 
 

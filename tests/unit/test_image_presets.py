@@ -98,7 +98,7 @@ def test_presets_cite_their_sources(name, cites):
 
 
 def test_tiny_profile_has_a_stand_in_for_every_preset_lora_and_both_models(tiny_root):
-    names = {lo["name"] for name in ("face_swap_bfs", "avatar_prepare")
+    names = {lo["name"] for name in ("face_swap_bfs", "avatar_prepare", "fashion_change_tryon")
              for lo in yaml.safe_load((PRESETS / f"{name}.yaml").read_text())["loras"]}
     assert names == set(IMAGE_PRESET_LORAS)
     for lora in IMAGE_PRESET_LORAS:

@@ -295,8 +295,9 @@ def test_models_list_names_every_role_of_shapes(tmp_path, monkeypatch):
     monkeypatch.setenv("CINESYNTH_HOME", str(tmp_path))
     out = CliRunner().invoke(app, ["models", "list", "--profile", "shapes"]).output
     lines = out.splitlines()
-    assert [line.split()[1] for line in lines] == ["animate", "image", "image_base", "interpolate", "interpolate_amt",
-                                                   "lipsync", "separate", "tts", "upscale", "video"]
+    assert [line.split()[1] for line in lines] == ["animate", "detect", "image", "image_base", "interpolate",
+                                                   "interpolate_amt", "lipsync", "segment", "separate", "tts",
+                                                   "upscale", "video"]
     video = next(line for line in lines if line.split()[1] == "video")
     assert video.startswith("ok ") and f"shapes/wan2.2-i2v-a14b  rev {SHAPES_REVISION}" in video
     assert "built on the device" in video

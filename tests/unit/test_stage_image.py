@@ -11,12 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
+from cinesynth_batch.catalog.tiny.build import IMAGE_PRESET_LORAS
+from cinesynth_batch.media.inpaint_crop import CropSettings, blend_region, crop
 from cinesynth_batch.stages import image as image_stage
 from cinesynth_batch.stages.base import StageContext, StageError
+from projects import EXAMPLES
 
 torch.set_flush_denormal(True)
 torch.set_num_threads(1)
-
 
 
 BASE = {
@@ -202,3 +204,116 @@ def test_an_edit_with_a_size_resizes_and_a_tiny_reference_is_refused(ctx, tmp_pa
     bad.write_bytes(b"not an image")
     with pytest.raises(StageError, match="^image: reference 1 is not a readable image: bad.png"):
         image_stage.run({**BASE, "width": None, "height": None}, {"references": [bad]}, tmp_path / "z.png", ctx)
+
+
+# --- masked edits (stages/masked_edit.py) ------------------------------------------------------
+
+SOURCE = EXAMPLES / "assets" / "model.png"
+INPAINT = {"size": 64, "padding": 32, "context": 1.2, "expand": 10, "blend": 16, "fill_holes": True,
+           "hipass": 0.1, "strength": 1.0, "reference_megapixels": 0.01}
+EDIT = {**BASE, "width": 64, "height": 64, "inpaint": INPAINT}
+
+
+def shirt_mask(tmp_path, box=(50, 80, 110, 160), size=(160, 288)):
+    mask = np.zeros(size[::-1], np.uint8)
+    mask[box[1]:box[3], box[0]:box[2]] = 255
+    path = tmp_path / "mask.png"
+    Image.fromarray(mask).save(path)
+    return path, mask.astype(np.float32) / 255.0
+
+
+def edit(ctx, tmp_path, name="edit", inputs=None, **over):
+    out = tmp_path / f"{name}.png"
+    facts = image_stage.run({**EDIT, **over}, inputs, out, ctx)
+    with Image.open(out) as im:
+        return facts, np.asarray(im.convert("RGB"))
+
+
+def test_a_masked_edit_keeps_the_sources_size_and_every_pixel_outside_the_blend(ctx, tmp_path):
+    mask_file, mask = shirt_mask(tmp_path)
+    src = np.asarray(Image.open(SOURCE).convert("RGB"))
+    facts, out = edit(ctx, tmp_path, inputs={"source": SOURCE, "mask": mask_file})
+    assert out.shape == src.shape
+    settings = CropSettings(**{k: v for k, v in INPAINT.items() if k not in ("strength", "reference_megapixels")})
+    region = blend_region(crop(src, mask, settings))
+    assert 0.2 < (region > 0).mean() < 0.8
+    assert np.array_equal(out[region == 0], src[region == 0])
+    assert (out[mask > 0] != src[mask > 0]).any(axis=-1).mean() > 0.9
+    c = crop(src, mask, settings)
+    assert facts["crop"] == [c.context.x - c.origin[0], c.context.y - c.origin[1], c.context.w, c.context.h]
+    assert facts["crop_size"] == 64 and facts["width"] == 160 and facts["height"] == 288
+    assert ctx.extra["progress_calls"][-1] == (2, 2)
+
+
+def test_a_masked_edit_follows_its_seed_prompt_and_reference(ctx, tmp_path):
+    mask_file, _ = shirt_mask(tmp_path)
+    inputs = {"source": SOURCE, "mask": mask_file}
+    _, a = edit(ctx, tmp_path, "a", inputs)
+    _, again = edit(ctx, tmp_path, "again", inputs)
+    _, seed = edit(ctx, tmp_path, "seed", inputs, seed=8)
+    _, ref = edit(ctx, tmp_path, "ref", {**inputs, "references": [EXAMPLES / "assets" / "avatar.png"]})
+    assert np.array_equal(a, again)
+    assert not np.array_equal(a, seed) and not np.array_equal(a, ref)
+    with pytest.raises(StageError, match="one reference picture"):
+        edit(ctx, tmp_path, "two", {**inputs, "references": [SOURCE, SOURCE]})
+
+
+def test_a_masked_edits_reference_is_image_2_scaled_to_its_megapixels(ctx, tmp_path, monkeypatch):
+    """The crop is encoded as reference 1; the clothing picture follows as reference 2, first scaled
+    to ``reference_megapixels`` x 1024 x 1024 pixels (300x200 at 0.01 MP: 125x84), then cropped by
+    the pipeline to multiples of 16 (112x80)."""
+    from diffusers import Flux2KleinInpaintPipeline
+
+    mask_file, _ = shirt_mask(tmp_path)
+    clothing = _solid(tmp_path, "clothing", (300, 200), (220, 20, 20))
+    seen = []
+    real = Flux2KleinInpaintPipeline.prepare_image_latents
+
+    def spy(self, images, *args, **kwargs):
+        seen.append([tuple(im.shape[1:]) for im in images] + [images[-1][0].mean(dim=(1, 2)).tolist()])
+        return real(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(Flux2KleinInpaintPipeline, "prepare_image_latents", spy)
+    facts, _ = edit(ctx, tmp_path, inputs={"source": SOURCE, "mask": mask_file, "references": [clothing]},
+                    model="base")
+    (crop_latent, reference, rgb), = seen
+    assert crop_latent[0] != 3 and reference == (3, 80, 112)
+    assert rgb[0] > 0.5 > rgb[2]                                         # the red picture, in [-1, 1]
+    assert facts["reference_scaled_to"] == [125, 84]
+    assert facts["references"][0]["size"] == [300, 200] and "enlarged_to" not in facts["references"][0]
+
+
+def test_scaling_to_megapixels_is_comfyuis_nearest_exact():
+    """ImageScaleToTotalPixels: sides round(side x sqrt(MP x 1024^2 / (w x h))), each output pixel
+    the source pixel under its centre."""
+    from cinesynth_batch.stages.masked_edit import scale_to_megapixels
+
+    src = np.random.default_rng(3).integers(0, 256, (23, 37, 3), dtype=np.uint8)
+    out = np.asarray(scale_to_megapixels(Image.fromarray(src), 0.001))      # 1048.576 pixels
+    assert out.shape == (26, 41, 3)                                          # 37x23 x 1.110
+    rows = np.minimum(np.floor((np.arange(26) + 0.5) * 23 / 26).astype(int), 22)
+    cols = np.minimum(np.floor((np.arange(41) + 0.5) * 37 / 41).astype(int), 36)
+    assert np.array_equal(out, src[rows][:, cols])
+    small = np.asarray(scale_to_megapixels(Image.fromarray(src), 0.0001))   # shrinks as well: x 0.351
+    assert small.shape == (8, 13, 3)
+
+
+def test_the_try_on_lora_stand_in_changes_the_edit(ctx, tmp_path):
+    assert "KleinBase9B_TryOn" in IMAGE_PRESET_LORAS
+    mask_file, _ = shirt_mask(tmp_path)
+    inputs = {"source": SOURCE, "mask": mask_file}
+    _, plain = edit(ctx, tmp_path, "plain", inputs)
+    _, zero = edit(ctx, tmp_path, "zero", inputs, loras=[{"name": "KleinBase9B_TryOn", "weight": 0.0}])
+    _, tryon = edit(ctx, tmp_path, "tryon", inputs, loras=[{"name": "KleinBase9B_TryOn", "weight": 1.5}])
+    assert np.array_equal(plain, zero) and not np.array_equal(plain, tryon)
+
+
+def test_a_masked_edit_refuses_an_empty_or_mismatched_mask(ctx, tmp_path):
+    empty, _ = shirt_mask(tmp_path, box=(0, 0, 0, 0))
+    with pytest.raises(StageError, match="^image: the mask is empty, there is nothing to repaint$"):
+        edit(ctx, tmp_path, inputs={"source": SOURCE, "mask": empty})
+    small, _ = shirt_mask(tmp_path, size=(64, 64), box=(0, 0, 10, 10))
+    with pytest.raises(StageError, match="^image: the mask is 64x64, its picture 160x288$"):
+        edit(ctx, tmp_path, inputs={"source": SOURCE, "mask": small})
+    with pytest.raises(StageError, match="needs the 'mask' input"):
+        edit(ctx, tmp_path, inputs={"source": SOURCE})

@@ -12,8 +12,8 @@ from cinesynth_batch.cli import app
 from cinesynth_batch.errors import SpecError, StageError
 from cinesynth_batch.spec.load import load_spec
 from cinesynth_batch.stages import (
-    animate, animate_prep, assemble, extract_audio, extract_frame, image, lipsync, separate, subtitles, tts, upscale,
-    video,
+    animate, animate_prep, assemble, detect, extract_audio, extract_frame, image, lipsync, segment, separate, subtitles,
+    tts, upscale, video,
 )
 
 IMAGE = {"prompt": "a cat", "negative_prompt": None, "steps": 4, "guidance": 1.0, "width": 64, "height": 64,
@@ -315,7 +315,17 @@ def test_check_params_returns_what_the_run_uses():
                  "cache": {"kind": "teacache", "threshold": 0.2, "start_step": 1, "coefficients": True},
                  "width": 64, "height": 64, "fps": 16, "seed": 7, "loras": VIDEO["loras"], "two_pass": None, "lora_fuse": "auto",
                  "attention": "sdpa", "compile": "auto", "quantize": None, "block_swap": 0}
-    assert image.check_params(IMAGE) == {**IMAGE, "model": "distilled"}   # the role when unset
+    assert image.check_params(IMAGE) == {**IMAGE, "model": "distilled", "inpaint": None}   # the role when unset
+    crop = {"size": 1024, "padding": 32, "context": 1.2, "expand": 10, "blend": 64, "fill_holes": True,
+            "hipass": 0.1, "strength": 1.0, "reference_megapixels": 1.0}
+    assert image.check_params({**IMAGE, "inpaint": crop})["inpaint"] == crop
+    assert stage_problem(image, {**IMAGE, "inpaint": {**crop, "blend": 65}}) == (
+        "image: inpaint.blend: 65: input should be less than or equal to 64", None)
+    assert stage_problem(image, {**IMAGE, "width": None, "height": None, "inpaint": crop})[0] == (
+        "image: a masked edit runs at its crop's size: give width and height")
+    assert detect.check_params({"text": "shirt", "threshold": 0.3, "other": 1}) == {"text": "shirt", "threshold": 0.3}
+    assert stage_problem(detect, {"text": "", "threshold": 0.3})[0].startswith("detect: text: ")
+    assert segment.check_params({}) == {}
     assert lipsync.check_params({**LIPSYNC, "compile": "off"}) == {**LIPSYNC, "compile": "off"}
     a = animate.check_params({**ANIMATE, "steps": None, "cache": {"kind": "none"}})
     assert (a["steps"], a["cache"]) == (20, None)

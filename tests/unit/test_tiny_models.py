@@ -80,7 +80,9 @@ def test_build_returns_every_component(tiny_root):
 
 def test_tiny_models_are_small(tiny_root):
     total = sum(p.stat().st_size for p in tiny_root.rglob("*") if p.is_file())
-    assert total < 8 * 1024 * 1024     # every role of the tiny profile, S2V folder included
+    # every role of the tiny profile: the S2V folder, both FLUX.2-klein models, AMT, the masks'
+    # detector and segmenter (8.7 MiB together)
+    assert total < 10 * 1024 * 1024
 
 
 def test_build_twice_is_byte_identical(tiny_root, tmp_path):

@@ -18,6 +18,8 @@
 * ``htdemucs/``: a tiny HTDemucs (no transformer layers) as ``htdemucs.yaml`` + safetensors.
 * ``rife-v4.25.safetensors``: a tiny RIFE IFNet (frame interpolation) with the official key names.
 * ``amt-g.safetensors``: a tiny AMT of AMT-G's structure (frame interpolation), official key names.
+* ``grounding-dino/`` and ``sam/``: the text-prompted mask's detector and segmenter
+  (``catalog/tiny/segment.py``).
 * ``tiny.json``: every component with the sha256 digest of its contents (used as model revisions).
 
 Every weight is drawn from a fixed seed, so two builds give byte-identical files. Each component is
@@ -46,6 +48,7 @@ from .amt import TINY_AMT, build_tiny_amt
 from .animate import build_tiny_animate, write_tiny_animate_lora
 from .demucs import TINY_DEMUCS, build_tiny_demucs
 from .parts import seeded, t5_tokenizer, tiny_umt5
+from .segment import TINY_DINO, TINY_SAM, build_tiny_grounding_dino, build_tiny_sam
 
 FLUX2_KLEIN = "flux2-klein"
 FLUX2_KLEIN_BASE = "flux2-klein-base"
@@ -61,8 +64,9 @@ ANIMATE_PRESET_LORAS = ("lightx2v_elite_it2v_animate_face", "WAN22_MoCap_fullbod
 FFLF_PRESET_LORAS = ("Wan_2_2_I2V_A14B_HIGH_lightx2v_4step_lora_v1030_rank_64_bf16",
                      "wan2.2_i2v_A14b_low_noise_lora_rank64_lightx2v_4step_1022",
                      "Wan2.2-Fun-A14B-InP-low-noise-HPS2.1")
-# Tiny stand-ins, under the same names, for the FLUX.2-klein LoRAs of presets/face_swap_bfs.yaml.
-IMAGE_PRESET_LORAS = ("bfs_head_v1_flux-klein_9b_step3500_rank128",)
+# Tiny stand-ins, under the same names, for the FLUX.2-klein LoRAs of the image presets
+# (presets/face_swap_bfs.yaml, presets/fashion_change_tryon.yaml).
+IMAGE_PRESET_LORAS = ("bfs_head_v1_flux-klein_9b_step3500_rank128", "KleinBase9B_TryOn")
 LORA_ROOT = "lora_adpts"
 LORA_IMG_STYLE = "lora_adpts/img/tiny/style.safetensors"
 LORA_MOV_MOTION = "lora_adpts/mov/tiny/motion.safetensors"
@@ -82,6 +86,8 @@ KINDS = {
     TINY_DEMUCS: "demucs",
     TINY_RIFE: "rife",
     TINY_AMT: "amt",
+    TINY_DINO: "grounding-dino",
+    TINY_SAM: "sam",
 }
 
 # Weights are drawn from torch's global RNG under fixed seeds: builds in one process take turns.
@@ -496,6 +502,8 @@ def build_tiny(root: Path) -> dict[str, Path]:
                _file_writer(functools.partial(_write_wan_lora, seed=7200 + i, modules=_FFLF_LORA_MODULES),
                             ".safetensors"))
               for i, name in enumerate(FFLF_PRESET_LORAS)],
+            (TINY_DINO, build_tiny_grounding_dino),
+            (TINY_SAM, build_tiny_sam),
             *[(f"lora_adpts/img/{name}.safetensors",
                _file_writer(functools.partial(_write_flux2_lora, seed=7300 + i), ".safetensors"))
               for i, name in enumerate(IMAGE_PRESET_LORAS)],
