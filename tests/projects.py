@@ -45,3 +45,18 @@ def to_run(spec: Path) -> set[str]:
     from cinesynth_batch.execute.session import Session
 
     return {st.id for st in Session.open(spec).plan().to_run()}
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def rgb_pixels(path: Path):
+    """The picture's RGB pixels as a numpy array."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))

@@ -45,7 +45,7 @@ TINY_SOURCES = ("catalog/tiny/build.py", "catalog/tiny/rrdbnet.py", "catalog/tin
                 "models/separation.py", "tts/qwen_tiny.py", "catalog/tiny/rife.py", "models/rife.py",
                 "catalog/tiny/amt.py", "models/amt/network.py", "models/amt/blocks.py", "catalog/tiny/segment.py")
 #: ``tiny_sources_digest()`` of the sources ``TINY_REVISION`` was checked against.
-TINY_SOURCES_DIGEST = "d396d20387dd96d3b54d03518cd476fbbbaa2c23942bc98ce1bb09a6ae9fa5fd"
+TINY_SOURCES_DIGEST = "10c211ba0ce3036e975f45f9c8dc570a2ca7f51af9752c588b2dbe407a379886"
 #: What the shapes builders make (architectures, dtypes, weight draws). New value when it changes.
 SHAPES_REVISION = "shapes-3f6c1a2e9b8d4c70"
 #: The package files the shapes models are built from (relative to the package).
@@ -54,7 +54,7 @@ SHAPES_SOURCES = ("catalog/shapes/__init__.py", "catalog/shapes/configs.py", "ca
                   "models/rrdbnet.py", "models/s2v/transformer.py", "models/s2v/components.py",
                   "models/s2v/pipeline.py", "models/amt/network.py", "models/amt/blocks.py")
 #: ``shapes_sources_digest()`` of the sources ``SHAPES_REVISION`` was checked against.
-SHAPES_SOURCES_DIGEST = "23265f86d3d21213b7b888745d95f397d129f10a63816eb1ce72c0d240ab3a7a"
+SHAPES_SOURCES_DIGEST = "fe9eee7e30f26c9e06ff61f36ac6049d36a686e27bf3836e638337e749f1f203"
 #: The profiles that ship with the package (any other profile is a models file).
 BUILTIN_PROFILES = ("tiny", "production", "shapes")
 SMALL_FILE = 1 << 20

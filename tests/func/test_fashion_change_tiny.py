@@ -13,7 +13,7 @@ from PIL import Image
 
 from cinesynth_batch.execute.render import render
 from cinesynth_batch.media.inpaint_crop import CropSettings, blend_region, crop
-from projects import EXAMPLES, edited_copy, new_project, to_run
+from projects import EXAMPLES, edited_copy, new_project, rgb_pixels, to_run
 
 pytestmark = pytest.mark.slow
 
@@ -33,9 +33,6 @@ def rendered(tmp_path_factory):
     return spec, render(spec, progress=False)
 
 
-def pixels(path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
 
 
 def test_every_avatar_is_edited_in_every_style_with_one_mask_each(rendered):
@@ -43,10 +40,10 @@ def test_every_avatar_is_edited_in_every_style_with_one_mask_each(rendered):
     root = spec.parent
     assert set(result.outcome.ran) == MASKS | EDITS | {"model-drawn.image"}
     for avatar, file in AVATARS.items():
-        source = pixels(root / file)
+        source = rgb_pixels(root / file)
         assert (root / OUT / f"scenes/{avatar}-1.mask.png").is_file()
         assert (root / OUT / f"scenes/{avatar}-1.boxes.json").is_file()
-        edits = [pixels(root / OUT / f"scenes/{avatar}-{s}.png") for s in STYLES]
+        edits = [rgb_pixels(root / OUT / f"scenes/{avatar}-{s}.png") for s in STYLES]
         assert all(e.shape == source.shape for e in edits)                 # the source's size
         assert all(not np.array_equal(e, source) for e in edits)
         assert len({e.tobytes() for e in edits}) == len(STYLES)            # each style its own picture
@@ -55,10 +52,10 @@ def test_every_avatar_is_edited_in_every_style_with_one_mask_each(rendered):
 def test_a_drawn_mask_repaints_inside_it_and_nothing_outside_the_blend(rendered):
     spec, _ = rendered
     root = spec.parent
-    source = pixels(root / "assets/model.png")
+    source = rgb_pixels(root / "assets/model.png")
     with Image.open(root / "assets/model_shirt.png") as im:
         mask = np.asarray(im.convert("L")).astype(np.float32) / 255.0
-    out = pixels(root / OUT / "scenes/model-drawn.png")
+    out = rgb_pixels(root / OUT / "scenes/model-drawn.png")
     region = blend_region(crop(source, mask, SETTINGS))
     assert out.shape == source.shape
     assert 0.2 < (region > 0).mean() < 0.8                                 # the blend leaves most of it alone
@@ -106,5 +103,5 @@ def test_a_new_threshold_renders_a_new_mask_and_the_edit_again(rendered, tmp_pat
     scenes = edited.parent / OUT / "scenes"
     assert len(json.loads((scenes / "model-1.boxes.json").read_text())["boxes"]) < \
         len(json.loads((spec.parent / OUT / "scenes/model-1.boxes.json").read_text())["boxes"])   # fewer boxes
-    new_mask, old_mask = pixels(scenes / "model-1.mask.png"), pixels(spec.parent / OUT / "scenes/model-1.mask.png")
+    new_mask, old_mask = rgb_pixels(scenes / "model-1.mask.png"), rgb_pixels(spec.parent / OUT / "scenes/model-1.mask.png")
     assert not np.array_equal(new_mask, old_mask)                          # so the edit ran again on it

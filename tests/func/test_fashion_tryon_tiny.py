@@ -5,7 +5,6 @@ with the Try-On LoRA; changing the clothing re-runs exactly the stages that depe
 
 from __future__ import annotations
 
-import hashlib
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from PIL import Image
 from cinesynth_batch.execute.render import render
 from cinesynth_batch.execute.session import Session
 from cinesynth_batch.plan.graph import NodeInput
-from projects import edited_copy, new_project, to_run
+from projects import edited_copy, file_sha256, new_project, rgb_pixels, to_run
 
 OUT = "outputs/fashion_tryon/scenes"
 TRYON_PREFIX = "attach the outfit in Image 2 to the woman in Image 1. "
@@ -26,13 +25,8 @@ def rendered(tmp_path_factory):
     return spec, render(spec, progress=False)
 
 
-def _digest(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _pixels(path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
 
 
 def test_the_clothing_picture_is_the_edits_reference(rendered):
@@ -41,16 +35,16 @@ def test_the_clothing_picture_is_the_edits_reference(rendered):
     assert set(result.outcome.ran) == {"dress.detect", "dress.segment", "dress.image", "jacket.image",
                                        "jacket-on.image"}
     meta = result.outcome.meta
-    assert [r["sha256"] for r in meta["dress.image"]["references"]] == [_digest(root / "assets/outfit.png")]
-    assert [r["sha256"] for r in meta["jacket-on.image"]["references"]] == [_digest(root / OUT / "jacket.png")]
+    assert [r["sha256"] for r in meta["dress.image"]["references"]] == [file_sha256(root / "assets/outfit.png")]
+    assert [r["sha256"] for r in meta["jacket-on.image"]["references"]] == [file_sha256(root / OUT / "jacket.png")]
     # 120x160 at 0.05 MP: x sqrt(0.05 x 1024^2 / 19200) = x 1.652; 96x128 the same factor x 1.25
     assert meta["dress.image"]["reference_scaled_to"] == [198, 264]
     assert meta["jacket-on.image"]["reference_scaled_to"] == [198, 264]
-    source = _pixels(root / "assets/model.png")
+    source = rgb_pixels(root / "assets/model.png")
     for scene in ("dress", "jacket-on"):
-        edited = _pixels(root / OUT / f"{scene}.png")
+        edited = rgb_pixels(root / OUT / f"{scene}.png")
         assert edited.shape == source.shape and not np.array_equal(edited, source)
-    assert not np.array_equal(_pixels(root / OUT / "dress.png"), _pixels(root / OUT / "jacket-on.png"))
+    assert not np.array_equal(rgb_pixels(root / OUT / "dress.png"), rgb_pixels(root / OUT / "jacket-on.png"))
 
 
 def test_the_try_on_edits_share_one_mask_and_run_on_the_base_model_with_the_lora(rendered):
@@ -94,6 +88,6 @@ def test_a_new_clothing_picture_gives_a_new_edit(rendered, tmp_path):
     edited = edited_copy(spec, tmp_path, "references: [assets/outfit.png]", "references: [assets/outfit2.png]")
     again = render(edited, progress=False)
     assert set(again.outcome.ran) == {"dress.image"}
-    assert again.outcome.meta["dress.image"]["references"][0]["sha256"] == _digest(edited.parent / "assets/outfit2.png")
-    assert not np.array_equal(_pixels(edited.parent / OUT / "dress.png"), _pixels(spec.parent / OUT / "dress.png"))
-    assert np.array_equal(_pixels(edited.parent / OUT / "dress.mask.png"), _pixels(spec.parent / OUT / "dress.mask.png"))
+    assert again.outcome.meta["dress.image"]["references"][0]["sha256"] == file_sha256(edited.parent / "assets/outfit2.png")
+    assert not np.array_equal(rgb_pixels(edited.parent / OUT / "dress.png"), rgb_pixels(spec.parent / OUT / "dress.png"))
+    assert np.array_equal(rgb_pixels(edited.parent / OUT / "dress.mask.png"), rgb_pixels(spec.parent / OUT / "dress.mask.png"))

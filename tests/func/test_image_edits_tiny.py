@@ -5,13 +5,12 @@ the stages that depend on it."""
 
 from __future__ import annotations
 
-import hashlib
 
 import pytest
 from PIL import Image
 
 from cinesynth_batch.execute.render import render
-from projects import edited_copy, new_project, to_run
+from projects import edited_copy, file_sha256, new_project, to_run
 
 
 def _render(tmp_path_factory, name: str):
@@ -29,8 +28,6 @@ def avatar(tmp_path_factory):
     return _render(tmp_path_factory, "avatar_prepare")
 
 
-def _digest(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _rotated_portrait(spec):
@@ -45,7 +42,7 @@ def test_face_swap_gives_the_body_then_the_cropped_face(face_swap):
     out = spec.parent / "outputs/face_swap/scenes"
     assert set(result.outcome.ran) == {"body.image", "swap.references_2", "swap.image", "assemble.final"}
     refs = result.outcome.meta["swap.image"]["references"]
-    assert [r["sha256"] for r in refs] == [_digest(out / "body.png"), _digest(out / "swap.references_2.png")]
+    assert [r["sha256"] for r in refs] == [file_sha256(out / "body.png"), file_sha256(out / "swap.references_2.png")]
     crop = result.outcome.meta["swap.references_2"]
     assert crop["cropped"] is True and crop["face"]["found_by"] == "upper_half"
     with Image.open(out / "swap.png") as swap, Image.open(out / "body.png") as body:
@@ -77,9 +74,9 @@ def test_avatar_prepare_makes_a_1080x1920_avatar_from_the_pose_edit_and_the_orig
                                        "assemble.final"}
     meta = result.outcome.meta
     assert [r["sha256"] for r in meta["yuna.prepare_1"]["references"]] == [
-        _digest(spec.parent / "assets/portrait.jpg")]                       # step 1: the photo itself
+        file_sha256(spec.parent / "assets/portrait.jpg")]                       # step 1: the photo itself
     assert [r["sha256"] for r in meta["yuna.image"]["references"]] == [
-        _digest(out / "yuna.prepare_1.png"), _digest(out / "yuna.prepare_2.png")]   # body, then face
+        file_sha256(out / "yuna.prepare_1.png"), file_sha256(out / "yuna.prepare_2.png")]   # body, then face
     with Image.open(out / "yuna_1080x1920.png") as avatar_png, Image.open(out / "yuna.png") as swap:
         assert avatar_png.size == (1080, 1920)     # a resize: the same size on every profile
         assert swap.size == (256, 480)             # the pose edit's size (the photo's 270x480, to 16s)
@@ -104,4 +101,4 @@ def test_pose_edit_takes_each_references_size(tmp_path_factory):
     assert (meta["photo.image"]["width"], meta["photo.image"]["height"]) == (256, 480)
     assert (meta["still.image"]["width"], meta["still.image"]["height"]) == (128, 128)
     out = spec.parent / "outputs/pose_edit/scenes"
-    assert meta["still.image"]["references"][0]["sha256"] == _digest(out / "still.references_1_frame.png")
+    assert meta["still.image"]["references"][0]["sha256"] == file_sha256(out / "still.references_1_frame.png")

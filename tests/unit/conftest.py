@@ -56,3 +56,15 @@ def ctx(provider, tiny_root):
     c = StageContext(models=provider, resolve_lora=resolve, progress=lambda s, t: calls.append((s, t)))
     c.extra["progress_calls"] = calls
     return c
+
+
+@pytest.fixture
+def float64_default():
+    """float64 as torch's default dtype for one test: the official interpolators build their warp
+    grids and lookup windows in the default dtype, so float64 comparisons need it."""
+    import torch
+
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)

@@ -447,15 +447,6 @@ _TINY_REF = dict(num_flows=_T.flows, channels=list(_T.channels), skip_channels=_
 
 # --- the comparison ------------------------------------------------------------------------------
 
-@pytest.fixture
-def float64_default():
-    """The official warp and lookup window are built in the default dtype: float64 compares float64 paths."""
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
-
-
 def _random_state(net: nn.Module, seed: int) -> dict:
     """Weights N(0, 1/fan_in) (flows of a few pixels, so the warps and lookups move), biases and
     PReLU slopes around their usual values."""

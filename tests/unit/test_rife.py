@@ -127,15 +127,6 @@ class _RefIFNet(nn.Module):
 
 # --- the comparison ------------------------------------------------------------------------------
 
-@pytest.fixture
-def float64_default():
-    """The official warp builds its grid in the default dtype: float64 compares float64 paths."""
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
-
-
 def _random_state(net: nn.Module, seed: int) -> dict:
     gen = torch.Generator().manual_seed(seed)
     out = {}

@@ -5,7 +5,6 @@ pixels a side need no padding (``models/amt/runner.py``)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from ...models.amt.network import AmtConfig
@@ -19,23 +18,11 @@ TINY_CONFIG = AmtConfig(channels=(4, 8, 8, 12), skip=4, flows=2, wide_stem=True,
 def build_tiny_amt(path: str | Path, *, seed: int = 6201) -> Path:
     """Write the tiny AMT's weights: small seeded draws (flows of a few pixels), PReLU slopes 0.25."""
     import torch
-    from safetensors.torch import save_file
 
     from ...models.amt.network import AMT
+    from .parts import small_draws
 
     with torch.device("meta"):
         ref = AMT(TINY_CONFIG)
-    gen = torch.Generator().manual_seed(seed)
-    sd: dict[str, torch.Tensor] = {}
-    for name, p in sorted(ref.state_dict().items()):
-        if p.dim() == 4:
-            fan_in = p.shape[1] * p.shape[2] * p.shape[3]
-            t = torch.randn(tuple(p.shape), generator=gen) * (0.5 / math.sqrt(fan_in))
-        elif name.endswith(".weight"):                       # PReLU slopes
-            t = torch.full(tuple(p.shape), 0.25)
-        else:
-            t = torch.randn(tuple(p.shape), generator=gen) * 0.01
-        sd[name] = t.to(torch.float32).contiguous()
-    path = Path(path)
-    save_file(sd, str(path), metadata={"format": "pt"})
-    return path
+    return small_draws(ref, seed, lambda name, p: 0.25 if p.dim() != 4 and name.endswith(".weight") else None,
+                       path)

@@ -5,7 +5,8 @@ bytes on every machine."""
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 
 @contextmanager
@@ -39,3 +40,30 @@ def tiny_umt5(vocab_size: int, d_model: int, seed: int):
             relative_attention_num_buckets=8, relative_attention_max_distance=32, dropout_rate=0.0,
             feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
         return UMT5EncoderModel(config).eval()
+
+
+def small_draws(model, seed: int, fixed: Callable[[str, Any], float | None], path: str | Path) -> Path:
+    """Write seeded small weights for ``model`` (built on the meta device) to the safetensors file
+    ``path``, in name order: ``fixed(name, tensor)`` gives a constant for a tensor (None: draw it);
+    4-d kernels are drawn N(0, (0.5/sqrt(fan_in))^2) (flows of a few pixels), the rest N(0, 0.01^2);
+    float32."""
+    import math
+
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for name, p in sorted(model.state_dict().items()):
+        value = fixed(name, p)
+        if value is not None:
+            t = torch.full(tuple(p.shape), float(value))
+        elif p.dim() == 4:
+            fan_in = p.shape[1] * p.shape[2] * p.shape[3]
+            t = torch.randn(tuple(p.shape), generator=gen) * (0.5 / math.sqrt(fan_in))
+        else:
+            t = torch.randn(tuple(p.shape), generator=gen) * 0.01
+        state[name] = t.to(torch.float32).contiguous()
+    path = Path(path)
+    save_file(state, str(path), metadata={"format": "pt"})
+    return path
