@@ -3,7 +3,8 @@ and inline edits, in the order the spec gives them (image 1 first).
 
 Node ids, for scene ``S`` (``N`` counts from 1):
 
-* ``S.image`` — the stage itself (a masked edit's source and mask come from ``plan/masks.py``);
+* ``S.image`` — the stage itself (a masked edit's source and mask come from ``plan/masks.py``, its
+  pictures resolved by ``picture``: files, frames, ``{scene}`` and ``{stage}`` as for references);
   ``S.fit`` — its ``fit`` (after ``S.upscale``, if any);
 * ``S.references_N`` — a ``{face_crop}`` (kind ``face_crop``) or ``{edit}`` (kind ``image``) given
   as reference N; ``S.prepare_N`` — the same for item N of ``prepare``;
@@ -95,7 +96,8 @@ class ReferencePlanner:
             params["model"] = stage.model
         inputs: dict = {"references": refs} if refs else {}
         if isinstance(stage, m.ImageStage) and stage.mask is not None:      # a masked edit (plan/masks.py)
-            inputs.update(edit_inputs(self.graph, self.loaded, scene, loc))
+            inputs.update(edit_inputs(self.graph, self.loaded, scene, loc,
+                                      lambda value, at: self.picture(value, at, node_id)))
             params.update(edit_params(stage))
         node = StageNode(
             id=node_id, kind="image", scene=scene.id, model_role=IMAGE_ROLES[stage.model], params=params,
@@ -130,10 +132,7 @@ class ReferencePlanner:
         if kind == "frame":
             return source_input(self.graph, self.loaded, m.ImageSource(frame=value.frame), loc, name)
         if kind in ("scene", "stage"):
-            target = value.stage if kind == "stage" else self._scene_still(value.scene or "", loc)
-            assert target is not None
-            self.links.append(_Link(consumer, target, (*loc, kind), kind == "stage"))
-            return NodeInput(target)
+            return self._linked(value, loc, consumer)
         if kind == "reference":
             n = value.reference or 0
             if given is None or not 1 <= n <= len(given):
@@ -154,6 +153,24 @@ class ReferencePlanner:
         self.image_node(scene, value.edit, node_id, (*loc, "edit"), self._size(scene),
                         f"scenes/{node_id}.png", given)
         return NodeInput(node_id)
+
+    def picture(self, value: str | m.PictureSource, loc: tuple, consumer: str) -> Input:
+        """A masked edit's picture or mask (``image.source``, ``image.mask``, the segment's
+        ``source``) for the stage ``consumer``: a file or URL, a frame, or another scene's or
+        stage's image, resolved and checked as a reference is."""
+        if not isinstance(value, m.PictureSource):
+            return source_input(self.graph, self.loaded, value, loc)
+        if value.kind() == "frame":
+            return source_input(self.graph, self.loaded, m.ImageSource(frame=value.frame), loc)
+        return self._linked(value, loc, consumer)
+
+    def _linked(self, value: m.Reference | m.PictureSource, loc: tuple, consumer: str) -> NodeInput:
+        """``{scene: ID}`` or ``{stage: ID}``: the stage that makes that image (checked in ``check``)."""
+        kind = value.kind()
+        target = value.stage if kind == "stage" else self._scene_still(value.scene or "", loc)
+        assert target is not None
+        self.links.append(_Link(consumer, target, (*loc, kind), kind == "stage"))
+        return NodeInput(target)
 
     def _scene_still(self, scene_id: str, loc: tuple) -> str:
         target = next((s for s in self.loaded.spec.scenes if s.id == scene_id), None)

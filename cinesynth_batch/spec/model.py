@@ -159,10 +159,39 @@ class VideoLora(Strict):
 
 # --- masked edits: image.source, image.mask, image.inpaint --------------------------------------
 
+PICTURE_KEYS = ("frame", "scene", "stage")
+
+
+class PictureSource(Strict):
+    """The picture of a masked edit that is not a plain path or URL: a frame of a video, or the
+    image of another scene or stage (planned as ``image.references``' are). Exactly one key."""
+
+    frame: FrameFrom | None = Field(None, description="one frame of a video")
+    scene: str | None = Field(None, description="that scene's image as the scene ends it (fitted, else "
+                                                "upscaled, else as generated)")
+    stage: str | None = Field(None, description="the output of an image stage, by id (e.g. avatar.image)")
+
+    def kind(self) -> str:
+        """The one key that is set."""
+        return next(k for k in PICTURE_KEYS if getattr(self, k) is not None)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "PictureSource":
+        given = [k for k in PICTURE_KEYS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one image source, not {' and '.join(given) if given else 'none'} "
+                             f"(one of: {', '.join(PICTURE_KEYS)}, or a path)")
+        return self
+
+
+PictureRef = plain_or(str, PictureSource)
+
+
 class SegmentFrom(Strict):
     """A mask found by a phrase: Grounding DINO boxes above ``threshold``, SAM's masks in them, united."""
 
-    source: ImageRef = Field(description="the picture to look in (a path, URL or {frame: {source, at}})")
+    source: PictureRef = Field(description="the picture to look in (a path, URL, {frame: {source, at}}, "
+                                           "{scene: ID} or {stage: ID})")
     text: str = Field(min_length=1, description="what to mask, e.g. 'clothing, garment, dress'")
     threshold: DetectThreshold = Field(0.3, description="keep the boxes scoring above this (0..1)")
 
@@ -270,8 +299,9 @@ class ImageStage(ImageEdit):
     upscale: Literal["x2", False] = Field(False, description="'x2' runs Real-ESRGAN x2 after the image")
     fit: PictureSize | None = Field(None, description="WIDTHxHEIGHT: crop to that aspect (centred; a too tall "
                                                      "image keeps its top) and resize (LANCZOS), last")
-    source: ImageRef | None = Field(None, description="the picture a masked edit repaints (default: the "
-                                                       "mask's segment source)")
+    source: PictureRef | None = Field(None, description="the picture a masked edit repaints: a path, URL, "
+                                                         "{frame}, {scene} or {stage} (default: the mask's "
+                                                         "segment source)")
     mask: MaskRef | None = Field(None, description="where to repaint: a mask file (white repaints) or "
                                                    "{segment: {source, text, threshold}}")
     inpaint: Inpaint = Field(default_factory=Inpaint, description="crop and paste-back of a masked edit")

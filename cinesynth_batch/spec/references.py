@@ -4,7 +4,8 @@ checks that need the whole spec (scene ids, ``{reference: N}`` places, files).
 An image stage's ``references`` are what the spec gives; ``prepare`` (set by presets such as
 ``avatar_prepare``) is the list the model sees instead, made from the given ones through
 ``{reference: N}``. Both may nest: a ``{face_crop: {source}}`` or an ``{edit: {...}}`` holds
-references of its own. ``{stage: ID}`` names a stage of the plan and is checked when the plan is
+references of its own. A masked edit's pictures (``source``, ``mask.segment.source``) may name a
+scene too. ``{stage: ID}`` names a stage of the plan and is checked when the plan is
 built (``plan/references.py``). Imports no torch.
 """
 
@@ -41,6 +42,16 @@ def _item(loc: tuple, value: Any, in_prepare: bool) -> Iterator[tuple[tuple, Any
     edit = value.get("edit")
     if isinstance(edit, dict):
         yield from items(edit, (*loc, "edit"), in_prepare)
+
+
+def pictures(image: dict, loc: tuple) -> Iterator[tuple[tuple, Any]]:
+    """A masked edit's pictures that may name another scene's image: ``source`` and the
+    segment's ``source`` (``(loc, value)``, given or not)."""
+    yield (*loc, "source"), image.get("source")
+    mask = image.get("mask")
+    segment = mask.get("segment") if isinstance(mask, dict) else None
+    if isinstance(segment, dict):
+        yield (*loc, "mask", "segment", "source"), segment.get("source")
 
 
 def edits(stage: Any, loc: tuple) -> Iterator[tuple[tuple, Any]]:
@@ -80,7 +91,8 @@ def _edit_presets(value: Any, resolve: Callable[[Any, Any, str], Any], path: str
 
 def check_references(data: Any, sources: list[int], problems: Problems,
                      check_file: Callable[[Any, tuple, str], None]) -> None:
-    """Across the spec: ``{scene: ID}`` names a scene with an image stage, ``{reference: N}``
+    """Across the spec: ``{scene: ID}`` (in the references, a masked edit's ``source`` and its
+    segment's ``source``) names a scene with an image stage, ``{reference: N}``
     stands only in ``prepare`` and names a given reference, every given reference is used when
     ``prepare`` is set, and paths are checked as every input file is (``check_file``)."""
     scenes = data.get("scenes") if isinstance(data.get("scenes"), list) else []
@@ -98,14 +110,7 @@ def check_references(data: Any, sources: list[int], problems: Problems,
         def add(message: str, loc: tuple, hint: str | None = None) -> None:
             problems.add(message, locate(data, loc), format_path(loc, sources), hint)
 
-        for loc, value, in_prepare in items(image, base):
-            if isinstance(value, str):
-                check_file(value, loc, "reference")
-                continue
-            if not isinstance(value, dict):
-                continue
-            if isinstance(value.get("frame"), dict):
-                check_file({"frame": value["frame"]}, loc, "reference")
+        def check_scene(value: dict, loc: tuple) -> None:
             scene_id = value.get("scene")
             if isinstance(scene_id, str) and scene_id not in with_image:
                 if scene_id in ids:
@@ -115,6 +120,19 @@ def check_references(data: Any, sources: list[int], problems: Problems,
                     close = difflib.get_close_matches(scene_id, ids, n=1)
                     add(f"unknown scene '{scene_id}'", (*loc, "scene"),
                         f"did you mean '{close[0]}'?" if close else "scene ids: " + ", ".join(ids))
+
+        for loc, value in pictures(image, base):        # files are checked with every input file
+            if isinstance(value, dict):
+                check_scene(value, loc)
+        for loc, value, in_prepare in items(image, base):
+            if isinstance(value, str):
+                check_file(value, loc, "reference")
+                continue
+            if not isinstance(value, dict):
+                continue
+            if isinstance(value.get("frame"), dict):
+                check_file({"frame": value["frame"]}, loc, "reference")
+            check_scene(value, loc)
             n = value.get("reference")
             if isinstance(n, int) and not isinstance(n, bool):
                 if not in_prepare:

@@ -215,6 +215,83 @@ def test_two_different_frames_for_source_and_segment_are_refused(project):
     assert "scenes[0].image.source: source and mask.segment.source are two different frames" in err.value.render()
 
 
+def test_source_and_segment_source_may_be_another_scenes_image(project):
+    """``{scene: ID}`` is that scene's image as it ends (its fit); ``{stage: ID}`` any image stage.
+    Both are inputs by node, so the edit and its mask are keyed by that stage's output digest."""
+    plan = Session.open(write(project, """
+        - id: avatar
+          image: {prompt: a woman, fit: 48x64}
+        - id: outfit
+          image:
+            prompt: red dress
+            source: {scene: avatar}
+            mask: {segment: {source: {scene: avatar}, text: shirt}}
+        - id: raw
+          image:
+            prompt: blue dress
+            source: {stage: avatar.image}
+            mask: {segment: {source: {scene: avatar}, text: shirt}}
+        - id: drawn
+          image: {prompt: x, source: {scene: avatar}, mask: m.png}
+        """)).plan()
+    fit = NodeInput("avatar.fit")
+    assert plan.graph["outfit.detect"].inputs == {"image": fit}
+    assert plan.graph["outfit.image"].inputs == {"source": fit, "mask": NodeInput("outfit.segment")}
+    assert plan.graph["raw.image"].inputs == {"source": NodeInput("avatar.image"),
+                                              "mask": NodeInput("outfit.segment")}     # the same mask
+    assert plan.graph["drawn.image"].inputs == {"source": fit, "mask": FileInput(project / "m.png", "m.png")}
+    order = plan.order
+    assert order.index("avatar.fit") < order.index("outfit.detect") < order.index("outfit.image")
+    assert plan.stages["outfit.detect"].key is None         # known once the avatar is made
+
+
+@pytest.mark.parametrize("image,expected", [
+    ("{prompt: x, source: {scene: avatr}, mask: m.png}",
+     "spec.yaml:8:40: scenes[1].image.source.scene: unknown scene 'avatr' (did you mean 'avatar'?)"),
+    ("{prompt: x, mask: {segment: {source: {scene: avatr}, text: shirt}}}",
+     "spec.yaml:8:57: scenes[1].image.mask.segment.source.scene: unknown scene 'avatr' (did you mean 'avatar'?)"),
+    ("{prompt: x, source: {scene: clip}, mask: m.png}",
+     "spec.yaml:8:40: scenes[1].image.source.scene: scene 'clip' has no image stage to refer to"),
+    ("{prompt: x, source: {stage: avatar.imag}, mask: m.png}",
+     "spec.yaml:8:40: scenes[1].image.source.stage: unknown stage 'avatar.imag' (did you mean 'avatar.image'?)"),
+    ("{prompt: x, mask: {segment: {source: {stage: clip.video}, text: shirt}}}",
+     "spec.yaml:8:57: scenes[1].image.mask.segment.source.stage: stage 'clip.video' makes a video output, "
+     "not an image"),
+    ("{prompt: x, source: {scene: avatar, stage: avatar.image}, mask: m.png}",
+     "spec.yaml:8:32: scenes[1].image.source: give exactly one image source, not scene and stage"),
+    ("{prompt: x, mask: {segment: {source: {scene: s}, text: shirt}}}",
+     "spec.yaml:8:57: scenes[1].image.mask.segment.source.scene: reference cycle: s.image -> s.image"),
+    ("{prompt: x, source: {scene: s}, mask: {segment: {source: a.png, text: shirt}}}",
+     "spec.yaml:8:40: scenes[1].image.source.scene: reference cycle: s.image -> s.image"),
+])
+def test_a_scene_or_stage_picture_is_checked_where_it_is_written(project, image, expected):
+    spec = write(project, f"""
+        - id: avatar
+          image: {{prompt: a woman}}
+        - id: s
+          image: {image}
+        - id: clip
+          video: {{image: a.png, frames: 5}}
+        """)
+    with pytest.raises(SpecError) as err:
+        Session.open(spec).plan()
+    lines = [line.replace(f"{project}/", "") for line in err.value.render().splitlines()]
+    assert any(line.startswith(expected) for line in lines), "\n".join(lines)
+
+
+def test_a_cycle_through_another_scenes_mask_is_an_error(project):
+    spec = write(project, """
+        - id: a
+          image: {prompt: x, references: [{scene: b}]}
+        - id: b
+          image: {prompt: y, mask: {segment: {source: {scene: a}, text: shirt}}}
+        """)
+    with pytest.raises(SpecError) as err:
+        Session.open(spec).plan()
+    assert "spec.yaml:6:45: scenes[0].image.references[0].scene: reference cycle: a.image -> b.image -> " \
+           "b.segment -> b.detect -> a.image" in err.value.render().replace(f"{project}/", "")
+
+
 # --- matrix values from a file -------------------------------------------------------------------
 
 SEED_CSV = ('ID,Style_Keyword,English_Prompt\n'
