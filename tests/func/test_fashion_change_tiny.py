@@ -5,7 +5,6 @@ exactly the stages that depend on it, and an edit leaves the picture outside its
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from PIL import Image
 
 from cinesynth_batch.execute.render import render
 from cinesynth_batch.media.inpaint_crop import CropSettings, blend_region, crop
-from projects import EXAMPLES, edited_copy, new_project, rgb_pixels, to_run
+from projects import edited_copy, new_project, rgb_pixels, to_run
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +28,6 @@ SETTINGS = CropSettings(size=128, padding=32, context=1.2, expand=10, blend=64, 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
     spec = new_project(tmp_path_factory.mktemp("fashion") / "p", "fashion_change.yaml", presets=True)
-    shutil.copy(EXAMPLES / "fashion_styles.yaml", spec.parent)
     return spec, render(spec, progress=False)
 
 
@@ -89,7 +87,7 @@ def test_an_edit_reruns_exactly_the_stages_that_depend_on_it(rendered, tmp_path,
 def test_a_new_style_row_is_one_new_edit_per_avatar(rendered, tmp_path):
     spec, _ = rendered
     edited = edited_copy(spec, tmp_path, "assets/avatar.png}", "assets/avatar.png}")
-    styles = edited.parent / "fashion_styles.yaml"
+    styles = edited.parent / "assets/fashion_styles.yaml"
     styles.write_text(styles.read_text().replace('English_Prompt: "Floral chiffon', 'English_Prompt: "Linen'))
     assert to_run(edited) == {"model-4.image", "face-4.image"}
 

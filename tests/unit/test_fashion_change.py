@@ -313,7 +313,7 @@ def test_a_csv_gives_one_mapping_per_row(project):
 
 
 def test_the_shipped_styles_file_is_the_seeds_columns(project):
-    rows = yaml.safe_load((REPO / "specs" / "examples" / "fashion_styles.yaml").read_text())
+    rows = yaml.safe_load((REPO / "specs" / "examples" / "assets" / "fashion_styles.yaml").read_text())
     assert len(rows) == 8 and all(set(r) == {"ID", "Style_Keyword", "English_Prompt"} for r in rows)
     assert len({r["Style_Keyword"] for r in rows}) == 8            # one per category of the seed's list
     assert rows[0]["English_Prompt"].startswith("Oversized graphic t-shirt with biker shorts and chunky sneakers. ")
