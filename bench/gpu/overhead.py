@@ -68,10 +68,14 @@ def render(project: Path, spec: Path, kind: str) -> dict:
 
 
 def free() -> None:
+    """Drop what the render compiled and loaded (compiled code can hold its modules), so the pure
+    run's copy of the model finds the device empty; says what is still allocated."""
+    torch._dynamo.reset()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
+        print(f"after the render: {gib(torch.cuda.memory_allocated())} GiB still allocated", flush=True)
 
 
 def clock(device: str, fn):
