@@ -60,3 +60,11 @@ def rgb_pixels(path: Path):
 
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
+
+
+def render_example(tmp_path_factory, name: str, presets: bool = True):
+    """``specs/examples/<name>.yaml`` rendered in a project of its own: (spec path, render result)."""
+    from cinesynth_batch.execute.render import render
+
+    spec = new_project(tmp_path_factory.mktemp(name) / "p", f"{name}.yaml", presets=presets)
+    return spec, render(spec, progress=False)

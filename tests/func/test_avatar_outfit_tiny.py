@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cinesynth_batch.execute.render import render
 from cinesynth_batch.execute.session import Session
-from projects import edited_copy, file_sha256, new_project, rgb_pixels, to_run
+from projects import edited_copy, file_sha256, render_example, rgb_pixels, to_run
 
 OUT = "outputs/avatar_outfit/scenes"
 AVATAR = {"avatar.prepare_1", "avatar.prepare_2", "avatar.image", "avatar.fit"}
@@ -22,8 +21,7 @@ MASK = {"outfit.detect", "outfit.segment"}
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
-    spec = new_project(tmp_path_factory.mktemp("avatar_outfit") / "p", "avatar_outfit.yaml", presets=True)
-    return spec, render(spec, progress=False)
+    return render_example(tmp_path_factory, "avatar_outfit")
 
 
 def test_the_outfit_is_edited_on_the_prepared_avatar_at_its_size(rendered):

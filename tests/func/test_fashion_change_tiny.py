@@ -12,7 +12,7 @@ from PIL import Image
 
 from cinesynth_batch.execute.render import render
 from cinesynth_batch.media.inpaint_crop import CropSettings, blend_region, crop
-from projects import edited_copy, new_project, rgb_pixels, to_run
+from projects import edited_copy, render_example, rgb_pixels, to_run
 
 pytestmark = pytest.mark.slow
 
@@ -27,10 +27,7 @@ SETTINGS = CropSettings(size=128, padding=32, context=1.2, expand=10, blend=64, 
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
-    spec = new_project(tmp_path_factory.mktemp("fashion") / "p", "fashion_change.yaml", presets=True)
-    return spec, render(spec, progress=False)
-
-
+    return render_example(tmp_path_factory, "fashion_change")
 
 
 def test_every_avatar_is_edited_in_every_style_with_one_mask_each(rendered):

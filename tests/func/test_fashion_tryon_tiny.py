@@ -13,7 +13,7 @@ from PIL import Image
 from cinesynth_batch.execute.render import render
 from cinesynth_batch.execute.session import Session
 from cinesynth_batch.plan.graph import NodeInput
-from projects import edited_copy, file_sha256, new_project, rgb_pixels, to_run
+from projects import edited_copy, file_sha256, render_example, rgb_pixels, to_run
 
 OUT = "outputs/fashion_tryon/scenes"
 TRYON_PREFIX = "attach the outfit in Image 2 to the woman in Image 1. "
@@ -21,12 +21,7 @@ TRYON_PREFIX = "attach the outfit in Image 2 to the woman in Image 1. "
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
-    spec = new_project(tmp_path_factory.mktemp("tryon") / "p", "fashion_change_tryon.yaml", presets=True)
-    return spec, render(spec, progress=False)
-
-
-
-
+    return render_example(tmp_path_factory, "fashion_change_tryon")
 
 
 def test_the_clothing_picture_is_the_edits_reference(rendered):

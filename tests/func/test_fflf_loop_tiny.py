@@ -11,7 +11,7 @@ import pytest
 from cinesynth_batch.execute.render import render
 from cinesynth_batch.execute.session import Session
 from cinesynth_batch.media.video_io import probe
-from projects import edited_copy, new_project, to_run
+from projects import edited_copy, render_example, to_run
 
 OUT = "outputs/fflf_loop"
 LENGTHS = [33, 37, 33, 33]          # the preset's clip lengths
@@ -20,8 +20,7 @@ CLIPS = [f"loop.video.{k}" for k in range(1, 5)]
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
-    spec = new_project(tmp_path_factory.mktemp("fflf") / "p", "fflf_loop.yaml", presets=True)
-    return spec, render(spec, progress=False)
+    return render_example(tmp_path_factory, "fflf_loop")
 
 
 def _edited(rendered, tmp_path, old: str, new: str):

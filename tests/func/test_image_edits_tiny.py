@@ -9,23 +9,17 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from cinesynth_batch.execute.render import render
-from projects import edited_copy, file_sha256, new_project, to_run
-
-
-def _render(tmp_path_factory, name: str):
-    spec = new_project(tmp_path_factory.mktemp(name) / "p", f"{name}.yaml", presets=True)
-    return spec, render(spec, progress=False)
+from projects import edited_copy, file_sha256, render_example, to_run
 
 
 @pytest.fixture(scope="module")
 def face_swap(tmp_path_factory):
-    return _render(tmp_path_factory, "face_swap")
+    return render_example(tmp_path_factory, "face_swap")
 
 
 @pytest.fixture(scope="module")
 def avatar(tmp_path_factory):
-    return _render(tmp_path_factory, "avatar_prepare")
+    return render_example(tmp_path_factory, "avatar_prepare")
 
 
 
@@ -96,7 +90,7 @@ def test_avatar_edits_rerun_exactly_the_dependent_stages(avatar, tmp_path, old, 
 
 
 def test_pose_edit_takes_each_references_size(tmp_path_factory):
-    spec, result = _render(tmp_path_factory, "pose_edit")
+    spec, result = render_example(tmp_path_factory, "pose_edit")
     meta = result.outcome.meta
     assert (meta["photo.image"]["width"], meta["photo.image"]["height"]) == (256, 480)
     assert (meta["still.image"]["width"], meta["still.image"]["height"]) == (128, 128)
