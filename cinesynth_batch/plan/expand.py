@@ -321,7 +321,7 @@ def _animate_nodes(graph: Graph, loaded: LoadedSpec, index: int, scene: m.Scene,
             "precision": an.precision, "quantize": an.quantize, "attention": an.attention,
             "rms_norm": an.rms_norm, "cache": _cache_params(an.cache),
         },
-        runtime={"block_swap": an.block_swap},
+        runtime={"block_swap": an.block_swap, "lora_fuse": an.lora_fuse},
         inputs=inputs, loras=tuple((lo.name, "mov") for lo in an.loras),
         publish=f"scenes/{scene.id}.mp4", where=where, parallel=an.parallel))
     return NodeInput(node_id)

@@ -205,8 +205,10 @@ def resolve_runtime(requested: RuntimeSettings, device: str, num_blocks: int | N
             ok, why = usable(attention, device, _torch_dtype(requested.precision))
             reason = "" if ok else why
         if reason:
-            fallbacks.append(Fallback("attention", attention, "sdpa", reason + "; using sdpa (torch SDPA)"))
-            attention = "sdpa"
+            exact = _fastest_exact(device, _torch_dtype(requested.precision)) if cuda else "sdpa"
+            fallbacks.append(Fallback("attention", attention, exact,
+                                      reason + f"; using {exact} ({EXACT_LABELS[exact]})"))
+            attention = exact
 
     swap = requested.block_swap
     if swap and not cuda:
@@ -224,6 +226,18 @@ def resolve_runtime(requested: RuntimeSettings, device: str, num_blocks: int | N
             warnings.warn(f"animate: {fb.setting}={fb.requested!r} cannot be used: {fb.reason}",
                           AnimateFallbackWarning, stacklevel=3)
     return resolved, fallbacks
+
+
+EXACT_LABELS = {"fa3": "FlashAttention-3", "fa4": "FlashAttention-4", "cudnn": "cuDNN attention",
+                "sdpa": "torch SDPA"}
+
+
+def _fastest_exact(device: str, dtype: Any) -> str:
+    """The fastest exact attention kernel ``device`` runs (the video stages' ``auto`` order)."""
+    for name in ("fa3", "fa4", "cudnn"):
+        if usable(name, device, dtype)[0]:
+            return name
+    return "sdpa"
 
 
 # --------------------------------------------------------------------------- runtime placement
@@ -244,6 +258,8 @@ class _Materialized:
     fp8_layers: int = 0
     fp8_bytes_saved: int = 0
     swapped: list[int] = field(default_factory=list)
+    fused: dict[str, float] = field(default_factory=dict)     # adapter -> weight added into the weights
+    merged: list[Any] = field(default_factory=list)           # the adapter layers marked merged
 
 
 class AnimateRuntime:
@@ -283,16 +299,20 @@ class AnimateRuntime:
 
     # ---- apply / release
 
-    def apply(self, settings: RuntimeSettings, device: str) -> _Materialized:
+    def apply(self, settings: RuntimeSettings, device: str, fuse: Mapping[str, float] | None = None) -> _Materialized:
         """Place the working copy with ``settings`` on ``device`` (no capability checks: use
-        ``prepare_animate_run`` for that). Keeps the current placement if it already matches."""
-        if self.current is not None and self.current.settings == settings and self.current.device == str(device):
+        ``prepare_animate_run`` for that), with the ``fuse`` adapters (active, weighted) added into
+        its weights. Keeps the current placement if it already matches."""
+        fuse = dict(fuse or {})
+        current = self.current
+        if (current is not None and current.settings == settings and current.device == str(device)
+                and current.fused == fuse):
             self._set_attention(settings.attention)
-            return self.current
+            return current
         self.release()
-        return self._materialize(settings, str(device))
+        return self._materialize(settings, str(device), fuse)
 
-    def _materialize(self, settings: RuntimeSettings, device: str) -> _Materialized:
+    def _materialize(self, settings: RuntimeSettings, device: str, fuse: Mapping[str, float]) -> _Materialized:
         model = self.transformer
         dev, cpu = torch.device(device), torch.device("cpu")
         compute = _torch_dtype(settings.precision)
@@ -328,8 +348,20 @@ class AnimateRuntime:
             swap = min(settings.block_swap, len(blocks))
             outside_blocks(model)
             for i, block in enumerate(blocks):
+                where = cpu if i < swap else dev       # swapped blocks are pinned in RAM below
                 for sub in block.modules():
-                    place(sub, cpu if i < swap else dev)   # swapped blocks are pinned in RAM below
+                    place(sub, dev if fuse else where)
+                if fuse:
+                    state.merged += fuse_into_weights(block, fuse, dev)
+                    if where == cpu:
+                        for sub in block.modules():
+                            for store in (sub._parameters, sub._buffers):
+                                for tensor in store.values():
+                                    if tensor is not None:
+                                        tensor.data = tensor.data.to(cpu)
+            if fuse:
+                state.merged += fuse_into_weights(model, fuse, dev, skip=model.blocks)
+                state.fused = dict(fuse)
             if settings.quantize == "fp8_e4m3fn":
                 stored = store_fp8(model, compute)
                 state.fp8_layers, state.fp8_bytes_saved = stored.layers, stored.bytes_saved
@@ -368,6 +400,8 @@ class AnimateRuntime:
         drop_fp8_storage(model)
         for tensor, rest in state.rest.values():
             tensor.data = rest
+        for layer in state.merged:
+            layer.merged_adapters = []
         for processor, backend in state.previous_backends.values():
             processor._attention_backend = backend
         self.current = None
@@ -393,9 +427,66 @@ class AnimateRuntime:
             "attention_backend": BACKENDS[s.attention],
             "block_swap": len(state.swapped),
             "swapped_blocks": _ranges(state.swapped),
+            "loras_fused": len(state.fused),
+            "fused_layers": len(state.merged),
             "blocks": blocks,
             "rms_norm": s.rms_norm,
         }
+
+
+def fuse_into_weights(root: Any, fuse: Mapping[str, float], device: Any, skip: Any = None) -> list[Any]:
+    """Add the ``fuse`` adapters' weighted products into the weights of ``root``'s adapter layers
+    (working-copy tensors, already placed), summed in fp32 on ``device``, and mark those layers
+    merged so that their forward runs the base layer alone. Layers under ``skip`` are left alone.
+    Returns the layers marked."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    skipped = {id(m) for m in skip.modules()} if skip is not None else set()
+    done = []
+    with torch.no_grad():
+        for module in root.modules():
+            if id(module) in skipped or not isinstance(module, BaseTunerLayer):
+                continue
+            names = [a for a in module.active_adapters if a in fuse]
+            if not names:
+                continue
+            weight = module.get_base_layer().weight
+            total = weight.data.to(device=device, dtype=torch.float32, copy=True)   # never the rest copy
+            for name in names:
+                total += module.get_delta_weight(name).to(device=device, dtype=torch.float32)
+            weight.data = total.to(weight.dtype)
+            module.merged_adapters = list(names)
+            done.append(module)
+    return done
+
+
+def unfusable(model: Any, names: Sequence[str]) -> str:
+    """Why the adapters ``names`` cannot be added into ``model``'s weights ("" when they can)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if not isinstance(module, BaseTunerLayer):
+            continue
+        for name in names:
+            if (getattr(module, "use_dora", None) or {}).get(name):
+                return f"adapter {name} is a DoRA adapter"
+            if (getattr(module, "lora_bias", None) or {}).get(name):
+                return f"adapter {name} carries a bias"
+    return ""
+
+
+def fuse_decision(mode: str, device: str, model: Any, active: Mapping[str, float]) -> tuple[bool, str]:
+    """Whether a run adds its ``active`` LoRAs into the working copy's weights, and why."""
+    if not active:
+        return False, "no LoRA"
+    if mode == "off":
+        return False, "lora_fuse: off"
+    if mode == "auto" and not str(device).startswith("cuda"):
+        return False, "auto fuses on CUDA only"
+    why = unfusable(model, list(active))
+    if why:
+        return False, why
+    return True, "added into the working copy's weights (the rest copy keeps them apart)"
 
 
 def _ranges(indices: Sequence[int]) -> str:
@@ -413,20 +504,24 @@ def _ranges(indices: Sequence[int]) -> str:
 
 
 def prepare_animate_run(pipe: Any, requested: RuntimeSettings, loras: Sequence[Any], device: str | None = None,
-                        warn: bool = True) -> dict[str, Any]:
+                        warn: bool = True, lora_fuse: str = "auto") -> dict[str, Any]:
     """Make ``pipe`` run with what this machine can do of ``requested`` and exactly ``loras``
-    (``LoraRequest`` on ``transformer``). Returns the runtime report (``fallbacks`` included)."""
-    from .lora import apply_loras
+    (``LoraRequest`` on ``transformer``), fused into the working copy's weights as ``lora_fuse``
+    (``auto``: on CUDA) decides. Returns the runtime report (``fallbacks`` included)."""
+    from .lora import apply_loras, wanted_adapters
 
     device = device or pipeline_device(pipe)
     runtime = AnimateRuntime.of(pipe)
     resolved, fallbacks = resolve_runtime(requested, device, num_blocks=len(pipe.transformer.blocks), warn=warn)
     if runtime.current is not None and (_needs_lora_load(pipe, loras) or runtime.current.settings != resolved
-                                        or runtime.current.device != str(device)):
+                                        or runtime.current.device != str(device)
+                                        or runtime.current.fused not in ({}, wanted_adapters(loras))):
         runtime.release()
     active = apply_loras(pipe, loras)
-    runtime.apply(resolved, device)
+    fusing, why = fuse_decision(lora_fuse, device, pipe.transformer, active)
+    runtime.apply(resolved, device, fuse=active if fusing else None)
     report = runtime.report()
+    report["lora_fuse"] = {"fused": fusing, "why": why}
     report["requested"] = asdict(requested)
     report["fallbacks"] = [asdict(fb) for fb in fallbacks]
     report["loras"] = [{"name": r.name, "weight": w} for r in loras for w in r.weights.values() if w != 0.0]

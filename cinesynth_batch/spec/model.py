@@ -614,6 +614,10 @@ class AnimateStage(RankOptions):
     attention: AnimateAttention = "sdpa"
     rms_norm: RmsNorm = "pytorch"
     block_swap: BlockSwap = Field(0, description="transformer blocks kept in RAM, streamed in")
+    lora_fuse: Compile = Field(
+        "auto", description="add the LoRAs into the working copy's weights (no per-step LoRA cost); "
+                            "auto: on CUDA")
+    _lora_fuse = field_validator("lora_fuse", mode="before")(SpeedOptions._yaml_on_off.__func__)
     cache: StepCache | None = None
     preprocess: Preprocess = Field(default_factory=Preprocess)
     shadow: Shadow | None = Field(None, description="true (or {opacity}): a floor shadow under the person, "

@@ -216,6 +216,7 @@ class AnimateParams(AnimateRuntimeParams):
     frame_window: Frames = 77
     prev_frames: PrevFrames = 1
     loras: list[AnimateLoraParams] = Field(default_factory=list)
+    lora_fuse: Compile | None = None
     cache: StepCache | None = None
 
     @model_validator(mode="after")

@@ -245,6 +245,7 @@ def test_gpu_settings_fall_back_on_cpu_with_one_warning_each(ctx, media, tmp_pat
     assert (rt["quantization"], rt["block_swap"], rt["attention"], rt["precision"]) == (None, 0, "sdpa", "fp32")
     used = {fb["setting"]: (fb["requested"], fb["used"]) for fb in rt["fallbacks"]}
     assert used == {"block_swap": (20, 0), "attention": ("sageattn", "sdpa")}
+    assert "using sdpa (torch SDPA)" in {fb["setting"]: fb["reason"] for fb in rt["fallbacks"]}["attention"]
     assert out.read_bytes() == plain.read_bytes()  # the fallbacks are exact
 
     facts, _, caught = render(ctx, tmp_path, inputs_for(media), name="scaled", quantize="fp8_e4m3fn_scaled")
@@ -381,6 +382,58 @@ def test_fp8_and_block_swap_placement_is_undone_exactly(model_dir, lora_root):
     am.prepare_animate_run(pipe, am.RuntimeSettings("fp32"), [], device="cpu")
     assert torch.equal(_forward(tr), base)
     am.release_animate_runtime(pipe)
+
+
+def test_fused_lora_matches_unfused_on_every_placement_and_leaves_the_rest_copy(model_dir, lora_root):
+    """LoRAs added into the working copy's weights compute what the adapters compute beside the
+    weights (resident and swapped blocks, fp8 storage too), the layers skip their adapters while
+    fused, and releasing gives back the rest copy's exact output."""
+    from cinesynth_batch.runtime.lora import apply_loras
+
+    pipe = load_animate_pipeline(model_dir)
+    tr = pipe.transformer
+    base = _forward(tr)
+    runtime = am.AnimateRuntime.of(pipe)
+    lora = am.animate_lora_requests([{"name": "tiny/animate_face", "weight": 0.7}],
+                                    lambda n, f: lora_root / f / f"{n}.safetensors")
+    active = apply_loras(pipe, lora)
+    for settings, tol in ((am.RuntimeSettings("fp32", block_swap=1), 1e-5),
+                          (am.RuntimeSettings("fp32", quantize="fp8_e4m3fn", block_swap=1), 0.1)):
+        runtime.apply(settings, "cpu")
+        unfused = _forward(tr)
+        runtime.apply(settings, "cpu", fuse=active)
+        rep = runtime.report()
+        assert rep["loras_fused"] == 1 and rep["fused_layers"] > 0 and rep["swapped_blocks"] == "0"
+        merged = [m for m in tr.modules() if getattr(m, "merged_adapters", None)]
+        assert len(merged) == rep["fused_layers"]
+        assert any(m in set(tr.blocks[0].modules()) for m in merged)          # a swapped block
+        assert any(m in set(tr.blocks[1].modules()) for m in merged)          # a resident one
+        fused = _forward(tr)
+        err = float((fused - unfused).norm() / unfused.norm())
+        assert err < tol
+        assert float((fused - base).norm() / base.norm()) > 10 * err          # the LoRA is there
+    runtime.release()
+    assert not any(getattr(m, "merged_adapters", None) for m in tr.modules())
+    apply_loras(pipe, [])
+    assert torch.equal(_forward(tr), base)
+
+
+def test_lora_fuse_on_renders_within_one_level_and_off_is_exact(ctx, media, tmp_path):
+    lo = [{"name": "tiny/animate_face", "weight": 1.0}]
+    _, base, _ = render(ctx, tmp_path, inputs_for(media), name="base")
+    facts, off, _ = render(ctx, tmp_path, inputs_for(media), name="off", loras=lo, lora_fuse="off")
+    assert facts["runtime"]["lora_fuse"] == {"fused": False, "why": "lora_fuse: off"}
+    facts, auto, _ = render(ctx, tmp_path, inputs_for(media), name="auto", loras=lo)
+    assert facts["runtime"]["lora_fuse"] == {"fused": False, "why": "auto fuses on CUDA only"}
+    assert auto.read_bytes() == off.read_bytes()
+    facts, on, _ = render(ctx, tmp_path, inputs_for(media), name="on", loras=lo, lora_fuse="on")
+    assert facts["runtime"]["lora_fuse"]["fused"] and facts["runtime"]["fused_layers"] > 0
+    assert set(facts["runtime"]["phases_s"]) == {"read", "load", "prepare", "pipeline", "write"}
+    a, b = read_frames(on).astype(int), read_frames(off).astype(int)
+    near, far = np.abs(a - b).mean(), np.abs(a - read_frames(base).astype(int)).mean()
+    assert a.shape == b.shape and near < 0.25 and far > 40 * near      # rounding, against the LoRA's effect
+    _, after, _ = render(ctx, tmp_path, inputs_for(media), name="after")
+    assert after.read_bytes() == base.read_bytes()
 
 
 def test_teacache_skip_replays_blocks_and_face_adapters(model_dir):
