@@ -46,8 +46,11 @@ Runtime settings (``RuntimeSettings``)
 
 ``prepare_animate_run(pipe, requested, loras, device)`` resolves what this machine can do, warns once
 per setting it cannot honour (``AnimateFallbackWarning``, naming the setting and the reason) and uses
-the nearest exact alternative (precision without fp8, ``sdpa``, no swap). It then makes the pipeline
-use exactly those settings and those LoRAs. The placement is kept while later runs ask for the same
+the nearest exact alternative (precision without fp8, the fastest exact attention kernel, no swap).
+It then makes the pipeline use exactly those settings and those LoRAs: with ``lora_fuse`` (``auto``:
+on CUDA) the active adapters' weighted products are added into the working copy's weights (summed
+in fp32, before fp8 storage) and the adapter layers are marked merged, so their forward runs the
+base layer alone; the rest copy keeps the adapters apart. The placement is kept while later runs ask for the same
 settings; when they differ, or when a LoRA has to be loaded (LoRAs are always loaded into the rest
 copy, in its dtype), the working copy is dropped and rebuilt from the rest copy, so nothing one run
 chose reaches the next. The returned report says what was actually used.
