@@ -224,8 +224,8 @@ def test_fused_loras_match_unfused_and_other_loras_get_a_fresh_model(ctx, provid
     assert facts["loras"]["fused"] is True and facts["loras"]["fresh_model"] is False
     assert provider.get("video") is first
     weights = sorted(first.transformer.blocks[0].attn1.to_q.base_layer.weight.flatten()[:4].tolist())
-    assert np.abs(frames_of(fused) - frames_of(unfused)).max() <= 1
-    assert np.abs(frames_of(fused) - frames_of(base)).mean() > 0.5
+    near = np.abs(frames_of(fused) - frames_of(unfused)).mean()      # rounding, through the H.264 encoder
+    assert near < 0.25 and np.abs(frames_of(fused) - frames_of(base)).mean() > max(0.5, 20 * near)
     facts, again = render(ctx, tmp_path, inp, "again", loras=loras, lora_fuse="on")
     assert facts["loras"]["fresh_model"] is False and provider.get("video") is first
     assert again.read_bytes() == fused.read_bytes()
