@@ -22,12 +22,13 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .ffmpeg import ffmpeg_exe, ffmpeg_path_arg, run_ffmpeg
+from .video_io import X264_THREAD_ARGS
 
 #: The seed's ffmpeg fallback (``rife_interpolate.py``): motion-compensated, overlapped blocks,
 #: bidirectional estimation, variable-size blocks.
 MINTERPOLATE = "mi_mode=mci:mc_mode=aobmc:me_mode=bidir:vsbmc=1"
-X264 = ["-c:v", "libx264", "-preset", "medium", "-pix_fmt", "yuv420p", "-threads", "1",
-        "-x264-params", "threads=1:lookahead-threads=1", "-fflags", "+bitexact", "-flags:v", "+bitexact",
+X264 = ["-c:v", "libx264", "-preset", "medium", "-pix_fmt", "yuv420p", *X264_THREAD_ARGS,
+        "-fflags", "+bitexact", "-flags:v", "+bitexact",
         "-map_metadata", "-1", "-movflags", "+faststart"]
 
 

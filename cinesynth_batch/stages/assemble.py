@@ -91,7 +91,7 @@ import av
 from cinesynth_batch.media.audio import AudioInfo, probe_audio
 from cinesynth_batch.media import transitions
 from cinesynth_batch.media.ffmpeg import FFmpegError, ffmpeg_path_arg, parse_loudnorm_json, run_ffmpeg
-from cinesynth_batch.media.video_io import probe
+from cinesynth_batch.media.video_io import X264_THREADS, probe
 from cinesynth_batch.spec.params import AssembleParams, check
 from cinesynth_batch.stages.base import StageError
 
@@ -99,7 +99,6 @@ KIND = "assemble"
 OUTPUT_EXT = ".mp4"
 MODEL_ROLE = None
 
-X264_THREADS = 4
 DECODE_THREADS = 1
 DEFAULT_STILL_SECONDS = 2.0
 DEFAULT_MUSIC_GAIN_DB = -18.0

@@ -1,6 +1,6 @@
 import numpy as np
 
-from cinesynth_batch.media.video_io import last_frame, probe, read_frames, write_video
+from cinesynth_batch.media.video_io import X264_THREADS, last_frame, probe, read_frames, write_video
 
 
 def frames(t=9, h=32, w=48, seed=0):
@@ -18,6 +18,8 @@ def test_same_frames_same_bytes_in_one_process(tmp_path):
         write_video(f, p, fps=16)
         digests.add(p.read_bytes())
     assert len(digests) == 1
+    # the encoder's thread count is fixed (x264 records it in the stream), not the machine's core count
+    assert f"threads={X264_THREADS} lookahead_threads=1 ".encode() in digests.pop()
 
 
 def test_roundtrip_counts_size_and_content(tmp_path):
