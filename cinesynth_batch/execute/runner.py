@@ -297,11 +297,14 @@ class LocalExecutor(Executor):
         ctx = StageContext(models=models, resolve_lora=plan.registry.resolve_lora,
                            device=self.device, dtype=self.dtype or plan.registry.dtype,
                            progress=progress, work_dir=scratch, memo=self._memo)
+        started = time.perf_counter()
         meta = module.run({**st.params, **node.runtime}, paths, target, ctx) or {}
+        ended = time.perf_counter()
         if not target.is_file():
             raise RenderError(f"stage {node.id} returned without writing its output")
         if node.model_role:
-            meta = {**meta, "timing": clock.facts(sum(getattr(residency, "load_seconds", {}).values()) - loading)}
+            loaded = sum(getattr(residency, "load_seconds", {}).values()) - loading
+            meta = {**meta, "timing": clock.facts(loaded, started, ended)}
         return target, meta
 
     def _artifact(self, plan: Plan, node_id: str, out: Outcome, bus: EventBus, residency: Any) -> Path:

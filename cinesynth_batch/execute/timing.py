@@ -17,6 +17,7 @@ class StepClock:
 
     sync: Callable[[], None] | None = None
     steps: list[float] = field(default_factory=list)
+    _first: float | None = None
     _last: float | None = None
 
     def tick(self, step: int, segment_step: int | None = None) -> None:
@@ -24,18 +25,27 @@ class StepClock:
         if self.sync is not None:
             self.sync()
         now = time.perf_counter()
+        if self._first is None:
+            self._first = now
         if step > 0 and segment_step != 0 and self._last is not None:
             self.steps.append(now - self._last)
         self._last = now
 
-    def facts(self, load_seconds: float) -> dict[str, Any]:
-        """``{"load_s", "steps", "first_step_s", "step_s", "denoise_s"}`` (steps only when some ran):
-        ``step_s`` is the median of the steps after the first."""
+    def facts(self, load_seconds: float, started: float | None = None, ended: float | None = None) -> dict[str, Any]:
+        """``{"load_s", "steps", "first_step_s", "step_s", "denoise_s", "setup_s", "finish_s"}``
+        (steps only when some ran): ``step_s`` is the median of the steps after the first;
+        given the run's ``started`` and ``ended`` clock readings, ``setup_s`` is the time before
+        the first progress call less the load (inputs, LoRAs, placing weights) and ``finish_s``
+        the time after the last one (decoding, writing and muxing the clip)."""
         out: dict[str, Any] = {"load_s": round(load_seconds, 3)}
         if self.steps:
             rest = self.steps[1:] or self.steps
             out.update(steps=len(self.steps), first_step_s=round(self.steps[0], 3),
                        step_s=round(median(rest), 3), denoise_s=round(sum(self.steps), 3))
+        if started is not None and self._first is not None:
+            out["setup_s"] = round(max(0.0, self._first - started - load_seconds), 3)
+        if ended is not None and self._last is not None:
+            out["finish_s"] = round(ended - self._last, 3)
         return out
 
 

@@ -168,27 +168,6 @@ def mux_reference_audio(video: Path, reference: Path | None, out: Path, duration
 # --------------------------------------------------------------------------- run
 
 
-class _Clock:
-    """Seconds spent in each phase of a run (the device is synchronized before each reading)."""
-
-    def __init__(self, device: str):
-        import time
-
-        self.device = device
-        self._now = time.perf_counter
-        self._last = self._now()
-        self.laps: dict[str, float] = {}
-
-    def lap(self, name: str) -> None:
-        import torch
-
-        if str(self.device).startswith("cuda"):
-            torch.cuda.synchronize(self.device)
-        now = self._now()
-        self.laps[name] = round(self.laps.get(name, 0.0) + now - self._last, 3)
-        self._last = now
-
-
 def may_fall_back(params: dict[str, Any]) -> bool:
     """Whether ``quantize`` or ``attention`` asks for more than the plain bf16 SDPA run."""
     return params.get("quantize") is not None or params.get("attention", "sdpa") != "sdpa"
@@ -239,9 +218,7 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
     p = check_params(params)
     settings = RuntimeSettings(precision=p["precision"], quantize=p["quantize"], attention=p["attention"],
                                block_swap=p["block_swap"], rms_norm=p["rms_norm"])
-    clock = _Clock(ctx.device)
     data = read_inputs(inputs, p["mode"])
-    clock.lap("read")
     frames_wanted = data["frames"]
     if frames_wanted <= p["prev_frames"]:
         raise StageError(f"animate: the pose video has {frames_wanted} frame(s); it needs more than "
@@ -253,10 +230,8 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
     transformer = getattr(pipe, "transformer", None)
     if transformer is None or not hasattr(transformer, "face_adapter"):
         raise StageError("animate: the animate model must be a WanAnimatePipeline (Wan2.2-Animate)")
-    clock.device = pipeline_device(pipe, ctx.device)
-    clock.lap("load")
-    runtime = prepare_animate_run(pipe, settings, requests, device=clock.device, lora_fuse=p["lora_fuse"])
-    clock.lap("prepare")
+    runtime = prepare_animate_run(pipe, settings, requests, device=pipeline_device(pipe, ctx.device),
+                                  lora_fuse=p["lora_fuse"])
     fell = checked_runtime(p, runtime, ctx.device)
     pipe.scheduler = make_scheduler(pipe, p["scheduler"], p["shift"])
 
@@ -276,7 +251,6 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
         except ValueError as exc:
             raise StageError(f"animate: TeaCache cannot be used on this model: {exc}") from exc
     ctx.progress(0, total)
-    clock.lap("prepare")
     stats = None
     try:
         with torch.no_grad():
@@ -304,7 +278,6 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
     finally:
         if handle is not None:
             handle.remove()
-    clock.lap("pipeline")
     frames = to_uint8(result.frames)
     if frames.shape[0] != frames_wanted:
         raise StageError(f"animate: the pipeline returned {frames.shape[0]} frames, expected {frames_wanted}")
@@ -316,7 +289,6 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
         audio = mux_reference_audio(silent, reference, out, frames_wanted / p["fps"])
     finally:
         silent.unlink(missing_ok=True)
-    clock.lap("write")
 
     if stats is not None:
         branches = {name: {"computed": b["computed"], "skipped": b["skipped"], "last_window": b["pattern"]}
@@ -325,7 +297,7 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
                  "threshold": p["cache"]["threshold"],
                  "start_step": p["cache"]["start_step"],
                  "coefficients": TEACACHE_COEFFICIENTS_NOTE if p["cache"]["coefficients"] else None}
-    runtime = {**runtime, "cache": stats, "phases_s": clock.laps}
+    runtime = {**runtime, "cache": stats}
     runtime.pop("requested", None)
     return {
         "frames": int(frames.shape[0]),

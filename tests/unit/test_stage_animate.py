@@ -428,7 +428,6 @@ def test_lora_fuse_on_renders_within_one_level_and_off_is_exact(ctx, media, tmp_
     assert auto.read_bytes() == off.read_bytes()
     facts, on, _ = render(ctx, tmp_path, inputs_for(media), name="on", loras=lo, lora_fuse="on")
     assert facts["runtime"]["lora_fuse"]["fused"] and facts["runtime"]["fused_layers"] > 0
-    assert set(facts["runtime"]["phases_s"]) == {"read", "load", "prepare", "pipeline", "write"}
     a, b = read_frames(on).astype(int), read_frames(off).astype(int)
     near, far = np.abs(a - b).mean(), np.abs(a - read_frames(base).astype(int)).mean()
     assert a.shape == b.shape and near < 0.25 and far > 40 * near      # rounding, against the LoRA's effect

@@ -27,6 +27,17 @@ def test_a_segment_that_starts_mid_count_restarts_the_clock(monkeypatch):
     assert clock.steps == [5.0, 2.0, 6.0]
 
 
+def test_setup_and_finish_are_the_times_before_the_first_and_after_the_last_progress_call(monkeypatch):
+    now = iter([20.0, 30.0, 32.0])                   # step 0 at 20 s, steps 1 and 2 end at 30 and 32 s
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(now))
+    clock = StepClock()
+    for step in (0, 1, 2):
+        clock.tick(step)
+    facts = clock.facts(load_seconds=12.0, started=3.0, ended=39.5)
+    assert (facts["setup_s"], facts["denoise_s"], facts["finish_s"]) == (5.0, 12.0, 7.5)
+    assert StepClock().facts(1.0, started=0.0, ended=2.0) == {"load_s": 1.0}
+
+
 def test_a_stage_without_steps_reports_its_load_only():
     assert StepClock().facts(0.5) == {"load_s": 0.5}
     assert timing_text({"load_s": 0.5}) == " (load 0.5s)" and timing_text(None) == ""
