@@ -175,7 +175,7 @@ def measure(kind: str, tiny: bool, steps: int, reps: int, warm_steps: int) -> di
         stage_s = warm["seconds"] - float(timing.get("load_s") or 0.0)
         base = pure(kind, spec, f"s1.{kind}", reps, warm_steps)
     return {"kind": kind, "steps": steps, "loras": warm.get("facts", {}).get("loras"), "render_s": round(render_s, 2), "cold_stage_s": cold["seconds"],
-            "stage_s": round(stage_s, 3), "stage_load_s": timing.get("load_s"), **base,
+            "stage_s": round(stage_s, 3), "stage_load_s": timing.get("load_s"), "timing": timing, **base,
             "x_pure": round(stage_s / base["pure_s"], 4), "renderer_s": round(stage_s - base["pure_s"], 3)}
 
 
