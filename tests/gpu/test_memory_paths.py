@@ -113,6 +113,36 @@ def test_animate_runtime_uses_the_shared_paths_on_cuda(tmp_path):
     assert all(p.device.type == "cpu" and p.dtype != torch.float8_e4m3fn for p in tr.parameters())
 
 
+def test_animate_loras_fused_on_cuda_compute_the_unfused_output_and_leave_the_rest_copy(tmp_path):
+    """The Change Character path on CUDA (fp8 storage, a swapped block): ``auto`` adds the LoRA into
+    the working copy's weights; the output is the unfused one up to rounding, the swapped block is
+    still pinned, and a run without the LoRA computes the base output exactly."""
+    from cinesynth_batch.catalog.loaders import load_animate_pipeline
+    from cinesynth_batch.catalog.tiny.animate import build_tiny_animate, write_tiny_animate_lora
+    from cinesynth_batch.runtime import animate as am
+
+    write_tiny_animate_lora(tmp_path / "mov" / "tiny" / "face.safetensors")
+    lora = am.animate_lora_requests([{"name": "tiny/face", "weight": 0.8}],
+                                    lambda n, f: tmp_path / f / f"{n}.safetensors")
+    pipe = load_animate_pipeline(build_tiny_animate(tmp_path / "animate"), device="cuda", dtype="bfloat16")
+    tr = pipe.transformer
+    settings = am.RuntimeSettings("bf16", quantize="fp8_e4m3fn", block_swap=1)
+    am.prepare_animate_run(pipe, settings, [], device="cuda")
+    base = _forward("animate", tr)
+    report = am.prepare_animate_run(pipe, settings, lora, device="cuda", lora_fuse="off")
+    assert report["lora_fuse"]["fused"] is False
+    unfused = _forward("animate", tr)
+    report = am.prepare_animate_run(pipe, settings, lora, device="cuda")
+    assert report["lora_fuse"]["fused"] is True and report["fused_layers"] > 0
+    assert all(p.device.type == "cpu" and p.is_pinned() for p in tr.blocks[0].parameters())
+    fused = _forward("animate", tr)
+    err = float((fused - unfused).norm() / unfused.norm())
+    assert err < 0.1 and float((fused - base).norm() / base.norm()) > 5 * err
+    am.prepare_animate_run(pipe, settings, [], device="cuda")
+    assert torch.equal(_forward("animate", tr), base)
+    am.release_animate_runtime(pipe)
+
+
 def test_video_stage_block_swap_gives_the_frames_of_the_resident_run(tmp_path):
     from PIL import Image
 
