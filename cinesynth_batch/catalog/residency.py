@@ -14,6 +14,13 @@ A model is loaded with the device bytes left to it (``room``: the budget less th
 stay), which the loader uses to keep the text encoder of a pipeline that does not fit in pinned
 host RAM from the start (``catalog/loaders.py``).
 
+The host budget covers all the host RAM the models hold: their pinned copies (kept while a model
+is on the device too), blocks streamed from pinned RAM, and weights that rest in RAM
+(Wan2.2-Animate's rest copy), as measured (``runtime/swap.py`` ``host_nbytes``). Before a model
+loads, models waiting in pinned RAM leave (least recently used first) until what the incoming
+one will hold in host RAM (``host_needs``: the stage's estimate, ``execute/fit.py``) fits beside
+the rest; a model leaving the device waits in pinned RAM only where it fits beside that too.
+
 The budgets are this rank's share of its node (``catalog/budget.py``); built without them, a
 residency takes the defaults of a node with one rank.
 """
@@ -35,6 +42,7 @@ Loader = Callable[..., Any]            # (kind, path, device, dtype, room) -> mo
 Sizer = Callable[[Any], int]
 Mover = Callable[[Any, str], None]     # (model, "host" | device) -> None
 Pinned = Callable[[Any], int]          # bytes of pinned host copies a model holds
+Held = Callable[[Any], int]            # bytes of host RAM a model holds (pinned or not)
 
 
 def parse_size(text: str) -> int:
@@ -80,9 +88,12 @@ class Residency:
     sizer: Sizer | None = None
     mover: Mover | None = None
     pinned: Pinned | None = None
+    held: Held | None = None
+    host_needs: dict = field(default_factory=dict)  # (role, name or "") -> host bytes it will hold
     loads: Counter = field(default_factory=Counter)
     swaps: Counter = field(default_factory=Counter)
     evictions: Counter = field(default_factory=Counter)
+    dropped: Counter = field(default_factory=Counter)   # left pinned RAM (or never went there)
     load_seconds: Counter = field(default_factory=Counter)   # building or reading each model
     moved: Counter = field(default_factory=Counter)     # bytes brought onto the device, per model
     pinned_peak: int = 0
@@ -90,14 +101,15 @@ class Residency:
     _host: "OrderedDict[str, tuple[Any, int]]" = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
-        if self.loader is None or self.sizer is None or self.mover is None or self.pinned is None:
-            from ..runtime.swap import model_nbytes, pinned_nbytes, swap_model
+        if None in (self.loader, self.sizer, self.mover, self.pinned, self.held):
+            from ..runtime.swap import host_nbytes, model_nbytes, pinned_nbytes, swap_model
             from .loaders import load_model
 
             self.loader = self.loader or load_model
             self.sizer = self.sizer or model_nbytes
             self.mover = self.mover or swap_model
             self.pinned = self.pinned or pinned_nbytes
+            self.held = self.held or host_nbytes
         if self.budget is None:
             self.budget = default_budget(self.device)
         if self.host_budget is None:
@@ -110,6 +122,18 @@ class Residency:
     @property
     def host_used(self) -> int:
         return sum(size for _, size in self._host.values())
+
+    def host_held(self, skip: str | None = None) -> int:
+        """Host RAM held now by the models this residency keeps (on the device or off it), as
+        measured; ``skip``: leave that one out."""
+        assert self.held is not None
+        return sum(self.held(model) for slot, (model, _) in (*self._resident.items(), *self._host.items())
+                   if slot != skip)
+
+    def _host_need(self, role: str, name: str | None) -> int:
+        if not self.host_budget:
+            return 0
+        return int(self.host_needs.get((role, name or ""), 0))
 
     def resident(self) -> list[str]:
         return list(self._resident)
@@ -129,7 +153,9 @@ class Residency:
             return self._resident[slot][0]
         if slot in self._host:
             model, size = self._host.pop(slot)
-            self._make_room(size)
+            self._host[slot] = (model, size)      # most recently used: the last to leave
+            self._make_room(size, keep_host=slot)
+            self._host.pop(slot)
             assert self.mover is not None
             self.mover(model, self.device)
             self.swaps[slot] += 1
@@ -138,7 +164,9 @@ class Residency:
             self._note_pinned()           # its pinned copy stays while it is on the device
             return model
         path = self.registry.local_path(role, name)
-        self._make_room(_disk_size(path, self.dtype))
+        host_need = self._host_need(role, name)
+        self._make_room(_disk_size(path, self.dtype), reserve=host_need)
+        self._make_host_room(host_need)
         assert self.loader is not None and self.sizer is not None and self.budget is not None
         started = time.perf_counter()
         model = self.loader(spec.kind, path, self.device, self.dtype, max(0, self.budget - self.used))
@@ -158,31 +186,64 @@ class Residency:
         self._collect()
         return self.get(role, name)
 
-    def _make_room(self, needed: int, keep: str | None = None) -> None:
+    def _make_room(self, needed: int, keep: str | None = None, reserve: int = 0,
+                   keep_host: str | None = None) -> None:
         assert self.budget is not None
         while self._resident and self.used + needed > self.budget:
             victim = next((r for r in self._resident if r != keep), None)
             if victim is None:
                 return
-            self.release(victim)
+            self.release(victim, reserve=reserve, keep_host=keep_host)
 
-    def release(self, role: str) -> None:
-        """Take ``role`` off the device: to pinned host RAM when it fits ``host_budget``, else dropped."""
+    def _make_host_room(self, needed: int) -> None:
+        """Models waiting in pinned RAM leave, oldest first, until ``needed`` more bytes of host RAM
+        fit the host budget beside what the kept models hold."""
+        if not needed or not self.host_budget:
+            return
+        left = False
+        while self._host and self.host_held() + needed > self.host_budget:
+            self._drop_host(next(iter(self._host)))
+            left = True
+        if left:
+            self._collect()
+
+    def _drop_host(self, slot: str) -> None:
+        self._host.pop(slot)
+        self.dropped[slot] += 1
+
+    def release(self, role: str, reserve: int = 0, keep_host: str | None = None) -> None:
+        """Take ``role`` off the device: to pinned host RAM when it fits ``host_budget`` beside
+        what the other kept models hold and ``reserve`` bytes (for a model about to load), else
+        dropped. ``keep_host``: a model in pinned RAM that must not leave it for this one."""
         if role not in self._resident:
             return
         self._note_pinned()               # its offloaded blocks, pinned while it ran, count too
-        model, size = self._resident.pop(role)
+        model, size = self._resident[role]
         self.evictions[role] += 1
         dropped = True
-        if self.host_budget and size <= self.host_budget:
-            while self._host and self.host_used + size > self.host_budget:
-                self._host.popitem(last=False)
-            assert self.mover is not None
-            self.mover(model, "host")
-            self._host[role] = (model, size)
-            self._note_pinned()
-            dropped = False             # its device tensors are freed as the pointers swap; the
+        if self.host_budget and size + reserve <= self.host_budget:
+            others = self.host_held(skip=role)
+            evicted = False
+            while others + size + reserve > self.host_budget:
+                victim = next((r for r in self._host if r != keep_host), None)
+                if victim is None:
+                    break
+                self._drop_host(victim)
+                evicted = True
+                others = self.host_held(skip=role)
+            if evicted:
+                self._collect()         # their pinned RAM goes before this one's is taken
+            if others + size + reserve <= self.host_budget:
+                assert self.mover is not None
+                self.mover(model, "host")
+                self._resident.pop(role)
+                self._host[role] = (model, size)
+                self._note_pinned()
+                dropped = False         # its device tensors are freed as the pointers swap; the
                                         # caching allocator hands their blocks to the next model
+        if dropped:
+            self._resident.pop(role)
+            self.dropped[role] += 1
         del model
         if dropped:
             self._collect()
@@ -206,7 +267,10 @@ class Residency:
         if self.device.startswith("cuda"):
             import torch
 
+            from ..runtime.pinned import empty_host_cache
+
             torch.cuda.empty_cache()
+            empty_host_cache()
 
     def clear(self) -> None:
         self._resident.clear()

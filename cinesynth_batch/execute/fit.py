@@ -47,7 +47,8 @@ from typing import Iterable
 from ..catalog.budget import RankBudget, human
 from ..catalog.shapes import DTYPE_BYTES, ShapesSource
 from ..errors import ModelError
-from ..runtime.placement import HOST, ONE_TRANSFORMER, least_device_bytes, plan_placement
+from ..runtime.placement import (EXPERTS, HOST, ONE_TRANSFORMER, TEXT_ENCODER, experts_fit, least_device_bytes,
+                                 plan_placement)
 
 #: Kinds whose stages offload every transformer block when the pipeline is over the VRAM budget.
 OFFLOADED_OVER_BUDGET = ("wan-i2v", "wan-s2v")
@@ -182,6 +183,43 @@ def placed(sizes: dict[str, int], budget: int) -> Placed:
     return Placed(least_device_bytes(sizes, ONE_TRANSFORMER), waiting, sum(sizes[n] for n in waiting), loaded)
 
 
+def host_need(need: Need, budget: RankBudget, dtype: str) -> int:
+    """Host RAM (bytes) the model will hold while its stages run on the rank with ``budget``:
+
+    * Wan2.2-Animate: its rest copy (the transformer) and the blocks its working copy streams, in
+      the compute dtype (they pass through host RAM so before they are stored as fp8);
+    * a Wan video or lip-sync pipeline: its transformer blocks and its text encoder when it cannot
+      run within the device budget otherwise (every block streamed from pinned RAM), else its text
+      encoder (parked in pinned RAM after the prompts are encoded) and, for two experts that do not
+      fit the device together, the idle one;
+    * a FLUX.2-klein pipeline over its budget: the components that wait in pinned RAM;
+    * none for the others, or off CUDA (the models live in RAM there, under the device budget).
+    """
+    if not budget.device.startswith("cuda"):
+        return 0
+    sizes = component_sizes_of(need.source, dtype)
+    size = sum(sizes.values()) or model_size(need.source, dtype)
+    if need.kind in WORKING_COPY:
+        blocks = model_blocks(need.source, dtype)
+        streamed = 0
+        if blocks is not None and blocks.count:
+            streamed = blocks.total * min(need.block_swap, blocks.count) // blocks.count
+        return sizes.get("transformer", size) + streamed
+    if need.kind in OFFLOADED_OVER_BUDGET:
+        least = least_device_bytes(sizes) if need.kind == "wan-i2v" else size    # as the stages decide
+        if least > budget.budget:
+            blocks = model_blocks(need.source, dtype)
+            if blocks is None or not blocks.total:
+                return size
+            scale = 1 / DTYPE_BYTES.get(dtype, 2) if need.fp8 else 1.0
+            return int(blocks.total * scale) + sizes.get(TEXT_ENCODER, 0)
+        idle = sizes.get(EXPERTS[1], 0) if not experts_fit(sizes, budget.budget) else 0
+        return sizes.get(TEXT_ENCODER, 0) + idle
+    if need.kind in PLACED and size > budget.budget and "transformer" in sizes and TEXT_ENCODER in sizes:
+        return placed(sizes, budget.budget).pinned
+    return 0
+
+
 def check_fit(needs: list[Need], budget: RankBudget, dtype: str) -> None:
     """Raise ``ModelFitError`` listing every model that cannot fit ``budget``."""
     problems = [p for p in (_problem(n, budget, dtype) for n in needs) if p]
@@ -198,6 +236,11 @@ def _problem(need: Need, budget: RankBudget, dtype: str) -> str | None:
     size = model_size(need.source, dtype)
     head = f"{need.role}: {need.label} needs {human(size)}"
     problem = _over_budget(need, size, head, budget, dtype)
+    if problem is None and need.kind in WORKING_COPY:
+        held = host_need(need, budget, dtype)
+        if held > budget.host_budget:
+            problem = (f"{head}, its rest copy and streamed blocks need {human(held)} of host RAM, the "
+                       f"host budget of {budget.owner} is {human(budget.host_budget)}")
     loads_whole = need.kind not in WORKING_COPY
     loading = f"{head} on {budget.device} while it loads (it is loaded whole, its blocks are offloaded after)"
     if problem is None and need.kind in PLACED and size > budget.budget and budget.device.startswith("cuda"):

@@ -100,6 +100,7 @@ class LocalExecutor(Executor):
     residency: Any = None
     models: Any = None      # a pool that lends one residency to several renders (execute/batch.py)
     _memo: dict = field(default_factory=dict)
+    _host_needs: dict = field(default_factory=dict)   # (role, name) -> host RAM it will hold
 
     def execute(self, plan: Plan, bus: EventBus) -> Outcome:
         out = Outcome()
@@ -111,6 +112,8 @@ class LocalExecutor(Executor):
             self.preflight(plan)
             residency = self.residency or (self.models.residency(self, plan) if self.models is not None
                                            else self.make_residency(plan))
+            if hasattr(residency, "host_needs"):
+                residency.host_needs.update(self._host_needs)
             out.fast_paths = self.announce_fast_paths(plan, bus)
         before_loads = dict(getattr(residency, "loads", {}))
         before_swaps = dict(getattr(residency, "swaps", {}))
@@ -150,7 +153,8 @@ class LocalExecutor(Executor):
 
         budget = self.rank_budget()
         return Residency(plan.registry, device=self.device, dtype=self.dtype or plan.registry.dtype,
-                         budget=budget.budget, host_budget=budget.host_budget, loader=loader)
+                         budget=budget.budget, host_budget=budget.host_budget, loader=loader,
+                         host_needs=dict(self._host_needs))
 
     def rank_budget(self) -> RankBudget:
         """This rank's device and pinned-RAM budgets (its share of the node's)."""
@@ -162,7 +166,7 @@ class LocalExecutor(Executor):
         """Every model a running stage needs must be there before anything runs; a model built
         at full size on the device (profile ``shapes``) needs a CUDA device, and each must fit
         the memory budget of this rank (``execute/fit.py``)."""
-        from .fit import check_fit, need_for
+        from .fit import check_fit, host_need, need_for
 
         uses: dict[tuple[str, str], list[dict]] = {}
         for st in plan.to_run():
@@ -186,7 +190,9 @@ class LocalExecutor(Executor):
         dtype = self.dtype or plan.registry.dtype
         if built:
             self._check_shapes_device(built, dtype)
-        check_fit(needs, self.rank_budget(), dtype)
+        budget = self.rank_budget()
+        check_fit(needs, budget, dtype)
+        self._host_needs = {key: host_need(n, budget, dtype) for key, n in zip(wanted, needs)}
 
     def _check_shapes_device(self, built: list, dtype: str) -> None:
         device = pick_device() if self.device == "auto" else self.device

@@ -39,8 +39,10 @@ Runtime settings (``RuntimeSettings``)
     and block 0 is fetched when the transformer's forward starts. The other blocks and everything
     outside ``blocks`` (embeddings, motion encoder, face encoder, the face adapters, the output
     head) stay on the device. "20 of 40 blocks swapped" is ``block_swap: 20``: blocks 0-19 stream
-    in, blocks 20-39 stay resident. The swapped blocks are placed in host RAM in their run dtype
-    (fp8 when stored so), never on the device first.
+    in, blocks 20-39 stay resident. The swapped blocks end in pinned host RAM in their run dtype.
+    With fp8 storage or fused LoRAs each one is built on the device (its LoRAs added, cast to fp8
+    there) and copied straight into an exactly sized pinned buffer (``runtime/pinned.py``);
+    otherwise it is placed in host RAM directly.
 ``rms_norm``
     ``pytorch`` only: the model's RMSNorms are ``torch.nn.RMSNorm``.
 
@@ -78,7 +80,9 @@ import torch
 from ..spec.params import AnimateRuntimeParams, check
 from ..spec.rules import PRESCALED_FP8
 from .attention import BACKENDS, ensure_backend, usable
-from .memory import drop_fp8_storage, drop_offload, offload_blocks, store_fp8
+from .memory import drop_fp8_storage, drop_offload, fp8_targets, offload_blocks, store_fp8, to_fp8
+from .pinned import pin_in_place
+from .swap import BEFORE_HOST_ATTR, HOST_TENSORS_ATTR, keep_component_on_host
 from .teacache import TeaCacheConfig, WanDiffusersAdapter, apply_teacache
 from ..errors import FallbackWarning
 
@@ -263,6 +267,7 @@ class _Materialized:
     swapped: list[int] = field(default_factory=list)
     fused: dict[str, float] = field(default_factory=dict)     # adapter -> weight added into the weights
     merged: list[Any] = field(default_factory=list)           # the adapter layers marked merged
+    arenas: list[Any] = field(default_factory=list)           # pinned buffers of the swapped blocks
 
 
 class AnimateRuntime:
@@ -279,7 +284,22 @@ class AnimateRuntime:
         if runtime is None:
             runtime = cls(pipe)
             setattr(pipe, _RUNTIME_ATTR, runtime)
+            setattr(pipe, HOST_TENSORS_ATTR, runtime.rest_tensors)
+            setattr(pipe, BEFORE_HOST_ATTR, runtime.leave_device)
         return runtime
+
+    def rest_tensors(self) -> list[Any]:
+        """The rest copy's tensors while a working copy is placed (host RAM the pipeline holds
+        beside its modules' tensors)."""
+        state = self.current
+        return [] if state is None else [data for _, data in state.rest.values()]
+
+    def leave_device(self) -> None:
+        """Before the pipeline goes to pinned RAM (``runtime/swap.py``): drop the working copy, and
+        keep the rest copy where it is, in host RAM, when the pipeline comes back to the device
+        (each run places its own working copy)."""
+        self.release()
+        keep_component_on_host(self.pipe, "transformer")
 
     @property
     def transformer(self):
@@ -346,22 +366,31 @@ class AnimateRuntime:
             for child in module.children():
                 outside_blocks(child)
 
+        fp8 = settings.quantize == "fp8_e4m3fn"
+        targets = {id(layer) for _, layer in fp8_targets(model)} if fp8 else set()
         try:
             blocks = list(model.blocks)
             swap = min(settings.block_swap, len(blocks))
             outside_blocks(model)
             for i, block in enumerate(blocks):
-                where = cpu if i < swap else dev       # swapped blocks are pinned in RAM below
+                swapped = i < swap                     # swapped blocks end in pinned RAM
+                built_on_device = bool(fuse) or (swapped and fp8)
                 for sub in block.modules():
-                    place(sub, dev if fuse else where)
+                    place(sub, dev if built_on_device or not swapped else cpu)
                 if fuse:
                     state.merged += fuse_into_weights(block, fuse, dev)
-                    if where == cpu:
+                if swapped and built_on_device:
+                    if fp8:                            # cast where the block is, not on the CPU
                         for sub in block.modules():
-                            for store in (sub._parameters, sub._buffers):
-                                for tensor in store.values():
-                                    if tensor is not None:
-                                        tensor.data = tensor.data.to(cpu)
+                            if id(sub) in targets:
+                                to_fp8(sub)
+                    own = [t for sub in block.modules() for store in (sub._parameters, sub._buffers)
+                           for t in store.values() if t is not None]
+                    if dev.type == "cuda":             # straight into an exactly sized pinned buffer
+                        state.arenas += pin_in_place(own)
+                    else:
+                        for tensor in own:
+                            tensor.data = tensor.data.to(cpu)
             if fuse:
                 state.merged += fuse_into_weights(model, fuse, dev, skip=model.blocks)
                 state.fused = dict(fuse)
@@ -405,6 +434,8 @@ class AnimateRuntime:
             tensor.data = rest
         for layer in state.merged:
             layer.merged_adapters = []
+        for arena in state.arenas:
+            arena.release()
         for processor, backend in state.previous_backends.values():
             processor._attention_backend = backend
         self.current = None

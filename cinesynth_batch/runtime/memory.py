@@ -26,7 +26,9 @@ diffusers' hooks:
     never changed.
 
 Both compose: fp8 storage first, then offloading pins the fp8 weights (half the RAM and half the
-copy time of bf16). Animate's runtime undoes both on its working copy (``drop_fp8_storage``,
+copy time of bf16). On CUDA the offloaded tensors are first copied into exactly sized pinned
+buffers (``runtime/pinned.py``), which diffusers then keeps as its host copies. Animate's runtime
+undoes both on its working copy (``drop_fp8_storage``,
 ``drop_offload``) and puts its rest copy back; the other stages reload a model to change them.
 """
 
@@ -42,6 +44,8 @@ from diffusers.hooks._common import _GO_LC_SUPPORTED_PYTORCH_LAYERS   # the laye
 from diffusers.hooks.group_offloading import GroupOffloadingConfig, GroupOffloadingHook, ModuleGroup
 from diffusers.hooks.hooks import HookRegistry
 from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
+
+from .pinned import pin_in_place
 
 FP8_MAX = 448.0                                   # float8_e4m3fn's largest finite value
 CAST_HOOK = "layerwise_casting"                   # diffusers' hook names (it looks them up by name)
@@ -97,14 +101,28 @@ class Fp8Storage:
     bytes_saved: int = 0
 
 
+def to_fp8(layer: Any) -> None:
+    """Cast ``layer``'s own floating tensors to float8_e4m3fn now, where they are (clamped to
+    +-448): what ``store_fp8`` does to a layer, done early (on the GPU, before a block is copied
+    to host RAM). The source tensors are left as they were."""
+    with torch.no_grad():
+        for tensor in layer.parameters(recurse=False):
+            if tensor.is_floating_point() and tensor.dtype != torch.float8_e4m3fn:
+                tensor.data = tensor.data.clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+
+
 def store_fp8(model: Any, compute_dtype: Any) -> Fp8Storage:
     """Store the weights of ``model``'s castable layers as float8_e4m3fn, computing in
-    ``compute_dtype`` (diffusers' layerwise casting). Returns how many layers and bytes."""
+    ``compute_dtype`` (diffusers' layerwise casting). Layers already cast (``to_fp8``) are
+    kept as they are. Returns how many layers and bytes."""
     report = Fp8Storage()
+    computed = torch.empty((), dtype=compute_dtype).element_size()
     with torch.no_grad():
         for _, layer in fp8_targets(model):
             for tensor in layer.parameters(recurse=False):
-                if tensor.is_floating_point():
+                if tensor.dtype == torch.float8_e4m3fn:
+                    report.bytes_saved += tensor.numel() * (computed - 1)
+                elif tensor.is_floating_point():
                     report.bytes_saved += tensor.numel() * (tensor.element_size() - 1)
                     tensor.data = tensor.data.clamp(-FP8_MAX, FP8_MAX)   # a new tensor: the source stays
             report.layers += 1
@@ -166,6 +184,7 @@ class Offload:
     groups: list = field(default_factory=list)
     delegated: bool = False
     tensors: frozenset = frozenset()      # ids of the offloaded blocks' tensors, as pinned
+    arenas: list = field(default_factory=list)   # the exactly sized pinned buffers they live in (CUDA)
 
     @property
     def count(self) -> int:
@@ -195,6 +214,8 @@ def offload_blocks(model: Any, device: str, count: int | None = None) -> Offload
     cpu = torch.device("cpu")
     stream = torch.cuda.Stream(device=dev) if dev.type == "cuda" else None
     streamed = stream is not None
+    if streamed:       # pinned once, exactly: diffusers keeps tensors that are pinned already
+        result.arenas = pin_in_place([t for b in offloaded for t in _own_tensors(b) if not t.is_pinned()])
     config = GroupOffloadingConfig(
         onload_device=dev, offload_device=cpu, offload_type="block_level", non_blocking=streamed,
         record_stream=streamed, low_cpu_mem_usage=False, num_blocks_per_group=1, stream=stream)
@@ -227,10 +248,11 @@ def _delegate(model: Any, dev) -> Offload:
     """A module without repeated ``blocks``: diffusers' block-level group offloading (its
     ModuleList children one per group, the rest as one group), prefetched on a stream on CUDA."""
     streamed = dev.type == "cuda"
+    arenas = pin_in_place(list(_own_tensors(model))) if streamed else []
     apply_group_offloading(model, onload_device=dev, offload_device="cpu", offload_type="block_level",
                            num_blocks_per_group=1, use_stream=streamed, record_stream=streamed,
                            low_cpu_mem_usage=False)
-    result = Offload(device=str(dev), delegated=True)
+    result = Offload(device=str(dev), delegated=True, arenas=arenas)
     setattr(model, _OFFLOAD_ATTR, result)
     return result
 
@@ -275,6 +297,9 @@ def drop_offload(model: Any) -> None:
     registry = HookRegistry.check_if_exists_or_initialize(model)
     for name in (GROUP_HOOK, "lazy_prefetch_group_offloading", "layer_execution_tracker"):
         registry.remove_hook(name, recurse=True)
+    done = offloaded(model)
+    for arena in done.arenas if done is not None else ():
+        arena.release()             # no longer page-locked; freed with the last tensor in it
     if hasattr(model, _OFFLOAD_ATTR):
         delattr(model, _OFFLOAD_ATTR)
 

@@ -6,12 +6,15 @@ stream, no synchronisation between tensors), so the move runs at the host-to-dev
 Moving back is a pointer swap: inference does not write weights, so the pinned copy is still the
 model; a tensor that changed on the device since it arrived (its storage or its version counter
 differ, e.g. a LoRA was fused into it) is copied back first. The first move to the host pins
-every tensor once (``pinned_bytes`` says how much).
+every tensor once (``pinned_bytes`` says how much), into one exactly sized ``Arena`` per move
+(``runtime/pinned.py``: PyTorch's own pinned allocator would round each weight up to a power of
+two).
 
 ``model_nbytes`` counts what a pipeline, module or wrapper holds; ``move_model`` moves it plainly;
 ``swap_model`` moves it between pinned host RAM and a device through its ``HostCopy``;
 ``swap_component`` moves one component of a pipeline through the same copy;
-``pinned_nbytes`` says how much pinned RAM that copy and any offloaded blocks hold.
+``pinned_nbytes`` says how much pinned RAM that copy and any offloaded blocks hold;
+``host_nbytes`` how much host RAM a model holds in all (pinned copies, weights resting in RAM).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class HostCopy:
     copied_back: int = 0
     on_device: bool = False
     parked: set[int] = field(default_factory=set)   # id() of modules sent to the host on their own
+    arenas: list[Any] = field(default_factory=list)  # the pinned buffers the copies live in
+    owned: set[int] = field(default_factory=set)     # id(tensor) whose host copy is in an arena
 
     def _chosen(self, modules: Iterable[Any] | None, skip_parked: bool = False) -> list[Any]:
         if modules is None:
@@ -55,11 +60,11 @@ class HostCopy:
         """Leave the device: each tensor points at its pinned host copy (made or refreshed if needed).
         ``modules``: only these (they stay on the host when the whole copy goes back to the device).
         Returns the bytes that left the device."""
-        import torch
+        from .pinned import Arena, chunks
 
-        pin = torch.cuda.is_available()
         chosen = self._chosen(modules)
         left = 0
+        fresh_copies: list[Any] = []
         for _, _, tensor in _tensors(chosen):
             data = tensor.data
             host = self.pinned.get(id(tensor))
@@ -69,21 +74,43 @@ class HostCopy:
             if data.device.type != "cpu":
                 left += data.numel() * data.element_size()
             fresh = arrived == (data.data_ptr(), tensor._version)
-            if host is None or not fresh or host.shape != data.shape or host.dtype != data.dtype:
-                host = torch.empty(data.shape, dtype=data.dtype, device="cpu", pin_memory=pin)
+            same = host is not None and host.shape == data.shape and host.dtype == data.dtype
+            if same and fresh:
+                tensor.data = host
+            elif same and id(tensor) in self.owned:   # changed on the device: refreshed in place
                 host.copy_(data)
+                self.copied_back += 1
+                tensor.data = host
+            else:                                     # no copy yet, or one this copy does not own
+                fresh_copies.append(tensor)
+        for run in chunks([t.data for t in fresh_copies]):     # arena by arena: a host source is freed
+            arena, views = Arena.holding([fresh_copies[i].data for i in run])   # before the next is taken
+            self.arenas.append(arena)
+            self.pinned_bytes += sum(v.numel() * v.element_size() for v in views)
+            for i, host in zip(run, views):
+                tensor = fresh_copies[i]
                 if id(tensor) in self.pinned:
                     self.copied_back += 1
-                else:
-                    self.pinned_bytes += host.numel() * host.element_size()
                 self.pinned[id(tensor)] = host
-            tensor.data = host
+                self.owned.add(id(tensor))
+                tensor.data = host
         if modules is None:
             self.arrived.clear()
             self.on_device = False
         else:
             self.parked.update(id(m) for m in chosen)
         return left
+
+    def keep_on_host(self, modules: Iterable[Any]) -> None:
+        """Leave ``modules`` where they are, in host RAM, when the whole copy goes to the device
+        (their tensors count as their own host copies; nothing is copied or pinned)."""
+        chosen = self._chosen(modules)
+        for _, _, tensor in _tensors(chosen):
+            if tensor.data.device.type == "cpu":
+                self.pinned[id(tensor)] = tensor.data
+                self.owned.discard(id(tensor))
+                self.arrived.pop(id(tensor), None)
+        self.parked.update(id(m) for m in chosen)
 
     def to_device(self, device: str, modules: Iterable[Any] | None = None) -> int:
         """Copy every tensor from its pinned host copy to ``device`` (asynchronous, then one sync).
@@ -101,6 +128,7 @@ class HostCopy:
             host = self.pinned.get(id(tensor))
             if host is None or host.data_ptr() != data.data_ptr():
                 self.pinned[id(tensor)] = data  # a tensor this copy never took to the host
+                self.owned.discard(id(tensor))
             moved = torch.empty(data.shape, dtype=data.dtype, device=dev)
             moved.copy_(data, non_blocking=True)
             tensor.data = moved
@@ -167,12 +195,16 @@ _HOST_COPY_ATTR = "_cinesynth_host_copy"
 
 
 def swap_model(obj: Any, where: str) -> None:
-    """Move ``obj``'s modules to pinned host RAM (``"host"``) or to a device, at copy speed."""
+    """Move ``obj``'s modules to pinned host RAM (``"host"``) or to a device, at copy speed. An
+    object may name a step to take first when it leaves the device (``BEFORE_HOST_ATTR``)."""
     copy = getattr(obj, _HOST_COPY_ATTR, None)
     if copy is None:
         copy = HostCopy(list(_modules(obj)))
         setattr(obj, _HOST_COPY_ATTR, copy)
     if where == "host":
+        before = getattr(obj, BEFORE_HOST_ATTR, None)
+        if callable(before):
+            before()
         copy.to_host()
     else:
         copy.to_device(where)
@@ -191,6 +223,16 @@ def swap_component(obj: Any, name: str, where: str) -> int:
     return copy.to_host([module]) if where == "host" else copy.to_device(where, [module])
 
 
+def keep_component_on_host(obj: Any, name: str) -> None:
+    """``obj.<name>`` stays in host RAM, where it is, when the pipeline moves to the device through
+    ``swap_model`` (a component its stage places itself)."""
+    copy = getattr(obj, _HOST_COPY_ATTR, None)
+    if copy is None:
+        copy = HostCopy(list(_modules(obj)))
+        setattr(obj, _HOST_COPY_ATTR, copy)
+    copy.keep_on_host([getattr(obj, name)])
+
+
 def pinned_nbytes(obj: Any) -> int:
     """Bytes of pinned host RAM ``obj`` holds: the copies ``swap_model`` made for it (none before
     it first left the device) and its blocks offloaded to stream from RAM (``runtime/memory.py``)."""
@@ -198,3 +240,39 @@ def pinned_nbytes(obj: Any) -> int:
 
     copy = getattr(obj, _HOST_COPY_ATTR, None)
     return (copy.pinned_bytes if copy is not None else 0) + sum(offload_pinned_nbytes(m) for m in _modules(obj))
+
+
+#: Attribute under which an object names a step to take before it leaves the device for pinned RAM.
+BEFORE_HOST_ATTR = "_cinesynth_before_host"
+#: Attribute under which an object lists tensors it keeps in host RAM beside its modules' own
+#: (Animate's rest copy while a working copy is placed: ``runtime/animate.py``).
+HOST_TENSORS_ATTR = "_cinesynth_host_tensors"
+
+
+def host_nbytes(obj: Any) -> int:
+    """Bytes of host RAM ``obj`` holds: every host buffer behind its modules' tensors (pinned
+    copies, offloaded blocks, weights resting in RAM), the pinned copies its ``HostCopy`` keeps for
+    tensors now on the device, and the tensors it lists under ``HOST_TENSORS_ATTR``; each buffer
+    once."""
+    buffers: dict[int, int] = {}
+
+    def add(tensor: Any) -> None:
+        if tensor is None or tensor.device.type != "cpu":
+            return
+        storage = tensor.untyped_storage()
+        buffers[storage.data_ptr()] = storage.nbytes()
+
+    for module in _modules(obj):
+        for _, _, tensor in _tensors([module]):
+            add(tensor.data)
+    copy = getattr(obj, _HOST_COPY_ATTR, None)
+    if copy is not None:
+        for arena in copy.arenas:
+            add(arena.buffer)
+        for host in copy.pinned.values():
+            add(host)
+    listed = getattr(obj, HOST_TENSORS_ATTR, None)
+    for tensor in (listed() if callable(listed) else ()):
+        add(tensor)
+    return sum(buffers.values())
+

@@ -13,7 +13,8 @@ from cinesynth_batch.catalog.registry import Registry
 from cinesynth_batch.catalog.residency import Residency, _disk_size
 from cinesynth_batch.catalog.shapes import ShapesSource, shapes_nbytes
 from cinesynth_batch.cli import app
-from cinesynth_batch.execute.fit import ModelFitError, Need, check_fit, component_sizes_of, model_blocks, placed
+from cinesynth_batch.execute.fit import (ModelFitError, Need, check_fit, component_sizes_of, host_need, model_blocks,
+                                         placed)
 
 GiB = 1 << 30
 RAM = 512 * GiB
@@ -242,6 +243,48 @@ def test_animate_counts_the_blocks_it_streams_and_its_fp8_storage():
                                  f"{human(resident - 1)}")
     with pytest.raises(ModelFitError, match=r"needs 44\.2 GiB, the budget of rank 0 on cuda:0 is 24\.0 GiB$"):
         check_fit([Need("animate", source.label, "wan-animate", source)], node, "bfloat16")     # bf16, resident
+
+
+def test_animate_holds_its_rest_copy_and_streamed_blocks_in_host_ram():
+    """The Change Character settings on an H100 node (80 GiB card, 128 GiB RAM, one rank): in host
+    RAM the transformer's rest copy plus its 20 streamed blocks (in bf16 while they are placed),
+    47.3 GiB of the 64 GiB host budget; a host budget below that refuses the render up front."""
+    source = ShapesSource("wan2.2-animate-14b", "wan-animate", "r")
+    blocks = model_blocks(source, "bfloat16")
+    rest = component_sizes_of(source, "bfloat16")["transformer"]
+    preset = Need("animate", source.label, "wan-animate", source, block_swap=20, fp8=True)
+    node = rank_budget("cuda:0", Placement(), ram_bytes=128 * GiB, device_bytes=80 * GiB)
+    held = host_need(preset, node, "bfloat16")
+    assert held == rest + blocks.total // 2 and human(held) == "47.3 GiB"
+    assert host_need(Need("animate", source.label, "wan-animate", source), node, "bfloat16") == rest
+    assert host_need(preset, RankBudget("cpu", 1 << 40, 0), "bfloat16") == 0     # on the CPU: none
+    check_fit([preset], node, "bfloat16")
+    small = rank_budget("cuda:0", Placement(), MemoryRequest(host=held - 1), ram_bytes=128 * GiB,
+                        device_bytes=80 * GiB)
+    with pytest.raises(ModelFitError) as exc:
+        check_fit([preset], small, "bfloat16")
+    assert exc.value.message == (f"animate: shapes/wan2.2-animate-14b needs 44.2 GiB, its rest copy and streamed "
+                                 f"blocks need 47.3 GiB of host RAM, the host budget of rank 0 on cuda:0 is "
+                                 f"{human(held - 1)}")
+
+
+def test_the_video_pipelines_hold_their_text_encoder_or_their_blocks_in_host_ram():
+    i2v = ShapesSource("wan2.2-i2v-a14b", "wan-i2v", "r")
+    sizes = component_sizes_of(i2v, "bfloat16")
+    video = Need("video", i2v.label, "wan-i2v", i2v)
+    whole = rank_budget("cuda:0", Placement(), ram_bytes=128 * GiB, device_bytes=80 * GiB)       # both experts fit
+    assert host_need(video, whole, "bfloat16") == sizes["text_encoder"]
+    one = RankBudget("cuda:0", sum(sizes.values()) - sizes["text_encoder"] - 1, 64 * GiB)     # one expert at a time
+    assert host_need(video, one, "bfloat16") == sizes["text_encoder"] + sizes["transformer_2"]
+    small = rank_budget("cuda:0", Placement(), MemoryRequest(vram=24 * GiB), ram_bytes=128 * GiB, device_bytes=80 * GiB)
+    blocks = model_blocks(i2v, "bfloat16")
+    assert host_need(video, small, "bfloat16") == blocks.total + sizes["text_encoder"]    # every block streamed
+    fp8 = Need("video", i2v.label, "wan-i2v", i2v, fp8=True)
+    assert host_need(fp8, small, "bfloat16") == blocks.total // 2 + sizes["text_encoder"]
+    flux = ShapesSource("flux2-klein-9b", "flux2-klein", "r")
+    image = Need("image", flux.label, "flux2-klein", flux)
+    assert host_need(image, whole, "bfloat16") == 0
+    assert host_need(image, small, "bfloat16") == placed(component_sizes_of(flux, "bfloat16"), small.budget).pinned
 
 
 def test_the_full_size_i2v_pipeline_fits_a_24_gib_card_offloaded():

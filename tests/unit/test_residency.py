@@ -144,3 +144,50 @@ def test_host_copy_round_trip_keeps_values_and_detects_changed_tensors():
     assert copy.pinned_bytes == pinned_once and copy.copied_back == 0
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
+
+
+class _HostFake:
+    """A model stand-in (no GPU here): ``size`` bytes on the device, ``host`` bytes of host RAM."""
+
+    def __init__(self, kind, size, host):
+        self.kind, self.size, self.host = kind, size, host
+
+
+def test_host_ram_is_made_before_a_model_loads_and_counts_what_resident_models_hold_fake_models(registry):
+    """The order that ran a GPU node out of RAM: image, video, lip-sync, then Animate, whose rest copy
+    lives in host RAM. Each load first makes room in host RAM for what it will hold there; a model
+    leaving the device waits in pinned RAM only where it fits beside that."""
+    G = 1 << 30                       # the tiny models' files are far smaller: sizes in GiB
+    sizes = {"flux2-klein": 40 * G, "wan-i2v": 70 * G, "wan-s2v": 50 * G, "wan-animate": 45 * G}
+    holds = {"flux2-klein": 0, "wan-i2v": 20 * G, "wan-s2v": 20 * G, "wan-animate": 60 * G}   # once loaded
+    needs = {("video", ""): 20 * G, ("lipsync", ""): 20 * G, ("animate", ""): 60 * G}
+    seen = []
+
+    def loader(kind, path, device, dtype, room):
+        seen.append((kind, res.host_held()))
+        return _HostFake(kind, sizes[kind], holds[kind])
+
+    def mover(model, where):
+        if where == "host":
+            model.host = model.size
+
+    res = Residency(registry, device="cpu", budget=100 * G, host_budget=100 * G, loader=loader, sizer=lambda m: m.size,
+                    mover=mover, pinned=lambda m: m.host, held=lambda m: m.host,
+                    host_needs=needs)
+    for role in ("image", "video", "lipsync", "animate"):
+        res.get(role)
+    # (the tiny files under the fake sizes make the device-room estimate small: a model leaves the
+    # device once the next one has loaded; the image goes to pinned RAM then, and leaves it for the video)
+    assert seen == [("flux2-klein", 0), ("wan-i2v", 0), ("wan-s2v", 60 * G), ("wan-animate", 20 * G)]
+    for (kind, held), role in zip(seen, ("image", "video", "lipsync", "animate")):
+        assert held + needs.get((role, ""), 0) <= 100 * G
+    assert dict(res.dropped) == {"image": 1, "video": 1}       # the image left for the video, the video for Animate
+    assert res.resident() == ["lipsync", "animate"] and res.on_host() == []
+    assert res.host_held() == 80 * G
+
+    roomy = Residency(registry, device="cpu", budget=100 * G, host_budget=1000 * G, loader=loader, sizer=lambda m: m.size,
+                      mover=mover, pinned=lambda m: m.host, held=lambda m: m.host,
+                      host_needs=needs)
+    for role in ("image", "video", "lipsync", "animate"):
+        roomy.get(role)
+    assert roomy.on_host() == ["image", "video"] and not roomy.dropped     # room enough: they wait in RAM

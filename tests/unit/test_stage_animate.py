@@ -384,6 +384,25 @@ def test_fp8_and_block_swap_placement_is_undone_exactly(model_dir, lora_root):
     am.release_animate_runtime(pipe)
 
 
+def test_the_rest_copy_counts_as_host_ram_and_leaving_the_device_drops_the_working_copy(model_dir):
+    from cinesynth_batch.runtime.swap import host_nbytes, model_nbytes, swap_model
+
+    pipe = load_animate_pipeline(model_dir)
+    tr = pipe.transformer
+    base = _forward(tr)
+    at_rest, weights = host_nbytes(pipe), model_nbytes(tr)
+    assert at_rest == model_nbytes(pipe)                  # on the CPU everything is host RAM
+    runtime = am.AnimateRuntime.of(pipe)
+    runtime.apply(am.RuntimeSettings("bf16", quantize="fp8_e4m3fn", block_swap=1), "cpu")
+    rest = sum(t.numel() * t.element_size() for t in runtime.rest_tensors())
+    assert rest == weights                                # the fp32 rest copy, beside the working copy
+    assert host_nbytes(pipe) > at_rest                    # both counted
+    swap_model(pipe, "host")                              # as a residency sends it to pinned RAM
+    assert runtime.current is None and runtime.rest_tensors() == []
+    assert all(p.dtype == torch.float32 for p in tr.parameters())
+    assert torch.equal(_forward(tr), base)
+
+
 def test_fused_lora_matches_unfused_on_every_placement_and_leaves_the_rest_copy(model_dir, lora_root):
     """LoRAs added into the working copy's weights compute what the adapters compute beside the
     weights (resident and swapped blocks, fp8 storage too), the layers skip their adapters while
