@@ -106,11 +106,18 @@ def chunks(tensors: Sequence[Any], limit: int = CHUNK) -> list[list[int]]:
     return runs
 
 
+def plain(tensor: Any) -> bool:
+    """A plain tensor (not a subclass such as torchao's quantized weights, which keep their own
+    storage and which diffusers moves its own way)."""
+    return type(tensor) is torch.Tensor or type(tensor) is torch.nn.Parameter
+
+
 def pin_in_place(tensors: Sequence[Any], pin: bool | None = None, limit: int = CHUNK) -> list[Arena]:
-    """Move each tensor's data into new arenas of at most ``limit`` bytes each (``tensor.data``
-    becomes its copy there), one arena after the other, so that a source in host RAM is freed
-    before the next arena is taken; returns the arenas."""
-    tensors = list(tensors)
+    """Move each plain tensor's data into new arenas of at most ``limit`` bytes each
+    (``tensor.data`` becomes its copy there), one arena after the other, so that a source in host
+    RAM is freed before the next arena is taken; returns the arenas. Tensor subclasses are left
+    as they are."""
+    tensors = [t for t in tensors if plain(t.data)]
     arenas = []
     for run in chunks([t.data for t in tensors], limit):
         arena, views = Arena.holding([tensors[i].data for i in run], pin=pin)

@@ -60,7 +60,9 @@ class HostCopy:
         """Leave the device: each tensor points at its pinned host copy (made or refreshed if needed).
         ``modules``: only these (they stay on the host when the whole copy goes back to the device).
         Returns the bytes that left the device."""
-        from .pinned import Arena, chunks
+        import torch
+
+        from .pinned import Arena, chunks, plain
 
         chosen = self._chosen(modules)
         left = 0
@@ -81,8 +83,19 @@ class HostCopy:
                 host.copy_(data)
                 self.copied_back += 1
                 tensor.data = host
-            else:                                     # no copy yet, or one this copy does not own
+            elif plain(data):                         # no copy yet, or one this copy does not own
                 fresh_copies.append(tensor)
+            else:                                     # a tensor subclass: pinned on its own
+                host = data.to("cpu")
+                if torch.cuda.is_available():
+                    try:
+                        host = host.pin_memory()
+                    except (RuntimeError, NotImplementedError):    # kept unpinned: copied slower
+                        pass
+                self.pinned[id(tensor)] = host
+                self.owned.discard(id(tensor))
+                self.pinned_bytes += data.numel() * data.element_size()
+                tensor.data = host
         for run in chunks([t.data for t in fresh_copies]):     # arena by arena: a host source is freed
             arena, views = Arena.holding([fresh_copies[i].data for i in run])   # before the next is taken
             self.arenas.append(arena)
@@ -254,10 +267,15 @@ def host_nbytes(obj: Any) -> int:
     copies, offloaded blocks, weights resting in RAM), the pinned copies its ``HostCopy`` keeps for
     tensors now on the device, and the tensors it lists under ``HOST_TENSORS_ATTR``; each buffer
     once."""
+    from .pinned import plain
+
     buffers: dict[int, int] = {}
 
     def add(tensor: Any) -> None:
         if tensor is None or tensor.device.type != "cpu":
+            return
+        if not plain(tensor):            # a subclass (torchao weights): counted by its size
+            buffers[-id(tensor)] = tensor.numel() * tensor.element_size()
             return
         storage = tensor.untyped_storage()
         buffers[storage.data_ptr()] = storage.nbytes()

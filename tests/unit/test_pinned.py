@@ -162,3 +162,16 @@ def test_a_component_kept_on_host_stays_there_when_its_pipeline_moves():
     swap_model(pipe, "cpu")
     assert pipe.transformer.weight.data.data_ptr() == rest.data_ptr()
 
+
+
+def test_tensor_subclasses_are_left_to_their_own_storage():
+    class Wrapped(torch.Tensor):
+        pass
+
+    plain_t = torch.nn.Parameter(torch.ones(4))
+    sub = torch.nn.Parameter(torch.ones(4).as_subclass(Wrapped))
+    assert pinned.plain(plain_t.data) and not pinned.plain(sub.data)
+    arenas = pin_in_place([plain_t, sub], pin=False)
+    assert len(arenas) == 1 and arenas[0].nbytes == ALIGN
+    assert plain_t.untyped_storage().data_ptr() == arenas[0].buffer.data_ptr()
+    assert sub.untyped_storage().data_ptr() != arenas[0].buffer.data_ptr()
