@@ -1,0 +1,93 @@
+"""Exactly sized pinned buffers (``runtime/pinned.py``) on a real CUDA device: page-locked, no
+power-of-two rounding, copied to and from the GPU exactly, and what a model moved to pinned RAM
+and back holds (skipped without CUDA)."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from cinesynth_batch.runtime.pinned import Arena, pin_in_place  # noqa: E402
+from cinesynth_batch.runtime.swap import HostCopy, host_nbytes  # noqa: E402
+
+FFN = (5120, 13824)          # a Wan2.2 feed-forward weight in bf16: 141.6 MB, pinned by PyTorch as 256 MB
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_an_arena_pins_exactly_what_it_holds_and_gives_it_back():
+    sources = [torch.randn(FFN, device="cuda", dtype=torch.bfloat16) for _ in range(4)]
+    payload = sum(t.numel() * t.element_size() for t in sources)
+    before = _rss()
+    arena, views = Arena.holding(sources)
+    grown = _rss() - before
+    assert arena.registered and all(v.is_pinned() for v in views)
+    assert payload <= grown < payload * 1.05                     # PyTorch's allocator: 1.81x here
+    for src, view in zip(sources, views):
+        assert torch.equal(view.to("cuda", non_blocking=True), src)
+    arena.release()
+    del views, arena
+    gc.collect()
+    assert _rss() - before < payload * 0.05                      # the memory went back
+
+
+def test_a_model_sent_to_pinned_ram_and_back_is_unchanged_and_counted_once():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(2048, 2048) for _ in range(4)]).to("cuda", torch.bfloat16)
+    x = torch.randn(8, 2048, device="cuda", dtype=torch.bfloat16)
+    expected = model(x)
+    copy = HostCopy([model])
+    copy.to_host()
+    payload = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert all(p.device.type == "cpu" and p.is_pinned() for p in model.parameters())
+    assert copy.pinned_bytes == payload and payload <= host_nbytes(model) < payload + 4096
+    copy.to_device("cuda")
+    assert torch.equal(model(x), expected)
+    assert host_nbytes(model) == sum(a.nbytes for a in copy.arenas)   # its pinned copy stays
+
+
+def test_offloaded_blocks_stream_from_exact_pinned_buffers():
+    from cinesynth_batch.runtime.memory import drop_offload, offload_blocks, offloaded
+
+    torch.manual_seed(1)
+
+    class Blocks(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList(torch.nn.Linear(1024, 1024) for _ in range(6))
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = block(x)
+            return x
+
+    model = Blocks().to("cuda", torch.bfloat16)
+    x = torch.randn(4, 1024, device="cuda", dtype=torch.bfloat16)
+    expected = model(x)
+    done = offload_blocks(model, "cuda", 4)
+    assert done.arenas and all(a.registered for a in done.arenas)
+    assert all(p.is_pinned() for b in model.blocks[:4] for p in b.parameters())
+    assert torch.equal(model(x), expected)
+    arenas = list(offloaded(model).arenas)
+    drop_offload(model)
+    assert not any(a.registered for a in arenas)
+
+
+def test_pin_in_place_from_the_gpu_frees_the_device_copy():
+    t = torch.nn.Parameter(torch.randn(FFN, device="cuda", dtype=torch.bfloat16))
+    expected = t.detach().clone()
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    arenas = pin_in_place([t])
+    assert t.device.type == "cpu" and t.is_pinned() and len(arenas) == 1
+    assert torch.cuda.memory_allocated() <= before - t.numel() * t.element_size()
+    assert torch.equal(t.detach().to("cuda"), expected)
