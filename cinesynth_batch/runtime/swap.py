@@ -6,7 +6,7 @@ stream, no synchronisation between tensors), so the move runs at the host-to-dev
 Moving back is a pointer swap: inference does not write weights, so the pinned copy is still the
 model; a tensor that changed on the device since it arrived (its storage or its version counter
 differ, e.g. a LoRA was fused into it) is copied back first. The first move to the host pins
-every tensor once (``pinned_bytes`` says how much), into one exactly sized ``Arena`` per move
+every tensor once (``pinned_bytes`` says how much), into exactly sized arenas of at most 1 GiB
 (``runtime/pinned.py``: PyTorch's own pinned allocator would round each weight up to a power of
 two).
 
