@@ -120,11 +120,10 @@ def store_fp8(model: Any, compute_dtype: Any) -> Fp8Storage:
     with torch.no_grad():
         for _, layer in fp8_targets(model):
             for tensor in layer.parameters(recurse=False):
-                if tensor.dtype == torch.float8_e4m3fn:
-                    report.bytes_saved += tensor.numel() * (computed - 1)
-                elif tensor.is_floating_point():
-                    report.bytes_saved += tensor.numel() * (tensor.element_size() - 1)
-                    tensor.data = tensor.data.clamp(-FP8_MAX, FP8_MAX)   # a new tensor: the source stays
+                if tensor.is_floating_point():
+                    size = computed if tensor.dtype == torch.float8_e4m3fn else tensor.element_size()
+                    report.bytes_saved += tensor.numel() * (size - 1)
+            to_fp8(layer)                  # new tensors: the sources stay
             report.layers += 1
     apply_layerwise_casting(model, storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype,
                             skip_modules_pattern=fp8_skip_patterns(model), non_blocking=False)
