@@ -145,7 +145,7 @@ def run_two_pass(pipe: Any, plan: TwoPassPlan, images: Callable[[int, int], tupl
         pipe.scheduler = window_scheduler(base_scheduler, Window(plan.high_steps, plan.steps, to_zero=False))
         first, last = images(*plan.full)
         out = pipe(image=first, last_image=last, width=plan.full[0], height=plan.full[1], num_frames=frames,
-                   num_inference_steps=plan.steps, latents=start, output_type="np",
+                   num_inference_steps=plan.steps, latents=start, output_type="pt",
                    callback_on_step_end=stepper(plan.high_steps), **call)
     finally:
         pipe.scheduler = base_scheduler

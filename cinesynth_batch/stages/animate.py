@@ -213,7 +213,8 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
         prepare_animate_run,
         TEACACHE_COEFFICIENTS_NOTE,
     )
-    from .video import make_scheduler, to_uint8
+    from ..runtime.pixels import video_frames
+    from .video import make_scheduler
 
     p = check_params(params)
     settings = RuntimeSettings(precision=p["precision"], quantize=p["quantize"], attention=p["attention"],
@@ -270,7 +271,7 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
                 mode=p["mode"],
                 guidance_scale=p["guidance"],
                 generator=torch.Generator("cpu").manual_seed(p["seed"]),
-                output_type="np",
+                output_type="pt",
                 callback_on_step_end=on_step_end,
             )
         if handle is not None:
@@ -278,7 +279,7 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
     finally:
         if handle is not None:
             handle.remove()
-    frames = to_uint8(result.frames)
+    frames = video_frames(result.frames)
     if frames.shape[0] != frames_wanted:
         raise StageError(f"animate: the pipeline returned {frames.shape[0]} frames, expected {frames_wanted}")
 

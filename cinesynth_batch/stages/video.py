@@ -156,17 +156,6 @@ def make_scheduler(pipe: Any, kind: str, shift: float):
     return FlowMatchEulerDiscreteScheduler.from_config(base, shift=shift, use_dynamic_shifting=False)
 
 
-def to_uint8(frames) -> "Any":
-    import numpy as np
-
-    frames = np.asarray(frames)
-    if frames.ndim == 5:
-        frames = frames[0]
-    if frames.dtype != np.uint8:
-        frames = (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-    return np.ascontiguousarray(frames)
-
-
 def encode_prompts(pipe: Any, prompt: str, negative_prompt: str | None, guidance: float):
     """(prompt_embeds, negative_prompt_embeds) exactly as ``WanImageToVideoPipeline.__call__``
     computes them for these arguments (its defaults: one video per prompt, 512 tokens; the negative
@@ -229,6 +218,7 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
     import torch
 
     from ..media.video_io import write_video
+    from ..runtime.pixels import video_frames
     from ..runtime.lora import video_lora_requests
 
     p = check_params(params)
@@ -293,14 +283,14 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
                     guidance_scale=p["guidance"],
                     guidance_scale_2=p["guidance_2"],
                     generator=torch.Generator("cpu").manual_seed(p["seed"]),
-                    output_type="np",
+                    output_type="pt",
                     callback_on_step_end=on_step_end,
                 ).frames
         stats = handle.stats() if handle is not None else None
     finally:
         if handle is not None:
             handle.remove()
-    frames = to_uint8(frames)
+    frames = video_frames(frames)
     if frames.shape[0] != p["frames"]:
         raise StageError(f"video: the pipeline returned {frames.shape[0]} frames, expected {p['frames']}")
     write_video(frames, out, fps=p["fps"])

@@ -136,13 +136,14 @@ def test_embeddings_encoded_by_the_stage_give_the_pipelines_own_frames(ctx, stil
 
 def test_the_stage_writes_the_clip_of_the_pipelines_own_prompt_path(ctx, tmp_path, stills):
     from cinesynth_batch.media.video_io import write_video
+    from cinesynth_batch.runtime.pixels import video_frames
 
     _, out = render(ctx, tmp_path, {"image": stills["gradient"]}, "staged")
     p = video_stage.check_params(BASE)
     image, _ = video_stage.start_images({"image": stills["gradient"]}, p["width"], p["height"])
     own = _pipeline_clip(ctx.models.get("video"), p, image, prompt=p["prompt"], negative_prompt=p["negative_prompt"])
     ref = tmp_path / "ref.mp4"
-    write_video(video_stage.to_uint8(own), ref, fps=p["fps"])
+    write_video(video_frames(own), ref, fps=p["fps"])   # the float path, rounded on the CPU
     assert ref.read_bytes() == out.read_bytes()
 
 

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ...errors import StageError
+from ...runtime.pixels import signed_to_uint8
 from . import components as comp
 from .audio_features import (FIRST_SEGMENT_DROP, audio_embed_bucket, audio_hidden_states, count_segments,
                              load_wav2vec2)
@@ -267,7 +268,7 @@ class WanS2VPipeline:
                 pixels = self.decode(torch.cat([head, latents], dim=2))[:, :, -infer_frames:]
                 if first:
                     pixels = pixels[:, :, FIRST_SEGMENT_DROP:]
-                out.append(pixels.cpu())
+                out.append(signed_to_uint8(pixels).cpu())
                 if r + 1 < segments:
                     overlap = min(MOTION_FRAMES, pixels.shape[2])
                     history = torch.cat([history[:, :, overlap:], pixels[:, :, -overlap:]], dim=2)
@@ -276,11 +277,11 @@ class WanS2VPipeline:
             stats = handle.stats() if handle is not None else None
             if handle is not None:
                 handle.remove()
-        video = torch.cat(out, dim=2)[0]                              # [3, T, H, W]
+        video = torch.cat(out, dim=2)[0]                              # [3, T, H, W] uint8
         top, left = (gen_h - height) // 2, (gen_w - width) // 2
         video = video[:, :, top:top + height, left:left + width]
-        frames = ((video.permute(1, 2, 3, 0).numpy() + 1.0) * 127.5).round().clip(0, 255)
-        return S2VResult(frames=frames.astype(np.uint8), segments=segments, cache_stats=stats)
+        frames = video.permute(1, 2, 3, 0).contiguous().numpy()
+        return S2VResult(frames=frames, segments=segments, cache_stats=stats)
 
     def _cache(self, cache: dict[str, Any] | None, steps: int):
         if not cache or cache.get("kind") != "teacache":
