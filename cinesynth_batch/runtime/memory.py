@@ -45,7 +45,7 @@ from diffusers.hooks.group_offloading import GroupOffloadingConfig, GroupOffload
 from diffusers.hooks.hooks import HookRegistry
 from diffusers.hooks.layerwise_casting import DEFAULT_SKIP_MODULES_PATTERN
 
-from .pinned import pin_in_place
+from .pinned import empty_host_cache, pin_in_place
 
 FP8_MAX = 448.0                                   # float8_e4m3fn's largest finite value
 CAST_HOOK = "layerwise_casting"                   # diffusers' hook names (it looks them up by name)
@@ -279,25 +279,32 @@ def restore_offload(model: Any) -> bool:
     """Re-apply ``offload_blocks``' layout when the offloaded blocks changed under it. A LoRA
     adapter adds tensors that the pinned copies lack: loaded through a diffusers pipeline, diffusers
     re-offloads the model its own way (every block and the rest of the model); loaded into the
-    model directly, the new tensors are simply missing from the copies. Returns whether it did."""
+    model directly, the new tensors are simply missing from the copies. The blocks' weights stay
+    in the pinned buffers they were given (diffusers keeps pinned tensors as they are): only the
+    new tensors are copied, so a LoRA load never holds the model's pinned RAM twice. Returns
+    whether it did."""
     done = offloaded(model)
     if done is None or done.delegated or not done.blocks:
         return False
     current = frozenset(id(t) for i in done.blocks for t in _own_tensors(model.blocks[i]))
     if isinstance(_hook(model, GROUP_HOOK), FirstBlockPrefetch) and current == done.tensors:
         return False
-    drop_offload(model)
-    offload_blocks(model, done.device, len(done.blocks))
+    drop_offload(model, release=False)          # the blocks' weights stay in their pinned buffers:
+    again = offload_blocks(model, done.device, len(done.blocks))   # only new tensors are copied
+    again.arenas = [*done.arenas, *again.arenas]
+    empty_host_cache()                # diffusers' own pinned copies of what went back to the device
     return True
 
 
-def drop_offload(model: Any) -> None:
-    """Remove the offloading hooks; the tensors stay where they are (the caller places them)."""
+def drop_offload(model: Any, release: bool = True) -> None:
+    """Remove the offloading hooks; the tensors stay where they are (the caller places them).
+    ``release``: the pinned buffers of the offloaded blocks are unregistered too (else the caller
+    takes them over)."""
     registry = HookRegistry.check_if_exists_or_initialize(model)
     for name in (GROUP_HOOK, "lazy_prefetch_group_offloading", "layer_execution_tracker"):
         registry.remove_hook(name, recurse=True)
     done = offloaded(model)
-    for arena in done.arenas if done is not None else ():
+    for arena in done.arenas if done is not None and release else ():
         arena.release()             # no longer page-locked; freed with the last tensor in it
     if hasattr(model, _OFFLOAD_ATTR):
         delattr(model, _OFFLOAD_ATTR)

@@ -32,10 +32,9 @@ def test_an_arena_pins_exactly_what_it_holds_and_gives_it_back():
     grown = _rss() - before
     assert arena.registered and all(v.is_pinned() for v in views)
     assert payload <= grown < payload * 1.05                     # PyTorch's allocator: 1.81x here
-    for src, view in zip(sources, views):
-        assert torch.equal(view.to("cuda", non_blocking=True), src)
+    assert all(torch.equal(v.to("cuda", non_blocking=True), s) for s, v in zip(sources, views))
     arena.release()
-    del views, arena
+    del views, arena                  # no name may keep a view: one view holds the whole buffer
     gc.collect()
     assert _rss() - before < payload * 0.05                      # the memory went back
 
@@ -55,21 +54,21 @@ def test_a_model_sent_to_pinned_ram_and_back_is_unchanged_and_counted_once():
     assert host_nbytes(model) == sum(a.nbytes for a in copy.arenas)   # its pinned copy stays
 
 
+class Blocks(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(torch.nn.Linear(1024, 1024) for _ in range(6))
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
 def test_offloaded_blocks_stream_from_exact_pinned_buffers():
     from cinesynth_batch.runtime.memory import drop_offload, offload_blocks, offloaded
 
     torch.manual_seed(1)
-
-    class Blocks(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.blocks = torch.nn.ModuleList(torch.nn.Linear(1024, 1024) for _ in range(6))
-
-        def forward(self, x):
-            for block in self.blocks:
-                x = block(x)
-            return x
-
     model = Blocks().to("cuda", torch.bfloat16)
     x = torch.randn(4, 1024, device="cuda", dtype=torch.bfloat16)
     expected = model(x)
@@ -91,3 +90,29 @@ def test_pin_in_place_from_the_gpu_frees_the_device_copy():
     assert t.device.type == "cpu" and t.is_pinned() and len(arenas) == 1
     assert torch.cuda.memory_allocated() <= before - t.numel() * t.element_size()
     assert torch.equal(t.detach().to("cuda"), expected)
+
+
+def test_a_lora_load_leaves_the_offloaded_weights_in_their_pinned_buffers():
+    """A LoRA loaded through a pipeline makes diffusers re-offload the model its own way; putting
+    the renderer's layout back copies only the adapter's new tensors, never the blocks again."""
+    from diffusers.hooks.group_offloading import _maybe_remove_and_reapply_group_offloading
+
+    from cinesynth_batch.runtime.memory import offload_blocks, offloaded, restore_offload
+
+    torch.manual_seed(2)
+    model = Blocks().to("cuda", torch.bfloat16)
+    x = torch.randn(4, 1024, device="cuda", dtype=torch.bfloat16)
+    expected = model(x)
+    done = offload_blocks(model, "cuda")
+    weights = [p for b in model.blocks for p in b.parameters()]
+    where = [p.data_ptr() for p in weights]
+    _maybe_remove_and_reapply_group_offloading(model)          # what a pipeline's LoRA load does
+    for block in model.blocks:                                 # an adapter's new tensor per block
+        block.register_parameter("extra", torch.nn.Parameter(torch.zeros(1024, dtype=torch.bfloat16)))
+    assert restore_offload(model) is True
+    again = offloaded(model)
+    assert [p.data_ptr() for p in weights] == where            # the same pinned bytes
+    assert again.arenas[:len(done.arenas)] == done.arenas and all(a.registered for a in again.arenas)
+    assert len(again.arenas) == len(done.arenas) + 1           # one more buffer: the new tensors
+    assert all(b.extra.is_pinned() for b in model.blocks)
+    assert torch.equal(model(x), expected)

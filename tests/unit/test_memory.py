@@ -254,6 +254,13 @@ def _tiny_lora(g):
             for i in (0, 1) for ab, shape in (("lora_A", (4, 24)), ("lora_B", (24, 4)))}
 
 
+class _Buffer:
+    released = False
+
+    def release(self):
+        self.released = True
+
+
 def test_the_layout_is_rebuilt_when_a_lora_adds_tensors_to_offloaded_blocks():
     """Adapter tensors added to an offloaded block are missing from its pinned copies: the layout
     is re-applied (first N blocks again) and the output is the LoRA'd model's."""
@@ -267,10 +274,13 @@ def test_the_layout_is_rebuilt_when_a_lora_adds_tensors_to_offloaded_blocks():
     model = build("i2v")
     first = offload_blocks(model, "cpu", 1)
     assert restore_offload(model) is False                       # nothing changed
+    kept = _Buffer()
+    first.arenas = [kept]                  # a pinned buffer of the blocks (CUDA only): taken over
     model.load_lora_adapter(dict(lora), adapter_name="t", prefix=None)
     assert restore_offload(model) is True
     again = offloaded(model)
     assert again is not first and again.blocks == [0] and again.tensors > first.tensors
+    assert again.arenas == [kept] and not kept.released          # not copied again, still pinned
     assert isinstance(model._diffusers_hook.get_hook(GROUP_HOOK), FirstBlockPrefetch)
     assert _hooked(model.blocks[0], GROUP_HOOK) == [""] and _hooked(model.blocks[1], GROUP_HOOK) == []
     assert torch.equal(forward("i2v", model), expected)
