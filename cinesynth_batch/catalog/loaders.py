@@ -24,6 +24,11 @@ whole gets its text encoder in pinned host RAM from the start (``runtime/placeme
 ``host_at_load``), so the device never holds the text encoder and the transformer together; its
 stage brings the encoder to the device only to encode.
 
+A video or lip-sync pipeline that needs more than ``room`` on CUDA streams every transformer
+block from pinned RAM in its stage (``runtime/placement.py`` ``stream_at_load``): it is loaded
+(or built) in host RAM and never put on the device whole; its stage's offloading pins the blocks
+and places the rest.
+
 ``split_loader`` loads a model as usual and splits it over ranks (``runtime/sequence_parallel.py``).
 """
 
@@ -34,7 +39,7 @@ from typing import Any, Callable
 
 from ..errors import StageError
 from ..runtime.dtypes import quiet_libraries, torch_dtype
-from ..runtime.placement import component_sizes, host_at_load, place_loaded
+from ..runtime.placement import component_sizes, host_at_load, place_loaded, stream_at_load, streamed_components
 from .shapes import SIZES, ShapesSource
 
 PIPELINE_KINDS = ("flux2-klein", "wan-i2v")
@@ -106,7 +111,8 @@ def load_model(kind: str, path: Path | ShapesSource, device: str = "cpu", dtype:
         from ..models.s2v.pipeline import WanS2VPipeline
 
         quiet_libraries()
-        return WanS2VPipeline.from_folder(path, device=device, dtype=torch_dtype(dtype))
+        pipe = WanS2VPipeline.from_folder(path, device=device, dtype=torch_dtype(dtype), place=False)
+        return _placed(kind, pipe, device, room)
     if kind not in PIPELINE_KINDS:
         raise StageError(f"unknown model kind {kind!r}", hint=f"known kinds: {', '.join(KINDS)}")
     td = torch_dtype(dtype)
@@ -128,8 +134,17 @@ def load_model(kind: str, path: Path | ShapesSource, device: str = "cpu", dtype:
             hint="use Wan2.2-I2V-A14B-Diffusers (two experts)",
         )
     pipe.set_progress_bar_config(disable=True)
-    on_host = host_at(kind, component_sizes(pipe), device, room)
-    return place_loaded(pipe, device, on_host)
+    return _placed(kind, pipe, device, room)
+
+
+def _placed(kind: str, pipe: Any, device: str, room: int | None) -> Any:
+    """A pipeline loaded in host RAM, placed for its stage: streamed (``stream_at_load``), with
+    its text encoder in pinned RAM (``host_at``) or whole on ``device``."""
+    sizes = component_sizes(pipe)
+    if stream_at_load(kind, sizes, room, cuda=str(device).startswith("cuda")):
+        stay, on_host = streamed_components(kind, list(sizes))
+        return place_loaded(pipe, device, on_host, stay=stay)
+    return place_loaded(pipe, device, host_at(kind, sizes, device, room))
 
 
 def host_at(kind: str, sizes: dict[str, int], device: str, room: int | None) -> tuple[str, ...]:
@@ -144,7 +159,12 @@ def _build_shapes(kind: str, source: ShapesSource, device: str, dtype: str, room
 
     if source.kind != kind:
         raise StageError(f"shapes model {source.name!r} is of kind {source.kind!r}, not {kind!r}")
-    on_host = host_at(kind, {c.name: c.nbytes(dtype) for c in SIZES[source.name]}, device, room)
+    sizes = {c.name: c.nbytes(dtype) for c in SIZES[source.name]}
+    if stream_at_load(kind, sizes, room, cuda=str(device).startswith("cuda")):
+        stay, on_host = streamed_components(kind, list(sizes))
+        model = build_shapes(source.name, device, dtype, host=stay + on_host)
+        return place_loaded(model, device, on_host, stay=stay)
+    on_host = host_at(kind, sizes, device, room)
     model = build_shapes(source.name, device, dtype, host=on_host)
     return place_loaded(model, device, on_host) if on_host else model
 

@@ -54,7 +54,7 @@ SHAPES_SOURCES = ("catalog/shapes/__init__.py", "catalog/shapes/configs.py", "ca
                   "models/rrdbnet.py", "models/s2v/transformer.py", "models/s2v/components.py",
                   "models/s2v/pipeline.py", "models/amt/network.py", "models/amt/blocks.py")
 #: ``shapes_sources_digest()`` of the sources ``SHAPES_REVISION`` was checked against.
-SHAPES_SOURCES_DIGEST = "4a46d51e495797232b20595189c60f4bcbd93f8625e1c71272e952e8ba5ce60a"
+SHAPES_SOURCES_DIGEST = "cfcff1150ff6347acf8cbeb39ff5cc9fd388bf8d2c82743bdabe2ded34574f18"
 #: The profiles that ship with the package (any other profile is a models file).
 BUILTIN_PROFILES = ("tiny", "production", "shapes")
 SMALL_FILE = 1 << 20

@@ -27,7 +27,7 @@ from ..plan.planner import Plan, PlannedStage, input_labels
 from ..plan.reason import Reason, explain
 from ..stages.base import StageContext, StageError
 from .events import EventBus
-from .timing import StepClock, device_sync
+from .timing import DevicePeak, StepClock, device_sync
 
 
 @dataclass
@@ -303,6 +303,7 @@ class LocalExecutor(Executor):
         ctx = StageContext(models=models, resolve_lora=plan.registry.resolve_lora,
                            device=self.device, dtype=self.dtype or plan.registry.dtype,
                            progress=progress, work_dir=scratch, memo=self._memo)
+        peak = DevicePeak(self.device, residency) if node.model_role else None
         started = time.perf_counter()
         meta = module.run({**st.params, **node.runtime}, paths, target, ctx) or {}
         ended = time.perf_counter()
@@ -310,7 +311,11 @@ class LocalExecutor(Executor):
             raise RenderError(f"stage {node.id} returned without writing its output")
         if node.model_role:
             loaded = sum(getattr(residency, "load_seconds", {}).values()) - loading
-            meta = {**meta, "timing": clock.facts(loaded, started, ended)}
+            timing = clock.facts(loaded, started, ended)
+            used = peak.bytes() if peak is not None else None
+            if used is not None:
+                timing["peak_gpu_bytes"] = used
+            meta = {**meta, "timing": timing}
         return target, meta
 
     def _artifact(self, plan: Plan, node_id: str, out: Outcome, bus: EventBus, residency: Any) -> Path:
@@ -384,13 +389,15 @@ def recheck_cached(plan: Plan) -> list[str]:
 
 
 def rank_memory(rank: int, device: str, residencies: list[Any]) -> dict[str, Any]:
-    """What one rank's models cost in memory and copies: peak GPU memory (None off CUDA), the most
+    """What one rank's models cost in memory and copies: peak GPU memory (None off CUDA; the
+    highest of the device's counter and what its stage runs saw before they reset it), the most
     pinned host RAM its models held, loads, swaps and the bytes they brought onto the device."""
     peak = None
     if device.startswith("cuda"):
         import torch
 
         peak = int(torch.cuda.max_memory_allocated(torch.device(device)))
+        peak = max([peak] + [getattr(r, "gpu_peak", 0) for r in residencies])
     def total(counter: str) -> int:
         return sum(sum(getattr(r, counter, {}).values()) for r in residencies)
 

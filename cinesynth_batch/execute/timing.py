@@ -49,6 +49,41 @@ class StepClock:
         return out
 
 
+@dataclass
+class DevicePeak:
+    """The most device memory allocated during one stage run (CUDA only: None elsewhere). The
+    device's peak counter is reset when the run starts; the highest value it held before is kept
+    on ``holder.gpu_peak`` (the rank's residency), so that the rank's peak stays the render's
+    (``runner.rank_memory``)."""
+
+    device: str
+    holder: Any = None
+
+    def __post_init__(self) -> None:
+        if self._cuda():
+            import torch
+
+            dev = torch.device(self.device)
+            self._keep(int(torch.cuda.max_memory_allocated(dev)))
+            torch.cuda.reset_peak_memory_stats(dev)
+
+    def _cuda(self) -> bool:
+        return str(self.device).startswith("cuda")
+
+    def _keep(self, value: int) -> None:
+        if self.holder is not None and hasattr(self.holder, "gpu_peak"):
+            self.holder.gpu_peak = max(self.holder.gpu_peak, value)
+
+    def bytes(self) -> int | None:
+        if not self._cuda():
+            return None
+        import torch
+
+        value = int(torch.cuda.max_memory_allocated(torch.device(self.device)))
+        self._keep(value)
+        return value
+
+
 def device_sync(device: str) -> Callable[[], None] | None:
     if not str(device).startswith("cuda"):
         return None
@@ -58,7 +93,8 @@ def device_sync(device: str) -> Callable[[], None] | None:
 
 
 def timing_text(timing: dict[str, Any] | None) -> str:
-    """`` (load 40.1s; 4 steps: first 12.3s, then 5.1s each)``, or "" when there is nothing to say."""
+    """`` (load 40.1s; 4 steps: first 12.3s, then 5.1s each; GPU peak 22.4 GiB)``, or "" when there
+    is nothing to say."""
     if not timing:
         return ""
     parts = []
@@ -68,4 +104,6 @@ def timing_text(timing: dict[str, Any] | None) -> str:
         n = timing["steps"]
         parts.append(f"{n} step{'s' if n != 1 else ''}: first {timing['first_step_s']:.2f}s"
                      + (f", then {timing['step_s']:.2f}s each" if n > 1 else ""))
+    if timing.get("peak_gpu_bytes"):
+        parts.append(f"GPU peak {timing['peak_gpu_bytes'] / (1 << 30):.1f} GiB")
     return f" ({'; '.join(parts)})" if parts else ""

@@ -361,17 +361,19 @@ def prepared_pipeline(ctx: Any, role: str, params: dict[str, Any],
     """The stage's pipeline with ``params``' speed options applied (reloaded when an earlier stage of
     this render prepared it otherwise), and the report for the manifest. Its blocks are offloaded
     when it needs more than the VRAM budget: ``need(pipe)`` bytes (the fewest its stage can run in
-    by moving components itself, ``runtime/placement.py``), else its whole size."""
+    by moving components itself, ``runtime/placement.py``), else its whole size, and always when
+    its loader kept it in host RAM to stream (``loaded_to_stream``)."""
+    from .placement import loaded_to_stream
     from .swap import model_nbytes
 
     settings = settings_from_params(params)
     pipe = ctx.models.get(role)
     budget = getattr(ctx.models, "budget", None)
-    over = budget is not None and (need or model_nbytes)(pipe) > budget
+    over = (budget is not None and (need or model_nbytes)(pipe) > budget) or loaded_to_stream(pipe)
     try:
         return pipe, prepare_pipeline(pipe, settings, ctx.device, over_budget=over)
     except RuntimeError as exc:
         if "was prepared with" not in str(exc) or not hasattr(ctx.models, "reload"):
             raise
     pipe = ctx.models.reload(role)
-    return pipe, prepare_pipeline(pipe, settings, ctx.device, over_budget=over)
+    return pipe, prepare_pipeline(pipe, settings, ctx.device, over_budget=over or loaded_to_stream(pipe))

@@ -2,8 +2,14 @@
 
 An unfused LoRA computes beside every projection it adapts at every step (two small matmuls and
 an add per adapter and layer: about 8 % of a Wan2.2 A14B step with two LoRAs). Fused, the
-adapters' weighted products are added into the projections' weights once (diffusers'
-``fuse_lora``, PEFT's merge) and a step costs what it costs without LoRAs.
+adapters' weighted products are added into the projections' weights once (as diffusers'
+``fuse_lora`` and PEFT's merge do) and a step costs what it costs without LoRAs.
+
+Each fused weight is rounded to its dtype once: the weight and every adapter's product
+(``B @ A`` times its scale) are summed in fp32 and the sum is cast back (``add_into_weights``), where
+PEFT's own merge would compute each product in the weights' dtype on a GPU and round after every
+adapter it adds. The weight is updated in place, so a pinned host copy of it (``runtime/swap.py``)
+sees it changed and takes the fused values when the model leaves the device.
 
 Fusing changes the weights, and subtracting the products again would not give the original bits
 back (bf16 rounding). So a fused pipeline is a state of the model: the pipeline carries which
@@ -65,6 +71,55 @@ def fuse(pipe: Any, active: Mapping[str, float], components: tuple[str, ...]) ->
     if fused_loras(pipe) == dict(active) or not active:
         return False
     names = list(active)
-    pipe.fuse_lora(components=list(components), lora_scale=1.0, adapter_names=names)
+    merged: set[str] = set()
+    for name in components:
+        model = getattr(pipe, name, None)
+        if model is not None:
+            merged.update(add_into_weights(model, names))
+    if hasattr(pipe, "_merged_adapters"):           # what diffusers' own fuse_lora records
+        pipe._merged_adapters = set(pipe._merged_adapters) | merged
     setattr(pipe, FUSED_ATTR, dict(active))
     return True
+
+
+def _plain_linear(module: Any, name: str) -> bool:
+    """A vanilla LoRA adapter ``name`` on a linear layer: no variant (DoRA ...) and no LoRA bias."""
+    from peft.tuners.lora.layer import Linear
+
+    return (isinstance(module, Linear) and name not in getattr(module, "lora_variant", {})
+            and not (getattr(module, "lora_bias", None) or {}).get(name))
+
+
+def add_into_weights(model: Any, names: list[str]) -> set[str]:
+    """Merge the adapters ``names`` into the weights of ``model``'s LoRA layers that hold them (and
+    have not merged them yet), so that their forward runs the base layer alone. On a linear layer
+    with plain adapters the weight and every adapter's weighted product are summed in fp32 and the
+    sum is written back into the weight, rounded once to its dtype; any other layer merges through
+    PEFT. Returns the names merged."""
+    import torch
+    from peft.tuners.lora.layer import LoraLayer
+    from peft.utils.other import transpose
+
+    done: set[str] = set()
+    with torch.no_grad():
+        for module in model.modules():
+            if not isinstance(module, LoraLayer):
+                continue
+            merged = set(module.merged_adapters)
+            todo = [n for n in names if n in module.lora_A and n not in merged]
+            if not todo:
+                continue
+            if not all(_plain_linear(module, n) for n in todo):
+                module.merge(adapter_names=todo)
+                done.update(todo)
+                continue
+            weight = module.get_base_layer().weight
+            total = weight.to(torch.float32, copy=True)
+            for n in todo:
+                a = module.lora_A[n].weight.to(device=weight.device, dtype=torch.float32)
+                b = module.lora_B[n].weight.to(device=weight.device, dtype=torch.float32)
+                total += transpose(b @ a, module.fan_in_fan_out) * module.scaling[n]
+            weight.copy_(total)                      # in place: one rounding, the version moves on
+            module.merged_adapters.extend(todo)
+            done.update(todo)
+    return done

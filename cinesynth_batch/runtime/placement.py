@@ -22,6 +22,12 @@ already, and a pipeline whose blocks are offloaded streams them from pinned RAM 
 ``host_at_load`` says which components a loader puts in pinned host RAM rather than on the device
 (the text encoder of a pipeline that does not fit its budget whole), so that the device never
 holds the text encoder and the transformer together; ``place_loaded`` puts them there.
+
+A video or lip-sync pipeline that needs more device memory than its budget (``device_need``)
+runs with every transformer block streamed from pinned RAM (``runtime/accel.py``
+``prepared_pipeline``). ``stream_at_load`` tells its loader so: the blocks are never put on the
+device whole, only in host RAM, where the stage's offloading pins them (``streamed_components``:
+what stays in host RAM for it, and what waits in pinned RAM for the stage to bring in).
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ from dataclasses import dataclass, field
 from typing import Sequence, Union
 
 TEXT_ENCODER = "text_encoder"
+#: Model kinds whose stage streams every transformer block from pinned RAM when the pipeline needs
+#: more device memory than its budget.
+STREAMED_KINDS = ("wan-i2v", "wan-s2v")
+_STREAMED_ATTR = "_cinesynth_loaded_to_stream"
 EXPERTS = ("transformer", "transformer_2")
 ONE_TRANSFORMER = ("transformer",)
 HOST, DEVICE = "host", "device"
@@ -147,6 +157,35 @@ def host_at_load(sizes: dict[str, int], available: int | None, *, cuda: bool) ->
     return (TEXT_ENCODER,)
 
 
+def device_need(kind: str, sizes: dict[str, int]) -> int:
+    """The device bytes a pipeline of ``kind`` needs to run without streaming its blocks: the video
+    stage moves its text encoder and experts in turn (``least_device_bytes``); the lip-sync
+    pipeline holds every component."""
+    return least_device_bytes(sizes) if kind == "wan-i2v" else sum(sizes.values())
+
+
+def stream_at_load(kind: str, sizes: dict[str, int], available: int | None, *, cuda: bool) -> bool:
+    """Whether the loader keeps a pipeline of ``kind`` and these ``sizes`` off the device: its stage
+    will stream every block from pinned RAM since it needs more than ``available`` device bytes."""
+    return cuda and available is not None and kind in STREAMED_KINDS and device_need(kind, sizes) > available
+
+
+def streamed_components(kind: str, names: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(components left in host RAM for the stage's block offloading, components sent to pinned
+    host RAM for the stage to bring in) of a ``kind`` pipeline loaded to stream. The video stage
+    offloads every component of its diffusers pipeline; the lip-sync stage streams the
+    transformer's blocks and moves the text encoder in only to encode; the rest goes to the device."""
+    if kind == "wan-i2v":
+        return tuple(names), ()
+    return (tuple(n for n in names if n in EXPERTS),
+            tuple(n for n in names if n == TEXT_ENCODER))
+
+
+def loaded_to_stream(pipe) -> bool:
+    """Whether ``pipe`` was loaded to stream its blocks (``place_loaded`` with ``stay``)."""
+    return bool(getattr(pipe, _STREAMED_ATTR, False))
+
+
 @dataclass
 class MoveLog:
     """The moves a run made, for its facts: ``[{"component", "to", "bytes", "at"}, ...]``."""
@@ -190,15 +229,21 @@ def component_places(pipe) -> dict[str, str]:
     return out
 
 
-def place_loaded(pipe, device: str, on_host: Sequence[str] = ()):
+def place_loaded(pipe, device: str, on_host: Sequence[str] = (), stay: Sequence[str] = ()):
     """Put a loaded pipeline's components on ``device``, but those named in ``on_host``, which go
     to pinned host RAM through the pipeline's pinned copy (``swap_component``: they stay there when
-    the whole pipeline comes back to the device, until a stage moves them by name)."""
+    the whole pipeline comes back to the device, until a stage moves them by name), and those named
+    in ``stay``, left in host RAM for the stage to stream (the pipeline is marked so:
+    ``loaded_to_stream``)."""
     from .swap import move_model, swap_component
 
-    if not on_host:
+    if stay:
+        setattr(pipe, _STREAMED_ATTR, True)
+    elif not on_host:
         return move_model(pipe, device)
     for name, module in components_of(pipe).items():
+        if name in stay:
+            continue
         if name in on_host:
             swap_component(pipe, name, HOST)
         else:

@@ -2,7 +2,9 @@
 and the tiny FLUX.2-klein pipeline folder (skipped without CUDA): under a budget that holds the
 text encoder or the transformer but not both, the loader leaves the text encoder in pinned host
 RAM, each run brings it to the GPU only to encode while the transformer waits there, and the
-picture equals that of a run with everything resident. A full-size shapes pipeline loaded under a
+picture equals that of a run with everything resident; so for the step-distilled folder (no
+classifier-free guidance: the prompt alone is encoded, one transformer forward a step) and for the
+base folder (guidance 3: the prompt and the negative prompt, two forwards a step). A full-size shapes pipeline loaded under a
 24 GiB room never holds the Qwen3-8B text encoder and the 9B transformer on the GPU together."""
 
 from __future__ import annotations
@@ -41,10 +43,10 @@ class _Models:
         return model_nbytes(self.pipe) if self.pipe is not None else 0
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    dst = tmp_path_factory.mktemp("tiny") / "flux2-klein"
-    _write_flux2_klein(dst)
+@pytest.fixture(scope="module", params=[True, False], ids=["distilled", "base"])
+def folder(request, tmp_path_factory):
+    dst = tmp_path_factory.mktemp("tiny") / ("flux2-klein" if request.param else "flux2-klein-base")
+    _write_flux2_klein(dst, distilled=request.param)
     return dst
 
 
@@ -85,12 +87,15 @@ def test_the_text_encoder_and_the_transformer_take_turns_and_give_the_resident_p
     pipe = tight.get("image")                         # loaded with its text encoder in pinned RAM
     assert _places(pipe) == {"text_encoder": "cpu", "transformer": "cuda", "vae": "cuda"}
     assert all(p.is_pinned() for p in pipe.text_encoder.parameters())
+    distilled = folder.name == "flux2-klein"
+    assert pipe.config.is_distilled is distilled and PARAMS["guidance"] > 1
+    passes = 1 if distilled else 2                    # the prompt; with CFG then the negative prompt
     for run in (1, 2):                                # the second run starts from where the first left them
         out = tmp_path / f"tight{run}.png"
         facts, seen = _render(tight, out)
         names = [name for name, _ in seen]
-        assert names[:2] == ["text_encoder", "text_encoder"]       # the prompt, then the negative prompt
-        assert names[2:] == ["transformer"] * 2 * PARAMS["steps"] + ["vae"]    # CFG: two forwards a step
+        assert names[:passes] == ["text_encoder"] * passes
+        assert names[passes:] == ["transformer"] * passes * PARAMS["steps"] + ["vae"]  # a forward per pass a step
         for name, where in seen:
             if name == "text_encoder":
                 assert where == {"text_encoder": "cuda", "transformer": "cpu", "vae": "cuda"}

@@ -41,10 +41,12 @@ def test_a_shapes_component_kept_off_the_gpu_is_built_in_ram_from_the_gpus_draws
     assert _home("cuda:0", True) == ("cpu", "cuda:0")
     assert _home("cuda:0", False) == ("cuda:0", None)
     assert _home("cpu", True) == ("cpu", None) and _home("meta", True) == ("meta", None)
-    with pytest.raises(ModelError, match="'wan2.2-i2v-a14b' builds every component on its device"):
-        build_shapes("wan2.2-i2v-a14b", "meta", host=("text_encoder",))
+    with pytest.raises(ModelError, match="'wan2.2-animate-14b' builds every component on its device"):
+        build_shapes("wan2.2-animate-14b", "meta", host=("text_encoder",))
     pipe = build_shapes("flux2-klein-9b", "meta", host=("text_encoder",))
     assert component_sizes(pipe) == FLUX_9B
+    i2v = {c.name: c.nbytes("bfloat16") for c in SIZES["wan2.2-i2v-a14b"]}      # a pipeline loaded to stream
+    assert component_sizes(build_shapes("wan2.2-i2v-a14b", "meta", host=tuple(i2v))) == i2v
 
 
 def _render(pipe, out):

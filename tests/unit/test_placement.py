@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
-from cinesynth_batch.runtime.placement import (ONE_TRANSFORMER, Move, MoveLog, PlacementPlan, experts_fit,
-                                                host_at_load, least_device_bytes, plan_placement, step_experts)
+from cinesynth_batch.runtime.placement import (ONE_TRANSFORMER, Move, MoveLog, PlacementPlan, device_need,
+                                                experts_fit, host_at_load, least_device_bytes, loaded_to_stream,
+                                                place_loaded, plan_placement, step_experts, stream_at_load,
+                                                streamed_components)
 
 GIB = 1 << 30
 # Wan2.2-I2V-A14B in bf16, roughly: two 14B experts, UMT5-XXL, the VAE
@@ -186,3 +188,36 @@ def test_the_moves_stages_made_inside_their_pipelines_reach_the_memory_totals():
              {"frames": 81}]
     table = memory_table([row, {**row, "rank": 1}], facts)
     assert (table["moves"], table["moved_in_pipelines"], table["loads"], table["bytes_moved"]) == (3, 44, 2, 200)
+
+
+S2V = {"transformer": 32 * GIB, "text_encoder": 11 * GIB, "vae": GIB // 4, "audio_model": GIB}
+
+
+def test_a_video_or_lipsync_pipeline_over_its_budget_is_loaded_to_stream_on_cuda_only():
+    # the video stage moves its encoder and experts in turn: it needs the VAE and one 28 GiB expert
+    assert device_need("wan-i2v", SIZES) == 28 * GIB + GIB // 4
+    assert device_need("wan-s2v", S2V) == sum(S2V.values())
+    assert stream_at_load("wan-i2v", SIZES, 24 * GIB, cuda=True)
+    assert not stream_at_load("wan-i2v", SIZES, 29 * GIB, cuda=True)       # experts take turns instead
+    assert stream_at_load("wan-s2v", S2V, 40 * GIB, cuda=True)
+    assert not stream_at_load("wan-s2v", S2V, 45 * GIB, cuda=True)
+    assert not stream_at_load("wan-i2v", SIZES, 24 * GIB, cuda=False)
+    assert not stream_at_load("wan-i2v", SIZES, None, cuda=True)
+    assert not stream_at_load("flux2-klein", {"transformer": 40 * GIB}, 24 * GIB, cuda=True)
+
+
+def test_what_a_streamed_pipeline_leaves_in_host_ram_and_what_waits_pinned():
+    assert streamed_components("wan-i2v", list(SIZES)) == (tuple(SIZES), ())
+    assert streamed_components("wan-s2v", list(S2V)) == (("transformer",), ("text_encoder",))
+
+
+def test_a_pipeline_placed_to_stream_keeps_those_components_where_they_are_and_says_so():
+    import torch
+
+    pipe = type("Pipe", (), {})()
+    pipe.components = {"transformer": torch.nn.Linear(4, 4), "vae": torch.nn.Linear(4, 4)}
+    assert not loaded_to_stream(pipe)
+    place_loaded(pipe, "meta", stay=("transformer",))     # "meta": a device that is not the host
+    assert loaded_to_stream(pipe)
+    assert pipe.components["transformer"].weight.device.type == "cpu"
+    assert pipe.components["vae"].weight.device.type == "meta"

@@ -41,3 +41,14 @@ def test_setup_and_finish_are_the_times_before_the_first_and_after_the_last_prog
 def test_a_stage_without_steps_reports_its_load_only():
     assert StepClock().facts(0.5) == {"load_s": 0.5}
     assert timing_text({"load_s": 0.5}) == " (load 0.5s)" and timing_text(None) == ""
+
+
+def test_a_stage_peak_is_said_and_off_cuda_there_is_none():
+    from types import SimpleNamespace
+
+    from cinesynth_batch.execute.timing import DevicePeak
+
+    assert timing_text({"load_s": 0.5, "peak_gpu_bytes": 23 * (1 << 30) + (1 << 29)}) == \
+        " (load 0.5s; GPU peak 23.5 GiB)"
+    holder = SimpleNamespace(gpu_peak=7)
+    assert DevicePeak("cpu", holder).bytes() is None and holder.gpu_peak == 7

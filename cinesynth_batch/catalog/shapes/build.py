@@ -10,6 +10,8 @@ random weights instead of the released ones:
   ``flux2-klein-base-9b`` is the same pipeline undistilled (``is_distilled=False``);
 * ``wan2.2-i2v-a14b``: ``WanImageToVideoPipeline`` with both experts, UMT5-XXL and the Wan VAE;
 * ``wan2.2-s2v-14b``: our ``WanS2VPipeline`` (transformer, Wan2.1 VAE, UMT5-XXL, wav2vec2-large);
+  for both, the components named in ``host`` (those a pipeline loaded to stream its blocks keeps
+  off the device) are built in host RAM, drawn on the GPU as the text encoder of FLUX.2-klein is;
 * ``wan2.2-animate-14b``: ``WanAnimatePipeline`` with its CLIP ViT-H/14 image encoder; as
   ``load_animate_pipeline`` does, the transformer stays in host RAM (its rest copy: drawn on the GPU
   when there is one, then copied) and the other components go to ``device``;
@@ -53,26 +55,27 @@ def _dtype(dtype: str):
 # --------------------------------------------------------------------------- components
 
 
-def umt5_xxl(device: str, dtype):
+def umt5_xxl(device: str, dtype, draw_on: str | None = None):
     from transformers import UMT5EncoderModel
 
     from ...models.s2v.components import UMT5Arch, umt5_config
 
     model = empty_model(lambda: UMT5EncoderModel(umt5_config(UMT5Arch(**C.UMT5_XXL))))
     model.set_input_embeddings(model.shared)        # one embedding tensor, as load_umt5_encoder makes it
-    return materialize(model, device, dtype, _SEEDS["text_encoder"])
+    return materialize(model, device, dtype, _SEEDS["text_encoder"], draw_on=draw_on)
 
 
-def wan21_vae(device: str, dtype):
+def wan21_vae(device: str, dtype, draw_on: str | None = None):
     from diffusers import AutoencoderKLWan
 
-    return build_module(lambda: AutoencoderKLWan(**C.WAN21_VAE), device, dtype, _SEEDS["vae"])
+    return build_module(lambda: AutoencoderKLWan(**C.WAN21_VAE), device, dtype, _SEEDS["vae"], draw_on=draw_on)
 
 
-def wan_expert(device: str, dtype, seed_key: str = "transformer"):
+def wan_expert(device: str, dtype, seed_key: str = "transformer", draw_on: str | None = None):
     from diffusers import WanTransformer3DModel
 
-    return build_module(lambda: WanTransformer3DModel(**C.A14B_EXPERT), device, dtype, _SEEDS[seed_key])
+    return build_module(lambda: WanTransformer3DModel(**C.A14B_EXPERT), device, dtype, _SEEDS[seed_key],
+                        draw_on=draw_on)
 
 
 def _wan_scheduler():
@@ -120,21 +123,26 @@ def build_flux2_klein_base(device: str, dtype, host: tuple[str, ...] = ()) -> An
     return build_flux2_klein(device, dtype, host, distilled=C.FLUX2_KLEIN_BASE_9B_DISTILLED)
 
 
-def build_wan_i2v(device: str, dtype) -> Any:
+def build_wan_i2v(device: str, dtype, host: tuple[str, ...] = ()) -> Any:
     from diffusers import WanImageToVideoPipeline
 
     from ..tiny.parts import t5_tokenizer
 
+    def at(name: str) -> dict:
+        home, draw = _home(device, name in host)
+        return {"device": home, "draw_on": draw}
+
     pipe = WanImageToVideoPipeline(
-        tokenizer=t5_tokenizer(), text_encoder=umt5_xxl(device, dtype), vae=wan21_vae(device, dtype),
-        scheduler=_wan_scheduler(), image_processor=None, image_encoder=None,
-        transformer=wan_expert(device, dtype, "transformer"),
-        transformer_2=wan_expert(device, dtype, "transformer_2"), boundary_ratio=C.A14B_BOUNDARY_RATIO)
+        tokenizer=t5_tokenizer(), text_encoder=umt5_xxl(dtype=dtype, **at("text_encoder")),
+        vae=wan21_vae(dtype=dtype, **at("vae")), scheduler=_wan_scheduler(), image_processor=None,
+        image_encoder=None, transformer=wan_expert(dtype=dtype, seed_key="transformer", **at("transformer")),
+        transformer_2=wan_expert(dtype=dtype, seed_key="transformer_2", **at("transformer_2")),
+        boundary_ratio=C.A14B_BOUNDARY_RATIO)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def build_wan_s2v(device: str, dtype) -> Any:
+def build_wan_s2v(device: str, dtype, host: tuple[str, ...] = ()) -> Any:
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC
 
@@ -142,16 +150,18 @@ def build_wan_s2v(device: str, dtype) -> Any:
     from ...models.s2v.transformer import S2V_14B_CONFIG, WanS2VTransformer3DModel
     from ..tiny.parts import t5_tokenizer
 
-    transformer = build_module(lambda: WanS2VTransformer3DModel(**S2V_14B_CONFIG), device, dtype,
-                               _SEEDS["transformer"])
+    home, draw = _home(device, "transformer" in host)
+    transformer = build_module(lambda: WanS2VTransformer3DModel(**S2V_14B_CONFIG), home, dtype,
+                               _SEEDS["transformer"], draw_on=draw)
     # WanS2VPipeline.from_folder: the VAE in float32 on the CPU, else in the load dtype; wav2vec2 in float32.
     vae = wan21_vae(device, torch.float32 if torch.device(device).type == "cpu" else dtype)
     audio_model = build_module(lambda: Wav2Vec2ForCTC(Wav2Vec2Config(**C.WAV2VEC2_LARGE_XLSR53)), device,
                                torch.float32, _SEEDS["audio_model"])
     extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
                                          do_normalize=True, return_attention_mask=True)
-    return WanS2VPipeline(transformer, vae, umt5_xxl(device, dtype), t5_tokenizer(), audio_model, extractor,
-                          device=device, dtype=dtype)
+    home, draw = _home(device, "text_encoder" in host)
+    return WanS2VPipeline(transformer, vae, umt5_xxl(home, dtype, draw_on=draw), t5_tokenizer(), audio_model,
+                          extractor, device=device, dtype=dtype)
 
 
 def build_wan_animate(device: str, dtype) -> Any:
@@ -218,7 +228,7 @@ BUILDERS: dict[str, Callable[[str, Any], Any]] = {
 
 def build_shapes(name: str, device: str = "cuda", dtype: str = "bfloat16", host: tuple[str, ...] = ()) -> Any:
     """The production pipeline ``name`` at full size with seeded random weights on ``device``;
-    ``host``: components of the FLUX.2-klein pipeline built in host RAM instead."""
+    ``host``: components of a FLUX.2-klein, Wan2.2-I2V or S2V pipeline built in host RAM instead."""
     from ...errors import ModelError
     from ...runtime.dtypes import quiet_libraries
 
@@ -227,7 +237,7 @@ def build_shapes(name: str, device: str = "cuda", dtype: str = "bfloat16", host:
     quiet_libraries()
     td = _dtype(dtype) if isinstance(dtype, str) else dtype
     if host:
-        if name not in (FLUX2_KLEIN_9B, FLUX2_KLEIN_BASE_9B):
+        if name not in (FLUX2_KLEIN_9B, FLUX2_KLEIN_BASE_9B, WAN_I2V_A14B, WAN_S2V_14B):
             raise ModelError(f"shapes model {name!r} builds every component on its device")
         return BUILDERS[name](device, td, tuple(host))
     return BUILDERS[name](device, td)

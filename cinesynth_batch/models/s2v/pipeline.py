@@ -91,8 +91,10 @@ class WanS2VPipeline:
                 "audio_model": self.audio_model}
 
     @classmethod
-    def from_folder(cls, folder: str | Path, device: str = "cpu",
-                    dtype: torch.dtype = torch.float32) -> "WanS2VPipeline":
+    def from_folder(cls, folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                    place: bool = True) -> "WanS2VPipeline":
+        """Load the official layout for ``device``; ``place``: move every component there (else
+        they stay in host RAM where they were read, for the caller to place)."""
         folder = Path(folder)
         needed = ["config.json", comp.VAE_FILE, comp.T5_FILE, comp.T5_TOKENIZER_DIR, comp.WAV2VEC2_DIR]
         missing = [n for n in needed if not (folder / n).exists()]
@@ -107,7 +109,7 @@ class WanS2VPipeline:
         audio_model, audio_processor = load_wav2vec2(folder / comp.WAV2VEC2_DIR, dtype=torch.float32)
         pipe = cls(transformer.eval(), vae.eval(), text_encoder.eval(), tokenizer, audio_model.eval(),
                    audio_processor, device=device, dtype=dtype)
-        return pipe.to(device)
+        return pipe.to(device) if place else pipe
 
     def to(self, device: str | torch.device) -> "WanS2VPipeline":
         self.device = torch.device(device)
