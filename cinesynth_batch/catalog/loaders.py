@@ -138,13 +138,19 @@ def load_model(kind: str, path: Path | ShapesSource, device: str = "cpu", dtype:
 
 
 def _placed(kind: str, pipe: Any, device: str, room: int | None) -> Any:
-    """A pipeline loaded in host RAM, placed for its stage: streamed (``stream_at_load``), with
-    its text encoder in pinned RAM (``host_at``) or whole on ``device``."""
-    sizes = component_sizes(pipe)
+    """A pipeline loaded in host RAM, placed for its stage (``load_placement``)."""
+    stay, on_host = load_placement(kind, component_sizes(pipe), device, room)
+    return place_loaded(pipe, device, on_host, stay=stay)
+
+
+def load_placement(kind: str, sizes: dict[str, int], device: str,
+                   room: int | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(components left in host RAM for the stage to stream, components loaded into pinned host
+    RAM) of a ``kind`` pipeline of these ``sizes``: a pipeline that streams (``stream_at_load``),
+    else the text encoder of one over its room (``host_at``); the rest goes to ``device``."""
     if stream_at_load(kind, sizes, room, cuda=str(device).startswith("cuda")):
-        stay, on_host = streamed_components(kind, list(sizes))
-        return place_loaded(pipe, device, on_host, stay=stay)
-    return place_loaded(pipe, device, host_at(kind, sizes, device, room))
+        return streamed_components(kind, list(sizes))
+    return (), host_at(kind, sizes, device, room)
 
 
 def host_at(kind: str, sizes: dict[str, int], device: str, room: int | None) -> tuple[str, ...]:
@@ -159,14 +165,9 @@ def _build_shapes(kind: str, source: ShapesSource, device: str, dtype: str, room
 
     if source.kind != kind:
         raise StageError(f"shapes model {source.name!r} is of kind {source.kind!r}, not {kind!r}")
-    sizes = {c.name: c.nbytes(dtype) for c in SIZES[source.name]}
-    if stream_at_load(kind, sizes, room, cuda=str(device).startswith("cuda")):
-        stay, on_host = streamed_components(kind, list(sizes))
-        model = build_shapes(source.name, device, dtype, host=stay + on_host)
-        return place_loaded(model, device, on_host, stay=stay)
-    on_host = host_at(kind, sizes, device, room)
-    model = build_shapes(source.name, device, dtype, host=on_host)
-    return place_loaded(model, device, on_host) if on_host else model
+    stay, on_host = load_placement(kind, {c.name: c.nbytes(dtype) for c in SIZES[source.name]}, device, room)
+    model = build_shapes(source.name, device, dtype, host=stay + on_host)
+    return place_loaded(model, device, on_host, stay=stay) if stay or on_host else model
 
 
 def load_animate_pipeline(path: Path, device: str = "cpu", dtype: str = "float32") -> Any:

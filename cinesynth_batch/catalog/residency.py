@@ -97,7 +97,7 @@ class Residency:
     load_seconds: Counter = field(default_factory=Counter)   # building or reading each model
     moved: Counter = field(default_factory=Counter)     # bytes brought onto the device, per model
     pinned_peak: int = 0
-    gpu_peak: int = 0             # the most device memory allocated before the last stage run began
+    gpu_peak: int = 0             # the most device memory allocated, across stage runs' counter resets
     _resident: "OrderedDict[str, tuple[Any, int]]" = field(default_factory=OrderedDict)
     _host: "OrderedDict[str, tuple[Any, int]]" = field(default_factory=OrderedDict)
 

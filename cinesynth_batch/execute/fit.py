@@ -47,8 +47,8 @@ from typing import Iterable
 from ..catalog.budget import RankBudget, human
 from ..catalog.shapes import DTYPE_BYTES, ShapesSource
 from ..errors import ModelError
-from ..runtime.placement import (EXPERTS, HOST, ONE_TRANSFORMER, STREAMED_KINDS, TEXT_ENCODER, device_need,
-                                 experts_fit, least_device_bytes, plan_placement)
+from ..runtime.placement import (EXPERTS, HOST, ONE_TRANSFORMER, STREAMED_KINDS, TEXT_ENCODER, experts_fit,
+                                 least_device_bytes, plan_placement)
 
 #: Kinds whose stages offload every transformer block when the pipeline is over the VRAM budget.
 OFFLOADED_OVER_BUDGET = STREAMED_KINDS
@@ -206,7 +206,8 @@ def host_need(need: Need, budget: RankBudget, dtype: str) -> int:
             streamed = blocks.total * min(need.block_swap, blocks.count) // blocks.count
         return sizes.get("transformer", size) + streamed
     if need.kind in OFFLOADED_OVER_BUDGET:
-        if device_need(need.kind, sizes or {"model": size}) > budget.budget:    # as the stages decide
+        least = least_device_bytes(sizes) if need.kind == "wan-i2v" else size    # as the stages decide
+        if least > budget.budget:
             blocks = model_blocks(need.source, dtype)
             if blocks is None or not blocks.total:
                 return size

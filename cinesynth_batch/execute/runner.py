@@ -312,7 +312,7 @@ class LocalExecutor(Executor):
         if node.model_role:
             loaded = sum(getattr(residency, "load_seconds", {}).values()) - loading
             timing = clock.facts(loaded, started, ended)
-            used = peak.bytes() if peak is not None else None
+            used = peak.bytes()
             if used is not None:
                 timing["peak_gpu_bytes"] = used
             meta = {**meta, "timing": timing}

@@ -369,11 +369,14 @@ def prepared_pipeline(ctx: Any, role: str, params: dict[str, Any],
     settings = settings_from_params(params)
     pipe = ctx.models.get(role)
     budget = getattr(ctx.models, "budget", None)
-    over = (budget is not None and (need or model_nbytes)(pipe) > budget) or loaded_to_stream(pipe)
+
+    def over(pipe: Any) -> bool:
+        return (budget is not None and (need or model_nbytes)(pipe) > budget) or loaded_to_stream(pipe)
+
     try:
-        return pipe, prepare_pipeline(pipe, settings, ctx.device, over_budget=over)
+        return pipe, prepare_pipeline(pipe, settings, ctx.device, over_budget=over(pipe))
     except RuntimeError as exc:
         if "was prepared with" not in str(exc) or not hasattr(ctx.models, "reload"):
             raise
     pipe = ctx.models.reload(role)
-    return pipe, prepare_pipeline(pipe, settings, ctx.device, over_budget=over or loaded_to_stream(pipe))
+    return pipe, prepare_pipeline(pipe, settings, ctx.device, over_budget=over(pipe))

@@ -12,7 +12,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest
 import torch
 
-from cinesynth_batch.catalog.loaders import host_at, load_model
+from cinesynth_batch.catalog.loaders import host_at, load_model, load_placement
 from cinesynth_batch.catalog.shapes import SIZES
 from cinesynth_batch.catalog.shapes.build import _home, build_shapes
 from cinesynth_batch.errors import ModelError
@@ -35,6 +35,14 @@ def test_the_loader_keeps_the_text_encoder_of_an_image_pipeline_over_its_room_in
     assert host_at("flux2-klein", FLUX_9B, "cuda:0", None) == ()
     assert host_at("flux2-klein", FLUX_9B, "cpu", 24 * GIB) == ()           # host RAM is the device
     assert host_at("wan-i2v", {"text_encoder": 11 * GIB, "transformer": 28 * GIB}, "cuda:0", GIB) == ()
+
+
+def test_the_loader_streams_a_video_pipeline_over_its_room_and_parks_only_the_encoder_of_an_image_one():
+    i2v = {c.name: c.nbytes("bfloat16") for c in SIZES["wan2.2-i2v-a14b"]}
+    assert load_placement("wan-i2v", i2v, "cuda:0", 24 * GIB) == (tuple(i2v), ())
+    assert load_placement("wan-i2v", i2v, "cuda:0", 40 * GIB) == ((), ())     # its experts take turns
+    assert load_placement("wan-i2v", i2v, "cpu", 24 * GIB) == ((), ())
+    assert load_placement("flux2-klein", FLUX_9B, "cuda:0", 24 * GIB) == ((), ("text_encoder",))
 
 
 def test_a_shapes_component_kept_off_the_gpu_is_built_in_ram_from_the_gpus_draws():
