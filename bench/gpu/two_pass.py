@@ -123,8 +123,7 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             seconds, frames = timed_on(fn, device, args.reps, warm=1)
-            row = {"row": name, "s": round(seconds, 3), "frames": int(frames.shape[1]),
-                   "size": f"{frames.shape[3]}x{frames.shape[2]}"}
+            row = {"row": name, "s": round(seconds, 3), "frames": int(frames.shape[1]), "size": _size(frames)}
             if device.type == "cuda":
                 row["peak_gib"] = gib(torch.cuda.max_memory_allocated())
             rows.append(row)
@@ -134,6 +133,13 @@ def main() -> None:
     save("two_pass.json", {"size": args.size, "base": f"{base[0]}x{base[1]}", "frames": args.frames,
                            "steps": args.steps, "high_steps": args.high_steps, "device": str(device),
                            "rows": rows})
+
+
+def _size(frames) -> str:
+    """WIDTHxHEIGHT of a batch of clips, channels last (numpy output) or first (``pt`` output)."""
+    shape = tuple(frames.shape)
+    height, width = shape[-3:-1] if shape[-1] == 3 else shape[-2:]
+    return f"{width}x{height}"
 
 
 if __name__ == "__main__":

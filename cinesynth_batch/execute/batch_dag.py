@@ -93,13 +93,14 @@ def render_dag(specs: list[Path], pool: Any, *, profile: str | None, allow_paths
                                  keep_going=keep_going, force=force, models=pool)
         display = make_progress(sum(len(r.plan.to_run()) for r in runs), enabled=progress)
         closers.append(display.close)
+        found: dict[str, Any] = {}          # the fast paths, surveyed once for the batch
         for run in runs:
             run.bus = EventBus(all_sinks + [display])
             run.bus.emit("render_started", detail={"project": run.plan.project,
                                                    "spec": run.session.loaded.display,
                                                    "stages": len(run.plan.order),
                                                    "to_run": len(run.plan.to_run())})
-            _prepare(run, executor)
+            _prepare(run, executor, found)
         live = [r for r in runs if r.error is None]
         DagRun(live, executor, pool, keep_going).run()
         for run in runs:
@@ -115,9 +116,11 @@ def render_dag(specs: list[Path], pool: Any, *, profile: str | None, allow_paths
     return [finished[i] for i in range(len(specs))]
 
 
-def _prepare(run: SpecRun, executor: LocalExecutor) -> None:
+def _prepare(run: SpecRun, executor: LocalExecutor, found: dict[str, Any]) -> None:
     """What ``LocalExecutor.execute`` does before running anything: stale scratch cleaned,
-    cached objects checked, models checked; the cached stages counted."""
+    cached objects checked, models checked, the fast paths announced (once for the batch:
+    ``found``, filled by the first spec that runs a model; every such spec records them); the
+    cached stages counted."""
     plan, out = run.plan, run.out
     plan.cache.clean_stale_tmp()
     recheck_cached(plan)
@@ -127,6 +130,10 @@ def _prepare(run: SpecRun, executor: LocalExecutor) -> None:
         except CinesynthError as exc:
             run.error = exc
             return
+        if any(st.node.model_role for st in plan.to_run()):
+            if not found:
+                found.update(executor.announce_fast_paths(plan, run.bus))
+            out.fast_paths = dict(found)
     for nid in plan.order:
         st = plan.stages[nid]
         if st.status == "cached" and st.entry is not None:

@@ -3,8 +3,9 @@
 Loading
 -------
 ``catalog.loaders.load_animate_pipeline(path, device, dtype)`` reads a ``WanAnimatePipeline`` folder through
-``from_pretrained`` (weights in ``dtype``). The text encoder, image encoder and VAE go to ``device``.
-The transformer's weights stay where they were loaded (host RAM): they are its *rest copy*, which
+``from_pretrained`` (weights in ``dtype``). The text encoder, image encoder and VAE go to ``device``
+(on CUDA the stage parks the text encoder in pinned host RAM once the prompts are encoded:
+``stages/animate.py``). The transformer's weights stay where they were loaded (host RAM): they are its *rest copy*, which
 no run modifies. Each run places a working copy on the device with the settings it asks for.
 
 Runtime settings (``RuntimeSettings``)

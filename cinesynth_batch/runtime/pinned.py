@@ -115,9 +115,9 @@ def plain(tensor: Any) -> bool:
 def pin_in_place(tensors: Sequence[Any], pin: bool | None = None, limit: int = CHUNK) -> list[Arena]:
     """Move each plain tensor's data into new arenas of at most ``limit`` bytes each
     (``tensor.data`` becomes its copy there), one arena after the other, so that a source in host
-    RAM is freed before the next arena is taken; returns the arenas. Tensor subclasses are left
-    as they are."""
-    tensors = [t for t in tensors if plain(t.data)]
+    RAM is freed before the next arena is taken; returns the arenas. Tensor subclasses, and
+    tensors pinned already, are left as they are."""
+    tensors = [t for t in tensors if plain(t.data) and not t.data.is_pinned()]
     arenas = []
     for run in chunks([t.data for t in tensors], limit):
         arena, views = Arena.holding([tensors[i].data for i in run], pin=pin)

@@ -8,7 +8,7 @@ model; a tensor that changed on the device since it arrived (its storage or its 
 differ, e.g. a LoRA was fused into it) is copied back first. The first move to the host pins
 every tensor once (``pinned_bytes`` says how much), into exactly sized arenas of at most 1 GiB
 (``runtime/pinned.py``: PyTorch's own pinned allocator would round each weight up to a power of
-two).
+two); a tensor that is in pinned host RAM already is its own copy.
 
 ``model_nbytes`` counts what a pipeline, module or wrapper holds; ``move_model`` moves it plainly;
 ``swap_model`` moves it between pinned host RAM and a device through its ``HostCopy``;
@@ -83,6 +83,10 @@ class HostCopy:
                 host.copy_(data)
                 self.copied_back += 1
                 tensor.data = host
+            elif host is None and plain(data) and data.device.type == "cpu" and data.is_pinned():
+                self.pinned[id(tensor)] = data        # pinned where it was made: it is its own copy
+                self.owned.add(id(tensor))
+                self.pinned_bytes += data.numel() * data.element_size()
             elif plain(data):                         # no copy yet, or one this copy does not own
                 fresh_copies.append(tensor)
             else:                                     # a tensor subclass: pinned on its own

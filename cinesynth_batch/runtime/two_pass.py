@@ -113,7 +113,8 @@ class TwoPassPlan:
 
 def run_two_pass(pipe: Any, plan: TwoPassPlan, images: Callable[[int, int], tuple[Any, Any]], *, frames: int,
                  seed: int, call: dict[str, Any], on_step: Callable[[int], None] | None = None) -> Any:
-    """Run ``pipe`` in two passes as the module says; returns the full-size frames (numpy).
+    """Run ``pipe`` in two passes as the module says; returns the full-size frames as the pipeline's
+    ``output_type="pt"`` gives them (batch, frames, channels, height, width).
 
     ``images(width, height)`` gives the (first, last-or-None) conditioning images at a size;
     ``call`` holds the keyword arguments both passes share (prompt embeddings, guidance scales);

@@ -12,6 +12,11 @@ the same frame count, which is the output's frame count); for ``mode: replace`` 
 ``background`` and ``mask`` (videos, same frame count; white in the mask = where the character
 goes); optional ``reference`` (the original reference video, used only for its audio).
 
+The stage encodes the prompts itself (the pipeline's own ``encode_prompt``, as ``stages/video.py``
+does) and hands the embeddings to the pipeline, so on CUDA the text encoder (UMT5-XXL, 11 GB in
+bf16) waits in pinned host RAM while the transformer denoises and the VAE decodes; the moves are in
+the result's ``placement``.
+
 The pipeline runs in windows of ``frame_window`` frames; each window after the first is
 conditioned on the last ``prev_frames`` generated frames of the previous one (the pipeline's
 ``segment_frame_length`` / ``prev_segment_conditioning_frames``), and the output is cut to exactly
@@ -201,6 +206,19 @@ def checked_runtime(p: dict[str, Any], runtime: dict[str, Any], device: str) -> 
     return {name: {"asked": p.get(name), "ran": value} for name, value in ran.items() if p.get(name) != value}
 
 
+def encoder_plan(pipe: Any, ctx: StageContext):
+    """Where the text encoder sits during this run (``runtime/placement.py``): on CUDA it is on the
+    device only while the prompts are encoded, then waits in pinned host RAM; the transformer
+    (its rest copy in host RAM, its working copy placed by ``runtime/animate.py``) does not move."""
+    from ..runtime.placement import TEXT_ENCODER, component_places, component_sizes, plan_placement
+    from .base import pipeline_room
+
+    cuda = str(ctx.device).startswith("cuda")
+    sizes = {TEXT_ENCODER: component_sizes(pipe)[TEXT_ENCODER]} if cuda else {}
+    return plan_placement(cuda=cuda, sizes=sizes, where=component_places(pipe),
+                          available=pipeline_room(pipe, ctx) if cuda else None, experts=())
+
+
 def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageContext) -> dict[str, Any]:
     import torch
 
@@ -214,7 +232,8 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
         TEACACHE_COEFFICIENTS_NOTE,
     )
     from ..runtime.pixels import video_frames
-    from .video import make_scheduler
+    from ..runtime.placement import MoveLog, carry_out
+    from .video import encode_prompts, make_scheduler
 
     p = check_params(params)
     settings = RuntimeSettings(precision=p["precision"], quantize=p["quantize"], attention=p["attention"],
@@ -251,18 +270,23 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
             handle = apply_animate_teacache(pipe, p["cache"], p["steps"])
         except ValueError as exc:
             raise StageError(f"animate: TeaCache cannot be used on this model: {exc}") from exc
+    plan = encoder_plan(pipe, ctx)
+    moves = MoveLog()
     ctx.progress(0, total)
     stats = None
     try:
         with torch.no_grad():
+            carry_out(pipe, plan.at("encode"), ctx.device, moves)
+            prompt_embeds, negative_embeds = encode_prompts(pipe, p["prompt"], p["negative_prompt"], p["guidance"])
+            carry_out(pipe, plan.at("encoded"), ctx.device, moves)
             result = pipe(
                 image=data["character"],
                 pose_video=data["pose"],
                 face_video=data["face"],
                 background_video=data.get("background"),
                 mask_video=data.get("mask"),
-                prompt=p["prompt"],
-                negative_prompt=p["negative_prompt"],
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_embeds,
                 height=p["height"],
                 width=p["width"],
                 segment_frame_length=p["frame_window"],
@@ -312,6 +336,7 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
         "prev_frames": p["prev_frames"],
         "steps": p["steps"],
         "runtime": runtime,
+        "placement": moves.facts(plan),
         **({"fell_back": fell} if fell else {}),
         **audio,
     }

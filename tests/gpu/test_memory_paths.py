@@ -166,3 +166,35 @@ def test_video_stage_block_swap_gives_the_frames_of_the_resident_run(tmp_path):
     got, report = frames({**base, "block_swap": 1})
     assert report["transformer"]["offloaded_blocks"] == 1 and report["transformer_2"]["offloaded_blocks"] == 1
     assert (got == want).all()
+
+
+from test_stage_animate import BASE as ANIMATE_BASE, inputs_for, media  # noqa: E402,F401  (fixture)
+
+
+def test_the_animate_stage_keeps_the_text_encoder_off_the_gpu_while_it_denoises(tmp_path, media):
+    """On CUDA the Change Character stage encodes the prompt with UMT5 on the device, then parks it
+    in pinned host RAM before the first step; the next run brings it back to encode."""
+    from cinesynth_batch.catalog.loaders import load_animate_pipeline
+    from cinesynth_batch.catalog.tiny.animate import build_tiny_animate
+    from cinesynth_batch.stages import animate as stage
+    from cinesynth_batch.stages.base import StageContext
+
+    pipe = load_animate_pipeline(build_tiny_animate(tmp_path / "animate"), device="cuda", dtype="bfloat16")
+    where = []
+    pipe.transformer.register_forward_pre_hook(
+        lambda m, a: where.append(next(pipe.text_encoder.parameters()).device.type))
+    ctx = StageContext(models=SimpleNamespace(get=lambda role: pipe), resolve_lora=lambda n, f: None,
+                       device="cuda", dtype="bfloat16")
+    params = {**ANIMATE_BASE, "precision": "bf16"}
+    first = stage.run(params, inputs_for(media, 17), tmp_path / "a.mp4", ctx)
+    assert where and set(where) == {"cpu"}
+    assert [(m["at"], m["component"], m["to"]) for m in first["placement"]["moves"]] == [
+        ("encoded", "text_encoder", "host")]
+    assert all(p.is_pinned() for p in pipe.text_encoder.parameters())
+    where.clear()
+    second = stage.run(params, inputs_for(media, 17), tmp_path / "b.mp4", ctx)
+    assert where and set(where) == {"cpu"}
+    assert [(m["at"], m["component"], m["to"]) for m in second["placement"]["moves"]] == [
+        ("encode", "text_encoder", "device"), ("encoded", "text_encoder", "host")]
+    size = sum(p.numel() * p.element_size() for p in pipe.text_encoder.parameters())
+    assert second["placement"]["bytes_moved"] == 2 * size

@@ -90,7 +90,7 @@ def test_pipeline_over_the_budget_is_offloaded_and_gives_the_same_frames(folder)
     assert abs(got.astype("float32") - want.astype("float32")).max() < 1e-2
 
 
-def test_video_stage_fuses_its_loras_on_cuda_and_other_loras_get_a_fresh_model(folder, tmp_path, monkeypatch):
+def test_video_stage_fuses_its_loras_on_cuda_and_other_loras_get_a_fresh_model(folder, tmp_path):
     """``lora_fuse: auto`` on CUDA: two LoRAs with different high/low weights are fused into the
     resident compiled experts; the clip stays within bf16 rounding of the unfused one, the same
     LoRAs reuse the fused model and other weights reload it.
@@ -129,11 +129,15 @@ def test_video_stage_fuses_its_loras_on_cuda_and_other_loras_get_a_fresh_model(f
     def far(a, b):
         return float(np.abs(a - b).mean())
 
-    with monkeypatch.context() as m:
-        m.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-        m.setattr(torch.backends.cudnn, "allow_tf32", False)
+    # exact fp32 (no TF32) for the reference; set and put back by hand: pytest's monkeypatch deletes
+    # the attribute on undo, which torch's cuBLAS settings object does not allow
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
         _, reference = clip("fp32", models=_Models(folder, budget=1 << 40, dtype="float32"), dtype="float32",
                             loras=pair, lora_fuse="off", compile="off")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     torch.cuda.empty_cache()
     facts, unfused = clip("unfused", loras=pair, lora_fuse="off")
     assert facts["loras"]["fused"] is False

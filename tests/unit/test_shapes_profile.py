@@ -169,6 +169,42 @@ def test_materialize_fills_seeded_values_and_keeps_ties():
     assert not any(p.requires_grad for p in a.parameters())
 
 
+def test_a_component_kept_in_host_ram_is_made_in_arenas_with_the_same_values(monkeypatch):
+    """Drawn elsewhere (``draw_on``) into host RAM: the values are those made in place, every
+    parameter is a view of an arena the model keeps (page-locked on CUDA), ties hold, and a small
+    chunk size splits the parameters over several arenas without changing a value."""
+    import torch
+    from transformers import UMT5EncoderModel
+
+    from cinesynth_batch.catalog.shapes import materialize as M
+    from cinesynth_batch.models.s2v.components import UMT5Arch, umt5_config
+    from cinesynth_batch.runtime import pinned
+
+    arch = UMT5Arch(vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_heads=4, num_layers=2, num_buckets=8)
+
+    def make(**kw):
+        m = M.empty_model(lambda: UMT5EncoderModel(umt5_config(arch)))
+        m.set_input_embeddings(m.shared)
+        return M.materialize(m, "cpu", torch.bfloat16, 5, **kw)
+
+    plain, pooled = make(), make(draw_on="cpu")
+    assert not hasattr(plain, M.ARENAS_ATTR)
+    arenas = getattr(pooled, M.ARENAS_ATTR)
+    assert len(arenas) == 1
+    assert all(torch.equal(x, y) for x, y in zip(plain.state_dict().values(), pooled.state_dict().values()))
+    base = arenas[0].buffer.data_ptr()
+    params = list(pooled.parameters())
+    assert all(base <= p.data_ptr() < base + arenas[0].nbytes for p in params)
+    assert sum(p.numel() * p.element_size() for p in params) <= arenas[0].nbytes
+    assert pooled.encoder.embed_tokens.weight is pooled.shared.weight
+    assert not any(p.requires_grad for p in params)
+
+    monkeypatch.setattr(pinned.chunks, "__defaults__", (4096,))     # runs of at most 4 KiB
+    split = make(draw_on="cpu")
+    assert len(getattr(split, M.ARENAS_ATTR)) > 2
+    assert all(torch.equal(x, y) for x, y in zip(plain.state_dict().values(), split.state_dict().values()))
+
+
 # --------------------------------------------------------------------------- registry
 
 

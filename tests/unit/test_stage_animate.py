@@ -193,6 +193,42 @@ def test_animate_mode_frames_size_audio_and_progress(ctx, media, tmp_path):
     assert np.abs(got[:, :n] - src[:, :n]).max() < 1e-6
 
 
+def test_the_stage_encodes_the_prompts_as_the_pipeline_does(provider, ctx, media, tmp_path):
+    """The stage encodes the prompts itself (so the text encoder can leave the device before the
+    steps): the embeddings the pipeline denoises with are the ones it makes from the prompt, with
+    and without classifier-free guidance; on the CPU nothing moves."""
+    from PIL import Image
+
+    from cinesynth_batch.stages.video import encode_prompts
+
+    pipe = provider.get("animate")
+    seen = {}
+
+    def grab(_pipe, i, _t, kwargs):
+        seen.setdefault("prompt", kwargs["prompt_embeds"].clone())
+        if kwargs.get("negative_prompt_embeds") is not None:
+            seen.setdefault("negative", kwargs["negative_prompt_embeds"].clone())
+        return {}
+
+    frames = [Image.new("RGB", (SIZE, SIZE), (40 * i, 90, 120)) for i in range(5)]
+    for guidance in (1.0, 2.0):
+        seen.clear()
+        with torch.no_grad():
+            pipe(image=frames[0], pose_video=frames, face_video=frames, prompt="a dancer", negative_prompt="blur",
+                 height=SIZE, width=SIZE, segment_frame_length=5, num_inference_steps=1, guidance_scale=guidance,
+                 output_type="pt", callback_on_step_end=grab,
+                 callback_on_step_end_tensor_inputs=["prompt_embeds", "negative_prompt_embeds"])
+            mine, negative = encode_prompts(pipe, "a dancer", "blur", guidance)
+        assert torch.equal(mine, seen["prompt"])
+        assert (negative is None) == (guidance == 1.0) == ("negative" not in seen)
+        if negative is not None:
+            assert torch.equal(negative, seen["negative"])
+
+    facts, _, _ = render(ctx, tmp_path, inputs_for(media, 17))
+    assert facts["placement"] == {"moves": [], "swap_experts": False, "bytes_moved": 0,
+                                  "kept": ["on the CPU every component is in RAM already"]}
+
+
 def test_replace_mode(ctx, media, tmp_path):
     facts, out, _ = render(ctx, tmp_path, inputs_for(media, 17, "replace"), mode="replace")
     assert (probe(out).frames, facts["mode"]) == (17, "replace")

@@ -8,6 +8,11 @@ would give it (the modules the library keeps in float32 stay float32) and fills 
 generator, parameter by parameter in name order: weights N(0, 1/fan_in), norm scales 1, biases 0.
 Nothing is read or written on disk; at no point does the model exist twice.
 
+A model whose home is host RAM while its values are drawn on the GPU (``draw_on``: a component a
+pipeline keeps off the device) is filled run by run into exactly sized page-locked arenas
+(``runtime/pinned.py``), so the stage that streams it from pinned RAM pins nothing again and the
+copies run at pinned speed.
+
 On ``device="meta"`` nothing is allocated: the model keeps its shapes and gets its dtypes, which is
 how the tests count parameters and bytes of the 14B models on a CPU machine.
 """
@@ -17,6 +22,9 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
+
+#: Attribute under which a model built in host RAM keeps the arenas its parameters live in.
+ARENAS_ATTR = "_cinesynth_arenas"
 
 
 @contextmanager
@@ -96,16 +104,25 @@ def materialize(model: Any, device: str, dtype, seed: int, draw_on: str | None =
         tensors[id(param)] = param
     draw = torch.device(draw_on) if draw_on else dev
     gen = None if dev.type == "meta" else torch.Generator(device=draw).manual_seed(seed)
+    order = sorted(by_tensor, key=lambda k: by_tensor[k][0])
+    targets = {}
+    for key in order:
+        names, param = by_tensor[key], tensors[key]
+        target = param.dtype
+        if param.is_floating_point():
+            target = torch.float32 if any(k in names[0].split(".") for k in keep) else dtype
+        targets[key] = target
+    arenas = []
+    pooled = draw_on is not None and dev.type == "cpu"
     with torch.no_grad():
-        for key in sorted(by_tensor, key=lambda k: by_tensor[k][0]):
+        if pooled:
+            arenas = _into_arenas(model, order, by_tensor, tensors, targets, draw, gen)
+        for key in ([] if pooled else order):
             names, param = by_tensor[key], tensors[key]
-            target = param.dtype
-            if param.is_floating_point():
-                target = torch.float32 if any(k in names[0].split(".") for k in keep) else dtype
             if dev.type == "meta":
-                value = torch.empty(param.shape, dtype=target, device=dev)
+                value = torch.empty(param.shape, dtype=targets[key], device=dev)
             else:
-                value = torch.empty(param.shape, dtype=target, device=draw)
+                value = torch.empty(param.shape, dtype=targets[key], device=draw)
                 _fill(value, names[0], gen)
                 if draw != dev:
                     value = value.to(dev)
@@ -114,7 +131,35 @@ def materialize(model: Any, device: str, dtype, seed: int, draw_on: str | None =
                 _set(model, name, new)
         for name, buf in list(model.named_buffers()):
             _set(model, name, buf.to(dev), buffer=True)
+    if arenas:
+        setattr(model, ARENAS_ATTR, arenas)
     return model.eval().requires_grad_(False)
+
+
+def _into_arenas(model: Any, order: list[int], by_tensor: dict, tensors: dict, targets: dict, draw, gen) -> list:
+    """Fill ``model``'s parameters in host RAM through arenas (``runtime/pinned.py``; page-locked
+    where CUDA is present): each run of at most ``CHUNK`` bytes is drawn on ``draw`` and copied into
+    its arena in one pass. Returns the arenas (the model keeps them, so they stay page-locked)."""
+    import torch
+
+    from ...runtime.pinned import Arena, chunks
+
+    shells = [torch.empty(tensors[k].shape, dtype=targets[k], device="meta") for k in order]
+    arenas = []
+    for run in chunks(shells):
+        drawn = []
+        for i in run:
+            value = torch.empty(shells[i].shape, dtype=shells[i].dtype, device=draw)
+            _fill(value, by_tensor[order[i]][0], gen)
+            drawn.append(value)
+        arena, views = Arena.holding(drawn)
+        arenas.append(arena)
+        del drawn
+        for i, view in zip(run, views):
+            new = torch.nn.Parameter(view, requires_grad=False)
+            for name in by_tensor[order[i]]:
+                _set(model, name, new)
+    return arenas
 
 
 def build_module(factory: Callable[[], Any], device: str, dtype, seed: int, draw_on: str | None = None) -> Any:
