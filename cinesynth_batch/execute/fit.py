@@ -187,7 +187,8 @@ def host_need(need: Need, budget: RankBudget, dtype: str) -> int:
     """Host RAM (bytes) the model will hold while its stages run on the rank with ``budget``:
 
     * Wan2.2-Animate: its rest copy (the transformer) and the blocks its working copy streams, in
-      the compute dtype (they pass through host RAM so before they are stored as fp8);
+      the compute dtype (they pass through host RAM so before they are stored as fp8), and its
+      text encoder (parked in pinned RAM after the prompts are encoded);
     * a Wan video or lip-sync pipeline: its transformer blocks and its text encoder when it cannot
       run within the device budget otherwise (every block streamed from pinned RAM), else its text
       encoder (parked in pinned RAM after the prompts are encoded) and, for two experts that do not
@@ -204,7 +205,7 @@ def host_need(need: Need, budget: RankBudget, dtype: str) -> int:
         streamed = 0
         if blocks is not None and blocks.count:
             streamed = blocks.total * min(need.block_swap, blocks.count) // blocks.count
-        return sizes.get("transformer", size) + streamed
+        return sizes.get("transformer", size) + streamed + sizes.get(TEXT_ENCODER, 0)
     if need.kind in OFFLOADED_OVER_BUDGET:
         least = least_device_bytes(sizes) if need.kind == "wan-i2v" else size    # as the stages decide
         if least > budget.budget:
@@ -239,8 +240,8 @@ def _problem(need: Need, budget: RankBudget, dtype: str) -> str | None:
     if problem is None and need.kind in WORKING_COPY:
         held = host_need(need, budget, dtype)
         if held > budget.host_budget:
-            problem = (f"{head}, its rest copy and streamed blocks need {human(held)} of host RAM, the "
-                       f"host budget of {budget.owner} is {human(budget.host_budget)}")
+            problem = (f"{head}, its rest copy, streamed blocks and parked text encoder need {human(held)} "
+                       f"of host RAM, the host budget of {budget.owner} is {human(budget.host_budget)}")
     loads_whole = need.kind not in WORKING_COPY
     loading = f"{head} on {budget.device} while it loads (it is loaded whole, its blocks are offloaded after)"
     if problem is None and need.kind in PLACED and size > budget.budget and budget.device.startswith("cuda"):

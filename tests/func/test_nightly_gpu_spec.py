@@ -101,8 +101,8 @@ def test_every_model_fits_a_24_gib_budget_before_it_runs_fake_gpu(spec, monkeypa
     with pytest.raises(ModelFitError) as exc:
         LocalExecutor(device="cuda:0", memory=MemoryRequest(vram=24 * gib, host=30 * gib)).preflight(plan)
     assert exc.value.message.splitlines()[1:] == [
-        "  animate: shapes/wan2.2-animate-14b needs 44.2 GiB, its rest copy and streamed blocks need 47.3 GiB "
-        "of host RAM, the host budget of rank 0 on cuda:0 is 30.0 GiB",
+        "  animate: shapes/wan2.2-animate-14b needs 44.2 GiB, its rest copy, streamed blocks and parked text "
+        "encoder need 57.9 GiB of host RAM, the host budget of rank 0 on cuda:0 is 30.0 GiB",
         "  image: shapes/flux2-klein-9b needs 32.3 GiB (17.1 GiB with its text encoder and its transformer "
         "waiting in pinned RAM when idle, fitting the budget of rank 0 on cuda:0), its text encoder and its "
         "transformer need 32.2 GiB of pinned RAM, the host budget of rank 0 on cuda:0 is 30.0 GiB",

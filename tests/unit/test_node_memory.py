@@ -247,24 +247,27 @@ def test_animate_counts_the_blocks_it_streams_and_its_fp8_storage():
 
 def test_animate_holds_its_rest_copy_and_streamed_blocks_in_host_ram():
     """The Change Character settings on an H100 node (80 GiB card, 128 GiB RAM, one rank): in host
-    RAM the transformer's rest copy plus its 20 streamed blocks (in bf16 while they are placed),
-    47.3 GiB of the 64 GiB host budget; a host budget below that refuses the render up front."""
+    RAM the transformer's rest copy plus its 20 streamed blocks (in bf16 while they are placed)
+    and UMT5-XXL (parked after encoding), 57.9 GiB of the 64 GiB host budget; a host budget below
+    that refuses the render up front."""
     source = ShapesSource("wan2.2-animate-14b", "wan-animate", "r")
     blocks = model_blocks(source, "bfloat16")
-    rest = component_sizes_of(source, "bfloat16")["transformer"]
+    sizes = component_sizes_of(source, "bfloat16")
+    rest, encoder = sizes["transformer"], sizes["text_encoder"]
     preset = Need("animate", source.label, "wan-animate", source, block_swap=20, fp8=True)
     node = rank_budget("cuda:0", Placement(), ram_bytes=128 * GiB, device_bytes=80 * GiB)
     held = host_need(preset, node, "bfloat16")
-    assert held == rest + blocks.total // 2 and human(held) == "47.3 GiB"
-    assert host_need(Need("animate", source.label, "wan-animate", source), node, "bfloat16") == rest
+    assert held == rest + blocks.total // 2 + encoder and human(held) == "57.9 GiB"
+    assert host_need(Need("animate", source.label, "wan-animate", source), node, "bfloat16") == rest + encoder
     assert host_need(preset, RankBudget("cpu", 1 << 40, 0), "bfloat16") == 0     # on the CPU: none
     check_fit([preset], node, "bfloat16")
     small = rank_budget("cuda:0", Placement(), MemoryRequest(host=held - 1), ram_bytes=128 * GiB,
                         device_bytes=80 * GiB)
     with pytest.raises(ModelFitError) as exc:
         check_fit([preset], small, "bfloat16")
-    assert exc.value.message == (f"animate: shapes/wan2.2-animate-14b needs 44.2 GiB, its rest copy and streamed "
-                                 f"blocks need 47.3 GiB of host RAM, the host budget of rank 0 on cuda:0 is "
+    assert exc.value.message == (f"animate: shapes/wan2.2-animate-14b needs 44.2 GiB, its rest copy, streamed "
+                                 f"blocks and parked text encoder need 57.9 GiB of host RAM, the host budget of "
+                                 f"rank 0 on cuda:0 is "
                                  f"{human(held - 1)}")
 
 
