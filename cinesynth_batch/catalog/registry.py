@@ -54,7 +54,7 @@ SHAPES_SOURCES = ("catalog/shapes/__init__.py", "catalog/shapes/configs.py", "ca
                   "models/rrdbnet.py", "models/s2v/transformer.py", "models/s2v/components.py",
                   "models/s2v/pipeline.py", "models/amt/network.py", "models/amt/blocks.py")
 #: ``shapes_sources_digest()`` of the sources ``SHAPES_REVISION`` was checked against.
-SHAPES_SOURCES_DIGEST = "be26942e47cd8c5eadfc4564f9c527d70054ccf5dd1ae25ae3bcb70ab95a9cc6"
+SHAPES_SOURCES_DIGEST = "9a171b93014c1cba67c8a2a50ec2fafce3c85e648dfcb796ec11c4c589da817d"
 #: The profiles that ship with the package (any other profile is a models file).
 BUILTIN_PROFILES = ("tiny", "production", "shapes")
 SMALL_FILE = 1 << 20

@@ -206,17 +206,19 @@ def checked_runtime(p: dict[str, Any], runtime: dict[str, Any], device: str) -> 
     return {name: {"asked": p.get(name), "ran": value} for name, value in ran.items() if p.get(name) != value}
 
 
-def encoder_plan(pipe: Any, ctx: StageContext):
-    """Where the text encoder sits during this run (``runtime/placement.py``): on CUDA it is on the
-    device only while the prompts are encoded, then waits in pinned host RAM; the transformer
-    (its rest copy in host RAM, its working copy placed by ``runtime/animate.py``) does not move."""
-    from ..runtime.placement import TEXT_ENCODER, component_places, component_sizes, plan_placement
+def encoder_plan(pipe: Any, ctx: StageContext, device: str):
+    """Where the text encoder sits during this run on ``device`` (``runtime/placement.py``): on
+    CUDA it is there only while the prompts are encoded, then waits in pinned host RAM; the
+    transformer (its rest copy in host RAM, its working copy placed by ``runtime/animate.py``)
+    does not move."""
+    from ..runtime.placement import TEXT_ENCODER, component_places, plan_placement
+    from ..runtime.swap import model_nbytes
     from .base import pipeline_room
 
-    cuda = str(ctx.device).startswith("cuda")
-    sizes = {TEXT_ENCODER: component_sizes(pipe)[TEXT_ENCODER]} if cuda else {}
-    return plan_placement(cuda=cuda, sizes=sizes, where=component_places(pipe),
-                          available=pipeline_room(pipe, ctx) if cuda else None, experts=())
+    if not str(device).startswith("cuda"):
+        return plan_placement(cuda=False, sizes={}, where={}, available=None)
+    return plan_placement(cuda=True, sizes={TEXT_ENCODER: model_nbytes(pipe.text_encoder)},
+                          where=component_places(pipe), available=pipeline_room(pipe, ctx), experts=())
 
 
 def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageContext) -> dict[str, Any]:
@@ -250,8 +252,8 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
     transformer = getattr(pipe, "transformer", None)
     if transformer is None or not hasattr(transformer, "face_adapter"):
         raise StageError("animate: the animate model must be a WanAnimatePipeline (Wan2.2-Animate)")
-    runtime = prepare_animate_run(pipe, settings, requests, device=pipeline_device(pipe, ctx.device),
-                                  lora_fuse=p["lora_fuse"])
+    device = pipeline_device(pipe, ctx.device)
+    runtime = prepare_animate_run(pipe, settings, requests, device=device, lora_fuse=p["lora_fuse"])
     fell = checked_runtime(p, runtime, ctx.device)
     pipe.scheduler = make_scheduler(pipe, p["scheduler"], p["shift"])
 
@@ -270,15 +272,15 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
             handle = apply_animate_teacache(pipe, p["cache"], p["steps"])
         except ValueError as exc:
             raise StageError(f"animate: TeaCache cannot be used on this model: {exc}") from exc
-    plan = encoder_plan(pipe, ctx)
+    plan = encoder_plan(pipe, ctx, device)
     moves = MoveLog()
     ctx.progress(0, total)
     stats = None
     try:
         with torch.no_grad():
-            carry_out(pipe, plan.at("encode"), ctx.device, moves)
+            carry_out(pipe, plan.at("encode"), device, moves)
             prompt_embeds, negative_embeds = encode_prompts(pipe, p["prompt"], p["negative_prompt"], p["guidance"])
-            carry_out(pipe, plan.at("encoded"), ctx.device, moves)
+            carry_out(pipe, plan.at("encoded"), device, moves)
             result = pipe(
                 image=data["character"],
                 pose_video=data["pose"],

@@ -104,39 +104,41 @@ def materialize(model: Any, device: str, dtype, seed: int, draw_on: str | None =
         tensors[id(param)] = param
     draw = torch.device(draw_on) if draw_on else dev
     gen = None if dev.type == "meta" else torch.Generator(device=draw).manual_seed(seed)
-    order = sorted(by_tensor, key=lambda k: by_tensor[k][0])
-    targets = {}
-    for key in order:
+    params = []                    # (names, shape, load dtype) of each tensor, in name order
+    for key in sorted(by_tensor, key=lambda k: by_tensor[k][0]):
         names, param = by_tensor[key], tensors[key]
         target = param.dtype
         if param.is_floating_point():
             target = torch.float32 if any(k in names[0].split(".") for k in keep) else dtype
-        targets[key] = target
-    arenas = []
-    pooled = draw_on is not None and dev.type == "cpu"
+        params.append((names, param.shape, target))
     with torch.no_grad():
-        if pooled:
-            arenas = _into_arenas(model, order, by_tensor, tensors, targets, draw, gen)
-        for key in ([] if pooled else order):
-            names, param = by_tensor[key], tensors[key]
-            if dev.type == "meta":
-                value = torch.empty(param.shape, dtype=targets[key], device=dev)
-            else:
-                value = torch.empty(param.shape, dtype=targets[key], device=draw)
-                _fill(value, names[0], gen)
-                if draw != dev:
-                    value = value.to(dev)
-            new = torch.nn.Parameter(value, requires_grad=False)
-            for name in names:
-                _set(model, name, new)
+        if draw_on is not None and dev.type == "cpu":
+            setattr(model, ARENAS_ATTR, _into_arenas(model, params, draw, gen))
+        else:
+            for names, shape, target in params:
+                if dev.type == "meta":
+                    value = torch.empty(shape, dtype=target, device=dev)
+                else:
+                    value = torch.empty(shape, dtype=target, device=draw)
+                    _fill(value, names[0], gen)
+                    if draw != dev:
+                        value = value.to(dev)
+                _share(model, names, value)
         for name, buf in list(model.named_buffers()):
             _set(model, name, buf.to(dev), buffer=True)
-    if arenas:
-        setattr(model, ARENAS_ATTR, arenas)
     return model.eval().requires_grad_(False)
 
 
-def _into_arenas(model: Any, order: list[int], by_tensor: dict, tensors: dict, targets: dict, draw, gen) -> list:
+def _share(model: Any, names: list[str], value: Any) -> None:
+    """``value`` as the parameter under every one of ``names`` (tied parameters stay tied)."""
+    import torch
+
+    new = torch.nn.Parameter(value, requires_grad=False)
+    for name in names:
+        _set(model, name, new)
+
+
+def _into_arenas(model: Any, params: list, draw, gen) -> list:
     """Fill ``model``'s parameters in host RAM through arenas (``runtime/pinned.py``; page-locked
     where CUDA is present): each run of at most ``CHUNK`` bytes is drawn on ``draw`` and copied into
     its arena in one pass. Returns the arenas (the model keeps them, so they stay page-locked)."""
@@ -144,21 +146,18 @@ def _into_arenas(model: Any, order: list[int], by_tensor: dict, tensors: dict, t
 
     from ...runtime.pinned import Arena, chunks
 
-    shells = [torch.empty(tensors[k].shape, dtype=targets[k], device="meta") for k in order]
     arenas = []
-    for run in chunks(shells):
+    for run in chunks([torch.empty(shape, dtype=target, device="meta") for _, shape, target in params]):
         drawn = []
         for i in run:
-            value = torch.empty(shells[i].shape, dtype=shells[i].dtype, device=draw)
-            _fill(value, by_tensor[order[i]][0], gen)
-            drawn.append(value)
+            names, shape, target = params[i]
+            drawn.append(torch.empty(shape, dtype=target, device=draw))
+            _fill(drawn[-1], names[0], gen)
         arena, views = Arena.holding(drawn)
         arenas.append(arena)
         del drawn
         for i, view in zip(run, views):
-            new = torch.nn.Parameter(view, requires_grad=False)
-            for name in by_tensor[order[i]]:
-                _set(model, name, new)
+            _share(model, params[i][0], view)
     return arenas
 
 
