@@ -2,7 +2,9 @@
 against the same model's pure text encoding + denoising + VAE time, in one process.
 
 For each kind (``video``: Wan2.2-I2V-A14B with two LoRAs of different high/low weights,
-``image``: FLUX.2-klein-9B), a project of two scenes of that kind (different seeds) is rendered
+``image``: FLUX.2-klein-9B, ``lipsync``: Wan2.2-S2V-14B from a two-segment espeak line,
+``animate``: Wan2.2-Animate-14B with the Change Character V1.1 preset and every step computed),
+a project of two scenes of that kind (different seeds) is rendered
 through the CLI in this process (``--only KIND``). The first scene (``--warm-steps``) pays the
 load, the one-off compile and the LoRA fusing; the second (``--steps``) is the warm clip a batch
 pays for each further scene: its row's ``stage s`` is the manifest's time for it, less the load
@@ -14,8 +16,13 @@ encoder leaves the GPU between the two, untimed, as the stage's placement does. 
 spends beyond that (planning, placement moves, LoRA switching, writing and hashing the clip,
 publishing) is ``× pure − 1``.
 
-    python bench/gpu/overhead.py [--kinds video,image] [--steps 40] [--warm-steps 2]   # shapes, CUDA
+    python bench/gpu/overhead.py [--kinds video,image,lipsync,animate] [--steps 40] [--warm-steps 2]   # shapes, CUDA
     python bench/gpu/overhead.py --tiny                                 # tiny profile: checks it runs
+
+The animate scenes need the pose, face, background and mask videos of their reference
+(``animate_prep``, mediapipe): where mediapipe is missing, ``--cache DIR`` names a cache that
+holds them (it is copied; ``specs/examples/.cinesynth/cache`` by default, where it exists, holds
+the nightly batch's, which these scenes share).
 
 JSON goes to ``$OUT/overhead.json`` when OUT is set.
 """
@@ -36,16 +43,33 @@ import yaml
 from _common import ROOT, gib, save, table
 
 ASSETS = ROOT / "specs" / "examples" / "assets"
+CACHE = ROOT / "specs" / "examples" / ".cinesynth" / "cache"
 LORAS = [{"name": "shapes/motion", "high": 1.0, "low": 0.5}, {"name": "shapes/camera", "high": 0.6, "low": 1.0}]
 
 
-def spec_for(kind: str, tiny: bool, steps: int, warm_steps: int) -> dict:
+SPEECH = ("Good evening. Tonight the harbour lights came on one by one, and the last ferry crossed the bay "
+          "under a sky full of dark rain clouds. Here is what happened in the city today.")   # 9.25 s: two segments
+KINDS = ("video", "image", "lipsync", "animate")
+
+
+def stage_for(kind: str, tiny: bool, steps: int) -> dict:
     if kind == "video":
-        stage = {"image": "assets/avatar.png", "prompt": "the last ferry crosses the bay at dusk",
-                 "resolution": "64x64" if tiny else "480x832", "frames": 9 if tiny else 81, "steps": steps,
-                 "loras": [] if tiny else LORAS}
-    else:
-        stage = {"prompt": "a harbour at dusk, ferries crossing, rain clouds", "steps": steps}
+        return {"image": "assets/avatar.png", "prompt": "the last ferry crosses the bay at dusk",
+                "resolution": "64x64" if tiny else "480x832", "frames": 9 if tiny else 81, "steps": steps,
+                "loras": [] if tiny else LORAS}
+    if kind == "lipsync":
+        return {"avatar": "assets/avatar.png", "prompt": "a news anchor talking to the camera, studio light",
+                "audio": {"tts": {"text": SPEECH, "language": "en", "backend": "espeak"}},
+                "resolution": "64x64" if tiny else "480x832", "infer_frames": 80, "steps": steps}
+    if kind == "animate":                     # the preset's every value; TeaCache off: every step computed
+        return {"preset": "change_character_v1_1", "reference_video": "assets/dance_77.mp4",
+                "character": "assets/avatar.png", "mode": "replace", "steps": steps, "cache": {"kind": "none"},
+                **({"resolution": "64x64", "frame_window": 17} if tiny else {})}
+    return {"prompt": "a harbour at dusk, ferries crossing, rain clouds", "steps": steps}
+
+
+def spec_for(kind: str, tiny: bool, steps: int, warm_steps: int) -> dict:
+    stage = stage_for(kind, tiny, steps)
     scenes = [{"id": f"s{i}", kind: {**stage, "seed": 100 + i, "steps": n}} for i, n in enumerate((warm_steps, steps))]
     return {"project": f"overhead_{kind}", "profile": "tiny" if tiny else "shapes",
             "defaults": {"resolution": "64x64" if tiny else "720x1280", "fps": 16}, "scenes": scenes}
@@ -88,67 +112,153 @@ def clock(device: str, fn):
     return time.perf_counter() - t0, out
 
 
-def pure(kind: str, spec: Path, stage_id: str, reps: int, warm_steps: int) -> dict:
-    """The planned stage's model, loaded on its own, timed for its compute only."""
+def stage_inputs(plan, stage_id: str) -> dict:
+    """The planned stage's inputs as the stage receives them: files, or its upstream stages'
+    artifacts from the cache (the render made them)."""
+    from cinesynth_batch.plan.expand import input_paths
+
+    def artifact(node_id: str) -> Path:
+        entry = plan.stages[node_id].entry
+        path = plan.cache.verified_path(entry, full=True) if entry is not None else None
+        if path is None:
+            raise RuntimeError(f"{node_id} is not in the cache")
+        return path
+
+    return {name: input_paths(value, artifact) for name, value in plan.stages[stage_id].node.inputs.items()}
+
+
+def video_calls(pipe, p, inputs, device, registry):
     from PIL import Image
 
+    from cinesynth_batch.runtime.accel import prepare_pipeline, settings_from_params
+    from cinesynth_batch.runtime.lora import HIGH, LOW, apply_loras, video_lora_requests
+    from cinesynth_batch.runtime.lora_fuse import can_fuse, fuse
+    from cinesynth_batch.stages.video import encode_prompts
+
+    speed = prepare_pipeline(pipe, settings_from_params(p), device)
+    active = apply_loras(pipe, video_lora_requests(p["loras"], registry.resolve_lora))
+    if can_fuse(p["lora_fuse"], device, speed)[0]:      # as the stage runs them
+        fuse(pipe, active, (HIGH, LOW))
+    first = Image.open(inputs["image"]).convert("RGB").resize((p["width"], p["height"]))
+
+    def encode():
+        return encode_prompts(pipe, p["prompt"], p["negative_prompt"], p["guidance"])
+
+    def call(embeds, steps):
+        return pipe(image=first, prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1],
+                    height=p["height"], width=p["width"], num_frames=p["frames"],
+                    num_inference_steps=steps, guidance_scale=p["guidance"],
+                    guidance_scale_2=p["guidance_2"], generator=torch.Generator("cpu").manual_seed(p["seed"]),
+                    output_type="np").frames
+    return encode, call
+
+
+def image_calls(pipe, p, inputs, device, registry):
+    from cinesynth_batch.runtime.lora import apply_loras, image_lora_requests
+    from cinesynth_batch.stages.image import encode_prompts
+
+    apply_loras(pipe, image_lora_requests(p["loras"], registry.resolve_lora))
+    cfg = p["guidance"] > 1.0 and not getattr(pipe.config, "is_distilled", False)
+
+    def encode():
+        return encode_prompts(pipe, p["prompt"], p["negative_prompt"], cfg)
+
+    def call(embeds, steps):
+        return pipe(prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1], width=p["width"],
+                    height=p["height"], num_inference_steps=steps, guidance_scale=p["guidance"],
+                    generator=torch.Generator("cpu").manual_seed(p["seed"]), output_type="pil").images
+    return encode, call
+
+
+def lipsync_calls(pipe, p, inputs, device, registry):
+    """The S2V pipeline's own work: the prompt encoding, then ``generate`` (the audio encoder, the
+    reference and motion latents, every segment's steps, the VAE decodes)."""
+    from cinesynth_batch.models.s2v.audio_features import read_speech
+    from cinesynth_batch.models.s2v.lora import PhaseLora
+    from cinesynth_batch.runtime.accel import prepare_pipeline, settings_from_params
+    from cinesynth_batch.stages.lipsync import _open_avatar
+
+    prepare_pipeline(pipe, settings_from_params(p), device)
+    avatar = _open_avatar(Path(inputs["avatar"]))
+    wave, seconds = read_speech(Path(inputs["audio"]))
+    loras = [PhaseLora(lo["name"], registry.resolve_lora(lo["name"], "mov"), lo["high"], lo["low"])
+             for lo in p["loras"]]
+
+    def encode():
+        return pipe.encode_text(p["prompt"], p["negative_prompt"])
+
+    def call(texts, steps):
+        return pipe.generate(image=avatar, speech=wave, audio_seconds=seconds, prompt=p["prompt"],
+                             negative_prompt=p["negative_prompt"], width=p["width"], height=p["height"],
+                             fps=p["fps"], infer_frames=p["infer_frames"], steps=steps, guidance=p["guidance"],
+                             shift=p["shift"], scheduler=p["scheduler"], seed=p["seed"], boundary=p["boundary"],
+                             loras=loras, texts=texts).frames
+    return encode, call
+
+
+def animate_calls(pipe, p, inputs, device, registry):
+    """Wan2.2-Animate with the stage's runtime (fp8 storage, block swap, the LoRAs fused as the
+    stage fuses them; untimed): the prompt encoding, then one ``pipe(...)`` over every window."""
+    from cinesynth_batch.runtime.animate import RuntimeSettings, animate_lora_requests, prepare_animate_run
+    from cinesynth_batch.stages.animate import read_inputs
+    from cinesynth_batch.stages.video import encode_prompts, make_scheduler
+
+    settings = RuntimeSettings(precision=p["precision"], quantize=p["quantize"], attention=p["attention"],
+                               block_swap=p["block_swap"], rms_norm=p["rms_norm"])
+    prepare_animate_run(pipe, settings, animate_lora_requests(p["loras"], registry.resolve_lora), device=device,
+                        lora_fuse=p["lora_fuse"])
+    pipe.scheduler = make_scheduler(pipe, p["scheduler"], p["shift"])
+    data = read_inputs(inputs, p["mode"])
+
+    def encode():
+        return encode_prompts(pipe, p["prompt"], p["negative_prompt"], p["guidance"])
+
+    def call(embeds, steps):
+        return pipe(image=data["character"], pose_video=data["pose"], face_video=data["face"],
+                    background_video=data.get("background"), mask_video=data.get("mask"),
+                    prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1], height=p["height"],
+                    width=p["width"], segment_frame_length=p["frame_window"],
+                    prev_segment_conditioning_frames=p["prev_frames"], num_inference_steps=steps, mode=p["mode"],
+                    guidance_scale=p["guidance"], generator=torch.Generator("cpu").manual_seed(p["seed"]),
+                    output_type="pt").frames
+    return encode, call
+
+
+CALLS = {"video": video_calls, "image": image_calls, "lipsync": lipsync_calls, "animate": animate_calls}
+
+
+def pure(kind: str, spec: Path, stage_id: str, reps: int, warm_steps: int) -> dict:
+    """The planned stage's model, loaded on its own, timed for its compute only."""
     from cinesynth_batch.catalog.loaders import load_model
     from cinesynth_batch.execute.session import Session
-    from cinesynth_batch.runtime.accel import prepare_pipeline, settings_from_params
-    from cinesynth_batch.runtime.lora import HIGH, LOW, apply_loras, image_lora_requests, video_lora_requests
-    from cinesynth_batch.runtime.lora_fuse import can_fuse, fuse
     from cinesynth_batch.runtime.placement import TEXT_ENCODER
     from cinesynth_batch.runtime.swap import swap_component
 
     session = Session.open(spec)
-    planned = session.plan().stages[stage_id]
+    plan = session.plan()
+    planned = plan.stages[stage_id]
     registry = session.registry
-    role = "video" if kind == "video" else "image"
+    role, name = planned.node.model_role, planned.node.model_name
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = registry.dtype if device == "cuda" else "float32"
-    pipe = load_model(registry.spec(role).kind, registry.local_path(role), device, dtype)
+    pipe = load_model(registry.spec(role, name).kind, registry.local_path(role, name), device, dtype)
     module = __import__(f"cinesynth_batch.stages.{kind}", fromlist=["check_params"])
     p = module.check_params(planned.params)
-    if kind == "video":
-        speed = prepare_pipeline(pipe, settings_from_params(p), device)
-        active = apply_loras(pipe, video_lora_requests(p["loras"], registry.resolve_lora))
-        if can_fuse(p["lora_fuse"], device, speed)[0]:      # as the stage runs them
-            fuse(pipe, active, (HIGH, LOW))
-        first = Image.open(ASSETS / "avatar.png").convert("RGB").resize((p["width"], p["height"]))
-
-        def encode():
-            return module.encode_prompts(pipe, p["prompt"], p["negative_prompt"], p["guidance"])
-
-        def call(embeds, steps):
-            return pipe(image=first, prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1],
-                        height=p["height"], width=p["width"], num_frames=p["frames"],
-                        num_inference_steps=steps, guidance_scale=p["guidance"],
-                        guidance_scale_2=p["guidance_2"], generator=torch.Generator("cpu").manual_seed(p["seed"]),
-                        output_type="np").frames
-    else:
-        apply_loras(pipe, image_lora_requests(p["loras"], registry.resolve_lora))
-        cfg = p["guidance"] > 1.0 and not getattr(pipe.config, "is_distilled", False)
-
-        def encode():
-            return module.encode_prompts(pipe, p["prompt"], p["negative_prompt"], cfg)
-
-        def call(embeds, steps):
-            return pipe(prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1], width=p["width"],
-                        height=p["height"], num_inference_steps=steps, guidance_scale=p["guidance"],
-                        generator=torch.Generator("cpu").manual_seed(p["seed"]), output_type="pil").images
+    encode, call = CALLS[kind](pipe, p, stage_inputs(plan, stage_id), device, registry)
+    park = device == "cuda" and kind != "image"     # the stage's placement: the text encoder waits in host RAM
     rows = []
     with torch.no_grad():
         for rep in range(reps + 1):             # the first is the warm-up (compile), with fewer steps
             steps = p["steps"] if rep else warm_steps
             enc_s, embeds = clock(device, encode)
-            if device == "cuda" and kind == "video":
-                swap_component(pipe, TEXT_ENCODER, "host")     # untimed, as the stage's placement
+            if park:
+                swap_component(pipe, TEXT_ENCODER, "host")     # untimed
             call_s, _ = clock(device, lambda: call(embeds, steps))
-            if device == "cuda" and kind == "video":
+            if park:
                 swap_component(pipe, TEXT_ENCODER, "cuda")
             rows.append({"encode_s": enc_s, "call_s": call_s})
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else 0
-    del pipe
+    del pipe, encode, call
     free()
     timed = rows[1:]
     best = min(timed, key=lambda r: r["encode_s"] + r["call_s"])
@@ -157,13 +267,16 @@ def pure(kind: str, spec: Path, stage_id: str, reps: int, warm_steps: int) -> di
             "peak_gib": gib(peak)}
 
 
-def measure(kind: str, tiny: bool, steps: int, reps: int, warm_steps: int) -> dict:
+def measure(kind: str, tiny: bool, steps: int, reps: int, warm_steps: int, cache: Path | None) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"overhead-{kind}-") as tmp:
         project = Path(tmp)
         shutil.copytree(ASSETS, project / "assets")
+        shutil.copytree(ROOT / "presets", project / "presets")     # change_character_v1_1
+        if cache is not None and cache.is_dir():
+            shutil.copytree(cache, project / ".cinesynth" / "cache")
         spec = project / "spec.yaml"
         spec.write_text(yaml.safe_dump(spec_for(kind, tiny, steps, warm_steps), sort_keys=False))
-        if kind == "video" and not tiny:
+        if kind in ("video", "animate") and not tiny:
             cli(["models", "shapes-loras", str(spec), "--rank", "64"])
         t0 = time.perf_counter()
         manifest = render(project, spec, kind)
@@ -181,17 +294,22 @@ def measure(kind: str, tiny: bool, steps: int, reps: int, warm_steps: int) -> di
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--kinds", default="video,image")
+    ap.add_argument("--kinds", default="video,image", help=f"of {','.join(KINDS)}")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--warm-steps", type=int, default=2, help="steps of the first (compiling) clip")
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--tiny", action="store_true", help="tiny profile (on the CPU: checks that it runs)")
+    ap.add_argument("--cache", type=Path, default=CACHE, help="a cache to start from (copied): the animate "
+                    "scenes' pose/face/background/mask videos where mediapipe is missing")
     args = ap.parse_args()
+    unknown = set(args.kinds.split(",")) - set(KINDS)
+    if unknown:
+        raise SystemExit(f"unknown kind(s) {', '.join(sorted(unknown))}: give some of {','.join(KINDS)}")
     if not args.tiny and not torch.cuda.is_available():
         raise SystemExit("overhead.py needs CUDA for profile shapes (use --tiny to check it on the CPU)")
     rows = []
     for kind in args.kinds.split(","):
-        rows.append(measure(kind, args.tiny, args.steps, args.reps, args.warm_steps))
+        rows.append(measure(kind, args.tiny, args.steps, args.reps, args.warm_steps, args.cache))
         print(kind, rows[-1], flush=True)
     print(table(rows, ["kind", "cold_stage_s", "stage_s", "encode_s", "call_s", "pure_s", "x_pure", "renderer_s",
                  "peak_gib"]))

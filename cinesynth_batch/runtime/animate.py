@@ -375,16 +375,16 @@ class AnimateRuntime:
             outside_blocks(model)
             for i, block in enumerate(blocks):
                 swapped = i < swap                     # swapped blocks end in pinned RAM
-                built_on_device = bool(fuse) or (swapped and fp8)
+                on_device = bool(fuse) or fp8 or not swapped
                 for sub in block.modules():
-                    place(sub, dev if built_on_device or not swapped else cpu)
+                    place(sub, dev if on_device else cpu)
                 if fuse:
                     state.merged += fuse_into_weights(block, fuse, dev)
-                if swapped and built_on_device:
-                    if fp8:                            # cast where the block is, not on the CPU
-                        for sub in block.modules():
-                            if id(sub) in targets:
-                                to_fp8(sub)
+                if fp8:           # cast block by block where it is: one block in the run dtype at a time
+                    for sub in block.modules():
+                        if id(sub) in targets:
+                            to_fp8(sub)
+                if swapped and on_device:
                     own = [t for sub in block.modules() for store in (sub._parameters, sub._buffers)
                            for t in store.values() if t is not None]
                     if dev.type == "cuda":             # straight into an exactly sized pinned buffer

@@ -39,6 +39,7 @@ from .params import one_path
 KIND = "animate"
 OUTPUT_EXT = ".mp4"
 MODEL_ROLE = "animate"
+COMPUTE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 
 def check_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -221,6 +222,26 @@ def encoder_plan(pipe: Any, ctx: StageContext, device: str):
                           where=component_places(pipe), available=pipeline_room(pipe, ctx), experts=())
 
 
+def fit_block_swap(pipe: Any, settings: Any, ctx: StageContext, device: str, p: dict[str, Any]):
+    """``settings`` with as many blocks streamed as one window needs to fit the device room the
+    residency leaves this pipeline (``runtime/animate_room.py``; at least the spec's
+    ``block_swap``), and the choice; unchanged (and None) on the CPU or without a budget."""
+    from dataclasses import replace
+
+    from ..runtime.animate import resolve_runtime
+    from ..runtime.animate_room import block_swap_for_room
+    from .base import pipeline_room
+
+    room = pipeline_room(pipe, ctx)
+    if room is None or not str(device).startswith("cuda"):
+        return settings, None
+    resolved, _ = resolve_runtime(settings, device, num_blocks=len(pipe.transformer.blocks), warn=False)
+    choice = block_swap_for_room(pipe, settings.block_swap, resolved.quantize == "fp8_e4m3fn",
+                                 COMPUTE_BYTES[resolved.precision], room, p["height"], p["width"],
+                                 p["frame_window"])
+    return replace(settings, block_swap=choice.chosen), choice
+
+
 def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageContext) -> dict[str, Any]:
     import torch
 
@@ -253,6 +274,13 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
     if transformer is None or not hasattr(transformer, "face_adapter"):
         raise StageError("animate: the animate model must be a WanAnimatePipeline (Wan2.2-Animate)")
     device = pipeline_device(pipe, ctx.device)
+    plan = encoder_plan(pipe, ctx, device)
+    moves = MoveLog()
+    with torch.no_grad():        # before the working copy is built: the encoder leaves the device first
+        carry_out(pipe, plan.at("encode"), device, moves)
+        prompt_embeds, negative_embeds = encode_prompts(pipe, p["prompt"], p["negative_prompt"], p["guidance"])
+        carry_out(pipe, plan.at("encoded"), device, moves)
+    settings, room = fit_block_swap(pipe, settings, ctx, device, p)
     runtime = prepare_animate_run(pipe, settings, requests, device=device, lora_fuse=p["lora_fuse"])
     fell = checked_runtime(p, runtime, ctx.device)
     pipe.scheduler = make_scheduler(pipe, p["scheduler"], p["shift"])
@@ -272,15 +300,10 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
             handle = apply_animate_teacache(pipe, p["cache"], p["steps"])
         except ValueError as exc:
             raise StageError(f"animate: TeaCache cannot be used on this model: {exc}") from exc
-    plan = encoder_plan(pipe, ctx, device)
-    moves = MoveLog()
     ctx.progress(0, total)
     stats = None
     try:
         with torch.no_grad():
-            carry_out(pipe, plan.at("encode"), device, moves)
-            prompt_embeds, negative_embeds = encode_prompts(pipe, p["prompt"], p["negative_prompt"], p["guidance"])
-            carry_out(pipe, plan.at("encoded"), device, moves)
             result = pipe(
                 image=data["character"],
                 pose_video=data["pose"],
@@ -339,6 +362,7 @@ def run(params: dict[str, Any], inputs: dict[str, Any], out: Path, ctx: StageCon
         "steps": p["steps"],
         "runtime": runtime,
         "placement": moves.facts(plan),
+        **({"block_swap_for_room": room.facts()} if room is not None else {}),
         **({"fell_back": fell} if fell else {}),
         **audio,
     }

@@ -171,23 +171,32 @@ def test_video_stage_block_swap_gives_the_frames_of_the_resident_run(tmp_path):
 from test_stage_animate import BASE as ANIMATE_BASE, inputs_for, media  # noqa: E402,F401  (fixture)
 
 
-def test_the_animate_stage_keeps_the_text_encoder_off_the_gpu_while_it_denoises(tmp_path, media):
+def test_the_animate_stage_keeps_the_text_encoder_off_the_gpu_while_it_denoises(tmp_path, media, monkeypatch):
     """On CUDA the Change Character stage encodes the prompt with UMT5 on the device, then parks it
-    in pinned host RAM before the first step; the next run brings it back to encode."""
+    in pinned host RAM before it builds the transformer's working copy; the next run brings it
+    back to encode."""
     from cinesynth_batch.catalog.loaders import load_animate_pipeline
     from cinesynth_batch.catalog.tiny.animate import build_tiny_animate
+    from cinesynth_batch.runtime import animate as am
     from cinesynth_batch.stages import animate as stage
     from cinesynth_batch.stages.base import StageContext
 
     pipe = load_animate_pipeline(build_tiny_animate(tmp_path / "animate"), device="cuda", dtype="bfloat16")
-    where = []
+    where, built = [], []
     pipe.transformer.register_forward_pre_hook(
         lambda m, a: where.append(next(pipe.text_encoder.parameters()).device.type))
+    materialize = am.AnimateRuntime._materialize
+
+    def spy(self, *args, **kwargs):
+        built.append(next(pipe.text_encoder.parameters()).device.type)
+        return materialize(self, *args, **kwargs)
+
+    monkeypatch.setattr(am.AnimateRuntime, "_materialize", spy)
     ctx = StageContext(models=SimpleNamespace(get=lambda role: pipe), resolve_lora=lambda n, f: None,
                        device="cuda", dtype="bfloat16")
     params = {**ANIMATE_BASE, "precision": "bf16"}
     first = stage.run(params, inputs_for(media, 17), tmp_path / "a.mp4", ctx)
-    assert where and set(where) == {"cpu"}
+    assert where and set(where) == {"cpu"} and built == ["cpu"]
     assert [(m["at"], m["component"], m["to"]) for m in first["placement"]["moves"]] == [
         ("encoded", "text_encoder", "host")]
     assert all(p.is_pinned() for p in pipe.text_encoder.parameters())
@@ -198,3 +207,34 @@ def test_the_animate_stage_keeps_the_text_encoder_off_the_gpu_while_it_denoises(
         ("encode", "text_encoder", "device"), ("encoded", "text_encoder", "host")]
     size = sum(p.numel() * p.element_size() for p in pipe.text_encoder.parameters())
     assert second["placement"]["bytes_moved"] == 2 * size
+
+
+def test_the_animate_stage_streams_more_blocks_when_a_window_needs_the_room(tmp_path, media):
+    """Under a device budget that the spec's block_swap would overrun with one window's work, the
+    stage streams more blocks (``runtime/animate_room.py``), says so in its facts, and makes the
+    frames the unbudgeted run makes."""
+    import numpy as np
+
+    from cinesynth_batch.catalog.loaders import load_animate_pipeline
+    from cinesynth_batch.media.video_io import read_frames
+    from cinesynth_batch.catalog.tiny.animate import build_tiny_animate
+    from cinesynth_batch.runtime.animate_room import block_swap_for_room
+    from cinesynth_batch.stages import animate as stage
+    from cinesynth_batch.stages.base import StageContext
+
+    pipe = load_animate_pipeline(build_tiny_animate(tmp_path / "animate"), device="cuda", dtype="bfloat16")
+    params = {**ANIMATE_BASE, "precision": "bf16", "quantize": "fp8_e4m3fn", "block_swap": 0}
+
+    def render(name, budget):
+        models = SimpleNamespace(get=lambda role: pipe, budget=budget, used=0)
+        ctx = StageContext(models=models, resolve_lora=lambda n, f: None, device="cuda", dtype="bfloat16")
+        facts = stage.run(params, inputs_for(media, 17), tmp_path / name, ctx)
+        return facts, read_frames(tmp_path / name)
+
+    whole = block_swap_for_room(pipe, 0, True, 2, 1 << 50, params["height"], params["width"], 17)
+    roomy, frames = render("roomy.mp4", 1 << 50)
+    assert roomy["block_swap_for_room"]["chosen"] == 0 and roomy["runtime"]["block_swap"] == 0
+    tight, tight_frames = render("tight.mp4", whole.need - 1)
+    assert tight["block_swap_for_room"]["chosen"] >= 1 and tight["block_swap_for_room"]["fits"]
+    assert tight["runtime"]["block_swap"] == tight["block_swap_for_room"]["chosen"]
+    assert np.array_equal(frames, tight_frames)

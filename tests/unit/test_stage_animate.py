@@ -420,6 +420,38 @@ def test_fp8_and_block_swap_placement_is_undone_exactly(model_dir, lora_root):
     am.release_animate_runtime(pipe)
 
 
+@pytest.mark.parametrize("block_swap,fuse", [(0, False), (1, False), (0, True)])
+def test_fp8_blocks_are_cast_one_at_a_time_while_the_working_copy_is_built(model_dir, lora_root, monkeypatch,
+                                                                             block_swap, fuse):
+    """The working copy's peak: whenever a layer is cast to fp8, at most one block holds weights
+    in the run dtype (built resident blocks wait as fp8, not in bf16 until the end)."""
+    from cinesynth_batch.runtime import memory
+    from cinesynth_batch.runtime.lora import apply_loras
+
+    pipe = load_animate_pipeline(model_dir)
+    tr = pipe.transformer
+    layers = [[layer for _, layer in fp8_targets(block)] for block in tr.blocks]
+    assert len(layers) == 2 and all(layers)
+    counts = []
+    real = memory.to_fp8
+
+    def spy(layer):
+        real(layer)
+        counts.append(sum(any(lay.weight.dtype == torch.bfloat16 for lay in block) for block in layers))
+
+    monkeypatch.setattr(memory, "to_fp8", spy)
+    monkeypatch.setattr(am, "to_fp8", spy)
+    active = {}
+    if fuse:
+        active = apply_loras(pipe, am.animate_lora_requests([{"name": "tiny/animate_face", "weight": 0.7}],
+                                                            lambda n, f: lora_root / f / f"{n}.safetensors"))
+    runtime = am.AnimateRuntime.of(pipe)
+    runtime.apply(am.RuntimeSettings("bf16", quantize="fp8_e4m3fn", block_swap=block_swap), "cpu", fuse=active)
+    assert counts and max(counts) == 1 and counts[-1] == 0
+    assert all(lay.weight.dtype == torch.float8_e4m3fn for block in layers for lay in block)
+    runtime.release()
+
+
 def test_the_rest_copy_counts_as_host_ram_and_leaving_the_device_drops_the_working_copy(model_dir):
     from cinesynth_batch.runtime.swap import host_nbytes, model_nbytes, swap_model
 

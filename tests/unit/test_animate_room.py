@@ -1,0 +1,52 @@
+"""How many Wan2.2-Animate blocks stream for one window to fit a device room
+(``runtime/animate_room.py``): the full-size model on the ``meta`` device, and the tiny one."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from cinesynth_batch.catalog.shapes.build import build_shapes
+from cinesynth_batch.runtime.animate_room import block_swap_for_room, window_tokens, work_bytes
+
+GIB = 1 << 30
+
+
+@pytest.fixture(scope="module")
+def animate14b():
+    pipe = build_shapes("wan2.2-animate-14b", "meta", "bfloat16")
+    # on the device beside the transformer: the VAE and the image encoder (the text encoder is parked)
+    return SimpleNamespace(transformer=pipe.transformer,
+                           components={"vae": pipe.vae, "image_encoder": pipe.image_encoder,
+                                       "transformer": pipe.transformer})
+
+
+def test_a_window_at_the_preset_size_has_its_latent_tokens_and_work():
+    assert window_tokens(1280, 720, 77) == 21 * 80 * 45 == 75600          # 20 latent frames + the reference
+    assert window_tokens(832, 480, 81) == 22 * 52 * 30
+    model = SimpleNamespace(config=SimpleNamespace(num_attention_heads=40, attention_head_dim=128))
+    assert work_bytes(model, 1280, 720, 77) == 75600 * 5120 * 40          # 14.4 GiB
+
+
+def test_the_preset_keeps_its_20_blocks_where_the_card_has_room(animate14b):
+    choice = block_swap_for_room(animate14b, 20, True, 2, 72 * GIB, 1280, 720, 77)
+    assert (choice.asked, choice.chosen, choice.fits) == (20, 20, True)
+    assert 20 * GIB < choice.need < 30 * GIB
+
+
+def test_a_24_gib_room_streams_more_blocks_and_each_fewer_would_not_fit(animate14b):
+    room = 24 * GIB
+    choice = block_swap_for_room(animate14b, 20, True, 2, room, 1280, 720, 77)
+    assert 20 < choice.chosen < 40 and choice.fits and choice.need <= room
+    fewer = block_swap_for_room(animate14b, choice.chosen - 1, True, 2, 10**15, 1280, 720, 77)
+    assert fewer.chosen == choice.chosen - 1 and fewer.need > room
+    bf16 = block_swap_for_room(animate14b, 20, False, 2, room, 1280, 720, 77)   # without fp8, more stream
+    assert bf16.chosen > choice.chosen
+
+
+def test_a_room_nothing_fits_streams_every_block_and_says_so(animate14b):
+    choice = block_swap_for_room(animate14b, 20, True, 2, 8 * GIB, 1280, 720, 77)
+    assert (choice.chosen, choice.fits) == (40, False) and choice.need > 8 * GIB
+    assert choice.facts() == {"asked": 20, "chosen": 40, "room_bytes": 8 * GIB, "need_bytes": choice.need,
+                              "fits": False}
