@@ -216,9 +216,8 @@ def test_the_animate_stage_streams_more_blocks_when_a_window_needs_the_room(tmp_
     import numpy as np
 
     from cinesynth_batch.catalog.loaders import load_animate_pipeline
-    from cinesynth_batch.media.video_io import read_frames
     from cinesynth_batch.catalog.tiny.animate import build_tiny_animate
-    from cinesynth_batch.runtime.animate_room import block_swap_for_room
+    from cinesynth_batch.media.video_io import read_frames
     from cinesynth_batch.stages import animate as stage
     from cinesynth_batch.stages.base import StageContext
 
@@ -231,10 +230,12 @@ def test_the_animate_stage_streams_more_blocks_when_a_window_needs_the_room(tmp_
         facts = stage.run(params, inputs_for(media, 17), tmp_path / name, ctx)
         return facts, read_frames(tmp_path / name)
 
-    whole = block_swap_for_room(pipe, 0, True, 2, 1 << 50, params["height"], params["width"], 17)
     roomy, frames = render("roomy.mp4", 1 << 50)
-    assert roomy["block_swap_for_room"]["chosen"] == 0 and roomy["runtime"]["block_swap"] == 0
-    tight, tight_frames = render("tight.mp4", whole.need - 1)
-    assert tight["block_swap_for_room"]["chosen"] >= 1 and tight["block_swap_for_room"]["fits"]
-    assert tight["runtime"]["block_swap"] == tight["block_swap_for_room"]["chosen"]
+    asked = roomy["block_swap_for_room"]
+    assert (asked["chosen"], asked["fits"], roomy["runtime"]["block_swap"]) == (0, True, 0)
+    tight, tight_frames = render("tight.mp4", asked["need_bytes"] - 1)
+    # two blocks: streaming one would add two in flight, so only streaming both comes close
+    blocks = len(pipe.transformer.blocks)
+    assert tight["block_swap_for_room"]["chosen"] == blocks == tight["runtime"]["block_swap"] == 2
+    assert tight["block_swap_for_room"]["room_bytes"] == asked["need_bytes"] - 1
     assert np.array_equal(frames, tight_frames)
