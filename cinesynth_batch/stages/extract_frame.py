@@ -34,6 +34,7 @@ def pick_frame(path: Path, at: Any):
                 raise StageError(f"extract_frame: {path.name} has no video stream",
                                  hint="give a video file (or a URL of one)")
             stream = container.streams.video[0]
+            period = 1.0 / float(stream.average_rate or 1)    # read while the container is open
             for frame in container.decode(stream):
                 if at == "first":
                     return frame
@@ -45,8 +46,7 @@ def pick_frame(path: Path, at: Any):
                          hint="give a video file (or a URL of one)") from exc
     if chosen is None:
         raise StageError(f"extract_frame: {path.name} has no decodable frame")
-    if at not in ("first", "last") and chosen.time is not None and at > chosen.time + 1.0 / float(
-            stream.average_rate or 1):
+    if at not in ("first", "last") and chosen.time is not None and at > chosen.time + period:
         raise StageError(f"extract_frame: at {at} s is after the end of {path.name} "
                          f"(it lasts {chosen.time:.3f} s)", hint="use a time inside the video, or 'last'")
     return chosen
