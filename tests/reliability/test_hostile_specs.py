@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import resource
 import subprocess
 import sys
 import textwrap
@@ -40,12 +39,12 @@ class Run:
         return [ln for ln in self.err.splitlines() if ln.strip()]
 
 
-def _limit(memory: int):
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        os.setsid()
-
-    return apply
+#: The CLI under an address-space limit, set by the child itself before it imports anything: no
+#: ``preexec_fn`` (Python code between fork and exec can deadlock on a lock another thread of
+#: this multi-threaded test process held at the fork).
+LAUNCH = ("import resource, runpy, sys; limit = int(sys.argv.pop(1)); "
+          "resource.setrlimit(resource.RLIMIT_AS, (limit, limit)); "
+          "runpy.run_module('cinesynth_batch.cli', run_name='__main__', alter_sys=True)")
 
 
 def cli(args: list[str], cwd: Path, home: Path, memory: int = MEMORY_LIMIT) -> Run:
@@ -55,9 +54,9 @@ def cli(args: list[str], cwd: Path, home: Path, memory: int = MEMORY_LIMIT) -> R
     env.pop("CINESYNTH_PROJECT", None)
     env.pop("CINESYNTH_CACHE", None)
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "cinesynth_batch.cli", *args], cwd=cwd, env=env,
+    done = subprocess.run([sys.executable, "-c", LAUNCH, str(memory), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, errors="replace", timeout=TIME_LIMIT,
-                          preexec_fn=_limit(memory))
+                          start_new_session=True)
     return Run(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
 
 
