@@ -47,6 +47,7 @@ from typing import Iterable
 from ..catalog.budget import RankBudget, human
 from ..catalog.shapes import DTYPE_BYTES, ShapesSource
 from ..errors import ModelError
+from ..runtime.memory import IN_FLIGHT
 from ..runtime.placement import (EXPERTS, HOST, ONE_TRANSFORMER, STREAMED_KINDS, TEXT_ENCODER, experts_fit,
                                  least_device_bytes, plan_placement)
 
@@ -57,7 +58,6 @@ PLACED = ("flux2-klein",)
 #: Kinds whose transformer rests in host RAM and runs as a working copy on the device.
 WORKING_COPY = ("wan-animate",)
 FP8_STORAGE = ("fp8_e4m3fn", "fp8_e4m3fn_scaled")
-IN_FLIGHT = 2           # blocks on the device while offloaded: the one running, the one arriving
 
 _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 _SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8,

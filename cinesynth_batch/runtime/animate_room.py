@@ -21,11 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .memory import fp8_targets
+from .animate import RuntimeSettings, _torch_dtype
+from .memory import IN_FLIGHT, fp8_targets
 
 #: Device bytes a window's work takes per latent token and per channel of the model's width.
 WORK_BYTES_PER_TOKEN_CHANNEL = 48
-IN_FLIGHT = 2            # streamed blocks on the device: the one computing, the one arriving
 LATENT_STRIDE = (4, 16, 16)    # frames, height, width per latent token (Wan VAE 4x8x8, patch 1x2x2)
 
 
@@ -76,12 +76,15 @@ def _on_device_bytes(pipe: Any, skip: tuple[str, ...]) -> int:
     return total
 
 
-def block_swap_for_room(pipe: Any, asked: int, fp8: bool, compute_bytes: int, room: int,
-                        height: int, width: int, frames: int) -> BlockSwapChoice:
-    """The fewest streamed blocks, at least ``asked``, for which the working copy, the other
-    components on the device and one window's work fit ``room`` bytes (all blocks when none do)."""
+def block_swap_for_room(pipe: Any, settings: RuntimeSettings, room: int, height: int, width: int,
+                        frames: int) -> BlockSwapChoice:
+    """The fewest streamed blocks, at least ``settings.block_swap``, for which the working copy
+    placed with ``settings`` (as ``resolve_runtime`` resolved them), the other components on the
+    device and one window's work fit ``room`` bytes (all blocks when none do)."""
     transformer = pipe.transformer
     blocks = list(transformer.blocks)
+    compute_bytes = _torch_dtype(settings.precision).itemsize
+    fp8 = settings.quantize == "fp8_e4m3fn"
     layers = {id(layer) for _, layer in fp8_targets(transformer)} if fp8 else set()
     per_block = [_working_bytes(block, layers, compute_bytes) for block in blocks]
     outside = _working_bytes(transformer, layers, compute_bytes) - sum(per_block)
@@ -91,6 +94,6 @@ def block_swap_for_room(pipe: Any, asked: int, fp8: bool, compute_bytes: int, ro
         in_flight = IN_FLIGHT * max(per_block, default=0) if swap else 0
         return fixed + in_flight + sum(per_block[swap:])       # blocks[:swap] stream
 
-    asked = min(max(asked, 0), len(blocks))
+    asked = min(max(settings.block_swap, 0), len(blocks))
     chosen = next((swap for swap in range(asked, len(blocks) + 1) if need(swap) <= room), len(blocks))
     return BlockSwapChoice(asked, chosen, room, need(chosen), need(chosen) <= room)

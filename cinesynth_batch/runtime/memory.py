@@ -51,6 +51,7 @@ FP8_MAX = 448.0                                   # float8_e4m3fn's largest fini
 CAST_HOOK = "layerwise_casting"                   # diffusers' hook names (it looks them up by name)
 PEFT_CAST_HOOK = "peft_autocast_disable"
 GROUP_HOOK = "group_offloading"
+IN_FLIGHT = 2            # offloaded blocks on the device at a time: the one computing, the one arriving
 _OFFLOAD_ATTR = "_cinesynth_offloaded_blocks"
 
 

@@ -39,7 +39,6 @@ from .params import one_path
 KIND = "animate"
 OUTPUT_EXT = ".mp4"
 MODEL_ROLE = "animate"
-COMPUTE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 
 def check_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -236,9 +235,7 @@ def fit_block_swap(pipe: Any, settings: Any, ctx: StageContext, device: str, p: 
     if room is None or not str(device).startswith("cuda"):
         return settings, None
     resolved, _ = resolve_runtime(settings, device, num_blocks=len(pipe.transformer.blocks), warn=False)
-    choice = block_swap_for_room(pipe, settings.block_swap, resolved.quantize == "fp8_e4m3fn",
-                                 COMPUTE_BYTES[resolved.precision], room, p["height"], p["width"],
-                                 p["frame_window"])
+    choice = block_swap_for_room(pipe, resolved, room, p["height"], p["width"], p["frame_window"])
     return replace(settings, block_swap=choice.chosen), choice
 
 

@@ -8,9 +8,18 @@ from types import SimpleNamespace
 import pytest
 
 from cinesynth_batch.catalog.shapes.build import build_shapes
+from cinesynth_batch.runtime.animate import RuntimeSettings
 from cinesynth_batch.runtime.animate_room import block_swap_for_room, window_tokens, work_bytes
 
 GIB = 1 << 30
+
+
+def fp8(block_swap: int) -> RuntimeSettings:
+    return RuntimeSettings("bf16", quantize="fp8_e4m3fn", block_swap=block_swap)
+
+
+def bf16(block_swap: int) -> RuntimeSettings:
+    return RuntimeSettings("bf16", block_swap=block_swap)
 
 
 @pytest.fixture(scope="module")
@@ -30,23 +39,23 @@ def test_a_window_at_the_preset_size_has_its_latent_tokens_and_work():
 
 
 def test_the_preset_keeps_its_20_blocks_where_the_card_has_room(animate14b):
-    choice = block_swap_for_room(animate14b, 20, True, 2, 72 * GIB, 1280, 720, 77)
+    choice = block_swap_for_room(animate14b, fp8(20), 72 * GIB, 1280, 720, 77)
     assert (choice.asked, choice.chosen, choice.fits) == (20, 20, True)
     assert 25 * GIB < choice.need < 30 * GIB
 
 
 def test_a_24_gib_room_streams_more_blocks_and_each_fewer_would_not_fit(animate14b):
     room = 24 * GIB
-    choice = block_swap_for_room(animate14b, 20, True, 2, room, 1280, 720, 77)
+    choice = block_swap_for_room(animate14b, fp8(20), room, 1280, 720, 77)
     assert 20 < choice.chosen < 40 and choice.fits and choice.need <= room
-    fewer = block_swap_for_room(animate14b, choice.chosen - 1, True, 2, 10**15, 1280, 720, 77)
+    fewer = block_swap_for_room(animate14b, fp8(choice.chosen - 1), 10**15, 1280, 720, 77)
     assert fewer.chosen == choice.chosen - 1 and fewer.need > room
-    bf16 = block_swap_for_room(animate14b, 20, False, 2, room, 1280, 720, 77)   # without fp8, more stream
-    assert bf16.chosen > choice.chosen
+    plain = block_swap_for_room(animate14b, bf16(20), room, 1280, 720, 77)   # without fp8, more stream
+    assert plain.chosen > choice.chosen
 
 
 def test_a_room_nothing_fits_streams_every_block_and_says_so(animate14b):
-    choice = block_swap_for_room(animate14b, 20, True, 2, 8 * GIB, 1280, 720, 77)
+    choice = block_swap_for_room(animate14b, fp8(20), 8 * GIB, 1280, 720, 77)
     assert (choice.chosen, choice.fits) == (40, False) and choice.need > 8 * GIB
     assert choice.facts() == {"asked": 20, "chosen": 40, "room_bytes": 8 * GIB, "need_bytes": choice.need,
                               "fits": False}
@@ -60,10 +69,10 @@ def test_streaming_one_of_two_blocks_costs_more_than_keeping_both_so_the_tight_r
 
     pipe = load_animate_pipeline(build_tiny_animate(tmp_path / "animate"), device="cpu", dtype="float32")
     assert len(pipe.transformer.blocks) == 2
-    kept = block_swap_for_room(pipe, 0, True, 2, 1 << 50, 64, 64, 17)
+    kept = block_swap_for_room(pipe, fp8(0), 1 << 50, 64, 64, 17)
     assert (kept.chosen, kept.fits) == (0, True)
-    one = block_swap_for_room(pipe, 1, True, 2, 1 << 50, 64, 64, 17)
-    both = block_swap_for_room(pipe, 2, True, 2, 1 << 50, 64, 64, 17)
+    one = block_swap_for_room(pipe, fp8(1), 1 << 50, 64, 64, 17)
+    both = block_swap_for_room(pipe, fp8(2), 1 << 50, 64, 64, 17)
     assert one.need > kept.need == both.need
-    tight = block_swap_for_room(pipe, 0, True, 2, kept.need - 1, 64, 64, 17)
+    tight = block_swap_for_room(pipe, fp8(0), kept.need - 1, 64, 64, 17)
     assert (tight.chosen, tight.fits, tight.need) == (2, False, kept.need)
