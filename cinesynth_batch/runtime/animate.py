@@ -116,8 +116,7 @@ class AnimateFallbackWarning(FallbackWarning):
     """A requested Animate runtime setting cannot be used here; a stated alternative is used."""
 
 
-def _torch_dtype(precision: str):
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def pipeline_device(pipe: Any, fallback: str = "cpu") -> str:
@@ -174,6 +173,16 @@ class RuntimeSettings:
         """The stage params' own rules (``spec/params.py``'s ``AnimateRuntimeParams``)."""
         check(AnimateRuntimeParams, asdict(self), "animate")
 
+    @property
+    def dtype(self):
+        """The torch dtype the working copy computes in."""
+        return _DTYPES[self.precision]
+
+    @property
+    def fp8(self) -> bool:
+        """Whether the working copy stores its large layers in fp8."""
+        return self.quantize == "fp8_e4m3fn"
+
 
 @dataclass
 class Fallback:
@@ -210,10 +219,10 @@ def resolve_runtime(requested: RuntimeSettings, device: str, num_blocks: int | N
         elif requested.precision == "fp32":
             reason = f"{attention} needs bf16 or fp16 compute, precision is fp32"
         else:
-            ok, why = usable(attention, device, _torch_dtype(requested.precision))
+            ok, why = usable(attention, device, requested.dtype)
             reason = "" if ok else why
         if reason:
-            exact = _fastest_exact(device, _torch_dtype(requested.precision)) if cuda else "sdpa"
+            exact = _fastest_exact(device, requested.dtype) if cuda else "sdpa"
             fallbacks.append(Fallback("attention", attention, exact,
                                       reason + f"; using {exact} ({EXACT_LABELS[exact]})"))
             attention = exact
@@ -339,7 +348,7 @@ class AnimateRuntime:
     def _materialize(self, settings: RuntimeSettings, device: str, fuse: Mapping[str, float]) -> _Materialized:
         model = self.transformer
         dev, cpu = torch.device(device), torch.device("cpu")
-        compute = _torch_dtype(settings.precision)
+        compute = settings.dtype
         if any(t.device.type != "cpu" for t in model.parameters()):
             model.to("cpu")  # the rest copy lives in host RAM; each run places its own device copy
         entries = self._tensors()
@@ -367,7 +376,7 @@ class AnimateRuntime:
             for child in module.children():
                 outside_blocks(child)
 
-        fp8 = settings.quantize == "fp8_e4m3fn"
+        fp8 = settings.fp8
         targets = {id(layer) for _, layer in fp8_targets(model)} if fp8 else set()
         try:
             blocks = list(model.blocks)
@@ -395,7 +404,7 @@ class AnimateRuntime:
             if fuse:
                 state.merged += fuse_into_weights(model, fuse, dev, skip=model.blocks)
                 state.fused = dict(fuse)
-            if settings.quantize == "fp8_e4m3fn":
+            if fp8:
                 stored = store_fp8(model, compute)
                 state.fp8_layers, state.fp8_bytes_saved = stored.layers, stored.bytes_saved
             if swap:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .animate import RuntimeSettings, _torch_dtype
+from .animate import RuntimeSettings
 from .memory import IN_FLIGHT, fp8_targets
 
 #: Device bytes a window's work takes per latent token and per channel of the model's width.
@@ -83,9 +83,8 @@ def block_swap_for_room(pipe: Any, settings: RuntimeSettings, room: int, height:
     device and one window's work fit ``room`` bytes (all blocks when none do)."""
     transformer = pipe.transformer
     blocks = list(transformer.blocks)
-    compute_bytes = _torch_dtype(settings.precision).itemsize
-    fp8 = settings.quantize == "fp8_e4m3fn"
-    layers = {id(layer) for _, layer in fp8_targets(transformer)} if fp8 else set()
+    compute_bytes = settings.dtype.itemsize
+    layers = {id(layer) for _, layer in fp8_targets(transformer)} if settings.fp8 else set()
     per_block = [_working_bytes(block, layers, compute_bytes) for block in blocks]
     outside = _working_bytes(transformer, layers, compute_bytes) - sum(per_block)
     fixed = outside + _on_device_bytes(pipe, ("transformer",)) + work_bytes(transformer, height, width, frames)
