@@ -7,7 +7,11 @@ Each write is timed with one x264 thread and with ``X264_THREADS`` (bytes compar
 repeats: a fixed thread count gives the same file every time); each read with PyAV decoding in
 one thread and with frame threads (frames compared: decoding is exact).
 
-    python bench/encode.py [--frames 77] [--size 720x1280] [--reps 2]
+    python bench/encode.py [--frames 77] [--size 720x1280] [--reps 2] [--threads 4:1,8:1,8:2,16:2]
+
+``--threads`` adds a write table for other encoder settings (frame threads : lookahead threads),
+each against one thread in the same run: what a different fixed count would cost or save on this
+machine before it is chosen. Every setting is checked to give the same bytes on each repeat.
 """
 
 from __future__ import annotations
@@ -38,13 +42,14 @@ def clips(frames: int, height: int, width: int) -> dict[str, np.ndarray]:
     return {"noise": noise, "smooth": np.repeat(smooth[..., None], 3, axis=-1)}
 
 
-def write_one_thread(frames: np.ndarray, path: Path) -> None:
-    """``write_video`` as it ran before, with one encoder thread (the baseline)."""
+def write_one_thread(frames: np.ndarray, path: Path, threads: int = 1, lookahead: int = 1) -> None:
+    """``write_video`` with ``threads`` encoder frame threads and ``lookahead`` lookahead threads;
+    by default one of each (the baseline)."""
     t, h, w, _ = frames.shape
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-f", "rawvideo",
            "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", "16", "-i", "pipe:0", "-c:v", "libx264",
-           "-preset", "medium", "-crf", "12", "-pix_fmt", "yuv420p", "-threads", "1",
-           "-x264-params", "threads=1:lookahead-threads=1", "-fflags", "+bitexact", "-flags:v", "+bitexact",
+           "-preset", "medium", "-crf", "12", "-pix_fmt", "yuv420p", "-threads", str(threads),
+           "-x264-params", f"threads={threads}:lookahead-threads={lookahead}", "-fflags", "+bitexact", "-flags:v", "+bitexact",
            "-map_metadata", "-1", "-movflags", "+faststart", "-f", "mp4", str(path)]
     subprocess.run(cmd, input=frames.tobytes(), check=True, capture_output=True)
 
@@ -72,7 +77,9 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=77)
     ap.add_argument("--size", default="720x1280", help="WIDTHxHEIGHT")
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--threads", default="", help="other encoder settings to time, e.g. 4:1,8:1,8:2,16:2")
     args = ap.parse_args()
+    settings = [tuple(int(v) for v in (item.split(":") + ["1"])[:2]) for item in args.threads.split(",") if item]
     width, height = (int(v) for v in args.size.split("x"))
     print(f"{os.cpu_count()} cores, x264 threads {video_io.X264_THREADS}, {args.frames} frames {width}x{height}")
     print(f"{'clip':8} {'write 1 thread s':>17} {'write s':>8} {'x':>5} {'read 1 thread s':>16} {'read s':>7} {'x':>5}")
@@ -95,6 +102,17 @@ def main() -> None:
             rn, (new, *_) = timed(lambda: video_io.read_frames(one), args.reps)
             assert np.array_equal(old, new), f"{name}: threaded decoding changed the frames"
             print(f"{name:8} {w1:17.2f} {wn:8.2f} {w1 / wn:5.2f} {r1:16.2f} {rn:7.2f} {r1 / rn:5.2f}")
+            for threads, lookahead in settings:
+                path = Path(tmp) / f"{name}-{threads}-{lookahead}.mp4"
+
+                def write_setting():
+                    write_one_thread(frames, path, threads, lookahead)
+                    return digest(path)
+
+                ws, digests = timed(write_setting, args.reps)
+                assert len(set(digests)) == 1, f"{name}: {threads}:{lookahead} gave different bytes: {digests}"
+                print(f"{name:8} write with {threads} frame threads, {lookahead} lookahead: {ws:.2f} s, "
+                      f"{w1 / ws:.2f}x one thread, {wn / ws:.2f}x the current setting, {path.stat().st_size / 1e6:.1f} MB")
 
 
 if __name__ == "__main__":

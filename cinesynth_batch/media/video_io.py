@@ -28,11 +28,13 @@ class MediaInfo:
     audio_channels: int | None
 
 
-#: libx264 frame threads: a fixed count, so the bytes do not depend on the machine (x264 is
-#: deterministic for a given thread count); 4 threads encode a 720x1280 clip about 1.6x faster
-#: than one on two cores (docs/performance.md).
-X264_THREADS = 4
-X264_THREAD_ARGS = ["-threads", str(X264_THREADS), "-x264-params", f"threads={X264_THREADS}:lookahead-threads=1"]
+#: libx264 frame and lookahead threads: fixed counts, so the bytes do not depend on the machine
+#: (x264 is deterministic for given thread counts). On two cores 16 : 4 costs what 4 : 1 does; on a
+#: GPU host's 16 cores it writes a 720x1280 clip 2.5x sooner (``bench/encode.py``, docs/performance.md).
+X264_THREADS = 16
+X264_LOOKAHEAD_THREADS = 4
+X264_THREAD_ARGS = ["-threads", str(X264_THREADS), "-x264-params",
+                    f"threads={X264_THREADS}:lookahead-threads={X264_LOOKAHEAD_THREADS}"]
 
 
 def write_video(frames: np.ndarray, path: str | Path, fps: int = 16, crf: int = 12) -> None:

@@ -1,6 +1,6 @@
 import numpy as np
 
-from cinesynth_batch.media.video_io import X264_THREADS, last_frame, probe, read_frames, write_video
+from cinesynth_batch.media.video_io import X264_LOOKAHEAD_THREADS, X264_THREADS, last_frame, probe, read_frames, write_video
 
 
 def frames(t=9, h=32, w=48, seed=0):
@@ -11,7 +11,7 @@ def frames(t=9, h=32, w=48, seed=0):
 
 
 def test_same_frames_same_bytes_in_one_process(tmp_path):
-    f = frames()
+    f = frames(h=256, w=128)      # x264 allows a lookahead thread per 4 macroblock rows
     digests = set()
     for i in range(4):
         p = tmp_path / f"v{i}.mp4"
@@ -19,7 +19,7 @@ def test_same_frames_same_bytes_in_one_process(tmp_path):
         digests.add(p.read_bytes())
     assert len(digests) == 1
     # the encoder's thread count is fixed (x264 records it in the stream), not the machine's core count
-    assert f"threads={X264_THREADS} lookahead_threads=1 ".encode() in digests.pop()
+    assert f"threads={X264_THREADS} lookahead_threads={X264_LOOKAHEAD_THREADS} ".encode() in digests.pop()
 
 
 def test_roundtrip_counts_size_and_content(tmp_path):
