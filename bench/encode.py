@@ -9,7 +9,7 @@ one thread and with frame threads (frames compared: decoding is exact).
 
     python bench/encode.py [--frames 77] [--size 720x1280] [--reps 2] [--threads 4:1,8:1,8:2,16:2]
 
-``--threads`` adds a write table for other encoder settings (frame threads : lookahead threads),
+``--threads`` adds a write line for other encoder settings (frame threads : lookahead threads),
 each against one thread in the same run: what a different fixed count would cost or save on this
 machine before it is chosen. Every setting is checked to give the same bytes on each repeat.
 """
@@ -20,7 +20,6 @@ import argparse
 import hashlib
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cinesynth_batch.media import video_io  # noqa: E402
-from cinesynth_batch.media.ffmpeg import ffmpeg_exe  # noqa: E402
 
 
 def clips(frames: int, height: int, width: int) -> dict[str, np.ndarray]:
@@ -40,18 +38,6 @@ def clips(frames: int, height: int, width: int) -> dict[str, np.ndarray]:
     smooth = np.stack([((np.sin(xx / 40 + i / 5) + np.cos(yy / 60 - i / 7)) * 60 + 128).astype(np.uint8)
                        for i in range(frames)])
     return {"noise": noise, "smooth": np.repeat(smooth[..., None], 3, axis=-1)}
-
-
-def write_one_thread(frames: np.ndarray, path: Path, threads: int = 1, lookahead: int = 1) -> None:
-    """``write_video`` with ``threads`` encoder frame threads and ``lookahead`` lookahead threads;
-    by default one of each (the baseline)."""
-    t, h, w, _ = frames.shape
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-f", "rawvideo",
-           "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", "16", "-i", "pipe:0", "-c:v", "libx264",
-           "-preset", "medium", "-crf", "12", "-pix_fmt", "yuv420p", "-threads", str(threads),
-           "-x264-params", f"threads={threads}:lookahead-threads={lookahead}", "-fflags", "+bitexact", "-flags:v", "+bitexact",
-           "-map_metadata", "-1", "-movflags", "+faststart", "-f", "mp4", str(path)]
-    subprocess.run(cmd, input=frames.tobytes(), check=True, capture_output=True)
 
 
 def read_one_thread(path: Path) -> np.ndarray:
@@ -92,7 +78,7 @@ def main() -> None:
                 return digest(one)
 
             def write_old():
-                write_one_thread(frames, base)
+                video_io.write_video(frames, base, fps=16, thread_args=video_io.x264_thread_args(1, 1))
                 return digest(base)
 
             w1, _ = timed(write_old, args.reps)
@@ -106,13 +92,15 @@ def main() -> None:
                 path = Path(tmp) / f"{name}-{threads}-{lookahead}.mp4"
 
                 def write_setting():
-                    write_one_thread(frames, path, threads, lookahead)
+                    args_ = video_io.x264_thread_args(threads, lookahead)
+                    video_io.write_video(frames, path, fps=16, thread_args=args_)
                     return digest(path)
 
                 ws, digests = timed(write_setting, args.reps)
                 assert len(set(digests)) == 1, f"{name}: {threads}:{lookahead} gave different bytes: {digests}"
                 print(f"{name:8} write with {threads} frame threads, {lookahead} lookahead: {ws:.2f} s, "
-                      f"{w1 / ws:.2f}x one thread, {wn / ws:.2f}x the current setting, {path.stat().st_size / 1e6:.1f} MB")
+                      f"{w1 / ws:.2f}x one thread, {wn / ws:.2f}x the current setting, "
+                      f"{path.stat().st_size / 1e6:.1f} MB")
 
 
 if __name__ == "__main__":

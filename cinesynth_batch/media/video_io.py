@@ -33,12 +33,20 @@ class MediaInfo:
 #: GPU host's 16 cores it writes a 720x1280 clip 2.5x sooner (``bench/encode.py``, docs/performance.md).
 X264_THREADS = 16
 X264_LOOKAHEAD_THREADS = 4
-X264_THREAD_ARGS = ["-threads", str(X264_THREADS), "-x264-params",
-                    f"threads={X264_THREADS}:lookahead-threads={X264_LOOKAHEAD_THREADS}"]
 
 
-def write_video(frames: np.ndarray, path: str | Path, fps: int = 16, crf: int = 12) -> None:
-    """Encode ``frames`` as H.264 (yuv420p) into ``path``.
+def x264_thread_args(threads: int, lookahead: int) -> tuple[str, ...]:
+    """ffmpeg arguments that run libx264 with ``threads`` frame and ``lookahead`` lookahead threads."""
+    return ("-threads", str(threads), "-x264-params", f"threads={threads}:lookahead-threads={lookahead}")
+
+
+X264_THREAD_ARGS = x264_thread_args(X264_THREADS, X264_LOOKAHEAD_THREADS)
+
+
+def write_video(frames: np.ndarray, path: str | Path, fps: int = 16, crf: int = 12,
+                thread_args: tuple[str, ...] = X264_THREAD_ARGS) -> None:
+    """Encode ``frames`` as H.264 (yuv420p) into ``path``. ``thread_args`` (``x264_thread_args``)
+    is for ``bench/encode.py``, which times other thread counts with this same command.
 
     Width and height must be even (a yuv420p constraint); callers choose even sizes. Frames are
     piped into a fresh ffmpeg process with ``X264_THREADS`` encoder threads and bit-exact flags, so the same
@@ -56,7 +64,7 @@ def write_video(frames: np.ndarray, path: str | Path, fps: int = 16, crf: int = 
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0",
            "-c:v", "libx264", "-preset", "medium", "-crf", str(crf), "-pix_fmt", "yuv420p",
-           *X264_THREAD_ARGS,
+           *thread_args,
            "-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1",
            "-movflags", "+faststart", "-f", "mp4", str(path)]
     proc = subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True)
