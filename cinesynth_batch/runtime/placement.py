@@ -4,9 +4,11 @@ Inside one stage run, a component that is not computing need not hold GPU memory
 
 * the text encoder (UMT5, Qwen3) is on the device only while the prompts are encoded; it leaves
   for pinned host RAM right after and comes back when the next run encodes again;
-* a pipeline with one transformer (FLUX.2-klein) keeps it on the device, unless it does not fit
-  there together with the text encoder: then it waits in pinned host RAM while the prompts are
-  encoded and comes back before the first step;
+* a pipeline with one transformer (FLUX.2-klein) keeps every component on the device, the text
+  encoder too, when they fit its budget together (faster: nothing moves, and a still's few steps
+  are short beside the text encoder's copy back for the next prompt; its activations are small
+  beside a video's); when they do not, the transformer waits in pinned host RAM while the prompts
+  are encoded and comes back before the first step, and the text encoder leaves after encoding;
 * the two Wan2.2 experts (``transformer`` for the high-noise steps, ``transformer_2`` for the
   low-noise ones) both stay on the device when they fit its budget together (faster: nothing
   moves); when they do not, the idle one waits in pinned host RAM: ``transformer_2`` until the
@@ -112,9 +114,12 @@ def plan_placement(*, cuda: bool, sizes: dict[str, int], where: dict[str, str], 
     present = [e for e in experts if e in sizes]
     used = [e for e in dict.fromkeys(steps) if e in present]
     swap = False
+    keep_encoder = False
     if len(present) == 1 and TEXT_ENCODER in sizes and not encoder_offloaded and not experts_streamed:
         if available is None or sum(sizes.values()) <= available:
-            reasons.append("the transformer fits the device budget with the text encoder: it stays on the device")
+            reasons.append("the transformer and the text encoder fit the device budget together: "
+                           "they stay on the device")
+            keep_encoder = True
         else:                           # it waits on the host while the prompts are encoded
             move("encode", present[0], HOST)
     if len(present) > 1:
@@ -135,7 +140,8 @@ def plan_placement(*, cuda: bool, sizes: dict[str, int], where: dict[str, str], 
             reasons.append("the text encoder streams from pinned RAM already (block offload)")
         else:
             move("encode", TEXT_ENCODER, DEVICE)
-            move("encoded", TEXT_ENCODER, HOST)
+            if not keep_encoder:
+                move("encoded", TEXT_ENCODER, HOST)
     if swap:
         move(0, steps[0], DEVICE)
         for i in range(1, len(steps)):

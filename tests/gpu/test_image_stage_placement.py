@@ -2,7 +2,7 @@
 and the tiny FLUX.2-klein pipeline folder (skipped without CUDA): under a budget that holds the
 text encoder or the transformer but not both, the loader leaves the text encoder in pinned host
 RAM, each run brings it to the GPU only to encode while the transformer waits there, and the
-picture equals that of a run with everything resident; so for the step-distilled folder (no
+picture equals that of a run with everything resident (where nothing moves); so for the step-distilled folder (no
 classifier-free guidance: the prompt alone is encoded, one transformer forward a step) and for the
 base folder (guidance 3: the prompt and the negative prompt, two forwards a step). A full-size shapes pipeline loaded under a
 24 GiB room never holds the Qwen3-8B text encoder and the 9B transformer on the GPU together."""
@@ -74,11 +74,8 @@ def _render(models, out):
 def test_the_text_encoder_and_the_transformer_take_turns_and_give_the_resident_picture(folder, tmp_path):
     resident = _Models(folder, budget=1 << 40)
     facts, seen = _render(resident, tmp_path / "resident.png")
-    assert [(m["component"], m["to"]) for m in facts["placement"]["moves"]] == [("text_encoder", "host")]
-    assert all(where == {n: "cuda" for n in WATCHED} for name, where in seen if name == "text_encoder")
-    assert all(where == {"text_encoder": "cpu", "transformer": "cuda", "vae": "cuda"}
-               for name, where in seen if name != "text_encoder")
-    assert all(p.device.type == "cpu" and p.is_pinned() for p in resident.pipe.text_encoder.parameters())
+    assert facts["placement"]["moves"] == [] and facts["placement"]["bytes_moved"] == 0   # it all fits: nothing moves
+    assert seen and all(where == {n: "cuda" for n in WATCHED} for _, where in seen)
 
     sizes = component_sizes(resident.pipe)
     budget = least_device_bytes(sizes, ONE_TRANSFORMER)
