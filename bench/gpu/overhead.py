@@ -12,9 +12,13 @@ time it reports (none when warm). Then the same pipeline is loaded on its own th
 catalog's loader, given the same attention kernel, compile and LoRAs (fused as the stage fuses
 them), and timed for what the model must do: the prompt encoding, then one ``pipe(...)`` call
 (the image encode, the steps, the VAE decode) after an untimed warm-up call of ``--warm-steps``. The text
-encoder leaves the GPU between the two, untimed, as the stage's placement does. What the stage
+encoder leaves the GPU between the two, untimed, as the stage's placement does (but FLUX.2-klein's,
+which stays when the pipeline fits). What the stage
 spends beyond that (planning, placement moves, LoRA switching, writing and hashing the clip,
-publishing) is ``× pure − 1``.
+publishing) is ``× pure − 1``. Of it, the warm scene's own calls are timed apart: writing its
+output (``write_s``: the clip's encode, or the still's PNG), other ffmpeg runs (``mux_s``: the
+speech muxed in), its commit to the cache (``commit_s``: hashed, synced, installed) and the
+re-hashing of its inputs (``verify_s``).
 
     python bench/gpu/overhead.py [--kinds video,image,lipsync,animate] [--steps 40] [--warm-steps 2]   # shapes, CUDA
     python bench/gpu/overhead.py --tiny                                 # tiny profile: checks it runs
@@ -89,6 +93,60 @@ def render(project: Path, spec: Path, kind: str) -> dict:
     cli(["render", str(spec), "--keep-going", "--only", kind])
     manifest = next((project / "outputs").glob("*/manifest.json"))
     return json.loads(manifest.read_text())
+
+
+#: What the probe times during the render: (module, attribute on it, label).
+PROBED = (("cinesynth_batch.media.video_io", "write_video", "write_s"),     # a clip: ffmpeg encode (+ mux)
+          ("PIL.Image", "Image.save", "write_s"),                           # a still: the PNG
+          ("cinesynth_batch.media.ffmpeg", "run_ffmpeg", "mux_s"),          # other ffmpeg runs: muxing
+          ("cinesynth_batch.cache.store", "CacheStore.commit", "commit_s"),  # hash, fsync, install
+          ("cinesynth_batch.cache.store", "CacheStore.verified_path", "verify_s"))   # inputs re-hashed
+
+
+class Probe:
+    """Times the renderer's own work inside a render (writing the output, committing it to the
+    cache, verifying the inputs) by wrapping the functions that do it, each call stamped with the
+    wall clock so that a stage's share is read off its ``started_at``/``ended_at``."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float, float]] = []       # (label, wall start, seconds)
+        self._undo: list[tuple[object, str, object]] = []
+
+    def __enter__(self) -> "Probe":
+        import importlib
+
+        for module, path, label in PROBED:
+            owner = importlib.import_module(module)
+            *outer, name = path.split(".")
+            for part in outer:
+                owner = getattr(owner, part)
+            original = getattr(owner, name)
+            self._undo.append((owner, name, original))
+            setattr(owner, name, self._timed(original, label))
+        return self
+
+    def _timed(self, fn, label: str):
+        calls = self.calls
+
+        def wrapper(*args, **kwargs):
+            began, t0 = time.time(), time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                calls.append((label, began, time.perf_counter() - t0))
+        return wrapper
+
+    def __exit__(self, *exc) -> None:
+        for owner, name, original in reversed(self._undo):
+            setattr(owner, name, original)
+
+    def within(self, stage: dict) -> dict[str, float]:
+        """Seconds per label of the calls made while ``stage`` (a manifest entry) ran."""
+        out = {label: 0.0 for _, _, label in PROBED}
+        for label, began, seconds in self.calls:
+            if stage["started_at"] - 0.01 <= began <= stage["ended_at"]:
+                out[label] += seconds
+        return {label: round(v, 3) for label, v in out.items()}
 
 
 def free() -> None:
@@ -279,7 +337,8 @@ def measure(kind: str, tiny: bool, steps: int, reps: int, warm_steps: int, cache
         if kind in ("video", "animate") and not tiny:
             cli(["models", "shapes-loras", str(spec), "--rank", "64"])
         t0 = time.perf_counter()
-        manifest = render(project, spec, kind)
+        with Probe() as probe:
+            manifest = render(project, spec, kind)
         render_s = time.perf_counter() - t0
         free()
         stages = {st["id"]: st for st in manifest["stages"]}
@@ -288,7 +347,8 @@ def measure(kind: str, tiny: bool, steps: int, reps: int, warm_steps: int, cache
         stage_s = warm["seconds"] - float(timing.get("load_s") or 0.0)
         base = pure(kind, spec, f"s1.{kind}", reps, warm_steps)
     return {"kind": kind, "steps": steps, "loras": warm.get("facts", {}).get("loras"), "render_s": round(render_s, 2), "cold_stage_s": cold["seconds"],
-            "stage_s": round(stage_s, 3), "stage_load_s": timing.get("load_s"), "timing": timing, **base,
+            "stage_s": round(stage_s, 3), "stage_load_s": timing.get("load_s"), "timing": timing,
+            **probe.within(warm), **base,
             "x_pure": round(stage_s / base["pure_s"], 4), "renderer_s": round(stage_s - base["pure_s"], 3)}
 
 
@@ -312,8 +372,8 @@ def main() -> None:
         rows.append(measure(kind, args.tiny, args.steps, args.reps, args.warm_steps, args.cache))
         print(kind, rows[-1], flush=True)
     print(table(rows, ["kind", "cold_stage_s", "stage_s", "encode_s", "call_s", "pure_s", "x_pure", "renderer_s",
-                 "peak_gib"]))
-    save("overhead", {"steps": args.steps, "rows": rows})
+                       "write_s", "mux_s", "commit_s", "verify_s", "peak_gib"]))
+    save("overhead.json", {"steps": args.steps, "rows": rows})
 
 
 if __name__ == "__main__":
