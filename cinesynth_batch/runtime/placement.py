@@ -2,12 +2,12 @@
 
 Inside one stage run, a component that is not computing need not hold GPU memory:
 
-* the text encoder (UMT5, Qwen3) is on the device only while the prompts are encoded; it leaves
-  for pinned host RAM right after and comes back when the next run encodes again;
+* the text encoder (UMT5; Qwen3 as below) is on the device only while the prompts are encoded;
+  it leaves for pinned host RAM right after and comes back when the next run encodes again;
 * a pipeline with one transformer (FLUX.2-klein) keeps every component on the device, the text
-  encoder too, when they fit its budget together (faster: nothing moves, and a still's few steps
-  are short beside the text encoder's copy back for the next prompt; its activations are small
-  beside a video's); when they do not, the transformer waits in pinned host RAM while the prompts
+  encoder too, when they fit its budget together (faster: nothing moves, where copying the text
+  encoder back for the next prompt costs about as much as a still's few steps; a still's
+  activations are small beside a video's); when they do not, the transformer waits in pinned host RAM while the prompts
   are encoded and comes back before the first step, and the text encoder leaves after encoding;
 * the two Wan2.2 experts (``transformer`` for the high-noise steps, ``transformer_2`` for the
   low-noise ones) both stay on the device when they fit its budget together (faster: nothing
