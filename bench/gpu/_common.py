@@ -3,11 +3,13 @@ device, the bf16 matmul ceiling and the Wan2.2 A14B expert's shape and FLOP coun
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -129,3 +131,33 @@ def table(rows: list[dict], cols: list[str]) -> str:
     for r in rows:
         lines.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
     return "\n".join(lines)
+
+
+class Patches:
+    """Attributes replaced by wrappers until ``restore`` (``with``: at the end of the block), the
+    originals put back in reverse order. The benchmarks that watch a render in their own process
+    time its calls this way."""
+
+    def __init__(self) -> None:
+        self._undo: list[tuple[Any, str, Any]] = []
+
+    def wrap(self, owner: Any, name: str, make: Callable[[Any], Callable]) -> bool:
+        """Set ``owner.name`` (a class or a module) to ``make(original)``; False where ``owner``
+        does not define ``name`` itself."""
+        fn = vars(owner).get(name)
+        if fn is None:
+            return False
+        setattr(owner, name, functools.wraps(fn)(make(fn)))
+        self._undo.append((owner, name, fn))
+        return True
+
+    def restore(self) -> None:
+        while self._undo:
+            owner, name, fn = self._undo.pop()
+            setattr(owner, name, fn)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()

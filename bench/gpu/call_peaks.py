@@ -16,14 +16,13 @@ row. The rows go to ``$OUT/call_peaks.json`` when OUT is set.
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
 import time
 from typing import Any, Callable
 
 import torch
 
-from _common import save, table
+from _common import Patches, save, table
 
 #: (module, class, method, label): the calls logged, where the module imports.
 CALLS = (
@@ -41,14 +40,14 @@ CALLS = (
 )
 
 
-class CallLog:
+class CallLog(Patches):
     """Wraps the listed methods; each call appends ``{stage, label, before, after, peak, s}`` (bytes)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls: list[dict[str, Any]] = []
         self.stage = ""
         self.cuda = torch.cuda.is_available()
-        self._undo: list[tuple[type, str, Callable]] = []
 
     def _sync(self) -> None:
         if self.cuda:
@@ -57,59 +56,42 @@ class CallLog:
     def _held(self) -> int | None:
         return int(torch.cuda.memory_allocated()) if self.cuda else None
 
-    def wrap(self, owner: type, name: str, label: str) -> None:
-        fn = owner.__dict__.get(name)
-        if fn is None:
-            return
-        log = self
+    def logged(self, label: str) -> Callable[[Callable], Callable]:
+        def make(fn):
+            def logged(*args, **kwargs):
+                self._sync()
+                before, t0 = self._held(), time.perf_counter()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    self._sync()
+                    self.calls.append({"stage": self.stage, "label": label, "before": before, "after": self._held(),
+                                       "peak": int(torch.cuda.max_memory_allocated()) if self.cuda else None,
+                                       "s": time.perf_counter() - t0})
+            return logged
+        return make
 
-        @functools.wraps(fn)
-        def logged(*args, **kwargs):
-            log._sync()
-            before, t0 = log._held(), time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                log._sync()
-                log.calls.append({"stage": log.stage, "label": label, "before": before, "after": log._held(),
-                                  "peak": int(torch.cuda.max_memory_allocated()) if log.cuda else None,
-                                  "s": time.perf_counter() - t0})
-
-        setattr(owner, name, logged)
-        self._undo.append((owner, name, fn))
-
-    def staged(self, owner: type) -> None:
+    def staged(self, fn: Callable) -> Callable:
         """Tag each call with the stage that made it (``run_module(plan, st, ...)``)."""
-        fn = owner.__dict__["run_module"]
-        log = self
-
-        @functools.wraps(fn)
         def run_module(runner, plan, st, *args, **kwargs):
-            log.stage = st.node.id
+            self.stage = st.node.id
             try:
                 return fn(runner, plan, st, *args, **kwargs)
             finally:
-                log.stage = ""
-
-        owner.run_module = run_module
-        self._undo.append((owner, "run_module", fn))
+                self.stage = ""
+        return run_module
 
     def __enter__(self) -> "CallLog":
         from cinesynth_batch.execute.runner import LocalExecutor
 
-        self.staged(LocalExecutor)
+        self.wrap(LocalExecutor, "run_module", self.staged)
         for module, cls, method, label in CALLS:
             try:
                 owner = getattr(importlib.import_module(module), cls)
             except (ImportError, AttributeError):
                 continue
-            self.wrap(owner, method, label)
+            self.wrap(owner, method, self.logged(label))
         return self
-
-    def __exit__(self, *exc) -> None:
-        for owner, name, fn in reversed(self._undo):
-            setattr(owner, name, fn)
-        self._undo.clear()
 
     def rows(self) -> list[dict[str, Any]]:
         """Runs of consecutive calls of one component in one stage, in order."""

@@ -11,10 +11,10 @@ pays for each further scene: its row's ``stage s`` is the manifest's time for it
 time it reports (none when warm). Then the same pipeline is loaded on its own through the
 catalog's loader, given the same attention kernel, compile and LoRAs (fused as the stage fuses
 them), and timed for what the model must do: the prompt encoding, then one ``pipe(...)`` call
-(the image encode, the steps, the VAE decode) after an untimed warm-up call of ``--warm-steps``. The text
-encoder leaves the GPU between the two, untimed, as the stage's placement does (but FLUX.2-klein's,
-which stays when the pipeline fits). What the stage
-spends beyond that (planning, placement moves, LoRA switching, writing and hashing the clip,
+(the image encode, the steps, the VAE decode) after an untimed warm-up call of ``--warm-steps``.
+The text encoder leaves the GPU between the two, untimed, as the stage's placement does
+(FLUX.2-klein's stays, as it does in the stage when the pipeline fits). What the stage spends
+beyond that (planning, placement moves, LoRA switching, writing and hashing the clip,
 publishing) is ``× pure − 1``. Of it, the warm scene's own calls are timed apart: writing its
 output (``write_s``: the clip's encode, or the still's PNG), other ffmpeg runs (``mux_s``: the
 speech muxed in), its commit to the cache (``commit_s``: hashed, synced, installed) and the
@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from _common import ROOT, gib, save, table
+from _common import ROOT, Patches, gib, save, table
 
 ASSETS = ROOT / "specs" / "examples" / "assets"
 CACHE = ROOT / "specs" / "examples" / ".cinesynth" / "cache"
@@ -96,21 +96,22 @@ def render(project: Path, spec: Path, kind: str) -> dict:
 
 
 #: What the probe times during the render: (module, attribute on it, label).
-PROBED = (("cinesynth_batch.media.video_io", "write_video", "write_s"),     # a clip: ffmpeg encode (+ mux)
+PROBED = (("cinesynth_batch.media.video_io", "write_video", "write_s"),     # a clip: the ffmpeg encode
           ("PIL.Image", "Image.save", "write_s"),                           # a still: the PNG
           ("cinesynth_batch.media.ffmpeg", "run_ffmpeg", "mux_s"),          # other ffmpeg runs: muxing
           ("cinesynth_batch.cache.store", "CacheStore.commit", "commit_s"),  # hash, fsync, install
           ("cinesynth_batch.cache.store", "CacheStore.verified_path", "verify_s"))   # inputs re-hashed
 
 
-class Probe:
+class Probe(Patches):
     """Times the renderer's own work inside a render (writing the output, committing it to the
     cache, verifying the inputs) by wrapping the functions that do it, each call stamped with the
-    wall clock so that a stage's share is read off its ``started_at``/``ended_at``."""
+    wall clock so that a stage's share is read off its ``started_at``/``ended_at`` (the commit
+    comes after the stage's module returns, so the call stack cannot tell)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls: list[tuple[str, float, float]] = []       # (label, wall start, seconds)
-        self._undo: list[tuple[object, str, object]] = []
 
     def __enter__(self) -> "Probe":
         import importlib
@@ -120,31 +121,26 @@ class Probe:
             *outer, name = path.split(".")
             for part in outer:
                 owner = getattr(owner, part)
-            original = getattr(owner, name)
-            self._undo.append((owner, name, original))
-            setattr(owner, name, self._timed(original, label))
+            self.wrap(owner, name, self._timed(label))
         return self
 
-    def _timed(self, fn, label: str):
-        calls = self.calls
-
-        def wrapper(*args, **kwargs):
-            began, t0 = time.time(), time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                calls.append((label, began, time.perf_counter() - t0))
-        return wrapper
-
-    def __exit__(self, *exc) -> None:
-        for owner, name, original in reversed(self._undo):
-            setattr(owner, name, original)
+    def _timed(self, label: str):
+        def make(fn):
+            def timed(*args, **kwargs):
+                began, t0 = time.time(), time.perf_counter()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    self.calls.append((label, began, time.perf_counter() - t0))
+            return timed
+        return make
 
     def within(self, stage: dict) -> dict[str, float]:
-        """Seconds per label of the calls made while ``stage`` (a manifest entry) ran."""
+        """Seconds per label of the calls made while ``stage`` (a manifest entry, its times to the
+        millisecond) ran."""
         out = {label: 0.0 for _, _, label in PROBED}
         for label, began, seconds in self.calls:
-            if stage["started_at"] - 0.01 <= began <= stage["ended_at"]:
+            if stage["started_at"] - 0.001 <= began <= stage["ended_at"] + 0.001:
                 out[label] += seconds
         return {label: round(v, 3) for label, v in out.items()}
 

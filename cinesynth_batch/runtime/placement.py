@@ -7,8 +7,9 @@ Inside one stage run, a component that is not computing need not hold GPU memory
 * a pipeline with one transformer (FLUX.2-klein) keeps every component on the device, the text
   encoder too, when they fit its budget together (faster: nothing moves, where copying the text
   encoder back for the next prompt costs about as much as a still's few steps; a still's
-  activations are small beside a video's); when they do not, the transformer waits in pinned host RAM while the prompts
-  are encoded and comes back before the first step, and the text encoder leaves after encoding;
+  activations are small beside a video's); when they do not, the transformer waits in pinned
+  host RAM while the prompts are encoded and comes back before the first step, and the text
+  encoder leaves after encoding;
 * the two Wan2.2 experts (``transformer`` for the high-noise steps, ``transformer_2`` for the
   low-noise ones) both stay on the device when they fit its budget together (faster: nothing
   moves); when they do not, the idle one waits in pinned host RAM: ``transformer_2`` until the
