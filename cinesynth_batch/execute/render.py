@@ -112,10 +112,22 @@ def _run(session: Session, plan: Plan, started: float, executor: Executor, dry_r
     return result, None
 
 
+#: how much of each failure the closing line quotes (the report and the events keep it whole)
+BRIEF_CHARS = 500
+
+
+def brief(message: str) -> str:
+    """A failure's first line, cut to ``BRIEF_CHARS``."""
+    lines = message.strip().splitlines()
+    first = lines[0] if lines else ""
+    cut = len(first) > BRIEF_CHARS or len(lines) > 1
+    return first[:BRIEF_CHARS] + (" ..." if cut else "")
+
+
 def failed_error(result: RenderResult) -> RenderError:
     """The error a render whose stages failed ends with (it carries the result)."""
     failed = result.outcome.failed
-    names = ", ".join(f"{k} ({v})" for k, v in failed.items())
+    names = ", ".join(f"{k} ({brief(v)})" for k, v in failed.items())
     err = RenderError(f"{len(failed)} stage(s) failed: {names}",
                       hint="fix the cause and render again: finished stages stay cached")
     err.result = result  # type: ignore[attr-defined]

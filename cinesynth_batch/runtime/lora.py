@@ -17,8 +17,10 @@ and ``low`` the low-noise expert (``transformer_2``) of Wan2.2 A14B (the "High/L
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -149,12 +151,55 @@ def _loaded(pipe: Any) -> dict[str, list[str]]:
         return {}
 
 
+_MISMATCH = re.compile(r"size mismatch for (\S+?): copying a param with shape torch\.Size\(\[([\d, ]*)\]\) "
+                       r"from checkpoint, the shape in current model is torch\.Size\(\[([\d, ]*)\]\)")
+_ADAPTER_KEY = re.compile(r"\.(lora_[AB])\.[^.]+\.weight$")
+#: what a load failure that is not a size mismatch keeps of its message
+FAILURE_CHARS = 300
+
+
+def load_failure(exc: BaseException) -> str:
+    """A failed LoRA load in one line. A LoRA made for a model of other sizes fails with one line
+    per tensor that does not fit (hundreds for a 14B model): those are counted and the first is
+    named, with its size in the file and in the model; any other error keeps its first line."""
+    text = str(exc)
+    found = _MISMATCH.findall(text)
+    if found:
+        name, theirs, ours = found[0]
+
+        def dims(shape: str) -> str:
+            return "x".join(d.strip() for d in shape.split(","))
+
+        key = _ADAPTER_KEY.sub(r".\1", name)
+        verb = "does" if len(found) == 1 else "do"
+        return (f"{len(found)} of its tensors {verb} not fit the model's layers (the first: "
+                f"{key} is {dims(theirs)} in the file, {dims(ours)} in the model)")
+    lines = text.strip().splitlines()
+    first = lines[0] if lines else ""
+    if len(first) > FAILURE_CHARS:
+        first = first[:FAILURE_CHARS] + "..."
+    return f"{type(exc).__name__}: {first}"
+
+
+@contextmanager
+def quiet_load_log():
+    """diffusers logs a failed adapter load's whole error before it raises it; the stage reports
+    the failure itself, once and in short (``load_failure``)."""
+    log = logging.getLogger("diffusers.loaders.peft")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _load_into(pipe: Any, path: Path, component: str, name: str, label: str) -> None:
     if getattr(pipe, component, None) is None:
         raise StageError(f"LoRA {label}: the pipeline has no {component}")
     kwargs = {"load_into_transformer_2": True} if component == LOW else {}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_load_log():
             warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
             pipe.load_lora_weights(str(path), adapter_name=name, **kwargs)
     except StageError:
@@ -163,8 +208,9 @@ def _load_into(pipe: Any, path: Path, component: str, name: str, label: str) -> 
         if name in _loaded(pipe).get(component, []):
             pipe.delete_adapters([name])
         raise StageError(
-            f"cannot load LoRA {label} into {component}: {type(exc).__name__}: {exc}",
-            hint="check that the LoRA was trained for this model (same architecture and sizes)",
+            f"cannot load LoRA {label} into {component}: {load_failure(exc)}",
+            hint="check that the LoRA was trained for this model (same architecture and sizes) "
+                 "and that the profile is the one it was made for",
         ) from exc
     if name not in _loaded(pipe).get(component, []):
         raise StageError(

@@ -160,6 +160,30 @@ def test_failure_names_stage_and_keep_going_finishes_the_rest(clone):
     assert all(hashlib.sha256(o.read_bytes()).hexdigest() == o.name.split(".")[0] for o in objects)
 
 
+def test_a_lora_made_for_a_bigger_model_fails_its_stage_in_one_line(clone, capfd):
+    """A Wan LoRA of the 14B sizes on the tiny profile: one short line says so, counted and with
+    the first tensor's sizes, instead of one line per tensor (twice: diffusers' log, then the error)."""
+    from cinesynth_batch.catalog.shapes.configs import A14B_EXPERT
+    from cinesynth_batch.catalog.shapes.loras import wan_lora_shapes, write_wan_lora
+
+    big = {**A14B_EXPERT, "num_layers": 2}               # the tiny expert has 2 blocks too, 24 wide
+    path = write_wan_lora(clone / "lora_adpts/mov/big/motion.safetensors", rank=1, config=big)
+    edit(clone / "short.yaml", "name: tiny/motion", "name: big/motion")
+    capfd.readouterr()
+    with pytest.raises(RenderError) as exc:
+        render(clone / "short.yaml", progress=False, keep_going=True)
+    outcome = exc.value.result.outcome
+    assert set(outcome.failed) == {"intro.video"}
+    mismatched = 2 * len(wan_lora_shapes(big)) * 2       # blocks x modules x (A, B)
+    assert outcome.failed["intro.video"] == (
+        f"cannot load LoRA 'big/motion' ({path}) into transformer: {mismatched} of its tensors do not "
+        "fit the model's layers (the first: blocks.0.attn1.to_q.lora_A is 1x5120 in the file, 1x24 in "
+        "the model) (check that the LoRA was trained for this model (same architecture and sizes) and "
+        "that the profile is the one it was made for)")
+    assert "size mismatch" not in exc.value.message
+    assert "was unsuccessful" not in capfd.readouterr().err     # diffusers' own log of the error
+
+
 SMALL = """
 project: small
 defaults: {resolution: 64x64, fps: 16, seed: -1}

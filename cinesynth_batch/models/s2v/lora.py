@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import StageError
+from ...runtime.lora import load_failure, quiet_load_log
 
 PREFIXES = ("diffusion_model.", "transformer.", "base_model.model.", "model.")
 SEED_LORA_FILE = "lora_weights.safetensors"
@@ -158,11 +159,11 @@ class PhaseLoras:
             if name not in self.loaded:
                 sd, projector = read_lora(lora.path)
                 try:
-                    with warnings.catch_warnings():
+                    with warnings.catch_warnings(), quiet_load_log():
                         warnings.filterwarnings("ignore", message="Already found a `peft_config`")
                         self.transformer.load_lora_adapter(sd, adapter_name=name, prefix=None)
                 except Exception as exc:
-                    raise StageError(f"cannot load LoRA '{lora.name}' into the S2V transformer: {exc}",
+                    raise StageError(f"cannot load LoRA '{lora.name}' into the S2V transformer: {load_failure(exc)}",
                                      hint="check that it was trained for Wan2.2-S2V") from exc
                 self.loaded[name] = str(lora.path)
                 if projector:
