@@ -50,6 +50,10 @@ from .pinned import empty_host_cache, pin_in_place
 FP8_MAX = 448.0                                   # float8_e4m3fn's largest finite value
 CAST_HOOK = "layerwise_casting"                   # diffusers' hook names (it looks them up by name)
 PEFT_CAST_HOOK = "peft_autocast_disable"
+#: peft gives a new adapter its base layer's weight dtype, or the layer's ``compute_dtype`` where it
+#: has one (as bitsandbytes' 4-bit layers do): set on every fp8-stored layer, so that a LoRA loaded
+#: after ``store_fp8`` computes in the compute dtype, not in fp8
+ADAPTER_DTYPE_ATTR = "compute_dtype"
 GROUP_HOOK = "group_offloading"
 IN_FLIGHT = 2            # offloaded blocks on the device at a time: the one computing, the one arriving
 _OFFLOAD_ATTR = "_cinesynth_offloaded_blocks"
@@ -125,6 +129,7 @@ def store_fp8(model: Any, compute_dtype: Any) -> Fp8Storage:
                     size = computed if tensor.dtype == torch.float8_e4m3fn else tensor.element_size()
                     report.bytes_saved += tensor.numel() * (size - 1)
             to_fp8(layer)                  # new tensors: the sources stay
+            setattr(layer, ADAPTER_DTYPE_ATTR, compute_dtype)
             report.layers += 1
     apply_layerwise_casting(model, storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype,
                             skip_modules_pattern=fp8_skip_patterns(model), non_blocking=False)
@@ -147,6 +152,7 @@ def drop_fp8_storage(model: Any) -> None:
         if hook is not None:
             hook.deinitalize_hook = _unchanged      # diffusers' own raises: nothing to restore here
             registry.remove_hook(CAST_HOOK, recurse=False)
+            module.__dict__.pop(ADAPTER_DTYPE_ATTR, None)
         registry.remove_hook(PEFT_CAST_HOOK, recurse=False)
 
 

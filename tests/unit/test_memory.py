@@ -15,6 +15,7 @@ from cinesynth_batch.errors import StageError
 from cinesynth_batch.plan.keys import content_key
 from cinesynth_batch.runtime import accel
 from cinesynth_batch.runtime.memory import (
+    ADAPTER_DTYPE_ATTR,
     CAST_HOOK,
     GROUP_HOOK,
     FirstBlockPrefetch,
@@ -186,6 +187,32 @@ def test_drop_fp8_storage_removes_every_casting_hook():
     store_fp8(model, torch.float32)
     drop_fp8_storage(model)
     assert _hooked(model, CAST_HOOK) == [] and fp8_stored(model) == 0
+    assert not any(ADAPTER_DTYPE_ATTR in vars(m) for m in model.modules())
+
+
+def _lora(model, module: str) -> dict[str, torch.Tensor]:
+    layer = model.get_submodule(module)
+    g = torch.Generator().manual_seed(9)
+    return {f"{module}.lora_A.weight": torch.randn(4, layer.in_features, generator=g),
+            f"{module}.lora_B.weight": torch.randn(layer.out_features, 4, generator=g)}
+
+
+@pytest.mark.parametrize("kind, module", [("i2v", "blocks.0.attn1.to_q"), ("s2v", "blocks.0.self_attn.q")])
+def test_a_lora_loaded_after_fp8_storage_computes_in_the_compute_dtype(kind, module):
+    """peft gives a new adapter its base layer's dtype: on an fp8-stored layer that was fp8, and
+    the forward failed (no fp8 products on the CPU) or lost the LoRA's precision. A LoRA loaded
+    after the storage now runs as one loaded before it, diffusers' own order."""
+    pytest.importorskip("peft")
+    before, after = build(kind), build(kind)
+    before.load_lora_adapter(_lora(before, module), adapter_name="l", prefix=None)
+    store_fp8(before, torch.float32)
+    store_fp8(after, torch.float32)
+    plain = forward(kind, after)
+    after.load_lora_adapter(_lora(after, module), adapter_name="l", prefix=None)
+    assert after.get_submodule(module).lora_A["l"].weight.dtype == torch.float32
+    out = forward(kind, after)
+    assert (out - plain).abs().max() > 1e-3                        # the LoRA acts
+    torch.testing.assert_close(out, forward(kind, before), rtol=0, atol=0)
 
 
 # --------------------------------------------------------------------------- block offloading
