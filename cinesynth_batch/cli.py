@@ -360,9 +360,9 @@ def _render_batch(specs: List[Path], summary: Optional[Path], nproc: Optional[st
 
 def _device_kind(device: str) -> str:
     if device == "auto":
-        import torch
+        from .runtime.devices import auto_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return auto_device()
     return "cuda" if device.startswith("cuda") else "cpu"
 
 

@@ -412,9 +412,9 @@ def _since(counts: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 
 
 def pick_device() -> str:
-    import torch
+    from ..runtime.devices import auto_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return auto_device()
 
 
 def record_cached(plan: Plan, out: Outcome, bus: EventBus) -> dict[str, str]:

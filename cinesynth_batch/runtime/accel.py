@@ -97,10 +97,10 @@ def triton_ok() -> tuple[bool, str]:
 
 
 def fp8_ok(device: str) -> tuple[bool, str]:
-    import torch
-
     if not str(device).startswith("cuda"):
         return False, f"fp8 compute runs on CUDA devices only, this run is on {device}"
+    import torch
+
     if torch.cuda.get_device_capability(torch.device(device)) < (8, 9):
         return False, "fp8 matrix products need compute capability 8.9 or newer"
     try:
@@ -111,6 +111,7 @@ def fp8_ok(device: str) -> tuple[bool, str]:
 
 
 def fp8_storage_ok() -> tuple[bool, str]:
+    """Whether this torch stores fp8 weights (every torch this project installs does: 2.1 and later)."""
     import torch
 
     if not hasattr(torch, "float8_e4m3fn"):  # pragma: no cover
@@ -125,11 +126,7 @@ def _resolve_quantize(quantize: str | None, device: str, dtype: Any) -> tuple[st
         ok, why = fp8_ok(device)
         if not ok:
             return None, f"quantize='fp8': {why}; computing in {name}"
-    elif quantize == FP8_STORAGE:
-        ok, why = fp8_storage_ok()
-        if not ok:
-            return None, f"quantize='fp8_e4m3fn': {why}; storing the weights in {name}"
-    return quantize, ""
+    return quantize, ""             # fp8 storage runs on any device (fp8_storage_ok)
 
 
 def resolve(settings: SpeedSettings, device: str, dtype: Any,
@@ -192,7 +189,8 @@ def keyed_speed(params: dict[str, Any], device: str, dtype: Any) -> dict[str, An
                                  compile="off")
     except StageError:
         return params          # the stage refuses these params itself, with its own message
-    used, _ = resolve(settings, device, torch_dtype(dtype))
+    cuda = str(device).startswith("cuda")           # only a CUDA kernel's choice needs the torch dtype
+    used, _ = resolve(settings, device, torch_dtype(dtype) if cuda else dtype)
     out = {k: v for k, v in params.items() if k not in ("quantize", "attention")}
     return {**out, **lossy_used(used)}
 

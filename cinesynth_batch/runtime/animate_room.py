@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .animate import RuntimeSettings
+from .animate_settings import RuntimeSettings
 from .memory import IN_FLIGHT, fp8_targets
 
 #: Device bytes a window's work takes per latent token and per channel of the model's width.

@@ -108,15 +108,15 @@ def ensure_backend(name: str) -> None:
 
 
 def usable(name: str, device: str, dtype: Any, head_dim: int | None = None) -> tuple[bool, str]:
-    """Whether kernel ``name`` runs here, and if not, why."""
-    import torch
-
+    """Whether kernel ``name`` runs here, and if not, why (on a CPU, without importing torch)."""
     if name == "sdpa":
         return True, ""
     if head_dim is not None and name in ("cudnn", "fa3", "fa4", "flash") and (head_dim % 8 or head_dim > 256):
         return False, f"{name} needs a head size that is a multiple of 8 and at most 256, this model's is {head_dim}"
     if not _cuda(device):
         return False, f"{name} runs on CUDA devices only, this run is on {device}"
+    import torch
+
     if dtype not in (torch.bfloat16, torch.float16):
         return False, f"{name} needs bf16 or fp16 compute, the model computes in {dtype}"
     if name == "cudnn":

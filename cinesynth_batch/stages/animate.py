@@ -181,7 +181,7 @@ def may_fall_back(params: dict[str, Any]) -> bool:
 def effective_params(params: dict[str, Any], device: str, dtype: Any) -> dict[str, Any]:
     """The keyed params with ``quantize`` and ``attention`` as ``resolve_runtime`` decides them on
     this machine (the key names what runs)."""
-    from ..runtime.animate import RuntimeSettings, resolve_runtime
+    from ..runtime.animate_settings import RuntimeSettings, resolve_runtime
 
     try:
         requested = RuntimeSettings(precision=params.get("precision", "bf16"), quantize=params.get("quantize"),
@@ -227,7 +227,7 @@ def fit_block_swap(pipe: Any, settings: Any, ctx: StageContext, device: str, p: 
     ``block_swap``), and the choice; unchanged (and None) on the CPU or without a budget."""
     from dataclasses import replace
 
-    from ..runtime.animate import resolve_runtime
+    from ..runtime.animate_settings import resolve_runtime
     from ..runtime.animate_room import block_swap_for_room
     from .base import pipeline_room
 

@@ -34,9 +34,9 @@ def concrete_device(device: str) -> str:
     """``auto`` as the executor will pick it; any other name unchanged."""
     if device != "auto":
         return device
-    import torch
+    from ..runtime.devices import auto_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return auto_device()
 
 
 def checked_speed(stage: str, params: dict[str, Any], speed: dict[str, Any], device: str,

@@ -17,6 +17,7 @@ import yaml
 from cinesynth_batch.errors import RenderError
 from cinesynth_batch.execute.render import render
 from cinesynth_batch.media.video_io import probe, read_frames
+from cinesynth_batch.runtime.devices import gpu_reachable
 from projects import new_project
 
 pytestmark = pytest.mark.slow
@@ -88,6 +89,24 @@ def test_second_render_runs_nothing_and_keeps_lock(clone):
     assert result.outcome.ran == [] and set(result.outcome.cached) == ALL
     assert result.summary == "0 run, 7 cached"
     assert (clone / "outputs/short/render.lock").read_bytes() == before
+
+
+@pytest.mark.skipif(gpu_reachable(), reason="where a GPU may be reached, torch decides what a lossy setting runs as")
+def test_a_render_with_nothing_to_run_imports_no_torch_even_for_lossy_settings(clone):
+    """fp8 storage and SageAttention are keyed as this machine runs them: on a machine without a
+    GPU the second render decides that, finds every stage cached and publishes without torch."""
+    edit(clone / "short.yaml", "      loras:\n        - {name: tiny/motion",
+         "      quantize: fp8_e4m3fn\n      attention: sageattn\n      loras:\n        - {name: tiny/motion")
+    first = render(clone / "short.yaml", progress=False)
+    assert set(first.outcome.ran) == {"intro.video", "assemble.final"}
+    code = ("import sys; from cinesynth_batch.cli import main\n"
+            "try: main(['render', sys.argv[1], '--no-progress'])\n"
+            "except SystemExit as e: assert e.code in (0, None), e.code\n"
+            "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'torch imported'\n")
+    out = subprocess.run([sys.executable, "-c", code, str(clone / "short.yaml")], capture_output=True,
+                         text=True, cwd=clone)
+    assert out.returncode == 0, out.stderr
+    assert "0 run, 7 cached" in out.stdout + out.stderr
 
 
 def test_prompt_edit_reruns_that_video_and_assembly(clone):

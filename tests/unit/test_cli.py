@@ -6,9 +6,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from cinesynth_batch.cli import app
+from cinesynth_batch.runtime.devices import gpu_reachable
+from projects import new_project
 
 SPEC = """
 project: cli
@@ -118,3 +121,43 @@ def test_allow_host_and_allow_path_widen_validate_plan_and_status(project, tmp_p
     for command in (["plan", "s.yaml", "-f", "json"], ["status", "s.yaml"]):
         assert runner.invoke(app, command).exit_code == 2
         assert runner.invoke(app, [*command, *allowed]).exit_code == 0
+
+
+LOSSY = """
+project: lossy
+defaults: {resolution: 64x64, seed: 3}
+scenes:
+  - id: a
+    image: {prompt: "a cat", steps: 2}
+    video: {prompt: "the cat turns", frames: 9, steps: 2, quantize: fp8_e4m3fn, attention: sageattn}
+  - id: b
+    animate: {preset: change_character_v1_1, reference_video: assets/dance.mp4, character: assets/avatar.png,
+              mode: replace}
+"""
+
+
+@pytest.mark.skipif(gpu_reachable(), reason="where a GPU may be reached, torch decides what a lossy setting runs as")
+def test_lossy_settings_are_keyed_without_torch_where_no_gpu_can_be_reached(tmp_path, monkeypatch):
+    """fp8 storage and SageAttention (the Change Character preset has both) are keyed as this
+    machine runs them; without a GPU that is decided without importing torch, and the keys are
+    the ones torch's own answer gives."""
+    from cinesynth_batch.execute.session import Session
+    from cinesynth_batch.runtime import devices
+    from cinesynth_batch.stages.effective import effective_params
+
+    spec = new_project(tmp_path / "p", "s.yaml", LOSSY, presets=True)
+    code = ("import sys; from cinesynth_batch.cli import main\n"
+            "try: main(['plan', sys.argv[1], '-f', 'json'])\n"
+            "except SystemExit as e: assert e.code in (0, None), e.code\n"
+            "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules\n")
+    out = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    keys = {s["id"]: s["key"] for s in json.loads(out.stdout)["stages"]}
+    monkeypatch.setattr(devices, "gpu_reachable", lambda dev="/dev": True)      # torch answers
+    plan = Session.open(spec).plan()
+    assert {sid: plan.stages[sid].key for sid in keys} == keys
+    video, animate = (effective_params(plan.stages[sid].node.kind, plan.stages[sid].params, "auto", "bfloat16")
+                      for sid in ("a.video", "b.animate"))
+    assert plan.stages["a.video"].params["attention"] == plan.stages["b.animate"].params["attention"] == "sageattn"
+    assert "attention" not in video and video["quantize"] == "fp8_e4m3fn"          # keyed as exact attention
+    assert animate["attention"] == "sdpa" and animate["quantize"] == "fp8_e4m3fn"
