@@ -18,6 +18,7 @@ from cinesynth_batch.errors import RenderError
 from cinesynth_batch.execute.render import render
 from cinesynth_batch.media.video_io import probe, read_frames
 from cinesynth_batch.runtime.devices import gpu_reachable
+from fresh import light_cli
 from projects import new_project
 
 pytestmark = pytest.mark.slow
@@ -99,12 +100,7 @@ def test_a_render_with_nothing_to_run_imports_no_torch_even_for_lossy_settings(c
          "      quantize: fp8_e4m3fn\n      attention: sageattn\n      loras:\n        - {name: tiny/motion")
     first = render(clone / "short.yaml", progress=False)
     assert set(first.outcome.ran) == {"intro.video", "assemble.final"}
-    code = ("import sys; from cinesynth_batch.cli import main\n"
-            "try: main(['render', sys.argv[1], '--no-progress'])\n"
-            "except SystemExit as e: assert e.code in (0, None), e.code\n"
-            "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'torch imported'\n")
-    out = subprocess.run([sys.executable, "-c", code, str(clone / "short.yaml")], capture_output=True,
-                         text=True, cwd=clone)
+    out = light_cli("render", str(clone / "short.yaml"), "--no-progress", cwd=clone)
     assert out.returncode == 0, out.stderr
     assert "0 run, 7 cached" in out.stdout + out.stderr
 

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from cinesynth_batch.cli import app
 from cinesynth_batch.runtime.devices import gpu_reachable
+from fresh import light_cli
 from projects import new_project
 
 SPEC = """
@@ -146,11 +147,7 @@ def test_lossy_settings_are_keyed_without_torch_where_no_gpu_can_be_reached(tmp_
     from cinesynth_batch.stages.effective import effective_params
 
     spec = new_project(tmp_path / "p", "s.yaml", LOSSY, presets=True)
-    code = ("import sys; from cinesynth_batch.cli import main\n"
-            "try: main(['plan', sys.argv[1], '-f', 'json'])\n"
-            "except SystemExit as e: assert e.code in (0, None), e.code\n"
-            "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules\n")
-    out = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True)
+    out = light_cli("plan", str(spec), "-f", "json")
     assert out.returncode == 0, out.stderr
     keys = {s["id"]: s["key"] for s in json.loads(out.stdout)["stages"]}
     monkeypatch.setattr(devices, "gpu_reachable", lambda dev="/dev": True)      # torch answers

@@ -228,15 +228,10 @@ def test_every_input_is_labelled_by_its_spec_field(tmp_path):
 
 
 def test_plan_counts_lipsync_segments_without_torch(tmp_path):
-    import subprocess
-    import sys
+    from fresh import light_cli
 
     spec = new_project(tmp_path / "p", "labels.yaml", LABELS)
-    code = ("import sys; from cinesynth_batch.cli import main\n"
-            "try: main(['plan', sys.argv[1], '-f', 'json'])\n"
-            "except SystemExit as e: assert e.code in (0, None), e.code\n"
-            "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules\n")
-    out = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True)
+    out = light_cli("plan", str(spec), "-f", "json")
     assert out.returncode == 0, out.stderr
     stages = {s["id"]: s for s in json.loads(out.stdout)["stages"]}
     assert stages["sing.lipsync"]["segments"] == 2
