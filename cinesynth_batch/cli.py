@@ -38,6 +38,19 @@ def _guard(fn: Callable[[], Any]) -> Any:
         raise typer.Exit(130)
 
 
+def _size_option(value: Optional[str]) -> Optional[str]:
+    """A size option (``--vram-budget``, ``--host-budget``, ``--max-size``), checked where it is
+    given (exit 2, naming it) and kept as written: the launchers pass it on to each rank."""
+    if value is not None:
+        from .catalog.residency import parse_size
+
+        try:
+            parse_size(value)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return value
+
+
 ALLOW_PATH_HELP = ("a folder outside the project that inputs may come from (repeatable; adds to "
                    "cinesynth.toml [trust] allow_paths)")
 ALLOW_HOST_HELP = ("a host URL inputs may be downloaded from (repeatable; adds to cinesynth.toml "
@@ -174,11 +187,13 @@ def render(specs: List[Path] = typer.Argument(..., help="spec files, folders (th
            device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
            dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16"),
            vram_budget: Optional[str] = typer.Option(
-               None, help="memory for models on the device, e.g. 24GiB; for the whole node: split "
-                          "between its ranks (default: 90% of each GPU, 60% of the RAM on the CPU)"),
+               None, callback=_size_option,
+               help="memory for models on the device, e.g. 24GiB; for the whole node: split "
+                    "between its ranks (default: 90% of each GPU, 60% of the RAM on the CPU)"),
            host_budget: Optional[str] = typer.Option(
-               None, help="pinned host RAM for models off the GPU, e.g. 64GiB; for the whole node: "
-                          "split between its ranks (default: half the RAM on a GPU node, none on the CPU)"),
+               None, callback=_size_option,
+               help="pinned host RAM for models off the GPU, e.g. 64GiB; for the whole node: "
+                    "split between its ranks (default: half the RAM on a GPU node, none on the CPU)"),
            reseed: bool = typer.Option(False, help="draw new seeds for seed: -1"),
            progress: bool = typer.Option(True, help="progress bars on a terminal"),
            parallel: str = typer.Option("auto", help="dp: stages spread over ranks | sp: heavy "
@@ -426,7 +441,8 @@ def _plain_fallback_warnings() -> None:
 
 @app.command()
 def gc(spec: Optional[Path] = typer.Argument(None, help="a spec whose cache to clean"),
-       max_size: Optional[str] = typer.Option(None, help="shrink the cache to this size, e.g. 20GiB"),
+       max_size: Optional[str] = typer.Option(None, callback=_size_option,
+                                              help="shrink the cache to this size, e.g. 20GiB"),
        remote: bool = typer.Option(False, "--remote", help="clean the shared remote store "
                                                            "([cache] url or $CINESYNTH_CACHE)")) -> None:
     """Delete unreferenced cache objects; with --max-size, the oldest entries too.

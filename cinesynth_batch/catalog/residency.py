@@ -28,6 +28,7 @@ residency takes the defaults of a node with one rank.
 from __future__ import annotations
 
 import gc
+import math
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -46,15 +47,25 @@ Held = Callable[[Any], int]            # bytes of host RAM a model holds (pinned
 
 
 def parse_size(text: str) -> int:
-    """``"24GiB"``, ``"512MiB"``, ``"8GB"``, ``"1000000"`` -> bytes."""
+    """``"24GiB"``, ``"512MiB"``, ``"8GB"``, ``"1000000"`` -> bytes. Raises ValueError, naming
+    ``text``, for anything else: no number, a negative one, nan or inf."""
     t = text.strip().lower().replace(" ", "")
     units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
              "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "k": 1 << 10, "m": 1 << 20,
              "g": 1 << 30, "b": 1}
+    number, scale = t, 1
     for unit in sorted(units, key=len, reverse=True):
         if t.endswith(unit):
-            return int(float(t[: -len(unit)]) * units[unit])
-    return int(float(t))
+            number, scale = t[: -len(unit)], units[unit]
+            break
+    try:
+        value = float(number)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{text!r} is not a size: give a number of bytes of 0 or more, with a unit or "
+                         "not (24GiB, 512MiB, 8GB, 1000000)")
+    return int(value * scale)
 
 
 def default_budget(device: str, placement: Placement = Placement()) -> int:

@@ -158,3 +158,14 @@ def test_lossy_settings_are_keyed_without_torch_where_no_gpu_can_be_reached(tmp_
     assert plan.stages["a.video"].params["attention"] == plan.stages["b.animate"].params["attention"] == "sageattn"
     assert "attention" not in video and video["quantize"] == "fp8_e4m3fn"          # keyed as exact attention
     assert animate["attention"] == "sdpa" and animate["quantize"] == "fp8_e4m3fn"
+
+
+@pytest.mark.parametrize("option", ["--vram-budget", "--host-budget"])
+def test_a_budget_that_is_not_a_size_stops_the_render_before_anything_runs(project, option):
+    spec = spec_in(project)
+    result = CliRunner().invoke(app, ["render", str(spec), option, "-5GiB"])
+    assert result.exit_code == 2
+    assert f"Invalid value for '{option}': '-5GiB' is not a size" in " ".join(result.output.split())
+    assert not (project / "outputs").exists() and not (project / ".cinesynth").exists()
+    result = CliRunner().invoke(app, ["gc", str(spec), "--max-size", "lots"])
+    assert result.exit_code == 2 and "'lots' is not a size" in " ".join(result.output.split())

@@ -21,6 +21,14 @@ def test_parse_size():
     assert parse_size("8GB") == 8 * 10**9
     assert parse_size("1.5g") == int(1.5 * 2**30)
     assert parse_size("1000") == 1000
+    assert parse_size(" 0 GiB") == 0
+
+
+@pytest.mark.parametrize("text", ["banana", "GiB", "-5GiB", "nan", "inf", "1x", ""])
+def test_what_is_not_a_size_is_refused_by_name(text):
+    with pytest.raises(ValueError) as exc:
+        parse_size(text)
+    assert str(exc.value).startswith(f"{text!r} is not a size: ")
 
 
 def test_everything_fits_each_model_loads_once(registry):
