@@ -51,6 +51,22 @@ def _size_option(value: Optional[str]) -> Optional[str]:
     return value
 
 
+def _device_option(value: str) -> str:
+    from .runtime.devices import DEVICE_FORM
+
+    if not DEVICE_FORM.fullmatch(value):
+        raise typer.BadParameter(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N")
+    return value
+
+
+def _dtype_option(value: Optional[str]) -> Optional[str]:
+    from .runtime.dtypes import DTYPE_NAMES
+
+    if value is not None and value.lower() not in DTYPE_NAMES:
+        raise typer.BadParameter(f"{value!r} is not a dtype: use float32, bfloat16 or float16")
+    return value
+
+
 ALLOW_PATH_HELP = ("a folder outside the project that inputs may come from (repeatable; adds to "
                    "cinesynth.toml [trust] allow_paths)")
 ALLOW_HOST_HELP = ("a host URL inputs may be downloaded from (repeatable; adds to cinesynth.toml "
@@ -184,8 +200,8 @@ def render(specs: List[Path] = typer.Argument(..., help="spec files, folders (th
            dry_run: bool = typer.Option(False, help="plan and report, run nothing"),
            profile: Optional[str] = typer.Option(None, help="tiny | production | shapes | models file"),
            events: Optional[Path] = typer.Option(None, help="write one JSON event per line here"),
-           device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
-           dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16"),
+           device: str = typer.Option("auto", callback=_device_option, help="auto | cpu | cuda | cuda:N"),
+           dtype: Optional[str] = typer.Option(None, callback=_dtype_option, help="float32 | bfloat16 | float16"),
            vram_budget: Optional[str] = typer.Option(
                None, callback=_size_option,
                help="memory for models on the device, e.g. 24GiB; for the whole node: split "
@@ -630,7 +646,8 @@ def models_build_tiny() -> None:
 @models_app.command("shapes-loras")
 def models_shapes_loras(spec: Path = typer.Argument(..., help="a spec whose LoRAs to write"),
                         rank: int = typer.Option(64, help="LoRA rank (64 or 128 are the released ones)"),
-                        device: str = typer.Option("auto", help="where to draw the weights: auto | cpu | cuda")) -> None:
+                        device: str = typer.Option("auto", callback=_device_option,
+                                                   help="where to draw the weights: auto | cpu | cuda")) -> None:
     """Write full-shape random LoRAs for the LoRAs a spec names that no LoRA folder holds (for
     `profile: shapes` benchmarks: noise, ~0.6 GB each at rank 64), under the spec's lora_adpts/."""
     import time

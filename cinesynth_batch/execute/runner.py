@@ -187,12 +187,24 @@ class LocalExecutor(Executor):
             needs.append(need_for(role, spec.label, spec.kind, found, uses[(role, name)]))
         if problems:
             raise ModelError("missing models:\n  " + "\n  ".join(problems))
+        self._check_device()
         dtype = self.dtype or plan.registry.dtype
         if built:
             self._check_shapes_device(built, dtype)
         budget = self.rank_budget()
         check_fit(needs, budget, dtype)
         self._host_needs = {key: host_need(n, budget, dtype) for key, n in zip(wanted, needs)}
+
+    def _check_device(self) -> None:
+        """A CUDA device asked for by name must be here before anything runs."""
+        if not self.device.startswith("cuda"):
+            return
+        from ..runtime.devices import cuda_problem
+
+        problem = cuda_problem(self.device)
+        if problem:
+            raise ModelError(f"the models cannot run here: {problem}",
+                             hint="pass --device auto (the GPU where there is one, else the CPU) or --device cpu")
 
     def _check_shapes_device(self, built: list, dtype: str) -> None:
         device = pick_device() if self.device == "auto" else self.device

@@ -7,8 +7,12 @@ cached, still has to know the device, because a stage's key names what its setti
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
+
+#: what ``--device`` accepts
+DEVICE_FORM = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 #: device nodes through which torch reaches a GPU: NVIDIA's driver, ROCm's (torch.cuda on AMD), WSL's
 GPU_NODES = ("nvidiactl", "kfd", "dxg")
@@ -32,3 +36,17 @@ def auto_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cuda_problem(device: str) -> str | None:
+    """Why the CUDA device ``device`` (``cuda`` or ``cuda:N``) cannot be used here, or None."""
+    import torch
+
+    if not torch.cuda.is_available():
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "torch finds no CUDA device"
+        return f"--device {device}: {why} (torch {torch.__version__})"
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    count = torch.cuda.device_count()
+    if index >= count:
+        return f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+    return None

@@ -7,24 +7,19 @@ from typing import Any
 from ..errors import StageError
 
 
+#: the dtype names a render accepts, and the torch dtype each stands for
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float": "float32", "bfloat16": "bfloat16",
+               "bf16": "bfloat16", "float16": "float16", "fp16": "float16", "half": "float16"}
+
+
 def torch_dtype(dtype: Any):
-    """``"float32"``/``"fp32"``/``"bfloat16"``/``"bf16"``/``"float16"``/``"fp16"`` or a torch dtype."""
+    """A name of ``DTYPE_NAMES`` (``"float32"``, ``"bf16"``, ...) or a torch dtype."""
     import torch
 
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "float": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-        "half": torch.float16,
-    }
     try:
-        return names[str(dtype).lower()]
+        return getattr(torch, DTYPE_NAMES[str(dtype).lower()])
     except KeyError:
         raise StageError(
             f"unknown dtype {dtype!r}",

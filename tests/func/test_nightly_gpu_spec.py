@@ -78,6 +78,7 @@ def test_every_model_fits_a_24_gib_budget_before_it_runs_fake_gpu(spec, monkeypa
     from cinesynth_batch.execute.fit import ModelFitError
     from cinesynth_batch.execute.runner import LocalExecutor
     from cinesynth_batch.execute.session import Session
+    from cinesynth_batch.runtime import devices
 
     gib = 1 << 30
     monkeypatch.chdir(spec.parent)
@@ -85,6 +86,7 @@ def test_every_model_fits_a_24_gib_budget_before_it_runs_fake_gpu(spec, monkeypa
     assert wrote.exit_code == 0, wrote.output
     monkeypatch.setattr(budget, "device_memory", lambda device: 141 * gib)
     monkeypatch.setattr(budget, "host_ram", lambda: 128 * gib)
+    monkeypatch.setattr(devices, "cuda_problem", lambda device: None)          # the fake GPU is there
     plan = Session.open(spec).plan(device="cuda:0")
     assert {st.node.model_role for st in plan.to_run() if st.node.model_role} >= \
         {"image", "upscale", "video", "lipsync", "animate"}

@@ -23,6 +23,11 @@ scenes:
 """
 
 
+def plain(output: str) -> str:
+    """A CLI's output as one line of words, without the frame of an error panel."""
+    return " ".join(output.replace("│", " ").split())
+
+
 def spec_in(project: Path) -> Path:
     p = project / "s.yaml"
     p.write_text(textwrap.dedent(SPEC))
@@ -165,7 +170,34 @@ def test_a_budget_that_is_not_a_size_stops_the_render_before_anything_runs(proje
     spec = spec_in(project)
     result = CliRunner().invoke(app, ["render", str(spec), option, "-5GiB"])
     assert result.exit_code == 2
-    assert f"Invalid value for '{option}': '-5GiB' is not a size" in " ".join(result.output.split())
+    assert f"Invalid value for '{option}': '-5GiB' is not a size" in plain(result.output)
     assert not (project / "outputs").exists() and not (project / ".cinesynth").exists()
     result = CliRunner().invoke(app, ["gc", str(spec), "--max-size", "lots"])
-    assert result.exit_code == 2 and "'lots' is not a size" in " ".join(result.output.split())
+    assert result.exit_code == 2 and "'lots' is not a size" in plain(result.output)
+
+
+@pytest.mark.parametrize("option, value, text", [
+    ("--device", "tpu", "'tpu' is not a device: use auto, cpu, cuda or cuda:N"),
+    ("--device", "cuda:x", "'cuda:x' is not a device"),
+    ("--dtype", "int8", "'int8' is not a dtype: use float32, bfloat16 or float16"),
+])
+def test_a_device_or_dtype_that_does_not_exist_stops_the_render_before_anything_runs(project, option, value, text):
+    spec = spec_in(project)
+    result = CliRunner().invoke(app, ["render", str(spec), option, value])
+    assert result.exit_code == 2 and f"Invalid value for '{option}': {text}" in plain(result.output)
+    assert not (project / "outputs").exists() and not (project / ".cinesynth").exists()
+
+
+def test_a_cuda_device_this_machine_lacks_is_named_before_anything_runs(project):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        device, why = f"cuda:{torch.cuda.device_count()}", f"this machine has {torch.cuda.device_count()} CUDA device(s)"
+    else:
+        device = "cuda"
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "torch finds no CUDA device"
+    spec = spec_in(project)
+    result = CliRunner().invoke(app, ["render", str(spec), "--device", device])
+    assert result.exit_code == 3
+    assert result.output.startswith(f"the models cannot run here: --device {device}: {why}")
+    objects = project / ".cinesynth" / "cache" / "objects"
+    assert not objects.exists() or not any(objects.rglob("*.*"))
