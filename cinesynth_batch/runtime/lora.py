@@ -43,8 +43,13 @@ class LoraRequest:
     weights: Mapping[str, float] = field(default_factory=dict)
 
 
+#: the hint of a LoRA file that is not a safetensors file inside
+DAMAGED_HINT = "the file is damaged or is not a safetensors file inside: download or convert it again"
+
+
 def check_lora_file(path: Path, name: str | None = None) -> Path:
-    """Refuse anything but an existing ``.safetensors`` file."""
+    """Refuse anything but an existing ``.safetensors`` file whose header reads (the header only:
+    its size is checked against the file's before anything is read from it)."""
     path = Path(path)
     label = f"LoRA {name!r} ({path})" if name else f"LoRA {path}"
     if path.suffix.lower() != LORA_SUFFIX:
@@ -55,6 +60,13 @@ def check_lora_file(path: Path, name: str | None = None) -> Path:
         )
     if not path.is_file():
         raise StageError(f"{label} not found", hint="check the LoRA name and the LoRA folder of the profile")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy"):
+            pass
+    except Exception as exc:  # the library's own error type: a damaged or foreign file
+        raise StageError(f"{label} cannot be read: {load_failure(exc)}", hint=DAMAGED_HINT) from exc
     return path
 
 

@@ -77,3 +77,43 @@ def test_the_closing_line_quotes_each_failure_briefly():
     assert brief("boom") == "boom"
     assert brief("first\nsecond") == "first ..."
     assert brief("y" * (BRIEF_CHARS + 1)) == "y" * BRIEF_CHARS + " ..."
+
+
+def _damaged(tmp_path):
+    """A LoRA file of random bytes, and one whose header promises more tensor bytes than it has."""
+    import json
+    import struct
+
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(bytes(range(256)) * 20)
+    header = json.dumps({"blocks.0.self_attn.q.lora_A.weight": {"dtype": "F32", "shape": [100000, 100000],
+                                                                "data_offsets": [0, 40_000_000_000]}}).encode()
+    short = tmp_path / "short.safetensors"
+    short.write_bytes(struct.pack("<Q", len(header)) + header + bytes(16))
+    return {junk: "header too large", short: "incomplete metadata, file not fully covered"}
+
+
+def test_a_damaged_lora_file_is_refused_by_name_before_it_is_loaded(tmp_path):
+    from cinesynth_batch.runtime.lora import DAMAGED_HINT, check_lora_file
+
+    for path, why in _damaged(tmp_path).items():
+        with pytest.raises(StageError) as exc:
+            check_lora_file(path, "style")
+        assert exc.value.message == (f"LoRA 'style' ({path}) cannot be read: SafetensorError: Error while "
+                                     f"deserializing header: {why}")
+        assert exc.value.hint == DAMAGED_HINT
+
+
+def test_the_s2v_transformer_refuses_a_damaged_lora_file_by_name(tmp_path):
+    from cinesynth_batch.catalog.tiny.s2v import tiny_s2v_config
+    from cinesynth_batch.models.s2v.lora import PhaseLora, PhaseLoras
+    from cinesynth_batch.models.s2v.transformer import WanS2VTransformer3DModel
+    from cinesynth_batch.runtime.lora import DAMAGED_HINT
+
+    model = WanS2VTransformer3DModel(**tiny_s2v_config())
+    for path, why in _damaged(tmp_path).items():
+        with pytest.raises(StageError) as exc:
+            PhaseLoras(model).use([PhaseLora("talk", path, 1.0, 1.0)])
+        assert exc.value.message == (f"cannot read LoRA 'talk' ({path}): SafetensorError: Error while "
+                                     f"deserializing header: {why}")
+        assert exc.value.hint == DAMAGED_HINT

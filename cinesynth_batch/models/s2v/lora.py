@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import StageError
-from ...runtime.lora import load_failure, quiet_load_log
+from ...runtime.lora import DAMAGED_HINT, load_failure, quiet_load_log
 
 PREFIXES = ("diffusion_model.", "transformer.", "base_model.model.", "model.")
 SEED_LORA_FILE = "lora_weights.safetensors"
@@ -157,7 +157,13 @@ class PhaseLoras:
         for lora in loras:
             name = adapter_name(lora.path)
             if name not in self.loaded:
-                sd, projector = read_lora(lora.path)
+                try:
+                    sd, projector = read_lora(lora.path)
+                except StageError:
+                    raise
+                except Exception as exc:  # the file's own reader failed: damaged or foreign
+                    raise StageError(f"cannot read LoRA '{lora.name}' ({lora.path}): {load_failure(exc)}",
+                                     hint=DAMAGED_HINT) from exc
                 try:
                     with warnings.catch_warnings(), quiet_load_log():
                         warnings.filterwarnings("ignore", message="Already found a `peft_config`")
