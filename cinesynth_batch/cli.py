@@ -36,6 +36,11 @@ def _guard(fn: Callable[[], Any]) -> Any:
     except KeyboardInterrupt:
         _err("interrupted: finished stages are cached; run the same command to resume")
         raise typer.Exit(130)
+    except OSError as exc:          # a file this command writes (events, summary, index, outputs)
+        where = f": {exc.filename}" if exc.filename else ""
+        _err(f"cannot write or read a file: {exc.strerror or exc}{where} (finished stages are cached: "
+             "fix it and run the same command to resume)")
+        raise typer.Exit(1)
 
 
 def _size_option(value: Optional[str]) -> Optional[str]:

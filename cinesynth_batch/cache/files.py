@@ -23,7 +23,10 @@ def write_atomic(path: Path, text: str | bytes, fsync: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = text.encode("utf-8") if isinstance(text, str) else text
     tmp = temp_beside(path)
-    fd = open_fresh(tmp)
+    try:
+        fd = open_fresh(tmp)
+    except OSError as exc:          # name the file asked for, not its temporary neighbour
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -46,14 +46,18 @@ class JsonLinesSink:
 
     def __init__(self, path: Path, progress_steps: bool = True):
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self._f = open(path, "a", encoding="utf-8")
         self._steps = progress_steps
 
     def __call__(self, event: Event) -> None:
         if event.event == "stage_progress" and not self._steps:
             return
-        self._f.write(event.to_json() + "\n")
-        self._f.flush()
+        try:
+            self._f.write(event.to_json() + "\n")
+            self._f.flush()
+        except OSError as exc:      # a full disk: say which file
+            raise type(exc)(exc.errno, exc.strerror, str(self.path)) from exc
 
     def close(self) -> None:
         self._f.close()

@@ -201,3 +201,18 @@ def test_a_cuda_device_this_machine_lacks_is_named_before_anything_runs(project)
     assert result.output.startswith(f"the models cannot run here: --device {device}: {why}")
     objects = project / ".cinesynth" / "cache" / "objects"
     assert not objects.exists() or not any(objects.rglob("*.*"))
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_file_the_render_cannot_write_is_named_without_a_traceback(project):
+    """An events file on a full disk, and a summary where no file can be made (/proc)."""
+    spec = spec_in(project)
+    for option, path, why in (("--events", "/dev/full", "No space left on device"),
+                              ("--summary", "/proc/cinesynth-summary.json", "No such file or directory")):
+        result = CliRunner().invoke(app, ["render", str(spec), "--no-progress", option, path])
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert result.output.splitlines()[-1] == (
+            f"cannot write or read a file: {why}: {path} (finished stages are cached: fix it and run the "
+            "same command to resume)")
+    again = CliRunner().invoke(app, ["render", str(spec), "--no-progress"])
+    assert again.exit_code == 0 and again.output.splitlines()[-1] == "0 run, 2 cached"
