@@ -72,8 +72,7 @@ the indicator that set was fitted on.
 from __future__ import annotations
 
 import gc
-import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 import torch
