@@ -650,7 +650,8 @@ def models_build_tiny() -> None:
 
 @models_app.command("shapes-loras")
 def models_shapes_loras(spec: Path = typer.Argument(..., help="a spec whose LoRAs to write"),
-                        rank: int = typer.Option(64, help="LoRA rank (64 or 128 are the released ones)"),
+                        rank: int = typer.Option(64, min=1, max=1024,
+                                                 help="LoRA rank, 1 to 1024 (64 or 128 are the released ones)"),
                         device: str = typer.Option("auto", callback=_device_option,
                                                    help="where to draw the weights: auto | cpu | cuda")) -> None:
     """Write full-shape random LoRAs for the LoRAs a spec names that no LoRA folder holds (for

@@ -216,3 +216,14 @@ def test_a_file_the_render_cannot_write_is_named_without_a_traceback(project):
             "same command to resume)")
     again = CliRunner().invoke(app, ["render", str(spec), "--no-progress"])
     assert again.exit_code == 0 and again.output.splitlines()[-1] == "0 run, 2 cached"
+
+
+@pytest.mark.parametrize("rank, text", [(0, "greater than or equal to 1"), (4096, "less than or equal to 1024")])
+def test_a_lora_rank_out_of_range_writes_nothing(project, rank, text):
+    spec = project / "s.yaml"
+    spec.write_text(textwrap.dedent(SPEC).replace('image: {prompt: "a cat", steps: 2}',
+                                                  'video: {prompt: "a cat", frames: 9, steps: 2, '
+                                                  'loras: [{name: missing/one, high: 1.0, low: 0.5}]}'))
+    result = CliRunner().invoke(app, ["models", "shapes-loras", str(spec), "--rank", str(rank), "--device", "cpu"])
+    assert result.exit_code == 2 and f"Invalid value for '--rank': Input should be {text}" in plain(result.output)
+    assert not (project / "lora_adpts").exists()
