@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -39,6 +40,7 @@ from .runner import Executor, Outcome, recheck_cached, record_cached
 from .schedule import Schedule
 
 PING = 1.0          # seconds between looks at a lost worker (is it back?)
+REACH = 5.0         # seconds a named Ray head has to take a connection
 MEMORY_WAIT = 10.0  # seconds to wait for each worker's memory report at the end
 SKEW = 1.0          # seconds a worker's clock may differ from the driver's before its spans move
 
@@ -51,6 +53,24 @@ def import_ray():
         raise CinesynthError(f"--executor ray needs Ray ({exc})",
                              hint="install the ray extra: pip install -e '.[ray]' (Ray 2.60)") from exc
     return ray
+
+
+def unreachable(address: str, timeout: float = REACH) -> str | None:
+    """Why the Ray head at ``address`` (``HOST:PORT``, ``HOST``, ``ray://HOST[:PORT]``) takes no
+    connection, or None. ``ray.init`` retries an address that answers nothing for minutes; an
+    unknown host or a closed port is said at once."""
+    scheme, _, rest = address.rpartition("://")
+    host, colon, port = rest.rpartition(":")
+    if not colon or "]" in port:                                  # no port given (or a bare IPv6 address)
+        host, port = rest, "10001" if scheme == "ray" else "6379"
+    if not port.isdigit():
+        return f"'{port}' is not a port"
+    host = host.strip("[]")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{host}:{port} takes no connection ({exc.strerror or exc})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +110,11 @@ class RayExecutor(Executor):
         ray = import_ray()
         if not ray.is_initialized():
             address = None if self.options.address == "local" else self.options.address
+            problem = unreachable(address) if address not in (None, "auto") else None
+            if problem:
+                raise CinesynthError(f"no Ray cluster at '{address}': {problem}",
+                                     hint="check the head's address and port (`ray status` on the head "
+                                          "prints it), or pass --ray-address auto on a node of the cluster")
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False,
                          logging_level="warning")

@@ -77,6 +77,32 @@ def test_the_command_line_refuses_what_ray_cannot_do(project, monkeypatch):
     assert not (project / "outputs").exists()
 
 
+def test_a_head_that_takes_no_connection_is_said_at_once(project):
+    """ray.init retries an address that answers nothing for minutes; the driver first checks that
+    the head takes a connection (an unknown host, a closed port, a port that is not one)."""
+    import socket
+
+    from cinesynth_batch.execute.ray_executor import unreachable
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert unreachable(f"127.0.0.1:{port}") is None
+        assert unreachable(f"ray://127.0.0.1:{port}") is None
+    assert unreachable(f"127.0.0.1:{port}") == f"127.0.0.1:{port} takes no connection (Connection refused)"
+    assert unreachable("127.0.0.1:x") == "'x' is not a port"
+    assert unreachable("nowhere.invalid").startswith("nowhere.invalid:6379 takes no connection (")
+    assert unreachable("ray://nowhere.invalid").startswith("nowhere.invalid:10001 takes no connection (")
+    spec = project / "s.yaml"
+    spec.write_text("project: s\ndefaults: {resolution: 32x32}\nscenes:\n  - id: a\n    image: {prompt: x}\n")
+    out = CliRunner().invoke(app, ["render", str(spec), "--executor", "ray", "--ray-address", f"127.0.0.1:{port}"])
+    assert out.exit_code == 1
+    assert out.output.startswith(f"no Ray cluster at '127.0.0.1:{port}': 127.0.0.1:{port} takes no connection "
+                                 "(Connection refused)")
+    assert not (project / "outputs").exists()
+
+
 @pytest.mark.slow
 def test_a_worker_runs_a_stage_into_the_shared_cache_and_refuses_a_model_over_its_share(project):
     """The worker actor's body, called as a plain object (no Ray): what it reports for a stage,
