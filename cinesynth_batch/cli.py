@@ -38,8 +38,8 @@ def _guard(fn: Callable[[], Any]) -> Any:
         raise typer.Exit(130)
     except OSError as exc:          # a file this command writes (events, summary, index, outputs)
         where = f": {exc.filename}" if exc.filename else ""
-        _err(f"cannot write or read a file: {exc.strerror or exc}{where} (finished stages are cached: "
-             "fix it and run the same command to resume)")
+        _err(f"cannot write or read a file: {exc.strerror or exc}{where} (fix it and run the same "
+             "command again)")
         raise typer.Exit(1)
 
 

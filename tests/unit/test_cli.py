@@ -212,8 +212,7 @@ def test_a_file_the_render_cannot_write_is_named_without_a_traceback(project):
         result = CliRunner().invoke(app, ["render", str(spec), "--no-progress", option, path])
         assert result.exit_code == 1 and "Traceback" not in result.output
         assert result.output.splitlines()[-1] == (
-            f"cannot write or read a file: {why}: {path} (finished stages are cached: fix it and run the "
-            "same command to resume)")
+            f"cannot write or read a file: {why}: {path} (fix it and run the same command again)")
     again = CliRunner().invoke(app, ["render", str(spec), "--no-progress"])
     assert again.exit_code == 0 and again.output.splitlines()[-1] == "0 run, 2 cached"
 
