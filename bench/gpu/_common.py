@@ -123,7 +123,9 @@ def rel_l2(a: torch.Tensor, ref: torch.Tensor) -> float:
 def save(name: str, data: dict) -> None:
     print(json.dumps(data, indent=1), flush=True)
     if os.environ.get("OUT"):
-        Path(os.environ["OUT"], name).write_text(json.dumps(data, indent=1))
+        path = Path(os.environ["OUT"], name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1))
 
 
 def table(rows: list[dict], cols: list[str]) -> str:
