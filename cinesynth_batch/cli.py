@@ -243,6 +243,7 @@ def render(specs: List[Path] = typer.Argument(..., help="spec files, folders (th
     from .catalog.residency import parse_size
 
     _plain_fallback_warnings()
+    _refuse_writing_over_specs(specs, summary=summary, index=index, events=events)
     if executor not in ("local", "ray"):
         _err(CinesynthError(f"unknown executor '{executor}'", hint="use local or ray").render())
         raise typer.Exit(2)
@@ -263,6 +264,19 @@ def render(specs: List[Path] = typer.Argument(..., help="spec files, folders (th
     finally:
         if on_ray is not None:
             on_ray.close()
+
+
+def _refuse_writing_over_specs(specs: List[Path], **files: Optional[Path]) -> None:
+    """A file the render writes (``--summary``, ``--index``, ``--events``) must not be one of the
+    specs it renders: it would be overwritten, or appended to."""
+    from .execute.batch import expand_specs
+
+    rendered = {p.resolve() for p in expand_specs(specs)}
+    for option, path in files.items():
+        if path is not None and path.resolve() in rendered:
+            _err(CinesynthError(f"--{option} {path} is a spec of this render: writing it would destroy the spec",
+                                hint=f"give --{option} another path").render())
+            raise typer.Exit(2)
 
 
 def _ray_executor(nproc: Optional[str], parallel: str, address: str, worker_cpus: float,

@@ -226,3 +226,13 @@ def test_a_lora_rank_out_of_range_writes_nothing(project, rank, text):
     result = CliRunner().invoke(app, ["models", "shapes-loras", str(spec), "--rank", str(rank), "--device", "cpu"])
     assert result.exit_code == 2 and f"Invalid value for '--rank': Input should be {text}" in plain(result.output)
     assert not (project / "lora_adpts").exists()
+
+
+@pytest.mark.parametrize("option", ["--summary", "--index", "--events"])
+def test_a_file_the_render_writes_may_not_be_one_of_its_specs(project, option):
+    spec = spec_in(project)
+    before = spec.read_bytes()
+    result = CliRunner().invoke(app, ["render", str(project), option, str(spec)])   # the folder holds the spec
+    assert result.exit_code == 2
+    assert result.output.startswith(f"{option} {spec} is a spec of this render: writing it would destroy the spec")
+    assert spec.read_bytes() == before and not (project / "outputs").exists()
