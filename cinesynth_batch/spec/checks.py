@@ -152,6 +152,15 @@ def check_output(data: LDict, spec_dir: Path, root: Path, problems: Problems) ->
     elif root not in folder.parents:
         problems.add(f"output folder '{out}' is outside the project ({root})", where, "output",
                      hint="write a folder inside the project, e.g. outputs/NAME")
+    elif folder == spec_dir or folder in spec_dir.parents:
+        problems.add(f"output folder '{out}' holds the spec itself (and its cache, .cinesynth)", where, "output",
+                     hint="write a folder of its own, e.g. outputs/NAME")
+    elif ".cinesynth" in folder.relative_to(root).parts:
+        problems.add(f"output folder '{out}' is inside the cache (.cinesynth)", where, "output",
+                     hint="write a folder of its own, e.g. outputs/NAME")
+    elif folder.exists() and not folder.is_dir():
+        problems.add(f"output folder '{out}' is a file", where, "output",
+                     hint="write a folder of its own, e.g. outputs/NAME")
 
 
 def check_lora_names(data: LDict, sources: list[int], problems: Problems) -> None:

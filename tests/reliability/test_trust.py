@@ -183,3 +183,20 @@ def test_output_stays_inside_the_project(root: Path, tmp_path: Path, monkeypatch
         assert problems(Path("s.yaml"))[0].startswith(f"s.yaml:2:9: output: {expected}"), out
     spec_with(root, text.format(out="renders/t"))
     assert load_spec(Path("s.yaml")).spec.output == "renders/t"
+
+
+def test_output_is_a_folder_of_its_own(root: Path, monkeypatch):
+    """Not the cache, not a file, not a folder that holds the spec: outputs written there would
+    mix with what the render reads, or fail on the file."""
+    monkeypatch.chdir(root)
+    (root / "notes.txt").write_text("mine")
+    (root / "specs").mkdir()
+    text = "project: t\noutput: {out}\nscenes: [{{id: one, image: {{prompt: cat}}}}]\n"
+    for spec, out, expected in [
+            ("s.yaml", ".cinesynth/cache/objects", "output folder '.cinesynth/cache/objects' is inside the cache"),
+            ("s.yaml", ".cinesynth", "output folder '.cinesynth' is inside the cache"),
+            ("s.yaml", "notes.txt", "output folder 'notes.txt' is a file"),
+            ("specs/s.yaml", ".", "output folder '.' holds the spec itself (and its cache, .cinesynth)")]:
+        (root / spec).write_text(text.format(out=out))
+        assert problems(Path(spec))[0].startswith(f"{spec}:2:9: output: {expected}"), out
+    assert (root / "notes.txt").read_text() == "mine"
