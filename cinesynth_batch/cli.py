@@ -103,7 +103,8 @@ def validate(specs: List[Path] = typer.Argument(..., help="spec files"),
             _err(exc.render())
             failed = max(failed, exc.exit_code)
             continue
-        typer.echo(f"{spec}: ok ({len(loaded.spec.scenes)} scenes)")
+        count = len(loaded.spec.scenes)
+        typer.echo(f"{spec}: ok ({count} scene{'' if count == 1 else 's'})")
     if failed:
         raise typer.Exit(failed)
 

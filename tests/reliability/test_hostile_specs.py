@@ -374,4 +374,4 @@ def test_limits_come_from_cinesynth_toml_not_the_spec(work):
     (root / "cinesynth.toml").write_text("[limits]\nsteps = 500\n")
     spec.write_text(scene("image: {prompt: cat, steps: 300}"))
     run = cli(["validate", "s.yaml"], root, home)
-    assert run.code == 0 and run.out.strip() == "s.yaml: ok (1 scenes)", run.err
+    assert run.code == 0 and run.out.strip() == "s.yaml: ok (1 scene)", run.err

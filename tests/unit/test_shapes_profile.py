@@ -304,7 +304,7 @@ def test_validate_and_plan_work_on_the_cpu_and_name_the_revision(project):
     spec = project / "s.yaml"
     spec.write_text(textwrap.dedent(SPEC))
     runner = CliRunner()
-    assert runner.invoke(app, ["validate", str(spec)]).output == f"{spec}: ok (1 scenes)\n"
+    assert runner.invoke(app, ["validate", str(spec)]).output == f"{spec}: ok (1 scene)\n"
     result = runner.invoke(app, ["plan", str(spec), "--format", "json"])
     assert result.exit_code == 0, result.output
     stages = {s["id"]: s for s in json.loads(result.output)["stages"]}
