@@ -37,9 +37,9 @@ def _guard(fn: Callable[[], Any]) -> Any:
         _err("interrupted: finished stages are cached; run the same command to resume")
         raise typer.Exit(130)
     except OSError as exc:          # a file this command writes (events, summary, index, outputs)
-        where = f": {exc.filename}" if exc.filename else ""
-        _err(f"cannot write or read a file: {exc.strerror or exc}{where} (fix it and run the same "
-             "command again)")
+        why = exc.strerror or str(exc) or type(exc).__name__
+        what = f"cannot write or read a file: {why}: {exc.filename}" if exc.filename else f"stopped by an I/O error: {why}"
+        _err(f"{what} (fix it and run the same command again)")
         raise typer.Exit(1)
 
 
