@@ -22,6 +22,7 @@ from ..cache.files import open_fresh, temp_beside, write_atomic
 from ..cache.lock import Lock
 from ..cache.store import Entry
 from ..errors import RenderError
+from ..plan.cost import MAX_MANIFEST_BYTES
 from ..plan.planner import Plan
 from ..report.figures import carried_figures, figures, history, history_entry
 from .runner import Outcome
@@ -363,7 +364,10 @@ def _stage_row(plan: Plan, outcome: Outcome, nid: str) -> dict[str, Any]:
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
+    """The earlier manifest, or nothing when it is missing, unreadable or over the size plans read."""
     try:
+        if not path.is_file() or path.stat().st_size > MAX_MANIFEST_BYTES:
+            return {}
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}

@@ -165,3 +165,31 @@ def test_earlier_manifest_path_through_a_linked_folder_is_refused(tmp_path):
     (out / "scenes").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     path, problem = published_before(out, "scenes/f.png", {"digest": sha(tmp_path / "elsewhere/f.png")})
     assert path is None and problem == "its folder leads outside the output folder"
+
+
+@pytest.mark.slow
+def test_an_oversized_lock_or_manifest_is_not_read(copy, monkeypatch):
+    """A lock or manifest past its bound is taken as missing (a crafted 46 MB lock held a render
+    for a minute and gigabytes of RAM): the render finds its stages by key, runs nothing, and
+    writes both files anew."""
+    from cinesynth_batch.cache import lock as lock_module
+    from cinesynth_batch.execute import publish
+
+    out = copy / OUT
+    monkeypatch.setattr(lock_module, "MAX_LOCK_BYTES", 4096)
+    monkeypatch.setattr(publish, "MAX_MANIFEST_BYTES", 4096)
+    padding = "#" + "x" * 5000 + "\n"
+    (out / "render.lock").write_text((out / "render.lock").read_text() + padding)
+    old = out / "scenes/old.png"                  # a stale output: removed when the manifest is read
+    old.write_bytes(b"an output of a stage since removed from the spec")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"]["scenes/old.png"] = {"stage": "gone.image", "digest": sha(old)}
+    manifest["padding"] = "x" * 5000
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert lock_module.Lock.read(out / "render.lock").stages == {}
+    result = cli_render(copy)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1].startswith("0 run, ")
+    assert old.is_file()                                         # the oversized manifest was not read
+    assert padding not in (out / "render.lock").read_text() and "padding" not in (out / "manifest.json").read_text()
+    assert lock_module.Lock.read(out / "render.lock").stages
