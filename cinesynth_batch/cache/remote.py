@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,13 +26,11 @@ from typing import Any, Callable, Iterator
 
 from ..config import CacheSettings
 from ..errors import CinesynthError
+from .entries import ENTRY_MAX_BYTES, entry_fields
 from .files import open_fresh
 
 PART = 64 << 20                     # upload part size: files under two parts go in one PUT
 CHUNK = 1 << 20
-ENTRY_MAX_BYTES = 1 << 20
-_DIGEST = re.compile(r"[0-9a-f]{64}")
-_EXT = re.compile(r"(\.[A-Za-z0-9]{1,10}){0,3}")
 
 
 class RemoteError(CinesynthError):
@@ -61,16 +58,13 @@ def parse_entry(key: str, raw: bytes) -> RemoteEntry | None:
     if len(raw) > ENTRY_MAX_BYTES:
         return None
     try:
-        data = json.loads(raw)
-        entry = RemoteEntry(key, data["digest"], data["ext"], data["size"], data.get("node", ""),
-                            data.get("kind", ""), data.get("meta", {}))
-    except (ValueError, KeyError, TypeError):
+        fields = entry_fields(json.loads(raw))
+    except ValueError:
         return None
-    ok = isinstance(entry.digest, str) and _DIGEST.fullmatch(entry.digest) \
-        and isinstance(entry.ext, str) and _EXT.fullmatch(entry.ext) \
-        and isinstance(entry.size, int) and not isinstance(entry.size, bool) and entry.size >= 0 \
-        and isinstance(entry.node, str) and isinstance(entry.kind, str) and isinstance(entry.meta, dict)
-    return entry if ok else None
+    if fields is None:
+        return None
+    return RemoteEntry(key, fields["digest"], fields["ext"], fields["size"], fields["node"], fields["kind"],
+                       fields["meta"])
 
 
 def open_remote(url: str, settings: CacheSettings,

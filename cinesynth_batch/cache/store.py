@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 from ..procs import pid_alive
 from .digest import sha256_file
+from .entries import ENTRY_MAX_BYTES, entry_fields
 from .files import write_atomic
 from .keylock import remove_unheld
 from .lease import Lease, gc_exclusive, live_leases
@@ -104,17 +105,18 @@ class CacheStore:
     def _lookup(self, key: str) -> Entry | None:
         kp = self.key_path(key)
         try:
-            data = json.loads(kp.read_text())
+            if kp.stat().st_size > ENTRY_MAX_BYTES:
+                raise ValueError("too large")
+            fields = entry_fields(json.loads(kp.read_text()))
+            if fields is None:          # its digest or extension would name a file anywhere
+                raise ValueError("not an entry")
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
             self._warn(f"cache entry {key[:12]} is unreadable; dropping it")
             _unlink(kp)
             return None
-        stamp = data.get("stamp")
-        entry = Entry(key=key, digest=data["digest"], ext=data["ext"], size=data["size"],
-                      node=data.get("node", ""), kind=data.get("kind", ""), meta=data.get("meta", {}),
-                      stamp=tuple(stamp) if isinstance(stamp, list) and len(stamp) == 3 else None)
+        entry = Entry(key=key, **fields)
         try:
             if self.object_path(entry.digest, entry.ext).stat().st_size != entry.size:
                 raise FileNotFoundError
@@ -268,11 +270,15 @@ class CacheStore:
         entries: list[tuple[float, Path, dict]] = []
         for kp in (self.root / "keys").glob("*/*.json"):
             try:
-                data = json.loads(kp.read_text())
-                entries.append((kp.stat().st_mtime, kp, {"digest": data["digest"], "ext": data["ext"]}))
+                if kp.stat().st_size > ENTRY_MAX_BYTES:
+                    raise ValueError("too large")
+                fields = entry_fields(json.loads(kp.read_text()))
+                if fields is None:
+                    raise ValueError("not an entry")
+                entries.append((kp.stat().st_mtime, kp, {"digest": fields["digest"], "ext": fields["ext"]}))
             except FileNotFoundError:
                 continue
-            except (OSError, ValueError, KeyError, TypeError):
+            except (OSError, ValueError):
                 _unlink(kp)
         return entries
 

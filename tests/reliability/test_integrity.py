@@ -135,3 +135,38 @@ def test_damaged_input_is_caught_before_a_stage_reads_it(clean, copy):
     assert started[1][1] == DAMAGED
     assert any("damaged" in w and "a.image_frame" in w for w in warnings), warnings
     assert sha(copy / FINAL) == final
+
+
+@pytest.mark.parametrize("field, value", [
+    ("digest", "../../../victim"),                    # objects/../../../../victim.mp4: beside the project
+    ("ext", "/../../../../../../victim.mp4"),         # objects/aa/aaa.../../../../../../../victim.mp4
+    ("size", -1),
+    ("digest", None),
+])
+def test_a_crafted_key_entry_names_no_file_outside_the_cache(clean, copy, tmp_path, field, value):
+    """A key entry's digest and extension become an object's path, which a damaged object's
+    removal deletes: an entry that is not one is dropped as unreadable, the file it points at
+    is left alone, and the stage runs again."""
+    _, final, lock_stages = clean
+    victim = tmp_path / "victim.mp4"
+    victim.write_text("precious")
+    key = lock_stages["b.video"]["key"]
+    cache = copy / ".cinesynth/cache"
+    kp = cache / "keys" / key[:2] / f"{key}.json"
+    entry = json.loads(kp.read_text())
+    entry.pop("stamp")
+    entry["size"] = victim.stat().st_size
+    if field == "ext":
+        entry["digest"] = "a" * 64
+    entry[field] = value
+    kp.write_text(json.dumps(entry))
+    if field in ("digest", "ext") and value is not None:        # where the entry points, unchecked
+        named = cache / "objects" / entry["digest"][:2] / f"{entry['digest']}{entry['ext']}"
+        assert Path(os.path.normpath(named)) == victim
+    result, evs, warnings = rerender(copy)
+    assert victim.read_text() == "precious"
+    assert stages_with(evs, "stage_started") == ["b.video"]
+    assert f"cache entry {key[:12]} is unreadable; dropping it" in warnings
+    assert sha(copy / FINAL) == final
+    listed = verify(copy)
+    assert listed.exit_code == 0 and "0 damaged, 0 dangling keys" in listed.output
