@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,17 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+#: a larger digest table is not read (hundreds of thousands of source files fit)
+STATE_MAX_BYTES = 64 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _row_ok(row: object) -> bool:
+    return isinstance(row, list) and len(row) == 4 and \
+        all(isinstance(x, int) and not isinstance(x, bool) for x in row[:3]) and \
+        isinstance(row[3], str) and _SHA256.fullmatch(row[3]) is not None
+
+
 @dataclass
 class DigestState:
     """A small stat-keyed table of file digests (like DVC's state database).
@@ -39,12 +51,18 @@ class DigestState:
 
     @classmethod
     def open(cls, path: Path | None) -> "DigestState":
+        """The table at ``path``; a damaged one (not JSON, over ``STATE_MAX_BYTES``, rows that are
+        not ``[size, mtime_ns, inode, sha256]``) loses those rows, which only costs re-hashing."""
         state = cls(path=path)
         if path is not None and path.is_file():
             try:
-                state._table = json.loads(path.read_text())
+                if path.stat().st_size > STATE_MAX_BYTES:
+                    raise ValueError("too large")
+                table = json.loads(path.read_text())
             except (OSError, ValueError):
-                state._table = {}
+                table = {}
+            if isinstance(table, dict):
+                state._table = {p: row for p, row in table.items() if _row_ok(row)}
         return state
 
     def digest(self, file: str | Path) -> str:

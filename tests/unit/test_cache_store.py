@@ -83,6 +83,33 @@ def test_digest_state_rehashes_only_changed_files(tmp_path):
     assert again.digest(f) != d1
 
 
+def test_a_damaged_digest_table_costs_a_rehash_not_the_render(tmp_path, monkeypatch):
+    """state.json rows that are not [size, mtime_ns, inode, sha256] are dropped (a row of 5 or a
+    table that is a list crashed the render); an oversized table is not read at all."""
+    from cinesynth_batch.cache import digest as digest_module
+
+    good, bad = tmp_path / "good.txt", tmp_path / "bad.txt"
+    good.write_text("one")
+    bad.write_text("two")
+    state = DigestState.open(tmp_path / "state.json")
+    want = {f: state.digest(f) for f in (good, bad)}
+    state.save()
+    table = json.loads((tmp_path / "state.json").read_text())
+    table[str(bad)] = 5
+    table["/elsewhere"] = [1, 2, 3, "../../not-a-digest"]
+    (tmp_path / "state.json").write_text(json.dumps(table))
+    again = DigestState.open(tmp_path / "state.json")
+    assert set(again._table) == {str(good)}
+    assert {f: again.digest(f) for f in (good, bad)} == want and again._dirty
+    for text in ("[1, 2, 3]", "not json"):
+        (tmp_path / "state.json").write_text(text)
+        assert DigestState.open(tmp_path / "state.json")._table == {}
+    again.save()
+    assert set(DigestState.open(tmp_path / "state.json")._table) == {str(good), str(bad)}
+    monkeypatch.setattr(digest_module, "STATE_MAX_BYTES", 16)
+    assert DigestState.open(tmp_path / "state.json")._table == {}
+
+
 def test_lock_roundtrip_is_stable(tmp_path):
     lock = Lock(project="p", profile="tiny")
     lock.stages["b.image"] = LockEntry("image", "k2", {"id": "m", "revision": "r"},
