@@ -59,15 +59,14 @@ class Lock:
         if not isinstance(data, dict) or data.get("schema") != LOCK_SCHEMA:
             return cls()
         stages = {}
-        for node_id, e in (data.get("stages") or {}).items():
-            try:
-                stages[node_id] = LockEntry(e["kind"], e["key"], e.get("model"), e.get("params") or {},
-                                            e.get("inputs") or {}, e.get("output") or {})
-            except (KeyError, TypeError):
-                continue
-        seeds = {k: v for k, v in (data.get("seeds") or {}).items() if isinstance(v, int)}
-        return cls(project=data.get("project", ""), profile=data.get("profile", ""), stages=stages,
-                   outputs=data.get("outputs") or {}, seeds=seeds)
+        for node_id, e in _mapping(data.get("stages")).items():
+            entry = _entry(e)
+            if isinstance(node_id, str) and entry is not None:      # a row of another shape is not read
+                stages[node_id] = entry
+        seeds = {k: v for k, v in _mapping(data.get("seeds")).items()
+                 if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)}
+        return cls(project=_text(data.get("project")), profile=_text(data.get("profile")), stages=stages,
+                   outputs=_mapping(data.get("outputs")), seeds=seeds)
 
     def seed_for(self, node_id: str) -> int | None:
         if node_id in self.seeds:
@@ -91,3 +90,21 @@ class Lock:
     def write(self, path: Path) -> None:
         text = yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=True, allow_unicode=True, width=100)
         write_atomic(path, text)
+
+
+def _mapping(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _entry(e: Any) -> LockEntry | None:
+    """A stage's row as the lock holds it, or None when it is not one (the lock is read back
+    from disk, where anyone may have edited it)."""
+    if not isinstance(e, dict) or not isinstance(e.get("kind"), str) or not isinstance(e.get("key"), str):
+        return None
+    model = e.get("model")
+    return LockEntry(e["kind"], e["key"], model if isinstance(model, dict) else None, _mapping(e.get("params")),
+                     _mapping(e.get("inputs")), _mapping(e.get("output")))

@@ -110,6 +110,26 @@ def test_a_damaged_digest_table_costs_a_rehash_not_the_render(tmp_path, monkeypa
     assert DigestState.open(tmp_path / "state.json")._table == {}
 
 
+def test_a_lock_of_another_shape_is_read_as_far_as_it_is_one(tmp_path):
+    """render.lock is read back from disk, where anyone may have edited it: lists where mappings
+    belong crashed the render; rows and seeds of another shape are now left out."""
+    path = tmp_path / "render.lock"
+    good = {"kind": "image", "key": "k1", "model": None, "params": {"seed": 3}, "inputs": {}, "output": {}}
+    for text in ("schema: 1\nstages: [1, 2]\n", "schema: 1\nseeds: [1]\nstages: {}\n",
+                 "schema: 1\nproject: [1]\nprofile: {a: 1}\noutputs: 5\n"):
+        path.write_text(text)
+        lock = Lock.read(path)
+        assert (lock.stages, lock.seeds, lock.project, lock.profile, lock.outputs) == ({}, {}, "", "", {})
+    path.write_text(json.dumps({"schema": 1, "seeds": {"a.image": 7, "b.image": "x", "c.image": True},
+                                "stages": {"a.image": good, "b.image": {"kind": "image", "key": [1]},
+                                           "c.image": {**good, "params": [1], "model": "m"}, "d.image": 5}}))
+    lock = Lock.read(path)
+    assert lock.seeds == {"a.image": 7}
+    assert set(lock.stages) == {"a.image", "c.image"}
+    assert (lock.stages["c.image"].params, lock.stages["c.image"].model) == ({}, None)
+    assert lock.stages["a.image"] == LockEntry("image", "k1", None, {"seed": 3}, {}, {})
+
+
 def test_lock_roundtrip_is_stable(tmp_path):
     lock = Lock(project="p", profile="tiny")
     lock.stages["b.image"] = LockEntry("image", "k2", {"id": "m", "revision": "r"},
