@@ -295,7 +295,8 @@ def carry_over(manifest: dict[str, Any], previous: dict[str, Any], nothing_ran: 
     it took when it last ran (same key); a render that ran nothing keeps the model loads and
     the figures (timeline, seconds by kind and model, loads, memory) of the last render that
     did, dated by it."""
-    before = {r.get("id"): r for r in previous.get("stages", []) if isinstance(r, dict)}
+    rows = previous.get("stages")
+    before = {r.get("id"): r for r in (rows if isinstance(rows, list) else []) if isinstance(r, dict)}
     for row in manifest["stages"]:
         old = before.get(row["id"])
         if row["status"] == "cached" and old and old.get("key") == row["key"] \
@@ -310,7 +311,8 @@ def carry_over(manifest: dict[str, Any], previous: dict[str, Any], nothing_ran: 
     loads = previous.get("model_loads")
     if isinstance(loads, dict) and loads:
         manifest["model_loads"] = loads
-        manifest["model_swaps"] = previous.get("model_swaps") or {}
+        swaps = previous.get("model_swaps")
+        manifest["model_swaps"] = swaps if isinstance(swaps, dict) else {}
         carried += ["model_loads", "model_swaps"]
     fig = carried_figures(previous.get("figures"))
     if fig is not None and fig.get("bars"):

@@ -193,3 +193,20 @@ def test_an_oversized_lock_or_manifest_is_not_read(copy, monkeypatch):
     assert old.is_file()                                         # the oversized manifest was not read
     assert padding not in (out / "render.lock").read_text() and "padding" not in (out / "manifest.json").read_text()
     assert lock_module.Lock.read(out / "render.lock").stages
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("field, value", [("stages", 5), ("stages", [5, {"id": 7}]), ("model_swaps", [1]),
+                                          ("model_loads", "x"), ("figures", {"bars": 5}), ("files", [1])])
+def test_an_earlier_manifest_of_another_shape_is_read_as_far_as_it_is_one(copy, field, value):
+    """The earlier manifest is input like any other: a field of another type ("stages": 5 ended
+    the render in a TypeError) is left out, and the render runs nothing and writes it anew."""
+    out = copy / OUT
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest[field] = value
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    result = cli_render(copy)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1].startswith("0 run, ")
+    written = json.loads((out / "manifest.json").read_text())
+    assert isinstance(written["stages"], list) and isinstance(written.get("model_swaps", {}), dict)
