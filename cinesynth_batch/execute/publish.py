@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import stat
 import time
@@ -323,8 +324,10 @@ def carry_over(manifest: dict[str, Any], previous: dict[str, Any], nothing_ran: 
 
 
 def _media_facts(meta: dict[str, Any]) -> dict[str, Any]:
+    """Frames, duration, size and rate from a cache entry's meta (read back from disk: numbers only)."""
     keys = ("frames", "duration", "width", "height", "fps")
-    return {k: meta[k] for k in keys if k in meta}
+    return {k: meta[k] for k in keys if isinstance(meta.get(k), (int, float)) and not isinstance(meta[k], bool)
+            and math.isfinite(meta[k])}
 
 
 def _stage_row(plan: Plan, outcome: Outcome, nid: str) -> dict[str, Any]:

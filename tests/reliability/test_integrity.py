@@ -170,3 +170,18 @@ def test_a_crafted_key_entry_names_no_file_outside_the_cache(clean, copy, tmp_pa
     assert sha(copy / FINAL) == final
     listed = verify(copy)
     assert listed.exit_code == 0 and "0 damaged, 0 dangling keys" in listed.output
+
+
+def test_a_key_entrys_meta_of_another_type_does_not_reach_the_report(clean, copy):
+    """An entry's meta is read back from disk: a duration that is not a number ended the render
+    in the report's template (TypeError); the media facts keep numbers only."""
+    _, final, _ = clean
+    for kp in (copy / ".cinesynth/cache/keys").glob("*/*.json"):
+        entry = json.loads(kp.read_text())
+        entry["meta"] = {**entry["meta"], "duration": "x", "frames": [1], "fps": float("nan")}
+        kp.write_text(json.dumps(entry))
+    result, evs, _ = rerender(copy)
+    assert stages_with(evs, "stage_started") == []
+    manifest = json.loads((copy / "outputs/k/manifest.json").read_text())
+    assert all(isinstance(f.get("duration", 0.0), float) for f in manifest["files"].values())
+    assert (copy / "outputs/k/report.html").is_file() and sha(copy / FINAL) == final
