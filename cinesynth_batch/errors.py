@@ -18,6 +18,14 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
+def first_line(text: str, limit: int) -> str:
+    """The first line of ``text``, at most ``limit`` characters; `` ...`` marks what was left out."""
+    lines = text.strip().splitlines()
+    first = lines[0] if lines else ""
+    cut = len(first) > limit or len(lines) > 1
+    return first[:limit] + (" ..." if cut else "")
+
+
 @dataclass(frozen=True)
 class Where:
     """A place in a source file (1-based line and column)."""

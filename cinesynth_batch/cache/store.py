@@ -105,11 +105,7 @@ class CacheStore:
     def _lookup(self, key: str) -> Entry | None:
         kp = self.key_path(key)
         try:
-            if kp.stat().st_size > ENTRY_MAX_BYTES:
-                raise ValueError("too large")
-            fields = entry_fields(json.loads(kp.read_text()))
-            if fields is None:          # its digest or extension would name a file anywhere
-                raise ValueError("not an entry")
+            fields = _read_entry(kp)
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
@@ -270,11 +266,7 @@ class CacheStore:
         entries: list[tuple[float, Path, dict]] = []
         for kp in (self.root / "keys").glob("*/*.json"):
             try:
-                if kp.stat().st_size > ENTRY_MAX_BYTES:
-                    raise ValueError("too large")
-                fields = entry_fields(json.loads(kp.read_text()))
-                if fields is None:
-                    raise ValueError("not an entry")
+                fields = _read_entry(kp)
                 entries.append((kp.stat().st_mtime, kp, {"digest": fields["digest"], "ext": fields["ext"]}))
             except FileNotFoundError:
                 continue
@@ -306,6 +298,17 @@ class CacheStore:
 
     def size(self) -> int:
         return sum(_size(o) for o in (self.root / "objects").glob("*/*"))
+
+
+def _read_entry(kp: Path) -> dict[str, Any]:
+    """A key entry's fields (``cache/entries.py``); ValueError when it is too large or not one,
+    since its digest and extension would then name a file anywhere."""
+    if kp.stat().st_size > ENTRY_MAX_BYTES:
+        raise ValueError("too large")
+    fields = entry_fields(json.loads(kp.read_text()))
+    if fields is None:
+        raise ValueError("not an entry")
+    return fields
 
 
 def _unlink(p: Path) -> None:

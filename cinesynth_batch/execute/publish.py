@@ -23,7 +23,7 @@ from ..cache.files import open_fresh, temp_beside, write_atomic
 from ..cache.lock import Lock
 from ..cache.store import Entry
 from ..errors import RenderError
-from ..plan.cost import MAX_MANIFEST_BYTES
+from ..plan.cost import read_manifest
 from ..plan.planner import Plan
 from ..report.figures import carried_figures, figures, history, history_entry
 from .runner import Outcome
@@ -50,7 +50,7 @@ def publish(plan: Plan, outcome: Outcome, output_dir: Path, lock_path: Path,
     """Write outputs, ``render.lock``, ``manifest.json`` and ``report.html``; return the manifest."""
     warn = warn or plan.cache.warn
     output_dir.mkdir(parents=True, exist_ok=True)
-    previous = _read_manifest(output_dir / "manifest.json")
+    previous = read_manifest(output_dir / "manifest.json") or {}
     published = _place_all(plan, outcome, output_dir, warn)
     _remove_stale(plan, previous, published, output_dir, warn)
     _write_lock(plan, outcome, published, lock_path)
@@ -366,17 +366,6 @@ def _stage_row(plan: Plan, outcome: Outcome, nid: str) -> dict[str, Any]:
         row["publish"] = st.node.publish
         row["facts"] = entry.meta
     return row
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
-    """The earlier manifest, or nothing when it is missing, unreadable or over the size plans read."""
-    try:
-        if not path.is_file() or path.stat().st_size > MAX_MANIFEST_BYTES:
-            return {}
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _unlink(p: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..catalog.budget import MemoryRequest
-from ..errors import RenderError
+from ..errors import RenderError, first_line
 from ..plan.planner import Plan
 from ..plan.reason import Reason
 from .events import Event, EventBus, event_sinks
@@ -116,18 +116,10 @@ def _run(session: Session, plan: Plan, started: float, executor: Executor, dry_r
 BRIEF_CHARS = 500
 
 
-def brief(message: str) -> str:
-    """A failure's first line, cut to ``BRIEF_CHARS``."""
-    lines = message.strip().splitlines()
-    first = lines[0] if lines else ""
-    cut = len(first) > BRIEF_CHARS or len(lines) > 1
-    return first[:BRIEF_CHARS] + (" ..." if cut else "")
-
-
 def failed_error(result: RenderResult) -> RenderError:
     """The error a render whose stages failed ends with (it carries the result)."""
     failed = result.outcome.failed
-    names = ", ".join(f"{k} ({brief(v)})" for k, v in failed.items())
+    names = ", ".join(f"{k} ({first_line(v, BRIEF_CHARS)})" for k, v in failed.items())
     err = RenderError(f"{len(failed)} stage(s) failed: {names}",
                       hint="fix the cause and render again: finished stages stay cached")
     err.result = result  # type: ignore[attr-defined]

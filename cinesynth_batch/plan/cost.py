@@ -111,7 +111,7 @@ class History:
             if folder in seen:
                 continue
             seen.add(folder)
-            manifest = _read_json(folder / "manifest.json")
+            manifest = read_manifest(folder / "manifest.json")
             if manifest is not None:
                 history.add(manifest, Lock.read(folder / "render.lock"))
         return history
@@ -206,7 +206,9 @@ def _segments(plan: Plan, st: PlannedStage) -> int | None:
     return seg.count if seg is not None else None
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """An output folder's ``manifest.json``, or None when it is missing, unreadable, over
+    ``MAX_MANIFEST_BYTES`` or not a mapping."""
     try:
         if not path.is_file() or path.stat().st_size > MAX_MANIFEST_BYTES:
             return None

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from ..errors import StageError
+from ..errors import StageError, first_line
 
 HIGH = "transformer"
 LOW = "transformer_2"
@@ -186,11 +186,7 @@ def load_failure(exc: BaseException) -> str:
         verb = "does" if len(found) == 1 else "do"
         return (f"{len(found)} of its tensors {verb} not fit the model's layers (the first: "
                 f"{key} is {dims(theirs)} in the file, {dims(ours)} in the model)")
-    lines = text.strip().splitlines()
-    first = lines[0] if lines else ""
-    if len(first) > FAILURE_CHARS:
-        first = first[:FAILURE_CHARS] + "..."
-    return f"{type(exc).__name__}: {first}"
+    return f"{type(exc).__name__}: {first_line(text, FAILURE_CHARS)}"
 
 
 @contextmanager

@@ -173,11 +173,11 @@ def test_an_oversized_lock_or_manifest_is_not_read(copy, monkeypatch):
     for a minute and gigabytes of RAM): the render finds its stages by key, runs nothing, and
     writes both files anew."""
     from cinesynth_batch.cache import lock as lock_module
-    from cinesynth_batch.execute import publish
+    from cinesynth_batch.plan import cost
 
     out = copy / OUT
     monkeypatch.setattr(lock_module, "MAX_LOCK_BYTES", 4096)
-    monkeypatch.setattr(publish, "MAX_MANIFEST_BYTES", 4096)
+    monkeypatch.setattr(cost, "MAX_MANIFEST_BYTES", 4096)
     padding = "#" + "x" * 5000 + "\n"
     (out / "render.lock").write_text((out / "render.lock").read_text() + padding)
     old = out / "scenes/old.png"                  # a stale output: removed when the manifest is read

@@ -14,7 +14,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from cinesynth_batch.errors import StageError  # noqa: E402
-from cinesynth_batch.execute.render import BRIEF_CHARS, brief  # noqa: E402
+from cinesynth_batch.errors import first_line  # noqa: E402
+from cinesynth_batch.execute.render import BRIEF_CHARS  # noqa: E402
 from cinesynth_batch.runtime.lora import FAILURE_CHARS, load_failure, quiet_load_log  # noqa: E402
 
 
@@ -39,7 +40,7 @@ def test_an_adapter_name_is_dropped_from_the_tensor_it_names():
 def test_any_other_failure_keeps_its_first_line_cut_short():
     assert load_failure(KeyError("no such key")) == "KeyError: 'no such key'"
     long = ValueError("x" * (FAILURE_CHARS + 50) + "\nsecond line")
-    assert load_failure(long) == "ValueError: " + "x" * FAILURE_CHARS + "..."
+    assert load_failure(long) == "ValueError: " + "x" * FAILURE_CHARS + " ..."
 
 
 def test_the_diffusers_log_of_a_failed_load_is_held_back_and_then_restored(caplog):
@@ -74,9 +75,9 @@ def test_the_s2v_transformer_names_a_lora_of_other_sizes_in_one_line(tmp_path):
 
 
 def test_the_closing_line_quotes_each_failure_briefly():
-    assert brief("boom") == "boom"
-    assert brief("first\nsecond") == "first ..."
-    assert brief("y" * (BRIEF_CHARS + 1)) == "y" * BRIEF_CHARS + " ..."
+    assert first_line("boom", BRIEF_CHARS) == "boom"
+    assert first_line("first\nsecond", BRIEF_CHARS) == "first ..."
+    assert first_line("y" * (BRIEF_CHARS + 1), BRIEF_CHARS) == "y" * BRIEF_CHARS + " ..."
 
 
 def _damaged(tmp_path):
